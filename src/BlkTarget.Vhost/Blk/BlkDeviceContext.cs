@@ -1,0 +1,48 @@
+using System.Text;
+using BlkTarget.Storage;
+
+namespace BlkTarget.Vhost.Blk;
+
+/// <summary>What every queue of one virtio-blk export shares: backend, options, config space, serial.</summary>
+public sealed class BlkDeviceContext
+{
+    public BlkDeviceContext(string name, IBlockDevice backend, BlkOptions options)
+    {
+        Name = name;
+        Backend = backend;
+        Options = options;
+        Info = backend.Info;
+        Config = new BlkConfigSpace(Info, options);
+        var serial = Encoding.ASCII.GetBytes(options.Serial);
+        SerialBytes = serial.Length > VirtioBlk.IdLength ? serial[..VirtioBlk.IdLength] : serial;
+        _sectorsPerBlock = Info.BlockSize / VirtioBlk.SectorSize;
+        _capacitySectors = Info.SizeBytes / VirtioBlk.SectorSize;
+    }
+
+    private readonly ulong _sectorsPerBlock;
+    private readonly ulong _capacitySectors;
+
+    public string Name { get; }
+    public IBlockDevice Backend { get; }
+    public BlockDeviceInfo Info { get; }
+    public BlkOptions Options { get; }
+    public BlkConfigSpace Config { get; }
+    /// <summary>GET_ID answer: the serial, at most 20 bytes, NUL-terminated only when shorter (the buffer is
+    /// zero-filled by the driver, so sending the bytes alone is enough).</summary>
+    public byte[] SerialBytes { get; }
+
+    /// <summary>
+    /// Converts a virtio sector range (always 512-byte units) to bytes, checking it lies inside the device and
+    /// is aligned to the logical block size, without overflow. False means IOERR.
+    /// </summary>
+    public bool TryByteRange(ulong sector, ulong lengthBytes, out ulong offset)
+    {
+        offset = 0;
+        if (lengthBytes % VirtioBlk.SectorSize != 0) return false;
+        ulong sectors = lengthBytes >> VirtioBlk.SectorShift;
+        if (sector % _sectorsPerBlock != 0 || sectors % _sectorsPerBlock != 0) return false;
+        if (sector > _capacitySectors || sectors > _capacitySectors - sector) return false;
+        offset = sector << VirtioBlk.SectorShift;
+        return true;
+    }
+}

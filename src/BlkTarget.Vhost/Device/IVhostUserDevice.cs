@@ -1,0 +1,55 @@
+using BlkTarget.Vhost.Memory;
+using BlkTarget.Vhost.Queues;
+using BlkTarget.Vhost.Reactor;
+
+namespace BlkTarget.Vhost.Device;
+
+/// <summary>What a running queue needs at start: its ring in guest memory and the negotiated features.</summary>
+/// <summary>Kick and call fds are borrowed from the session, which owns them; -1 means none.</summary>
+public sealed record QueueStartInfo(int Index, SplitRing Ring, GuestMemory Memory, ulong AckedFeatures, int KickFd, int CallFd);
+
+/// <summary>
+/// A virtqueue while it runs on a reactor. Everything except construction and Dispose is called on the
+/// owning reactor's thread.
+/// </summary>
+public interface IRunningQueue : IReactorQueue, IDisposable
+{
+    /// <summary>Replaces the call eventfd (-1: do not signal). The caller keeps ownership of the fd.</summary>
+    void SetCallFd(int fd);
+
+    /// <summary>Stops taking new requests; <paramref name="onDrained"/> runs (on the reactor thread) once every
+    /// request already taken has completed and its used entry is published.</summary>
+    void BeginStop(Action onDrained);
+
+    /// <summary>The next avail index to process: what GET_VRING_BASE reports.</summary>
+    ushort LastAvailIdx { get; }
+
+    /// <summary>Why the queue stopped processing after a guest error, or null while healthy.</summary>
+    string? BrokenReason { get; }
+}
+
+/// <summary>
+/// A virtio device model served over vhost-user (virtio-blk now, virtio-scsi later): its features, config
+/// space and the queue runtime it creates. The session handles the protocol; the device handles requests.
+/// </summary>
+public interface IVhostUserDevice
+{
+    string Name { get; }
+
+    /// <summary>virtio feature bits offered, including transport bits (VERSION_1, INDIRECT_DESC, EVENT_IDX).</summary>
+    ulong Features { get; }
+
+    int QueueCount { get; }
+
+    /// <summary>Fills <paramref name="destination"/> with config space from <paramref name="offset"/>.</summary>
+    void ReadConfig(uint offset, Span<byte> destination);
+
+    /// <summary>Applies a guest config write; false when it is not allowed.</summary>
+    bool WriteConfig(uint offset, ReadOnlySpan<byte> data);
+
+    /// <summary>Creates the runtime of one queue; the session attaches it to a reactor.</summary>
+    IRunningQueue CreateQueue(QueueStartInfo start);
+
+    /// <summary>Called when the frontend resets the device (guest reboot, disconnect).</summary>
+    void Reset();
+}

@@ -1,0 +1,138 @@
+using System.Net.Sockets;
+using BlkTarget.Vhost.Device;
+using BlkTarget.Vhost.Interop;
+using BlkTarget.Vhost.Reactor;
+using Microsoft.Extensions.Logging;
+
+namespace BlkTarget.Vhost.Protocol;
+
+/// <summary>
+/// Listens on one Unix socket for one device and serves frontends one at a time, like qemu-storage-daemon:
+/// when a frontend leaves, all its state is released and the next connection is accepted.
+/// </summary>
+public sealed class VhostUserServer : IDisposable
+{
+    private readonly IVhostUserDevice _device;
+    private readonly ReactorPool _reactors;
+    private readonly int _deviceOffset;
+    private readonly ILogger _log;
+    private readonly Socket _listener;
+    private readonly Thread _thread;
+    private volatile VhostUserConnection? _current;
+    private volatile bool _stopping;
+    private int _sessions;
+
+    private VhostUserServer(string socketPath, IVhostUserDevice device, ReactorPool reactors, int deviceOffset, ILogger log, Socket listener)
+    {
+        SocketPath = socketPath;
+        _device = device;
+        _reactors = reactors;
+        _deviceOffset = deviceOffset;
+        _log = log;
+        _listener = listener;
+        _thread = new Thread(AcceptLoop) { IsBackground = true, Name = $"vhost-user {device.Name}" };
+    }
+
+    public string SocketPath { get; }
+    public int SessionsServed => Volatile.Read(ref _sessions);
+    public bool HasFrontend => _current is not null;
+
+    /// <summary>
+    /// Binds the socket and starts accepting. A leftover socket file nobody listens on is replaced; a path
+    /// where another process listens, or that is not a socket, is refused with <see cref="IOException"/>.
+    /// </summary>
+    public static VhostUserServer Start(string socketPath, IVhostUserDevice device, ReactorPool reactors, int deviceOffset, ILogger log)
+    {
+        PrepareSocketPath(socketPath);
+        var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            listener.Bind(new UnixDomainSocketEndPoint(socketPath));
+            listener.Listen(1);
+        }
+        catch (SocketException e)
+        {
+            listener.Dispose();
+            throw new IOException($"cannot listen on {socketPath}: {e.Message}", e);
+        }
+        var server = new VhostUserServer(socketPath, device, reactors, deviceOffset, log, listener);
+        server._thread.Start();
+        log.LogInformation("{Device}: listening on {Socket}", device.Name, socketPath);
+        return server;
+    }
+
+    private static void PrepareSocketPath(string path)
+    {
+        if (!File.Exists(path) && !Directory.Exists(path)) return;
+        if (!FileType.IsSocket(path))
+            throw new IOException($"socket path {path} exists and is not a socket");
+        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            probe.Connect(new UnixDomainSocketEndPoint(path));
+        }
+        catch (SocketException)
+        {
+            File.Delete(path);   // stale: left behind by a process that died
+            return;
+        }
+        throw new IOException($"socket path {path} is in use by another process");
+    }
+
+    private void AcceptLoop()
+    {
+        while (!_stopping)
+        {
+            Socket client;
+            try
+            {
+                client = _listener.Accept();
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                if (!_stopping) _log.LogError("{Device}: accept failed: {Error}", _device.Name, e.Message);
+                return;
+            }
+            Serve(client);
+        }
+    }
+
+    private void Serve(Socket client)
+    {
+        int number = Interlocked.Increment(ref _sessions);
+        using var connection = new VhostUserConnection(client);
+        _current = connection;
+        _log.LogInformation("{Device}: frontend connected (session {Session})", _device.Name, number);
+        var session = new VhostUserSession(_device, connection, _reactors, _deviceOffset, _log);
+        try
+        {
+            if (!_stopping) session.Run();
+            _log.LogInformation("{Device}: frontend disconnected (session {Session})", _device.Name, number);
+        }
+        catch (Exception e) when (e is VhostUserProtocolException or IOException or SocketException or InvalidOperationException or ObjectDisposedException)
+        {
+            if (_stopping) _log.LogInformation("{Device}: session {Session} closed for shutdown", _device.Name, number);
+            else _log.LogError("{Device}: session {Session} closed after error: {Error}", _device.Name, number, e.Message);
+        }
+        finally
+        {
+            session.Dispose();
+            _current = null;
+        }
+    }
+
+    /// <summary>Stops accepting, ends the current session (its in-flight requests complete first), removes the
+    /// socket file.</summary>
+    public void Dispose()
+    {
+        if (_stopping) return;
+        _stopping = true;
+        _listener.Dispose();
+        try { _current?.Socket.Shutdown(SocketShutdown.Both); }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+        if (!_thread.Join(TimeSpan.FromSeconds(60))) _log.LogError("{Device}: session did not end in time", _device.Name);
+        try { File.Delete(SocketPath); }
+        catch (IOException) { }
+        _log.LogInformation("{Device}: stopped listening on {Socket}", _device.Name, SocketPath);
+    }
+}

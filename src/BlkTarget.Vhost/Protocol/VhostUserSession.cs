@@ -1,0 +1,488 @@
+using System.Buffers.Binary;
+using BlkTarget.Vhost.Device;
+using BlkTarget.Vhost.Interop;
+using BlkTarget.Vhost.Memory;
+using BlkTarget.Vhost.Queues;
+using BlkTarget.Vhost.Reactor;
+using Microsoft.Extensions.Logging;
+
+namespace BlkTarget.Vhost.Protocol;
+
+/// <summary>
+/// The backend's side of one frontend connection: the vhost-user state machine. It answers protocol messages,
+/// keeps guest memory and per-queue setup, and starts or stops queues on their reactors when the frontend's
+/// requests make them runnable or not. Runs on the connection's thread; queues run on reactors.
+/// </summary>
+public sealed class VhostUserSession : IDisposable
+{
+    public const ProtocolFeatures SupportedProtocolFeatures =
+        ProtocolFeatures.Mq | ProtocolFeatures.ReplyAck | ProtocolFeatures.Config | ProtocolFeatures.ConfigureMemSlots;
+    public const int MaxMemSlots = 32;
+    /// <summary>How long GET_VRING_BASE waits for in-flight requests before giving up on them.</summary>
+    public static readonly TimeSpan DrainTimeout = TimeSpan.FromSeconds(30);
+
+    private readonly IVhostUserDevice _device;
+    private readonly VhostUserConnection _connection;
+    private readonly ReactorPool _reactors;
+    private readonly int _deviceOffset;
+    private readonly ILogger _log;
+    private readonly VringSetup[] _vrings;
+    private readonly List<GuestRegion> _regions = [];
+    private GuestMemory _memory = GuestMemory.Empty;
+    private ulong _ackedFeatures;
+    private ProtocolFeatures _ackedProtocol;
+
+    public VhostUserSession(IVhostUserDevice device, VhostUserConnection connection, ReactorPool reactors, int deviceOffset, ILogger log)
+    {
+        _device = device;
+        _connection = connection;
+        _reactors = reactors;
+        _deviceOffset = deviceOffset;
+        _log = log;
+        _vrings = Enumerable.Range(0, device.QueueCount).Select(_ => new VringSetup()).ToArray();
+    }
+
+    public ulong OfferedFeatures => _device.Features | VirtioFeatures.Bit(VirtioFeatures.VhostUserProtocolFeatures);
+    public ulong AckedFeatures => _ackedFeatures;
+    public int RunningQueueCount => _vrings.Count(v => v.Running is not null);
+
+    /// <summary>Serves messages until the frontend disconnects. Protocol violations end the session with an
+    /// exception; the caller logs it and disposes the session.</summary>
+    public void Run()
+    {
+        while (true)
+        {
+            using var message = _connection.Receive();
+            if (message is null) return;
+            if (!message.Header.HasValidVersion)
+                throw new VhostUserProtocolException($"unsupported protocol version in flags 0x{message.Header.Flags:x}");
+            Handle(message);
+        }
+    }
+
+    private void Handle(ReceivedMessage message)
+    {
+        var request = message.Header.Request;
+        bool? ok = request switch
+        {
+            VhostUserRequest.GetFeatures => ReplyU64(request, OfferedFeatures),
+            VhostUserRequest.SetFeatures => SetFeatures(message),
+            VhostUserRequest.SetOwner => true,
+            VhostUserRequest.ResetOwner or VhostUserRequest.ResetDevice => ResetDevice(),
+            VhostUserRequest.GetProtocolFeatures => ReplyU64(request, (ulong)SupportedProtocolFeatures),
+            VhostUserRequest.SetProtocolFeatures => SetProtocolFeatures(message),
+            VhostUserRequest.GetQueueNum => ReplyU64(request, (ulong)_device.QueueCount),
+            VhostUserRequest.GetMaxMemSlots => ReplyU64(request, MaxMemSlots),
+            VhostUserRequest.SetMemTable => SetMemTable(message),
+            VhostUserRequest.AddMemReg => AddMemoryRegion(message),
+            VhostUserRequest.RemMemReg => RemoveMemoryRegion(message),
+            VhostUserRequest.SetVringNum => SetVringNum(message),
+            VhostUserRequest.SetVringBase => SetVringBase(message),
+            VhostUserRequest.SetVringAddr => SetVringAddr(message),
+            VhostUserRequest.SetVringKick => SetVringKick(message),
+            VhostUserRequest.SetVringCall => SetVringCall(message),
+            VhostUserRequest.SetVringErr => SetVringErr(message),
+            VhostUserRequest.SetVringEnable => SetVringEnable(message),
+            VhostUserRequest.GetVringBase => GetVringBase(message),
+            VhostUserRequest.GetConfig => GetConfig(message),
+            VhostUserRequest.SetConfig => SetConfig(message),
+            _ => null,
+        };
+        if (ok is null)
+        {
+            _log.LogWarning("{Device}: unsupported vhost-user request {Request} ({Code})", _device.Name, request, (uint)request);
+            if (!message.Header.NeedsReply) throw new VhostUserProtocolException($"unsupported request {(uint)request} without NEED_REPLY");
+            ok = false;
+        }
+        if (HasNaturalReply(request)) return;
+        if (message.Header.NeedsReply && (_ackedProtocol & ProtocolFeatures.ReplyAck) != 0)
+            _connection.ReplyU64(request, ok.Value ? 0UL : 1UL);
+    }
+
+    private static bool HasNaturalReply(VhostUserRequest request) => request is VhostUserRequest.GetFeatures
+        or VhostUserRequest.GetProtocolFeatures or VhostUserRequest.GetQueueNum or VhostUserRequest.GetMaxMemSlots
+        or VhostUserRequest.GetVringBase or VhostUserRequest.GetConfig;
+
+    private bool ReplyU64(VhostUserRequest request, ulong value)
+    {
+        _connection.ReplyU64(request, value);
+        return true;
+    }
+
+    private static ulong ReadU64(ReceivedMessage message)
+    {
+        if (message.Payload.Length < 8) throw new VhostUserProtocolException($"{message.Header.Request}: payload of {message.Payload.Length} bytes, expected 8");
+        return BinaryPrimitives.ReadUInt64LittleEndian(message.Payload);
+    }
+
+    private static void RequireLength(ReceivedMessage message, int length)
+    {
+        if (message.Payload.Length < length)
+            throw new VhostUserProtocolException($"{message.Header.Request}: payload of {message.Payload.Length} bytes, expected {length}");
+    }
+
+    private bool SetFeatures(ReceivedMessage message)
+    {
+        ulong features = ReadU64(message);
+        if ((features & ~OfferedFeatures) != 0)
+        {
+            _log.LogError("{Device}: frontend acked features we did not offer: 0x{Extra:x}", _device.Name, features & ~OfferedFeatures);
+            return false;
+        }
+        _ackedFeatures = features;
+        _log.LogInformation("{Device}: negotiated features 0x{Features:x} (event_idx={EventIdx}, indirect={Indirect})", _device.Name, features,
+            (features & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0, (features & VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc)) != 0);
+        return true;
+    }
+
+    private bool SetProtocolFeatures(ReceivedMessage message)
+    {
+        ulong features = ReadU64(message);
+        _ackedProtocol = (ProtocolFeatures)features & SupportedProtocolFeatures;
+        _log.LogInformation("{Device}: negotiated protocol features {Features}", _device.Name, _ackedProtocol);
+        return ((ProtocolFeatures)features & ~SupportedProtocolFeatures) == 0;
+    }
+
+    private bool ProtocolFeaturesAcked => (_ackedFeatures & VirtioFeatures.Bit(VirtioFeatures.VhostUserProtocolFeatures)) != 0;
+
+    // ---- memory ----
+
+    private bool SetMemTable(ReceivedMessage message)
+    {
+        var descriptions = MemoryTablePayload.Read(message.Payload)
+            ?? throw new VhostUserProtocolException("SET_MEM_TABLE: malformed region list");
+        if (descriptions.Length != message.FdCount)
+        {
+            _log.LogError("{Device}: SET_MEM_TABLE with {Regions} regions but {Fds} descriptors", _device.Name, descriptions.Length, message.FdCount);
+            return false;
+        }
+        var mapped = new List<GuestRegion>();
+        try
+        {
+            for (int i = 0; i < descriptions.Length; i++)
+            {
+                using var fd = message.TakeFd(i);
+                mapped.Add(GuestRegion.Map(descriptions[i], fd));
+            }
+            if (!RegionsAreDisjoint(mapped)) throw new ArgumentException("memory regions overlap");
+        }
+        catch (Exception e) when (e is IOException or ArgumentException)
+        {
+            foreach (var region in mapped) region.Dispose();
+            _log.LogError("{Device}: SET_MEM_TABLE refused: {Error}", _device.Name, e.Message);
+            return false;
+        }
+        ReplaceMemory(mapped);
+        _log.LogInformation("{Device}: guest memory: {Regions} region(s), {Bytes} bytes", _device.Name, mapped.Count, mapped.Sum(r => (decimal)r.Size));
+        return true;
+    }
+
+    private bool AddMemoryRegion(ReceivedMessage message)
+    {
+        var description = SingleRegionPayload.Read(message.Payload) ?? throw new VhostUserProtocolException("ADD_MEM_REG: short payload");
+        if (message.FdCount != 1)
+        {
+            _log.LogError("{Device}: ADD_MEM_REG with {Fds} descriptors", _device.Name, message.FdCount);
+            return false;
+        }
+        if (_regions.Count >= MaxMemSlots) return false;
+        GuestRegion region;
+        try
+        {
+            using var fd = message.TakeFd(0);
+            region = GuestRegion.Map(description, fd);
+        }
+        catch (Exception e) when (e is IOException or ArgumentException)
+        {
+            _log.LogError("{Device}: ADD_MEM_REG refused: {Error}", _device.Name, e.Message);
+            return false;
+        }
+        var next = new List<GuestRegion>(_regions) { region };
+        if (!RegionsAreDisjoint(next))
+        {
+            region.Dispose();
+            _log.LogError("{Device}: ADD_MEM_REG overlaps an existing region", _device.Name);
+            return false;
+        }
+        ReplaceMemory(next);
+        return true;
+    }
+
+    private bool RemoveMemoryRegion(ReceivedMessage message)
+    {
+        var description = SingleRegionPayload.Read(message.Payload) ?? throw new VhostUserProtocolException("REM_MEM_REG: short payload");
+        var match = _regions.FirstOrDefault(r => r.GuestPhysAddr == description.GuestPhysAddr && r.Size == description.Size && r.UserAddr == description.UserAddr);
+        if (match is null) return false;
+        ReplaceMemory(_regions.Where(r => r != match).ToList());
+        return true;
+    }
+
+    private static bool RegionsAreDisjoint(List<GuestRegion> regions)
+    {
+        for (int i = 0; i < regions.Count; i++)
+            for (int j = i + 1; j < regions.Count; j++)
+            {
+                var a = regions[i];
+                var b = regions[j];
+                if (a.GuestPhysAddr < b.GuestPhysAddr + b.Size && b.GuestPhysAddr < a.GuestPhysAddr + a.Size) return false;
+                if (a.UserAddr < b.UserAddr + b.Size && b.UserAddr < a.UserAddr + a.Size) return false;
+            }
+        return true;
+    }
+
+    /// <summary>Swaps the memory map: running queues are stopped (drained) first, unmapped regions released
+    /// only after no queue can use them, and the queues restarted on the new map.</summary>
+    private void ReplaceMemory(List<GuestRegion> regions)
+    {
+        var running = Enumerable.Range(0, _vrings.Length).Where(i => _vrings[i].Running is not null).ToList();
+        foreach (int q in running) StopQueue(q);
+        foreach (var old in _regions.Except(regions)) old.Dispose();
+        _regions.Clear();
+        _regions.AddRange(regions);
+        _memory = new GuestMemory(_regions);
+        foreach (int q in running) Reconcile(q);
+    }
+
+    // ---- vrings ----
+
+    private VringSetup? Vring(uint index, VhostUserRequest request)
+    {
+        if (index < _vrings.Length) return _vrings[index];
+        _log.LogError("{Device}: {Request} for queue {Index}, but the device has {Count}", _device.Name, request, index, _vrings.Length);
+        return null;
+    }
+
+    private bool SetVringNum(ReceivedMessage message)
+    {
+        RequireLength(message, VringState.Length);
+        var state = VringState.Read(message.Payload);
+        var vring = Vring(state.Index, message.Header.Request);
+        if (vring is null || vring.Running is not null) return false;
+        if (!SplitRingLayout.IsValidSize(state.Num))
+        {
+            _log.LogError("{Device}: queue {Index}: invalid size {Num}", _device.Name, state.Index, state.Num);
+            return false;
+        }
+        vring.Num = state.Num;
+        return true;
+    }
+
+    private bool SetVringBase(ReceivedMessage message)
+    {
+        RequireLength(message, VringState.Length);
+        var state = VringState.Read(message.Payload);
+        var vring = Vring(state.Index, message.Header.Request);
+        if (vring is null || vring.Running is not null || state.Num > ushort.MaxValue) return false;
+        vring.Base = (ushort)state.Num;
+        return true;
+    }
+
+    private bool SetVringAddr(ReceivedMessage message)
+    {
+        RequireLength(message, VringAddress.Length);
+        var address = VringAddress.Read(message.Payload);
+        var vring = Vring(address.Index, message.Header.Request);
+        if (vring is null) return false;
+        if ((address.Flags & VringAddress.LogFlag) != 0)
+        {
+            _log.LogError("{Device}: queue {Index}: dirty logging requested but not offered", _device.Name, address.Index);
+            return false;
+        }
+        bool wasRunning = vring.Running is not null;
+        if (wasRunning) StopQueue((int)address.Index);
+        vring.Address = address;
+        return Reconcile((int)address.Index) || !wasRunning;
+    }
+
+    /// <summary>Reads the queue index and takes the fd of SET_VRING_KICK/CALL/ERR (null with the no-fd bit).</summary>
+    private (VringSetup? Vring, int Index, FileDescriptor? Fd, bool Valid) TakeVringFd(ReceivedMessage message)
+    {
+        ulong payload = ReadU64(message);
+        int index = (int)(payload & VringFdPayload.IndexMask);
+        bool noFd = (payload & VringFdPayload.NoFdFlag) != 0;
+        var vring = Vring((uint)index, message.Header.Request);
+        if (noFd != (message.FdCount == 0) || message.FdCount > 1)
+        {
+            _log.LogError("{Device}: {Request} for queue {Index}: no-fd bit {NoFd} but {Fds} descriptors", _device.Name, message.Header.Request, index, noFd, message.FdCount);
+            return (vring, index, null, false);
+        }
+        var fd = noFd ? null : message.TakeFd(0);
+        if (vring is null)
+        {
+            fd?.Dispose();
+            return (null, index, null, false);
+        }
+        return (vring, index, fd, true);
+    }
+
+    private bool SetVringKick(ReceivedMessage message)
+    {
+        var (vring, index, fd, valid) = TakeVringFd(message);
+        if (!valid || vring is null) return false;
+        if (vring.Running is not null) StopQueue(index);
+        if (fd is not null) EventFd.SetNonBlocking(fd.Fd);
+        VringSetup.Replace(ref vring.Kick, fd);
+        vring.Started = true;
+        return Reconcile(index);
+    }
+
+    private bool SetVringCall(ReceivedMessage message)
+    {
+        var (vring, _, fd, valid) = TakeVringFd(message);
+        if (!valid || vring is null) return false;
+        // MSI-X mask/unmask swaps the call fd while the queue runs: switch it on the reactor, then close the old.
+        var old = vring.Call;
+        vring.Call = fd;
+        if (vring.Running is { } running && vring.Reactor is { } reactor)
+        {
+            int newFd = fd?.Fd ?? -1;
+            reactor.Invoke(() => running.SetCallFd(newFd));
+        }
+        old?.Dispose();
+        return true;
+    }
+
+    private bool SetVringErr(ReceivedMessage message)
+    {
+        var (vring, _, fd, valid) = TakeVringFd(message);
+        if (!valid || vring is null) return false;
+        VringSetup.Replace(ref vring.Err, fd);
+        return true;
+    }
+
+    private bool SetVringEnable(ReceivedMessage message)
+    {
+        RequireLength(message, VringState.Length);
+        var state = VringState.Read(message.Payload);
+        var vring = Vring(state.Index, message.Header.Request);
+        if (vring is null || state.Num > 1) return false;
+        vring.Enabled = state.Num == 1;
+        return Reconcile((int)state.Index);
+    }
+
+    private bool GetVringBase(ReceivedMessage message)
+    {
+        RequireLength(message, VringState.Length);
+        var state = VringState.Read(message.Payload);
+        var vring = Vring(state.Index, message.Header.Request)
+            ?? throw new VhostUserProtocolException($"GET_VRING_BASE for missing queue {state.Index}");
+        // The reply must follow the stop: everything taken from the ring has completed by then.
+        StopQueue((int)state.Index);
+        vring.Started = false;
+        VringSetup.Replace(ref vring.Kick, null);
+        Span<byte> reply = stackalloc byte[VringState.Length];
+        new VringState(state.Index, vring.Base).Write(reply);
+        _connection.Reply(VhostUserRequest.GetVringBase, reply);
+        return true;
+    }
+
+    /// <summary>Starts or stops queue <paramref name="index"/> so that it runs exactly when the frontend has
+    /// made it runnable. False when it should run but cannot (rings outside guest memory).</summary>
+    private bool Reconcile(int index)
+    {
+        var vring = _vrings[index];
+        bool enabled = vring.Enabled || !ProtocolFeaturesAcked;
+        bool runnable = vring.Started && enabled && vring.Address is not null && vring.Num != 0 && _memory.RegionCount > 0;
+        if (!runnable)
+        {
+            if (vring.Running is not null) StopQueue(index);
+            return true;
+        }
+        if (vring.Running is not null) return true;
+        return StartQueue(index);
+    }
+
+    private bool StartQueue(int index)
+    {
+        var vring = _vrings[index];
+        var address = vring.Address!.Value;
+        bool eventIdx = (_ackedFeatures & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0;
+        var ring = SplitRing.Create(_memory, address.DescUserAddr, address.AvailUserAddr, address.UsedUserAddr, vring.Num, vring.Base, eventIdx);
+        if (ring is null)
+        {
+            _log.LogError("{Device}: queue {Index}: ring addresses lie outside guest memory or are misaligned", _device.Name, index);
+            return false;
+        }
+        var queue = _device.CreateQueue(new QueueStartInfo(index, ring, _memory, _ackedFeatures, vring.KickFd, vring.CallFd));
+        var reactor = _reactors.ForQueue(_deviceOffset, index);
+        reactor.Invoke(() => reactor.Attach(queue));
+        vring.Running = queue;
+        vring.Reactor = reactor;
+        _log.LogDebug("{Device}: queue {Index} started on reactor {Reactor} (size {Num}, base {Base})", _device.Name, index, reactor.Id, vring.Num, vring.Base);
+        return true;
+    }
+
+    private void StopQueue(int index)
+    {
+        var vring = _vrings[index];
+        if (vring.Running is not { } queue || vring.Reactor is not { } reactor) return;
+        using var drained = new ManualResetEventSlim();
+        reactor.Invoke(() => queue.BeginStop(drained.Set));
+        if (!drained.Wait(DrainTimeout))
+            _log.LogError("{Device}: queue {Index}: in-flight requests did not complete within {Timeout}", _device.Name, index, DrainTimeout);
+        reactor.Invoke(() => reactor.Detach(queue));
+        vring.Base = queue.LastAvailIdx;
+        if (queue.BrokenReason is { } reason) _log.LogWarning("{Device}: queue {Index} stopped after guest error: {Reason}", _device.Name, index, reason);
+        queue.Dispose();
+        vring.Running = null;
+        vring.Reactor = null;
+    }
+
+    // ---- config space ----
+
+    private bool GetConfig(ReceivedMessage message)
+    {
+        RequireLength(message, ConfigHeader.Length);
+        var header = ConfigHeader.Read(message.Payload);
+        bool valid = header.Size <= ConfigHeader.MaxConfigSize && header.Offset <= ConfigHeader.MaxConfigSize - header.Size;
+        if (!valid)
+        {
+            // A zero-size config payload tells the frontend the request failed.
+            Span<byte> failure = stackalloc byte[ConfigHeader.Length];
+            new ConfigHeader(header.Offset, 0, header.Flags).Write(failure);
+            _connection.Reply(VhostUserRequest.GetConfig, failure);
+            return false;
+        }
+        Span<byte> reply = stackalloc byte[ConfigHeader.Length + (int)header.Size];
+        header.Write(reply);
+        _device.ReadConfig(header.Offset, reply[ConfigHeader.Length..]);
+        _connection.Reply(VhostUserRequest.GetConfig, reply);
+        return true;
+    }
+
+    private bool SetConfig(ReceivedMessage message)
+    {
+        RequireLength(message, ConfigHeader.Length);
+        var header = ConfigHeader.Read(message.Payload);
+        if (header.Size > message.Payload.Length - ConfigHeader.Length) return false;
+        return _device.WriteConfig(header.Offset, message.PayloadSpan.Slice(ConfigHeader.Length, (int)header.Size));
+    }
+
+    // ---- lifecycle ----
+
+    private bool ResetDevice()
+    {
+        StopAll();
+        foreach (var vring in _vrings) vring.Clear();
+        _ackedFeatures = 0;
+        _device.Reset();
+        return true;
+    }
+
+    private void StopAll()
+    {
+        for (int i = 0; i < _vrings.Length; i++) StopQueue(i);
+    }
+
+    /// <summary>Releases everything the frontend gave us: queues are drained and detached first, then fds
+    /// closed and memory unmapped.</summary>
+    public void Dispose()
+    {
+        StopAll();
+        foreach (var vring in _vrings) vring.Dispose();
+        foreach (var region in _regions) region.Dispose();
+        _regions.Clear();
+        _memory = GuestMemory.Empty;
+        _device.Reset();
+    }
+}

@@ -1,0 +1,151 @@
+using System.Threading;
+using BlkTarget.Vhost.Memory;
+
+namespace BlkTarget.Vhost.Queues;
+
+/// <summary>
+/// The device side of one split virtqueue in guest memory: takes heads from the avail ring, writes used
+/// elements, publishes used->idx and decides when the guest wants an interrupt. Owned by one reactor thread;
+/// no locking. Memory ordering follows PROTOCOL-NOTES.md: acquire on avail->idx, release on used->idx, full
+/// fences around notification decisions.
+/// </summary>
+public sealed unsafe class SplitRing
+{
+    private readonly ushort* _availFlags;
+    private readonly ushort* _availIdx;
+    private readonly ushort* _availRing;
+    private readonly ushort* _usedEvent;
+    private readonly ushort* _usedFlags;
+    private readonly ushort* _usedIdx;
+    private readonly VirtqUsedElement* _usedRing;
+    private readonly ushort* _availEvent;
+    private readonly uint _mask;
+    private ushort _lastAvailIdx;
+    private ushort _usedShadow;
+    private ushort _lastSignalledUsed;
+    private bool _signalledOnce;
+
+    public SplitRing(VirtqDescriptor* descriptors, byte* avail, byte* used, uint size, ushort lastAvailIdx, bool eventIdx)
+    {
+        if (!SplitRingLayout.IsValidSize(size)) throw new ArgumentException($"invalid queue size {size}");
+        Descriptors = descriptors;
+        Size = size;
+        _mask = size - 1;
+        EventIdx = eventIdx;
+        _availFlags = (ushort*)avail;
+        _availIdx = (ushort*)(avail + 2);
+        _availRing = (ushort*)(avail + 4);
+        _usedEvent = (ushort*)(avail + 4 + 2 * size);
+        _usedFlags = (ushort*)used;
+        _usedIdx = (ushort*)(used + 2);
+        _usedRing = (VirtqUsedElement*)(used + 4);
+        _availEvent = (ushort*)(used + 4 + 8 * size);
+        _lastAvailIdx = lastAvailIdx;
+        // used->idx belongs to the device; after a restart it continues from what the guest last saw.
+        _usedShadow = Volatile.Read(ref *_usedIdx);
+        _lastSignalledUsed = _usedShadow;
+    }
+
+    /// <summary>
+    /// Locates the three ring parts through the frontend-virtual addresses of SET_VRING_ADDR; null when any part
+    /// lies outside guest memory or is misaligned.
+    /// </summary>
+    public static SplitRing? Create(GuestMemory memory, ulong descUser, ulong availUser, ulong usedUser, uint size, ushort lastAvailIdx, bool eventIdx)
+    {
+        if (!SplitRingLayout.IsValidSize(size)) return null;
+        if ((descUser & 15) != 0 || (availUser & 1) != 0 || (usedUser & 3) != 0) return null;
+        var desc = memory.TranslateUserRange(descUser, SplitRingLayout.DescriptorTableBytes(size));
+        var avail = memory.TranslateUserRange(availUser, SplitRingLayout.AvailRingBytes(size));
+        var used = memory.TranslateUserRange(usedUser, SplitRingLayout.UsedRingBytes(size));
+        if (desc == null || avail == null || used == null) return null;
+        return new SplitRing((VirtqDescriptor*)desc, avail, used, size, lastAvailIdx, eventIdx);
+    }
+
+    public VirtqDescriptor* Descriptors { get; }
+    public uint Size { get; }
+    public bool EventIdx { get; }
+    /// <summary>Next avail entry we will take: the value GET_VRING_BASE returns.</summary>
+    public ushort LastAvailIdx => _lastAvailIdx;
+    public ushort UsedIdx => _usedShadow;
+
+    public enum PopResult { Empty, Popped, Corrupt }
+
+    /// <summary>
+    /// Takes the next head from the avail ring. Corrupt when the guest's avail->idx ran more than a queue
+    /// ahead of us, which no correct driver does.
+    /// </summary>
+    public PopResult TryPop(out ushort head)
+    {
+        ushort availIdx = Volatile.Read(ref *_availIdx);
+        ushort pending = (ushort)(availIdx - _lastAvailIdx);
+        if (pending == 0)
+        {
+            head = 0;
+            return PopResult.Empty;
+        }
+        if (pending > Size)
+        {
+            head = 0;
+            return PopResult.Corrupt;
+        }
+        head = _availRing[_lastAvailIdx & _mask];
+        _lastAvailIdx++;
+        return PopResult.Popped;
+    }
+
+    public bool HasPending => (ushort)(Volatile.Read(ref *_availIdx) - _lastAvailIdx) != 0;
+
+    /// <summary>Writes one used element; the guest sees it only after <see cref="PublishUsed"/>.</summary>
+    public void PushUsed(uint id, uint len)
+    {
+        _usedRing[_usedShadow & _mask] = new VirtqUsedElement { Id = id, Len = len };
+        _usedShadow++;
+    }
+
+    /// <summary>Makes all pushed elements visible: release store of used->idx after the element writes.</summary>
+    public void PublishUsed() => Volatile.Write(ref *_usedIdx, _usedShadow);
+
+    /// <summary>
+    /// Decides whether the guest asked to be interrupted for the entries published since the last check
+    /// (EVENT_IDX: vring_need_event; otherwise the NO_INTERRUPT flag). The first call after a (re)start
+    /// always signals, as SPDK does, so a guest that missed an interrupt across a restart wakes up.
+    /// </summary>
+    public bool ShouldSignal()
+    {
+        Interlocked.MemoryBarrier();
+        ushort newIdx = _usedShadow;
+        ushort oldIdx = _lastSignalledUsed;
+        bool signal;
+        if (!_signalledOnce) signal = true;
+        else if (EventIdx)
+        {
+            ushort eventIdx = Volatile.Read(ref *_usedEvent);
+            signal = (ushort)(newIdx - eventIdx - 1) < (ushort)(newIdx - oldIdx);
+        }
+        else
+        {
+            signal = newIdx != oldIdx && (Volatile.Read(ref *_availFlags) & SplitRingLayout.AvailFlagNoInterrupt) == 0;
+        }
+        // "old" in vring_need_event is the used index at the previous check, signalled or not.
+        _lastSignalledUsed = newIdx;
+        _signalledOnce |= signal;
+        return signal;
+    }
+
+    /// <summary>Asks the guest to kick us for new requests. Returns true if requests are already waiting
+    /// (checked after a full fence), in which case the caller must not go to sleep.</summary>
+    public bool EnableNotifications()
+    {
+        if (EventIdx) Volatile.Write(ref *_availEvent, _lastAvailIdx);
+        else Volatile.Write(ref *_usedFlags, (ushort)0);
+        Interlocked.MemoryBarrier();
+        return HasPending;
+    }
+
+    /// <summary>Tells the guest not to kick while we are polling anyway.</summary>
+    public void DisableNotifications()
+    {
+        // With EVENT_IDX, leaving avail_event behind already suppresses kicks.
+        if (!EventIdx) Volatile.Write(ref *_usedFlags, SplitRingLayout.UsedFlagNoNotify);
+    }
+}

@@ -1,0 +1,161 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using BlkTarget.Vhost.Interop;
+
+namespace BlkTarget.Vhost.Reactor;
+
+/// <summary>
+/// One polling thread that owns a set of virtqueues. It spins over its queues while there is work, and after
+/// <see cref="IdleSpin"/> without any it re-enables guest notifications and blocks in epoll on the queues' kick
+/// eventfds, so an idle target uses no CPU. Other threads never touch its queues directly: they post
+/// actions with <see cref="Invoke"/>, which run between polling rounds.
+/// </summary>
+public sealed class Reactor : IDisposable
+{
+    private const ulong WakeTag = ulong.MaxValue;
+    private readonly List<IReactorQueue> _queues = [];
+    private readonly ConcurrentQueue<Action> _mailbox = new();
+    private readonly FileDescriptor _epoll;
+    private readonly FileDescriptor _wake;
+    private readonly Thread _thread;
+    private readonly int? _cpu;
+    private readonly long _idleSpinTicks;
+    private volatile bool _stopping;
+    private volatile bool _sleeping;
+
+    public Reactor(int id, int? cpu, TimeSpan idleSpin)
+    {
+        Id = id;
+        _cpu = cpu;
+        IdleSpin = idleSpin;
+        _idleSpinTicks = (long)(idleSpin.TotalSeconds * Stopwatch.Frequency);
+        _epoll = Epoll.Create();
+        _wake = EventFd.Create();
+        Epoll.Add(_epoll, _wake.Fd, WakeTag);
+        _thread = new Thread(Run) { IsBackground = true, Name = cpu is int c ? $"reactor{id}/cpu{c}" : $"reactor{id}" };
+        _thread.Start();
+    }
+
+    public int Id { get; }
+    public int? Cpu => _cpu;
+    public TimeSpan IdleSpin { get; }
+    public int QueueCount => _queues.Count;
+    /// <summary>Set when the reactor ended because its loop threw; the message says why.</summary>
+    public string? Failure { get; private set; }
+
+    public bool IsReactorThread => Thread.CurrentThread == _thread;
+
+    /// <summary>Runs <paramref name="action"/> on the reactor thread and waits for it.</summary>
+    public void Invoke(Action action)
+    {
+        if (IsReactorThread)
+        {
+            action();
+            return;
+        }
+        using var done = new ManualResetEventSlim();
+        Exception? error = null;
+        Post(() =>
+        {
+            try { action(); }
+            catch (Exception e) { error = e; }
+            finally { done.Set(); }
+        });
+        while (!done.Wait(TimeSpan.FromSeconds(1)))
+            if (!_thread.IsAlive) throw new InvalidOperationException($"reactor {Id} is not running: {Failure}");
+        if (error is not null) throw new InvalidOperationException($"reactor {Id}: {error.Message}", error);
+    }
+
+    /// <summary>Queues an action for the reactor thread without waiting.</summary>
+    public void Post(Action action)
+    {
+        _mailbox.Enqueue(action);
+        EventFd.Signal(_wake.Fd);
+    }
+
+    /// <summary>Adds a queue to the polling set (reactor thread only).</summary>
+    public void Attach(IReactorQueue queue)
+    {
+        Debug.Assert(IsReactorThread);
+        _queues.Add(queue);
+        if (queue.KickFd >= 0) Epoll.Add(_epoll, queue.KickFd, (ulong)queue.KickFd);
+    }
+
+    /// <summary>Removes a queue from the polling set (reactor thread only).</summary>
+    public void Detach(IReactorQueue queue)
+    {
+        Debug.Assert(IsReactorThread);
+        if (_queues.Remove(queue) && queue.KickFd >= 0) Epoll.Remove(_epoll, queue.KickFd);
+    }
+
+    private void Run()
+    {
+        try
+        {
+            if (_cpu is int cpu) Affinity.PinCurrentThread(cpu);
+            Loop();
+        }
+        catch (Exception e)
+        {
+            Failure = e.ToString();
+            Console.Error.WriteLine($"reactor {Id} failed: {e}");
+        }
+    }
+
+    private void Loop()
+    {
+        Span<Epoll.Event> events = stackalloc Epoll.Event[64];
+        long lastWork = Stopwatch.GetTimestamp();
+        while (!_stopping)
+        {
+            RunMailbox();
+            int work = 0;
+            var queues = _queues;
+            for (int i = 0; i < queues.Count; i++) work += queues[i].Poll();
+            if (work > 0)
+            {
+                lastWork = Stopwatch.GetTimestamp();
+                continue;
+            }
+            if (Stopwatch.GetTimestamp() - lastWork < _idleSpinTicks)
+            {
+                Thread.SpinWait(8);
+                continue;
+            }
+            Sleep(events);
+            lastWork = Stopwatch.GetTimestamp();
+        }
+        RunMailbox();
+    }
+
+    private void Sleep(Span<Epoll.Event> events)
+    {
+        bool stayAwake = !_mailbox.IsEmpty;
+        foreach (var queue in _queues) stayAwake |= queue.PrepareToSleep();
+        if (!stayAwake)
+        {
+            _sleeping = true;
+            int n = Epoll.Wait(_epoll, events, -1);
+            _sleeping = false;
+            for (int i = 0; i < n; i++) EventFd.Drain(events[i].Data == WakeTag ? _wake.Fd : (int)events[i].Data);
+        }
+        foreach (var queue in _queues) queue.WokeUp();
+    }
+
+    /// <summary>True while the reactor is blocked in epoll (for tests and the idle-CPU check).</summary>
+    public bool IsSleeping => _sleeping;
+
+    private void RunMailbox()
+    {
+        while (_mailbox.TryDequeue(out var action)) action();
+    }
+
+    public void Dispose()
+    {
+        _stopping = true;
+        EventFd.Signal(_wake.Fd);
+        if (!_thread.Join(TimeSpan.FromSeconds(10))) Console.Error.WriteLine($"reactor {Id} did not stop in time");
+        _epoll.Dispose();
+        _wake.Dispose();
+    }
+}

@@ -1,0 +1,31 @@
+namespace BlkTarget.Vhost.Reactor;
+
+/// <summary>
+/// The process's reactors: one per CPU of the configured list (pinned), or a given number of unpinned ones.
+/// Queues are spread over them round-robin.
+/// </summary>
+public sealed class ReactorPool : IDisposable
+{
+    private readonly Reactor[] _reactors;
+
+    public ReactorPool(IReadOnlyList<int>? cpus, int unpinnedCount, TimeSpan idleSpin)
+    {
+        if (cpus is { Count: > 0 })
+            _reactors = cpus.Select((cpu, i) => new Reactor(i, cpu, idleSpin)).ToArray();
+        else
+            _reactors = Enumerable.Range(0, Math.Max(1, unpinnedCount)).Select(i => new Reactor(i, null, idleSpin)).ToArray();
+    }
+
+    public static TimeSpan DefaultIdleSpin => TimeSpan.FromMicroseconds(200);
+
+    public IReadOnlyList<Reactor> Reactors => _reactors;
+
+    /// <summary>The reactor that owns queue <paramref name="queueIndex"/> of a device; the device offset spreads
+    /// the first queues of different devices over different reactors.</summary>
+    public Reactor ForQueue(int deviceOffset, int queueIndex) => _reactors[(deviceOffset + queueIndex) % _reactors.Length];
+
+    public void Dispose()
+    {
+        foreach (var reactor in _reactors) reactor.Dispose();
+    }
+}
