@@ -1,0 +1,124 @@
+using System.CommandLine;
+using BlkTarget.Configuration;
+using BlkTarget.Hosting;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Serilog;
+using Serilog.Events;
+
+namespace BlkTarget.Commands;
+
+/// <summary>`blktarget serve`: one device from flags, or several from --config.</summary>
+public static class ServeCommand
+{
+    private static readonly Option<string?> Socket = new("--socket") { Description = "Unix socket path QEMU connects to" };
+    private static readonly Option<string?> Backend = new("--backend") { Description = "Storage backend: ram:SIZE (e.g. ram:1G)" };
+    private static readonly Option<int> Queues = new("--queues") { Description = "Number of virtqueues (1-256)", DefaultValueFactory = _ => 1 };
+    private static readonly Option<uint> BlockSize = new("--block-size") { Description = "Logical block size: 512 or 4096", DefaultValueFactory = _ => 512u };
+    private static readonly Option<bool> ReadOnly = new("--read-only") { Description = "Export read-only" };
+    private static readonly Option<string?> Serial = new("--serial") { Description = "Serial number the guest sees (at most 20 characters)" };
+    private static readonly Option<string?> Cpus = new("--cpus") { Description = "CPUs to run reactors on, one pinned reactor each (e.g. 0,1 or 0-3)" };
+    private static readonly Option<string?> Config = new("--config") { Description = "JSON config file describing several devices (see config/)" };
+    private static readonly Option<int?> IdlePollUs = new("--idle-poll-us") { Description = "Microseconds a reactor keeps polling when idle before it sleeps (default 200)" };
+    private static readonly Option<string> LogLevel = new("--log-level") { Description = "verbose, debug, information, warning, error", DefaultValueFactory = _ => "information" };
+
+    public static Command Create()
+    {
+        var command = new Command("serve", "Export block devices over vhost-user until SIGINT/SIGTERM")
+        {
+            Socket, Backend, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, IdlePollUs, LogLevel,
+        };
+        command.SetAction(Run);
+        return command;
+    }
+
+    private static int Run(ParseResult parse)
+    {
+        TargetSettings settings;
+        LogEventLevel level;
+        try
+        {
+            settings = BuildSettings(parse);
+            SettingsValidator.Validate(settings, Environment.ProcessorCount);
+            if (!Enum.TryParse(parse.GetValue(LogLevel), ignoreCase: true, out level))
+                throw new ConfigurationException($"unknown log level '{parse.GetValue(LogLevel)}'");
+        }
+        catch (ConfigurationException e)
+        {
+            return Program.Fail(e.Message);
+        }
+
+        using var serilog = new LoggerConfiguration()
+            .MinimumLevel.Is(level)
+            .WriteTo.Console(outputTemplate: "{Timestamp:HH:mm:ss.fff} [{Level:u3}] {Message:lj}{NewLine}{Exception}",
+                standardErrorFromLevel: LogEventLevel.Warning)
+            .CreateLogger();
+        using var loggers = LoggerFactory.Create(b => b.AddSerilog(serilog));
+
+        // The host comes first: its console lifetime owns SIGINT/SIGTERM from then on, so a signal that arrives
+        // while the sockets come up still leads to an orderly shutdown.
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, Args = [] });
+        builder.Logging.ClearProviders();
+        builder.Logging.AddSerilog(serilog);
+        builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(90));
+        using var host = builder.Build();
+        host.Start();
+
+        var log = loggers.CreateLogger("blktarget");
+        TargetRuntime runtime;
+        try
+        {
+            runtime = TargetRuntime.Start(settings, loggers);
+        }
+        catch (ConfigurationException e)
+        {
+            host.StopAsync().GetAwaiter().GetResult();
+            return Program.Fail(e.Message);
+        }
+        using (runtime)
+        {
+            host.WaitForShutdown();
+            log.LogInformation("shutting down: finishing in-flight requests");
+        }
+        log.LogInformation("stopped");
+        return 0;
+    }
+
+    private static TargetSettings BuildSettings(ParseResult parse)
+    {
+        if (parse.GetValue(Config) is { } configPath)
+        {
+            if (parse.GetValue(Socket) is not null || parse.GetValue(Backend) is not null)
+                throw new ConfigurationException("--config describes the devices; do not combine it with --socket/--backend");
+            var fromFile = ConfigFile.Load(configPath);
+            return ApplyCommonFlags(fromFile, parse);
+        }
+        string socket = parse.GetValue(Socket) ?? throw new ConfigurationException("--socket is required (or --config FILE)");
+        string backendText = parse.GetValue(Backend) ?? throw new ConfigurationException("--backend is required, e.g. --backend ram:1G");
+        if (!BackendSpec.TryParse(backendText, out var backend, out var error)) throw new ConfigurationException(error!);
+        var device = new DeviceSettings
+        {
+            Name = Path.GetFileNameWithoutExtension(socket) is { Length: > 0 } n ? n : "dev0",
+            Socket = socket,
+            Backend = backend!,
+            Queues = parse.GetValue(Queues),
+            BlockSize = parse.GetValue(BlockSize),
+            ReadOnly = parse.GetValue(ReadOnly),
+            Serial = parse.GetValue(Serial) ?? "",
+        };
+        return ApplyCommonFlags(new TargetSettings { Devices = [device] }, parse);
+    }
+
+    private static TargetSettings ApplyCommonFlags(TargetSettings settings, ParseResult parse)
+    {
+        if (parse.GetValue(Cpus) is { } cpuText)
+        {
+            if (!CpuListParser.TryParse(cpuText, out var cpus, out var error)) throw new ConfigurationException($"--cpus: {error}");
+            settings = settings with { Cpus = cpus };
+        }
+        if (parse.GetValue(IdlePollUs) is int us) settings = settings with { IdlePoll = TimeSpan.FromMicroseconds(us) };
+        return settings;
+    }
+}

@@ -1,0 +1,25 @@
+namespace BlkTarget.Configuration;
+
+/// <summary>One export: a device kind, the socket it listens on and the backend behind it.</summary>
+public sealed record DeviceSettings
+{
+    public required string Name { get; init; }
+    public string Kind { get; init; } = "blk";
+    public required string Socket { get; init; }
+    public required BackendSpec Backend { get; init; }
+    public int Queues { get; init; } = 1;
+    public uint BlockSize { get; init; } = 512;
+    public bool ReadOnly { get; init; }
+    public string Serial { get; init; } = "";
+    public bool WriteCache { get; init; } = true;
+}
+
+/// <summary>Everything `blktarget serve` runs, whether it came from flags or from a config file.</summary>
+public sealed record TargetSettings
+{
+    public required IReadOnlyList<DeviceSettings> Devices { get; init; }
+    /// <summary>CPUs to pin one reactor each to; empty = unpinned reactors, one per queue up to the core count.</summary>
+    public IReadOnlyList<int> Cpus { get; init; } = [];
+    /// <summary>How long a reactor keeps polling with nothing to do before it sleeps on the kick eventfds.</summary>
+    public TimeSpan IdlePoll { get; init; } = TimeSpan.FromMicroseconds(200);
+}

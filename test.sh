@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Runs every test layer of BlkTarget: unit and integration suites (xunit), then the end-to-end suite in which
+# a real QEMU guest uses the target. Installs what the e2e layer needs (QEMU, fio, a guest kernel) when missing.
+# The last line is the total over all layers: "N passed, N failed" (CI counts tests from it).
+#
+#   ./test.sh            everything
+#   ./test.sh --no-e2e   unit + integration only (a quick local loop; CI always runs everything)
+set -uo pipefail
+cd "$(dirname "$0")"
+
+run_e2e=1
+[[ "${1:-}" == "--no-e2e" ]] && run_e2e=0
+
+if ! command -v dotnet >/dev/null; then
+  echo "test.sh: the .NET 10 SDK (dotnet) is required" >&2
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+passed=0
+failed=0
+status=0
+log_dir=$(mktemp -d)
+trap 'rm -rf "$log_dir"' EXIT
+
+echo "== build (Release)"
+if ! dotnet build BlkTarget.slnx -c Release -nologo -v quiet > "$log_dir/build.log" 2>&1; then
+  grep -E "error" "$log_dir/build.log" | sort -u | head -40
+  echo "build failed"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+# xunit projects: unit tests first, then integration tests against the real target over real sockets.
+for project in tests/BlkTarget.Vhost.Tests tests/BlkTarget.Storage.Tests tests/BlkTarget.Tests tests/BlkTarget.IntegrationTests; do
+  echo "== $project"
+  dotnet test "$project" -c Release --no-build -nologo 2>&1 | tee "$log_dir/test.log"
+  rc=${PIPESTATUS[0]}
+  # The runner's summary: "Passed!  - Failed:     0, Passed:    41, Skipped:     0, Total:    41"
+  summary=$(grep -E "(Passed|Failed)! +- Failed: +[0-9]+, Passed: +[0-9]+" "$log_dir/test.log" | tail -1)
+  if [[ -z "$summary" ]]; then
+    echo "no test summary from $project (exit $rc)"
+    failed=$((failed + 1))
+    status=1
+    continue
+  fi
+  f=$(sed -E 's/.*Failed: +([0-9]+),.*/\1/' <<<"$summary")
+  p=$(sed -E 's/.*Passed: +([0-9]+),.*/\1/' <<<"$summary")
+  passed=$((passed + p))
+  failed=$((failed + f))
+  [[ $rc -ne 0 ]] && status=1
+done
+
+if [[ $run_e2e -eq 1 ]]; then
+  echo "== end-to-end (QEMU guest)"
+  export BLKTARGET_CMD="dotnet $PWD/src/BlkTarget/bin/Release/net10.0/blktarget.dll"
+  bash tests/e2e/run-e2e.sh --target blktarget 2>&1 | tee "$log_dir/e2e.log"
+  rc=${PIPESTATUS[0]}
+  summary=$(grep -E "^e2e: [0-9]+ passed, [0-9]+ failed" "$log_dir/e2e.log" | tail -1)
+  if [[ -z "$summary" ]]; then
+    echo "no e2e summary (exit $rc)"
+    failed=$((failed + 1))
+    status=1
+  else
+    p=$(sed -E 's/^e2e: ([0-9]+) passed.*/\1/' <<<"$summary")
+    f=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$summary")
+    passed=$((passed + p))
+    failed=$((failed + f))
+    [[ $rc -ne 0 ]] && status=1
+  fi
+fi
+
+[[ $failed -gt 0 ]] && status=1
+echo "${passed} passed, ${failed} failed"
+exit $status

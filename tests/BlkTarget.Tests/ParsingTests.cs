@@ -1,0 +1,115 @@
+using BlkTarget.Configuration;
+
+namespace BlkTarget.Tests;
+
+public class ParsingTests
+{
+    [Theory]
+    [InlineData("512", 512UL)]
+    [InlineData("4K", 4096UL)]
+    [InlineData("4KiB", 4096UL)]
+    [InlineData("64M", 64UL << 20)]
+    [InlineData("1G", 1UL << 30)]
+    [InlineData("3GiB", 3UL << 30)]
+    [InlineData("2T", 2UL << 40)]
+    [InlineData("1g", 1UL << 30)]
+    public void Sizes_parse_with_binary_units(string text, ulong expected)
+    {
+        Assert.True(SizeParser.TryParse(text, out ulong bytes));
+        Assert.Equal(expected, bytes);
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData("G")]
+    [InlineData("-1G")]
+    [InlineData("1.5G")]
+    [InlineData("1X")]
+    [InlineData("99999999999T")]
+    public void Bad_sizes_are_refused(string text) => Assert.False(SizeParser.TryParse(text, out _));
+
+    [Fact]
+    public void Cpu_lists_accept_numbers_and_ranges()
+    {
+        Assert.True(CpuListParser.TryParse("0-2,5", out var cpus, out _));
+        Assert.Equal([0, 1, 2, 5], cpus);
+        Assert.False(CpuListParser.TryParse("3-1", out _, out var error));
+        Assert.NotNull(error);
+        Assert.False(CpuListParser.TryParse("a", out _, out _));
+        Assert.False(CpuListParser.TryParse("0-5000", out _, out _));
+    }
+
+    [Fact]
+    public void Backend_specs_parse_ram_and_refuse_unknown_kinds()
+    {
+        Assert.True(BackendSpec.TryParse("ram:1G", out var spec, out _));
+        Assert.Equal(new BackendSpec("ram", 1UL << 30), spec);
+        Assert.False(BackendSpec.TryParse("ram:", out _, out _));
+        Assert.False(BackendSpec.TryParse("tape:/dev/st0", out _, out var error));
+        Assert.Contains("unknown kind", error);
+    }
+}
+
+public sealed class ConfigFileTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("blktarget-config").FullName;
+
+    private string Write(string json)
+    {
+        string path = Path.Combine(_dir, "target.json");
+        File.WriteAllText(path, json);
+        return path;
+    }
+
+    [Fact]
+    public void Commented_config_with_several_devices_loads()
+    {
+        var settings = ConfigFile.Load(Write("""
+            {
+              // two disks for one VM
+              "cpus": "0-1",
+              "idlePollMicroseconds": 50,
+              "devices": [
+                { "name": "os", "socket": "/tmp/os.sock", "backend": "ram:1G", "queues": 2, "serial": "OS-1" },
+                { "name": "data", "socket": "/tmp/data.sock", "backend": "ram:512M", "blockSize": 4096, "readOnly": true, },
+              ]
+            }
+            """));
+        Assert.Equal(2, settings.Devices.Count);
+        Assert.Equal([0, 1], settings.Cpus);
+        Assert.Equal(TimeSpan.FromMicroseconds(50), settings.IdlePoll);
+        Assert.Equal("OS-1", settings.Devices[0].Serial);
+        Assert.Equal(2, settings.Devices[0].Queues);
+        Assert.Equal(4096u, settings.Devices[1].BlockSize);
+        Assert.True(settings.Devices[1].ReadOnly);
+        Assert.Equal("data", settings.Devices[1].Serial);
+    }
+
+    [Theory]
+    [InlineData("""{ "devices": [] }""", "no devices")]
+    [InlineData("""{ "devices": [ { "backend": "ram:1G" } ] }""", "'socket' is required")]
+    [InlineData("""{ "devices": [ { "socket": "/tmp/a.sock", "backend": "ram:1G", "queus": 2 } ] }""", "queus")]
+    [InlineData("""{ "devices": [ { "socket": "/tmp/a.sock", "backend": "disk:1G" } ] }""", "unknown kind")]
+    [InlineData("""{ "devices": [ """, "config file")]
+    public void Bad_configs_give_one_clear_error(string json, string expected)
+    {
+        var error = Assert.Throws<ConfigurationException>(() => ConfigFile.Load(Write(json)));
+        Assert.Contains(expected, error.Message);
+    }
+
+    [Fact]
+    public void Validation_catches_duplicates_and_bad_values()
+    {
+        var device = new DeviceSettings { Name = "a", Socket = Path.Combine(_dir, "a.sock"), Backend = new BackendSpec("ram", 1 << 20) };
+        SettingsValidator.Validate(new TargetSettings { Devices = [device] }, 2);
+        Assert.Throws<ConfigurationException>(() => SettingsValidator.Validate(new TargetSettings { Devices = [device, device with { Name = "b" }] }, 2));
+        Assert.Throws<ConfigurationException>(() => SettingsValidator.Validate(new TargetSettings { Devices = [device with { BlockSize = 1024 }] }, 2));
+        Assert.Throws<ConfigurationException>(() => SettingsValidator.Validate(new TargetSettings { Devices = [device with { Queues = 0 }] }, 2));
+        Assert.Throws<ConfigurationException>(() => SettingsValidator.Validate(new TargetSettings { Devices = [device with { Serial = new string('x', 21) }] }, 2));
+        Assert.Throws<ConfigurationException>(() => SettingsValidator.Validate(new TargetSettings { Devices = [device with { Socket = "/nonexistent-dir/x.sock" }] }, 2));
+        Assert.Throws<ConfigurationException>(() => SettingsValidator.Validate(new TargetSettings { Devices = [device], Cpus = [7] }, 2));
+        Assert.Throws<ConfigurationException>(() => SettingsValidator.Validate(new TargetSettings { Devices = [device with { Backend = new BackendSpec("ram", 1000) }] }, 2));
+    }
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+}

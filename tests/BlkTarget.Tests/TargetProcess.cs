@@ -1,0 +1,79 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+
+namespace BlkTarget.Tests;
+
+/// <summary>Runs the real `blktarget` executable (built next to the tests) as a child process.</summary>
+internal sealed partial class TargetProcess : IDisposable
+{
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int kill(int pid, int signal);
+
+    public const int SIGINT = 2;
+    public const int SIGTERM = 15;
+    public const int SIGKILL = 9;
+
+    private readonly Process _process;
+    private readonly System.Text.StringBuilder _stdout = new();
+    private readonly System.Text.StringBuilder _stderr = new();
+
+    private TargetProcess(Process process)
+    {
+        _process = process;
+        process.OutputDataReceived += (_, e) => { lock (_stdout) if (e.Data is not null) _stdout.AppendLine(e.Data); };
+        process.ErrorDataReceived += (_, e) => { lock (_stderr) if (e.Data is not null) _stderr.AppendLine(e.Data); };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+    }
+
+    public static TargetProcess Start(params string[] args)
+    {
+        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
+        info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "blktarget.dll"));
+        foreach (var a in args) info.ArgumentList.Add(a);
+        return new TargetProcess(Process.Start(info)!);
+    }
+
+    public string Stdout { get { lock (_stdout) return _stdout.ToString(); } }
+    public string Stderr { get { lock (_stderr) return _stderr.ToString(); } }
+    public int Pid => _process.Id;
+
+    public int WaitForExit(TimeSpan timeout)
+    {
+        if (!_process.WaitForExit(timeout)) throw new TimeoutException($"blktarget did not exit; stdout: {Stdout} stderr: {Stderr}");
+        _process.WaitForExit();
+        return _process.ExitCode;
+    }
+
+    public void Signal(int signal) => kill(_process.Id, signal);
+
+    /// <summary>Waits until the socket file exists (the target is listening).</summary>
+    public void WaitForSocket(string path, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (!File.Exists(path))
+        {
+            if (_process.HasExited) throw new InvalidOperationException($"blktarget exited with {_process.ExitCode}: {Stderr}{Stdout}");
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"no socket at {path}: {Stderr}{Stdout}");
+            Thread.Sleep(20);
+        }
+    }
+
+    /// <summary>Waits until the target's log contains <paramref name="text"/>.</summary>
+    public void WaitForOutput(string text, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (!Stdout.Contains(text))
+        {
+            if (_process.HasExited) throw new InvalidOperationException($"blktarget exited with {_process.ExitCode}: {Stderr}{Stdout}");
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"no '{text}' in output: {Stderr}{Stdout}");
+            Thread.Sleep(20);
+        }
+    }
+
+    public void Dispose()
+    {
+        if (!_process.HasExited) _process.Kill();
+        _process.Dispose();
+    }
+}

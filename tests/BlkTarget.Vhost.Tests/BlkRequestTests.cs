@@ -1,0 +1,305 @@
+using System.Buffers.Binary;
+using BlkTarget.Storage.Ram;
+using BlkTarget.Vhost.Blk;
+using BlkTarget.Vhost.Device;
+using BlkTarget.Vhost.Queues;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace BlkTarget.Vhost.Tests;
+
+/// <summary>virtio-blk request handling: the test plays the guest driver on a ring over a RAM disk.</summary>
+public sealed unsafe class BlkRequestTests : IDisposable
+{
+    private const ushort Next = VirtqDescriptor.FlagNext;
+    private const ushort Write = VirtqDescriptor.FlagWrite;
+    private readonly TestRing _ring = new(size: 64);
+    private RamDisk _disk = new(1 << 20);
+    private BlkQueue _queue;
+    private ushort _nextDescriptor;
+
+    public BlkRequestTests() => _queue = CreateQueue(_disk, new BlkOptions());
+
+    private BlkQueue CreateQueue(RamDisk disk, BlkOptions options)
+    {
+        var context = new BlkDeviceContext("test", disk, options);
+        var start = new QueueStartInfo(0, _ring.CreateRing(), _ring.Memory.Memory, 0, -1, -1);
+        return new BlkQueue(start, context, NullLogger.Instance);
+    }
+
+    private void UseDisk(RamDisk disk, BlkOptions? options = null)
+    {
+        _queue.Dispose();
+        _disk.Dispose();
+        _disk = disk;
+        _queue = CreateQueue(disk, options ?? new BlkOptions());
+    }
+
+    private ulong Header(uint type, ulong sector)
+    {
+        ulong gpa = _ring.Allocate(16);
+        var h = _ring.Bytes(gpa, 16);
+        BinaryPrimitives.WriteUInt32LittleEndian(h, type);
+        BinaryPrimitives.WriteUInt64LittleEndian(h[8..], sector);
+        return gpa;
+    }
+
+    /// <summary>Builds a chain of (gpa, len, writable) buffers, makes it available, runs the queue once and
+    /// returns the status byte and the used length.</summary>
+    private (byte Status, uint UsedLength) Run(params (ulong Gpa, uint Len, bool Writable)[] buffers)
+    {
+        ushort head = _nextDescriptor;
+        for (int i = 0; i < buffers.Length; i++)
+        {
+            var (gpa, len, writable) = buffers[i];
+            bool last = i == buffers.Length - 1;
+            _ring.SetDescriptor(_nextDescriptor, gpa, len, (ushort)((writable ? Write : 0) | (last ? 0 : Next)), (ushort)(_nextDescriptor + 1));
+            _nextDescriptor++;
+        }
+        ushort usedBefore = _ring.UsedIdx;
+        _ring.MakeAvailable(head);
+        _queue.Poll();
+        Assert.Equal((ushort)(usedBefore + 1), _ring.UsedIdx);
+        var used = _ring.Used(usedBefore);
+        Assert.Equal(head, (ushort)used.Id);
+        var (statusGpa, statusLen, _) = buffers[^1];
+        return (_ring.Bytes(statusGpa + statusLen - 1, 1)[0], used.Len);
+    }
+
+    private (byte, uint) WriteSectors(ulong sector, byte[] data)
+    {
+        ulong buffer = _ring.Allocate((uint)data.Length, 512);
+        data.CopyTo(_ring.Bytes(buffer, data.Length));
+        return Run((Header(VirtioBlk.TypeOut, sector), 16, false), (buffer, (uint)data.Length, false), (_ring.Allocate(1), 1, true));
+    }
+
+    private (byte Status, uint Used, byte[] Data) ReadSectors(ulong sector, int length)
+    {
+        ulong buffer = _ring.Allocate((uint)length, 512);
+        var (status, used) = Run((Header(VirtioBlk.TypeIn, sector), 16, false), (buffer, (uint)length, true), (_ring.Allocate(1), 1, true));
+        return (status, used, _ring.Bytes(buffer, length).ToArray());
+    }
+
+    private static byte[] Random(int length, int seed)
+    {
+        var data = new byte[length];
+        new Random(seed).NextBytes(data);
+        return data;
+    }
+
+    [Fact]
+    public void Write_then_read_returns_the_data_and_used_length_counts_data_plus_status()
+    {
+        var data = Random(4096, 1);
+        Assert.Equal((VirtioBlk.StatusOk, 1u), WriteSectors(8, data));
+        var (status, used, back) = ReadSectors(8, 4096);
+        Assert.Equal(VirtioBlk.StatusOk, status);
+        Assert.Equal(4097u, used);
+        Assert.Equal(data, back);
+    }
+
+    [Fact]
+    public void Header_data_and_status_may_share_descriptors()
+    {
+        // One readable descriptor holding header + data, one writable holding the status byte.
+        var data = Random(512, 2);
+        ulong buffer = _ring.Allocate(16 + 512);
+        BinaryPrimitives.WriteUInt32LittleEndian(_ring.Bytes(buffer, 4), VirtioBlk.TypeOut);
+        BinaryPrimitives.WriteUInt64LittleEndian(_ring.Bytes(buffer + 8, 8), 3);
+        data.CopyTo(_ring.Bytes(buffer + 16, 512));
+        Assert.Equal(VirtioBlk.StatusOk, Run((buffer, 16 + 512, false), (_ring.Allocate(1), 1, true)).Status);
+
+        // Read with data and status in one writable descriptor, header split over two.
+        ulong h = Header(VirtioBlk.TypeIn, 3);
+        ulong inBuffer = _ring.Allocate(513);
+        var (status, used) = Run((h, 7, false), (h + 7, 9, false), (inBuffer, 513, true));
+        Assert.Equal(VirtioBlk.StatusOk, status);
+        Assert.Equal(513u, used);
+        Assert.Equal(data, _ring.Bytes(inBuffer, 512).ToArray());
+    }
+
+    [Fact]
+    public void Out_of_range_sectors_fail_with_ioerr()
+    {
+        ulong lastSector = (1 << 20) / 512 - 1;
+        Assert.Equal(VirtioBlk.StatusOk, WriteSectors(lastSector, new byte[512]).Item1);
+        Assert.Equal(VirtioBlk.StatusIoErr, WriteSectors(lastSector, new byte[1024]).Item1);
+        Assert.Equal(VirtioBlk.StatusIoErr, ReadSectors(ulong.MaxValue / 2, 512).Status);
+        Assert.Equal(VirtioBlk.StatusIoErr, ReadSectors(ulong.MaxValue, 512).Status);
+    }
+
+    [Fact]
+    public void Lengths_that_are_not_whole_sectors_fail_with_ioerr()
+    {
+        Assert.Equal(VirtioBlk.StatusIoErr, WriteSectors(0, new byte[100]).Item1);
+    }
+
+    [Fact]
+    public void With_4k_blocks_unaligned_sectors_fail()
+    {
+        UseDisk(new RamDisk(1 << 20, 4096));
+        Assert.Equal(VirtioBlk.StatusOk, WriteSectors(8, new byte[4096]).Item1);
+        Assert.Equal(VirtioBlk.StatusIoErr, WriteSectors(1, new byte[4096]).Item1);
+        Assert.Equal(VirtioBlk.StatusIoErr, WriteSectors(8, new byte[512]).Item1);
+    }
+
+    [Fact]
+    public void Unknown_request_types_are_unsupported()
+    {
+        var (status, used) = Run((Header(99, 0), 16, false), (_ring.Allocate(1), 1, true));
+        Assert.Equal(VirtioBlk.StatusUnsupported, status);
+        Assert.Equal(1u, used);
+    }
+
+    [Fact]
+    public void Flush_succeeds()
+    {
+        Assert.Equal(VirtioBlk.StatusOk, Run((Header(VirtioBlk.TypeFlush, 0), 16, false), (_ring.Allocate(1), 1, true)).Status);
+    }
+
+    [Fact]
+    public void Get_id_returns_the_serial_truncated_to_20_bytes()
+    {
+        UseDisk(new RamDisk(1 << 20), new BlkOptions { Serial = "0123456789abcdefghijKLMN" });
+        ulong id = _ring.Allocate(20);
+        var (status, used) = Run((Header(VirtioBlk.TypeGetId, 0), 16, false), (id, 20, true), (_ring.Allocate(1), 1, true));
+        Assert.Equal(VirtioBlk.StatusOk, status);
+        Assert.Equal(21u, used);
+        Assert.Equal("0123456789abcdefghij"u8.ToArray(), _ring.Bytes(id, 20).ToArray());
+    }
+
+    private ulong Ranges(params (ulong Sector, uint Count, uint Flags)[] ranges)
+    {
+        ulong gpa = _ring.Allocate((uint)(16 * ranges.Length));
+        for (int i = 0; i < ranges.Length; i++)
+        {
+            var s = _ring.Bytes(gpa + (ulong)(16 * i), 16);
+            BinaryPrimitives.WriteUInt64LittleEndian(s, ranges[i].Sector);
+            BinaryPrimitives.WriteUInt32LittleEndian(s[8..], ranges[i].Count);
+            BinaryPrimitives.WriteUInt32LittleEndian(s[12..], ranges[i].Flags);
+        }
+        return gpa;
+    }
+
+    [Theory]
+    [InlineData(VirtioBlk.TypeDiscard, 0u)]
+    [InlineData(VirtioBlk.TypeWriteZeroes, 0u)]
+    [InlineData(VirtioBlk.TypeWriteZeroes, 1u)]
+    public void Discard_and_write_zeroes_clear_every_range(uint type, uint flags)
+    {
+        WriteSectors(0, Random(64 * 512, 3));
+        ulong ranges = Ranges((2, 4, flags), (40, 8, flags));
+        Assert.Equal(VirtioBlk.StatusOk, Run((Header(type, 0), 16, false), (ranges, 32, false), (_ring.Allocate(1), 1, true)).Status);
+        var data = ReadSectors(0, 64 * 512).Data;
+        Assert.All(data.AsSpan(2 * 512, 4 * 512).ToArray(), b => Assert.Equal(0, b));
+        Assert.All(data.AsSpan(40 * 512, 8 * 512).ToArray(), b => Assert.Equal(0, b));
+        Assert.NotEqual(new byte[512], data.AsSpan(6 * 512, 512).ToArray());
+    }
+
+    [Fact]
+    public void Discard_with_unmap_flag_is_unsupported_and_bad_ranges_fail()
+    {
+        ulong status = _ring.Allocate(1);
+        Assert.Equal(VirtioBlk.StatusUnsupported, Run((Header(VirtioBlk.TypeDiscard, 0), 16, false), (Ranges((0, 1, 1)), 16, false), (status, 1, true)).Status);
+        Assert.Equal(VirtioBlk.StatusIoErr, Run((Header(VirtioBlk.TypeDiscard, 0), 16, false), (Ranges((2047, 2, 0)), 16, false), (_ring.Allocate(1), 1, true)).Status);
+        Assert.Equal(VirtioBlk.StatusIoErr, Run((Header(VirtioBlk.TypeDiscard, 0), 16, false), (Ranges((0, 1, 0)), 15, false), (_ring.Allocate(1), 1, true)).Status);
+        Assert.Equal(VirtioBlk.StatusIoErr, Run((Header(VirtioBlk.TypeDiscard, 0), 16, false), (_ring.Allocate(1), 1, true)).Status);
+    }
+
+    [Fact]
+    public void Too_many_range_segments_fail_with_ioerr()
+    {
+        var many = Enumerable.Range(0, 33).Select(i => ((ulong)i, 1u, 0u)).ToArray();
+        Assert.Equal(VirtioBlk.StatusIoErr, Run((Header(VirtioBlk.TypeDiscard, 0), 16, false), (Ranges(many), 33 * 16, false), (_ring.Allocate(1), 1, true)).Status);
+    }
+
+    [Fact]
+    public void Read_only_export_refuses_writes_discards_and_zeroes_but_reads()
+    {
+        UseDisk(new RamDisk(1 << 20, readOnly: true));
+        Assert.Equal(VirtioBlk.StatusIoErr, WriteSectors(0, new byte[512]).Item1);
+        Assert.Equal(VirtioBlk.StatusIoErr, Run((Header(VirtioBlk.TypeDiscard, 0), 16, false), (Ranges((0, 1, 0)), 16, false), (_ring.Allocate(1), 1, true)).Status);
+        Assert.Equal(VirtioBlk.StatusIoErr, Run((Header(VirtioBlk.TypeWriteZeroes, 0), 16, false), (Ranges((0, 1, 0)), 16, false), (_ring.Allocate(1), 1, true)).Status);
+        Assert.Equal(VirtioBlk.StatusOk, ReadSectors(0, 512).Status);
+    }
+
+    [Fact]
+    public void A_request_shorter_than_the_header_fails_with_ioerr()
+    {
+        Assert.Equal(VirtioBlk.StatusIoErr, Run((Header(VirtioBlk.TypeIn, 0), 8, false), (_ring.Allocate(1), 1, true)).Status);
+    }
+
+    [Fact]
+    public void A_request_without_a_writable_status_byte_breaks_only_the_queue()
+    {
+        _ring.SetDescriptor(0, Header(VirtioBlk.TypeOut, 0), 16);
+        _ring.MakeAvailable(0);
+        _queue.Poll();
+        Assert.NotNull(_queue.BrokenReason);
+        Assert.Equal(0, _ring.UsedIdx);
+        // A broken queue takes no more requests.
+        _ring.MakeAvailable(0);
+        Assert.Equal(0, _queue.Poll());
+    }
+
+    [Fact]
+    public void A_descriptor_outside_guest_memory_breaks_the_queue_without_touching_memory()
+    {
+        _ring.SetDescriptor(0, Header(VirtioBlk.TypeIn, 0), 16, Next, 1);
+        _ring.SetDescriptor(1, 0x1000, 512, Write | Next, 2);
+        _ring.SetDescriptor(2, _ring.Allocate(1), 1, Write);
+        _ring.MakeAvailable(0);
+        _queue.Poll();
+        Assert.Contains("BadAddress", _queue.BrokenReason);
+    }
+
+    [Fact]
+    public void A_head_made_available_twice_while_in_flight_breaks_the_queue()
+    {
+        _ring.SetDescriptor(0, Header(VirtioBlk.TypeOut, 0), 16, Next, 1);
+        _ring.SetDescriptor(1, _ring.Allocate(1), 1, Write);
+        _ring.MakeAvailable(0);
+        _ring.MakeAvailable(0);
+        _queue.Poll();   // RAM completes inline, so the second use is legal here
+        Assert.Null(_queue.BrokenReason);
+        Assert.Equal(2, _ring.UsedIdx);
+    }
+
+    [Fact]
+    public void Over_long_requests_fail_with_ioerr_instead_of_overflowing_the_slot()
+    {
+        var buffers = new List<(ulong, uint, bool)> { (Header(VirtioBlk.TypeOut, 0), 16, false) };
+        for (int i = 0; i < 20; i++) buffers.Add((_ring.Allocate(512), 512, false));
+        buffers.Add((_ring.Allocate(1), 1, true));
+        // A 16-entry slot would overflow; the queue's slots hold 256, so build a longer chain via indirect.
+        ulong table = _ring.Allocate((uint)(16 * 300));
+        var entries = (VirtqDescriptor*)_ring.Memory.At(table);
+        entries[0] = new VirtqDescriptor { Addr = Header(VirtioBlk.TypeOut, 0), Len = 16, Flags = Next, Next = 1 };
+        ulong data = _ring.Allocate(512);
+        for (int i = 1; i < 299; i++) entries[i] = new VirtqDescriptor { Addr = data, Len = 512, Flags = Next, Next = (ushort)(i + 1) };
+        ulong status = _ring.Allocate(1);
+        entries[299] = new VirtqDescriptor { Addr = status, Len = 1, Flags = Write };
+        _ring.SetDescriptor(10, table, 16 * 300, VirtqDescriptor.FlagIndirect);
+        _ring.MakeAvailable(10);
+        _queue.Poll();
+        Assert.Null(_queue.BrokenReason);
+        Assert.Equal(VirtioBlk.StatusIoErr, _ring.Bytes(status, 1)[0]);
+    }
+
+    [Fact]
+    public void Stop_reports_drained_and_last_avail_index()
+    {
+        WriteSectors(0, new byte[512]);
+        WriteSectors(1, new byte[512]);
+        bool drained = false;
+        _queue.BeginStop(() => drained = true);
+        Assert.True(drained);
+        Assert.Equal(2, _queue.LastAvailIdx);
+    }
+
+    public void Dispose()
+    {
+        _queue.Dispose();
+        _disk.Dispose();
+        _ring.Dispose();
+    }
+}
