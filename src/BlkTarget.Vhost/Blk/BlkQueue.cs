@@ -98,6 +98,13 @@ public sealed unsafe class BlkQueue : IRunningQueue, IBlockCompletionSink
         return work;
     }
 
+    public void Fault(Exception error)
+    {
+        Break($"internal error: {error.Message}");
+        _inFlight = 0;
+        CheckDrained();
+    }
+
     public bool PrepareToSleep()
     {
         if (_kickFd < 0 || _inFlight > 0) return true;

@@ -109,10 +109,15 @@ public sealed class VhostUserServer : IDisposable
             if (!_stopping) session.Run();
             _log.LogInformation("{Device}: frontend disconnected (session {Session})", _device.Name, number);
         }
-        catch (Exception e) when (e is VhostUserProtocolException or IOException or SocketException or InvalidOperationException or ObjectDisposedException)
+        catch (Exception e) when (e is VhostUserProtocolException or IOException or SocketException or ObjectDisposedException)
         {
             if (_stopping) _log.LogInformation("{Device}: session {Session} closed for shutdown", _device.Name, number);
             else _log.LogError("{Device}: session {Session} closed after error: {Error}", _device.Name, number, e.Message);
+        }
+        catch (Exception e)
+        {
+            // A bug of ours must cost this connection, never the process and its other devices.
+            _log.LogError(e, "{Device}: session {Session} closed after internal error", _device.Name, number);
         }
         finally
         {

@@ -15,6 +15,10 @@ public interface IReactorQueue
     /// <summary>Called after the reactor woke; the queue may suppress guest notifications again.</summary>
     void WokeUp();
 
+    /// <summary>Called when <see cref="Poll"/> threw: the queue must stop processing and count nothing as in
+    /// flight any more, so that a later stop does not wait for requests that will never complete.</summary>
+    void Fault(Exception error);
+
     /// <summary>The kick eventfd to sleep on, or -1 when there is none.</summary>
     int KickFd { get; }
 }

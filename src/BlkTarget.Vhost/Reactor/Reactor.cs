@@ -111,7 +111,7 @@ public sealed class Reactor : IDisposable
             RunMailbox();
             int work = 0;
             var queues = _queues;
-            for (int i = 0; i < queues.Count; i++) work += queues[i].Poll();
+            for (int i = 0; i < queues.Count; i++) work += PollOne(queues[i]);
             if (work > 0)
             {
                 lastWork = Stopwatch.GetTimestamp();
@@ -126,6 +126,22 @@ public sealed class Reactor : IDisposable
             lastWork = Stopwatch.GetTimestamp();
         }
         RunMailbox();
+    }
+
+    /// <summary>Polls one queue; an exception (a bug, never guest input) stops that queue only.</summary>
+    private int PollOne(IReactorQueue queue)
+    {
+        try
+        {
+            return queue.Poll();
+        }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine($"reactor {Id}: queue failed and was stopped: {e}");
+            queue.Fault(e);
+            Detach(queue);
+            return 1;
+        }
     }
 
     private void Sleep(Span<Epoll.Event> events)
