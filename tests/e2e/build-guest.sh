@@ -15,8 +15,8 @@
 #
 # Cache: ${BLKTARGET_E2E_CACHE:-$HOME/.cache/blktarget-e2e}/guest-<kver>-<hash>/
 # The hash covers this script and the versions of the host packages whose files
-# are copied in, so editing the script (or a host upgrade) rebuilds; old entries
-# are pruned.
+# are copied in, so editing the script (or a host upgrade) rebuilds; older entries
+# are pruned (the newest two are kept).
 #
 # Environment:
 #   BLKTARGET_E2E_CACHE           cache root (see above)
@@ -373,9 +373,11 @@ date -u +%FT%TZ > "$WORK/out/ready"
 
 rm -rf "$OUT"
 mv "$WORK/out" "$OUT"
-# Prune guests built from other script versions or kernels.
-for d in "$CACHE_ROOT"/guest-*; do
-    [[ "$d" == "$OUT" || ! -d "$d" ]] || rm -rf "$d"
-done
+# Prune guests built from other script versions or kernels, but keep the previous
+# one: a concurrently running suite may still be booting from it.
+ls -dt "$CACHE_ROOT"/guest-*/ 2>/dev/null | tail -n +3 | while read -r d; do
+    d=${d%/}
+    [[ "$d" == "$OUT" ]] || rm -rf "$d"
+done || true
 log "built $OUT in $((SECONDS - start)) s ($(du -sh "$OUT" | cut -f1))"
 echo "$OUT"

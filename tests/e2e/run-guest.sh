@@ -63,6 +63,7 @@ fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/blktarget-guest.XXXXXX")
 qemu_pid=""
+# shellcheck disable=SC2317  # only reached through the EXIT trap
 cleanup() {
     # Never leave a QEMU behind (e.g. when the caller is interrupted).
     if [[ -n "$qemu_pid" ]] && kill -0 "$qemu_pid" 2>/dev/null; then
@@ -99,6 +100,7 @@ cat "$guest_dir/initramfs-base.cpio" "$TMP/job.cpio" > "$TMP/initrd"
 #  - -nodefaults/-display none/-serial stdio: only our disk, console on stdout.
 #  - -no-reboot + panic=-1: a kernel panic ends QEMU instead of looping.
 #  - quiet still shows kernel errors (I/O errors, virtio complaints) on the console.
+# shellcheck disable=SC2054  # the commas are QEMU option syntax
 qemu=(qemu-system-x86_64
     -accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem"
     -object "memory-backend-memfd,id=mem,size=$mem,share=on" -numa node,memdev=mem

@@ -1,0 +1,345 @@
+#!/usr/bin/env bash
+# End-to-end suite: real Linux guests (QEMU, TCG) doing I/O through a vhost-user-blk
+# target.
+#
+# Usage:
+#   tests/e2e/run-e2e.sh [--target blktarget|qsd] [--backend SPEC] [--kind blk|scsi]
+#                        [--queues N] [--only NAME[,NAME...]] [--guest-timeout SECS]
+#                        [--log-dir DIR] [--install-deps] [--verbose]
+#
+#   --target         blktarget (default): $BLKTARGET_CMD serve --socket SOCK --backend SPEC --queues N
+#                    qsd: qemu-storage-daemon exporting a 1 GiB file in /dev/shm (reference
+#                    target, validates the harness itself)
+#   --backend        blktarget backend spec (default ram:1G); ignored for qsd
+#   --kind           blk (default) or scsi (vhost-user-scsi-pci; blktarget only; adds
+#                    "--kind scsi" to the serve command line)
+#   --queues         device queues (default 2)
+#   --only           run only these tests (comma separated)
+#   --guest-timeout  limit per guest boot in seconds (default 240)
+#   --log-dir        where console and target logs go (default: a new /tmp/blktarget-e2e-logs.* dir)
+#   --install-deps   run install-deps.sh first
+#   --verbose        stream guest consoles while they run
+#
+# Environment:
+#   BLKTARGET_CMD         command that starts the target (default:
+#                         dotnet <repo>/src/BlkTarget/bin/Release/net10.0/blktarget.dll)
+#   BLKTARGET_EXTRA_ARGS  extra arguments appended to "serve ..." (word-split)
+#   BLKTARGET_E2E_CACHE   guest cache dir (see build-guest.sh)
+#   E2E_TARGET_START_TIMEOUT  seconds to wait for the socket to appear (default 30)
+#   CI                    if "true", a missing prerequisite is a failure, never a skip
+#
+# Tests, in order, all against ONE target process:
+#   target-start               the target comes up and creates its socket
+#   fio-verify                 guest 1: fio random writes + crc32c verify on both queues
+#   ext4-write                 guest 2: mkfs.ext4, write + checksum a file, fsck, remount
+#   ext4-verify-after-reboot   guest 3 (fresh VM, same target): fsck + checksum still good
+#   target-shutdown            SIGTERM: the target exits 0 and removes its socket
+# Output: one "e2e PASS <name>" / "e2e FAIL <name>" line per test, then exactly one
+# "e2e: N passed, M failed" line. Exit status is non-zero if anything failed.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+SUITE_START=$SECONDS
+
+target=blktarget backend=ram:1G backend_set=0 kind=blk queues=2 only="" guest_timeout=240
+log_dir="" install=0 verbose=0
+usage() { sed -n '2,41p' "$0"; }
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --target) target=$2; shift 2 ;;
+        --backend) backend=$2; backend_set=1; shift 2 ;;
+        --kind) kind=$2; shift 2 ;;
+        --queues) queues=$2; shift 2 ;;
+        --only) only=$2; shift 2 ;;
+        --guest-timeout) guest_timeout=$2; shift 2 ;;
+        --log-dir) log_dir=$2; shift 2 ;;
+        --install-deps) install=1; shift ;;
+        --verbose) verbose=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "run-e2e: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+case "$target" in blktarget|qsd) ;; *) echo "run-e2e: --target must be blktarget or qsd" >&2; exit 2 ;; esac
+case "$kind" in blk|scsi) ;; *) echo "run-e2e: --kind must be blk or scsi" >&2; exit 2 ;; esac
+[[ "$queues" =~ ^[1-9][0-9]*$ ]] || { echo "run-e2e: --queues must be a positive integer" >&2; exit 2; }
+if [[ "$target" == qsd && "$kind" == scsi ]]; then
+    # qemu-storage-daemon only has a vhost-user-blk export.
+    echo "run-e2e: --kind scsi is not supported with --target qsd" >&2
+    exit 2
+fi
+
+ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot)
+TESTS=()
+if [[ -n "$only" ]]; then
+    IFS=, read -ra TESTS <<< "$only"
+    for t in "${TESTS[@]}"; do
+        [[ -f "$HERE/jobs/$t.sh" ]] || { echo "run-e2e: unknown test '$t' (have: ${ALL_TESTS[*]})" >&2; exit 2; }
+    done
+else
+    TESTS=("${ALL_TESTS[@]}")
+fi
+
+info() { echo "[e2e] $*"; }
+passed=0 failed=0
+declare -A RESULT
+pass() { RESULT[$1]=pass; passed=$((passed + 1)); echo "e2e PASS $1"; }
+fail() {
+    RESULT[$1]=fail; failed=$((failed + 1))
+    [[ -z "${2:-}" ]] || info "$1: $2"
+    echo "e2e FAIL $1"
+}
+summary_done=0
+summary() {
+    summary_done=1
+    info "logs: $log_dir"
+    info "total wall time: $((SECONDS - SUITE_START))s"
+    echo "e2e: $passed passed, $failed failed"
+}
+
+if [[ -z "$log_dir" ]]; then
+    log_dir=$(mktemp -d "${TMPDIR:-/tmp}/blktarget-e2e-logs.XXXXXX")
+fi
+mkdir -p "$log_dir"
+
+# A missing prerequisite must never turn CI green: with CI=true it is a failure.
+# Locally a loud skip is friendlier (e.g. on a laptop without QEMU).
+prereq_missing() {
+    if [[ "${CI:-}" == true ]]; then
+        fail prerequisites "$1"
+        summary
+        exit 1
+    fi
+    info "SKIPPING the e2e suite: $1 (with CI=true this would be a failure)"
+    for t in "${TESTS[@]}"; do echo "e2e SKIP $t"; done
+    summary
+    exit 0
+}
+
+# --- state for cleanup ----------------------------------------------------------
+WORK="" target_pid="" guest_pid="" qsd_image=""
+# shellcheck disable=SC2317  # only reached through the EXIT trap
+cleanup() {
+    local rc=$?
+    if [[ $rc -eq 130 || $rc -eq 143 ]] && [[ $summary_done -eq 0 ]]; then
+        # Interrupted (CI cancel, Ctrl-C): still leave a verdict in the log.
+        fail interrupted "received a signal, stopping"
+        summary
+    fi
+    # Kill what we started, by pid only. The guest's run-guest.sh has its own trap
+    # that stops its QEMU.
+    if [[ -n "$guest_pid" ]] && kill -0 "$guest_pid" 2>/dev/null; then
+        kill -TERM "$guest_pid" 2>/dev/null || true
+        wait "$guest_pid" 2>/dev/null || true
+    fi
+    if [[ -n "$target_pid" ]] && kill -0 "$target_pid" 2>/dev/null; then
+        kill -TERM "$target_pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$target_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$target_pid" 2>/dev/null || true
+        wait "$target_pid" 2>/dev/null || true
+    fi
+    [[ -z "$qsd_image" ]] || rm -f "$qsd_image"
+    [[ -z "$WORK" ]] || rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+info "target=$target kind=$kind queues=$queues$([[ $target == blktarget ]] && echo " backend=$backend") tests: ${TESTS[*]}"
+info "logs: $log_dir"
+
+# --- prerequisites ----------------------------------------------------------------
+if [[ $install -eq 1 ]]; then
+    "$HERE/install-deps.sh" || prereq_missing "install-deps.sh failed"
+fi
+for c in qemu-system-x86_64 timeout cpio; do
+    command -v "$c" >/dev/null 2>&1 || prereq_missing "'$c' not found (run tests/e2e/install-deps.sh)"
+done
+
+TARGET_CMD=()
+if [[ "$target" == qsd ]]; then
+    command -v qemu-storage-daemon >/dev/null 2>&1 || prereq_missing "qemu-storage-daemon not found (run tests/e2e/install-deps.sh)"
+    [[ $backend_set -eq 0 ]] || info "note: --backend is ignored with --target qsd"
+else
+    if [[ -n "${BLKTARGET_CMD:-}" ]]; then
+        read -ra TARGET_CMD <<< "$BLKTARGET_CMD"
+        command -v "${TARGET_CMD[0]}" >/dev/null 2>&1 || prereq_missing "BLKTARGET_CMD: '${TARGET_CMD[0]}' not found"
+    else
+        dll="$REPO/src/BlkTarget/bin/Release/net10.0/blktarget.dll"
+        command -v dotnet >/dev/null 2>&1 || prereq_missing "dotnet not found"
+        [[ -f "$dll" ]] || prereq_missing "$dll not built (dotnet build -c Release src/BlkTarget)"
+        TARGET_CMD=(dotnet "$dll")
+    fi
+fi
+
+# First build takes ~20 s (kernel download + initramfs); afterwards it is a cache hit.
+if ! guest_dir=$("$HERE/build-guest.sh" 2> "$log_dir/build-guest.log"); then
+    tail -n 20 "$log_dir/build-guest.log" | sed 's/^/[e2e]   /'
+    prereq_missing "could not build the guest kernel/initramfs (see $log_dir/build-guest.log)"
+fi
+info "guest: $guest_dir"
+
+# Short path: unix socket paths are limited to 107 bytes.
+WORK=$(mktemp -d /tmp/blktarget-e2e.XXXXXX)
+SOCK="$WORK/vhost.sock"
+TARGET_LOG="$log_dir/target.log"
+
+target_tail() {
+    info "----- last 40 lines of the target log ($TARGET_LOG) -----"
+    tail -n 40 "$TARGET_LOG" 2>/dev/null | sed 's/^/[target] /' || true
+}
+
+# --- target lifecycle -------------------------------------------------------------
+start_target() {
+    if [[ "$target" == qsd ]]; then
+        # tmpfs does not support O_DIRECT, hence cache.direct=off.
+        qsd_image=$(mktemp /dev/shm/blktarget-e2e.XXXXXX.img)
+        truncate -s 1G "$qsd_image"
+        local cmd=(qemu-storage-daemon
+            --blockdev "driver=file,node-name=f0,filename=$qsd_image,cache.direct=off"
+            --export "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=$queues")
+    else
+        local extra=()
+        [[ "$kind" == blk ]] || extra+=(--kind "$kind")
+        if [[ -n "${BLKTARGET_EXTRA_ARGS:-}" ]]; then
+            local more=()
+            read -ra more <<< "$BLKTARGET_EXTRA_ARGS"
+            extra+=("${more[@]}")
+        fi
+        local cmd=("${TARGET_CMD[@]}" serve --socket "$SOCK" --backend "$backend" --queues "$queues" ${extra[@]+"${extra[@]}"})
+    fi
+    echo "+ ${cmd[*]}" > "$TARGET_LOG"
+    info "starting target: ${cmd[*]}"
+    "${cmd[@]}" </dev/null >>"$TARGET_LOG" 2>&1 &
+    target_pid=$!
+
+    # Ready = the socket file exists. A target should bind+listen before anything
+    # else can observe the path, so QEMU can connect as soon as it is there.
+    local limit=${E2E_TARGET_START_TIMEOUT:-30} t0=$SECONDS
+    while [[ ! -S "$SOCK" ]]; do
+        if ! kill -0 "$target_pid" 2>/dev/null; then
+            local rc=0
+            wait "$target_pid" || rc=$?
+            target_pid=""
+            target_tail
+            fail target-start "target exited with status $rc before creating $SOCK"
+            return 1
+        fi
+        if (( SECONDS - t0 >= limit )); then
+            target_tail
+            fail target-start "socket $SOCK did not appear within ${limit}s"
+            return 1
+        fi
+        sleep 0.1
+    done
+    info "target up (pid $target_pid) after $((SECONDS - t0))s"
+    pass target-start
+}
+
+target_alive() { [[ -n "$target_pid" ]] && kill -0 "$target_pid" 2>/dev/null; }
+
+stop_target() {
+    if ! target_alive; then
+        local rc=0
+        [[ -z "$target_pid" ]] || wait "$target_pid" || rc=$?
+        target_pid=""
+        target_tail
+        fail target-shutdown "target was no longer running at shutdown (exit status $rc)"
+        return
+    fi
+    kill -TERM "$target_pid"
+    local t0=$SECONDS
+    while kill -0 "$target_pid" 2>/dev/null && (( SECONDS - t0 < 20 )); do sleep 0.1; done
+    if kill -0 "$target_pid" 2>/dev/null; then
+        kill -KILL "$target_pid" 2>/dev/null || true
+        wait "$target_pid" 2>/dev/null || true
+        target_pid=""
+        target_tail
+        fail target-shutdown "target did not exit within 20s of SIGTERM (killed)"
+        return
+    fi
+    local rc=0
+    wait "$target_pid" || rc=$?
+    target_pid=""
+    if [[ $rc -ne 0 ]]; then
+        target_tail
+        fail target-shutdown "target exited with status $rc after SIGTERM (expected 0)"
+    elif [[ -e "$SOCK" ]]; then
+        target_tail
+        fail target-shutdown "target exited but left its socket $SOCK behind"
+    else
+        info "target stopped cleanly after $((SECONDS - t0))s"
+        pass target-shutdown
+    fi
+}
+
+# --- one guest test -----------------------------------------------------------------
+run_test() {
+    local name=$1 dep=${2:-}
+    if [[ -n "$dep" && "${RESULT[$dep]:-}" != pass ]]; then
+        fail "$name" "needs a passing $dep in the same run (got: ${RESULT[$dep]:-not run})"
+        return
+    fi
+    if ! target_alive; then
+        fail "$name" "target is not running"
+        return
+    fi
+    info "running $name ..."
+    local t0=$SECONDS args=(--socket "$SOCK" --job "$HERE/jobs/$name.sh" --queues "$queues" --kind "$kind"
+        --timeout "$guest_timeout" --guest-dir "$guest_dir" --log "$log_dir/$name.console.log")
+    [[ $verbose -eq 0 ]] || args+=(--verbose)
+    # Run the guest in the background and poll: an INT/TERM trap can then stop it
+    # right away, and if the target dies the guest's I/O would hang until the guest
+    # timeout (minutes), so stop the guest a few seconds after the target is gone.
+    local rc=0 dead_since=""
+    "$HERE/run-guest.sh" "${args[@]}" > "$log_dir/$name.run.log" 2>&1 &
+    guest_pid=$!
+    while kill -0 "$guest_pid" 2>/dev/null; do
+        if ! target_alive; then
+            dead_since=${dead_since:-$SECONDS}
+            if (( SECONDS - dead_since >= 5 )); then
+                info "$name: target died, stopping the guest"
+                kill -TERM "$guest_pid" 2>/dev/null || true
+                break
+            fi
+        fi
+        sleep 0.5
+    done
+    wait "$guest_pid" || rc=$?
+    guest_pid=""
+    if [[ $verbose -eq 1 ]]; then cat "$log_dir/$name.run.log"; fi
+    if [[ $rc -eq 0 ]] && target_alive; then
+        info "$name passed in $((SECONDS - t0))s"
+        pass "$name"
+        return
+    fi
+    [[ $verbose -eq 1 ]] || sed 's/^/[guest] /' "$log_dir/$name.run.log"
+    target_tail
+    if [[ $rc -eq 0 ]]; then
+        fail "$name" "guest passed but the target died during the test"
+    elif ! target_alive; then
+        fail "$name" "the target died during the test; guest stopped after $((SECONDS - t0))s (console: $log_dir/$name.console.log)"
+    else
+        fail "$name" "guest failed after $((SECONDS - t0))s (console: $log_dir/$name.console.log)"
+    fi
+}
+
+# --- main ---------------------------------------------------------------------------
+if start_target; then
+    for t in "${TESTS[@]}"; do
+        case "$t" in
+            # Only meaningful after ext4-write left a filesystem on this target's disk.
+            ext4-verify-after-reboot)
+                if [[ " ${TESTS[*]} " == *" ext4-write "* ]]; then run_test "$t" ext4-write; else run_test "$t"; fi ;;
+            *) run_test "$t" ;;
+        esac
+    done
+    stop_target
+else
+    for t in "${TESTS[@]}"; do fail "$t" "target did not start"; done
+fi
+
+summary
+if [[ $failed -ne 0 ]]; then exit 1; fi
+exit 0
