@@ -13,20 +13,20 @@ public sealed unsafe class BlkRequestTests : IDisposable
     private const ushort Next = VirtqDescriptor.FlagNext;
     private const ushort Write = VirtqDescriptor.FlagWrite;
     private readonly TestRing _ring = new(size: 64);
-    private RamDisk _disk = new(1 << 20);
+    private Storage.IBlockDevice _disk = new RamDisk(1 << 20);
     private BlkQueue _queue;
     private ushort _nextDescriptor;
 
     public BlkRequestTests() => _queue = CreateQueue(_disk, new BlkOptions());
 
-    private BlkQueue CreateQueue(RamDisk disk, BlkOptions options)
+    private BlkQueue CreateQueue(Storage.IBlockDevice disk, BlkOptions options)
     {
         var context = new BlkDeviceContext("test", disk, options);
         var start = new QueueStartInfo(0, _ring.CreateRing(), _ring.Memory.Memory, 0, -1, -1);
         return new BlkQueue(start, context, NullLogger.Instance);
     }
 
-    private void UseDisk(RamDisk disk, BlkOptions? options = null)
+    private void UseDisk(Storage.IBlockDevice disk, BlkOptions? options = null)
     {
         _queue.Dispose();
         _disk.Dispose();
@@ -252,16 +252,62 @@ public sealed unsafe class BlkRequestTests : IDisposable
         Assert.Contains("BadAddress", _queue.BrokenReason);
     }
 
+    private void FlushRequestAt(ushort head)
+    {
+        _ring.SetDescriptor(head, Header(VirtioBlk.TypeFlush, 0), 16, Next, (ushort)(head + 1));
+        _ring.SetDescriptor(head + 1, _ring.Allocate(1), 1, Write);
+    }
+
+    [Fact]
+    public void A_head_made_available_again_after_completion_is_served()
+    {
+        FlushRequestAt(0);
+        _ring.MakeAvailable(0);
+        _ring.MakeAvailable(0);
+        _queue.Poll();   // the RAM disk completes inline, so the second use is legal
+        Assert.Null(_queue.BrokenReason);
+        Assert.Equal(2, _ring.UsedIdx);
+    }
+
     [Fact]
     public void A_head_made_available_twice_while_in_flight_breaks_the_queue()
     {
-        _ring.SetDescriptor(0, Header(VirtioBlk.TypeOut, 0), 16, Next, 1);
-        _ring.SetDescriptor(1, _ring.Allocate(1), 1, Write);
+        var disk = new DeferredDisk(1 << 20);
+        UseDisk(disk);
+        FlushRequestAt(0);
         _ring.MakeAvailable(0);
         _ring.MakeAvailable(0);
-        _queue.Poll();   // RAM completes inline, so the second use is legal here
-        Assert.Null(_queue.BrokenReason);
-        Assert.Equal(2, _ring.UsedIdx);
+        _queue.Poll();
+        Assert.Contains("in flight", _queue.BrokenReason);
+        // The request that was legitimately in flight still completes.
+        disk.Release = true;
+        _queue.Poll();
+        Assert.Equal(1, _ring.UsedIdx);
+    }
+
+    [Fact]
+    public void Stop_waits_for_in_flight_requests_before_reporting_drained()
+    {
+        var disk = new DeferredDisk(1 << 20);
+        UseDisk(disk);
+        FlushRequestAt(0);
+        _ring.MakeAvailable(0);
+        _queue.Poll();
+        Assert.Equal(1, _queue.InFlight);
+        bool drained = false;
+        _queue.BeginStop(() => drained = true);
+        Assert.False(drained);
+        _queue.Poll();
+        Assert.False(drained);
+        disk.Release = true;
+        _queue.Poll();
+        Assert.True(drained);
+        Assert.Equal(1, _ring.UsedIdx);
+        // A stopping queue takes no new requests.
+        FlushRequestAt(4);
+        _ring.MakeAvailable(4);
+        _queue.Poll();
+        Assert.Equal(1, _queue.LastAvailIdx);
     }
 
     [Fact]
