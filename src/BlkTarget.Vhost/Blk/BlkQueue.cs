@@ -29,13 +29,14 @@ public sealed unsafe class BlkQueue : IRunningQueue, IBlockCompletionSink
         public byte Result;
     }
 
-    private readonly SplitRing _ring;
+    private readonly IVirtqueue _ring;
     private readonly GuestMemory _memory;
     private readonly BlkDeviceContext _device;
     private readonly IBlockChannel _channel;
     private readonly Slot[] _slots;
     private readonly NativeBuffer _segmentBuffer;
     private readonly IoVec* _segments;
+    private readonly IoVec* _scratch;
     private readonly int _kickFd;
     private readonly ILogger _log;
     private int _callFd;
@@ -54,8 +55,10 @@ public sealed unsafe class BlkQueue : IRunningQueue, IBlockCompletionSink
         _callFd = start.CallFd;
         _log = log;
         _slots = new Slot[_ring.Size];
-        _segmentBuffer = new NativeBuffer((nuint)(_ring.Size * SegmentsPerSlot * sizeof(IoVec)));
+        // One extra slot's worth at the end is the scratch space chains are walked into.
+        _segmentBuffer = new NativeBuffer((nuint)((_ring.Size + 1) * SegmentsPerSlot * sizeof(IoVec)));
         _segments = (IoVec*)_segmentBuffer.Pointer;
+        _scratch = _segments + _ring.Size * SegmentsPerSlot;
         _channel = device.Backend.OpenChannel(this, (int)_ring.Size * (int)Math.Max(1, device.Options.MaxRangeSegments));
     }
 
@@ -79,17 +82,15 @@ public sealed unsafe class BlkQueue : IRunningQueue, IBlockCompletionSink
         int work = 0;
         if (!_stopping && BrokenReason is null)
         {
-            for (int i = 0; i < PopBudget; i++)
+            for (int i = 0; i < PopBudget && BrokenReason is null; i++)
             {
-                var result = _ring.TryPop(out ushort head);
-                if (result == SplitRing.PopResult.Empty) break;
-                if (result == SplitRing.PopResult.Corrupt)
-                {
-                    Break("avail index ran more than a queue ahead");
-                    break;
-                }
+                // The chain is walked into scratch space first: the head (and so the slot) is known only after the pop.
+                var chain = new ChainBuffers(_scratch, SegmentsPerSlot);
+                var status = _ring.TryPopChain(_memory, ref chain, out ushort head, out string? error);
+                if (status == PopStatus.Empty) break;
                 work++;
-                Process(head);
+                if (status == PopStatus.Corrupt) Break(error!);
+                else Process(head, ref chain);
             }
         }
         if (_inFlight > 0) work += _channel.Poll();
@@ -140,25 +141,12 @@ public sealed unsafe class BlkQueue : IRunningQueue, IBlockCompletionSink
         _log.LogError("{Device} queue {Queue}: guest error, queue stopped: {Reason}", _device.Name, Index, reason);
     }
 
-    private void Process(ushort head)
+    private void Process(ushort head, ref ChainBuffers chain)
     {
-        if (head >= _ring.Size)
-        {
-            Break($"avail ring names descriptor {head} of a {_ring.Size}-entry table");
-            return;
-        }
         ref Slot slot = ref _slots[head];
         if (slot.Busy)
         {
             Break($"descriptor {head} made available again while in flight");
-            return;
-        }
-        IoVec* segments = _segments + head * SegmentsPerSlot;
-        var chain = new ChainBuffers(segments, SegmentsPerSlot);
-        var error = DescriptorChainWalker.Walk(_memory, _ring.Descriptors, _ring.Size, head, ref chain);
-        if (error != ChainError.None)
-        {
-            Break($"descriptor chain at {head} refused: {error}");
             return;
         }
         if (chain.LastWritableByte == null)
@@ -166,6 +154,10 @@ public sealed unsafe class BlkQueue : IRunningQueue, IBlockCompletionSink
             Break($"request at descriptor {head} has no writable status byte");
             return;
         }
+        // Move the walked buffers into the slot: they must stay valid while the backend works on them.
+        IoVec* segments = _segments + head * SegmentsPerSlot;
+        Buffer.MemoryCopy(_scratch, segments, SegmentsPerSlot * sizeof(IoVec), chain.Count * sizeof(IoVec));
+        chain.Segments = segments;
         slot = new Slot { Busy = true, Status = chain.LastWritableByte, UsedLength = 1, Pending = 1, Result = VirtioBlk.StatusOk };
         _inFlight++;
         byte status = chain.Overflowed ? VirtioBlk.StatusIoErr : Dispatch(head, ref slot, segments, chain);

@@ -6,7 +6,7 @@ namespace BlkTarget.Vhost.Device;
 
 /// <summary>What a running queue needs at start: its ring in guest memory and the negotiated features.</summary>
 /// <summary>Kick and call fds are borrowed from the session, which owns them; -1 means none.</summary>
-public sealed record QueueStartInfo(int Index, SplitRing Ring, GuestMemory Memory, ulong AckedFeatures, int KickFd, int CallFd);
+public sealed record QueueStartInfo(int Index, IVirtqueue Ring, GuestMemory Memory, ulong AckedFeatures, int KickFd, int CallFd);
 
 /// <summary>
 /// A virtqueue while it runs on a reactor. Everything except construction and Dispose is called on the

@@ -9,7 +9,7 @@ namespace BlkTarget.Vhost.Queues;
 /// no locking. Memory ordering follows PROTOCOL-NOTES.md: acquire on avail->idx, release on used->idx, full
 /// fences around notification decisions.
 /// </summary>
-public sealed unsafe class SplitRing
+public sealed unsafe class SplitRing : IVirtqueue
 {
     private readonly ushort* _availFlags;
     private readonly ushort* _availIdx;
@@ -93,10 +93,29 @@ public sealed unsafe class SplitRing
         return PopResult.Popped;
     }
 
+    public PopStatus TryPopChain(GuestMemory memory, ref ChainBuffers chain, out ushort id, out string? error)
+    {
+        error = null;
+        var result = TryPop(out id);
+        if (result == PopResult.Empty) return PopStatus.Empty;
+        if (result == PopResult.Corrupt)
+        {
+            error = "avail index ran more than a queue ahead";
+            return PopStatus.Corrupt;
+        }
+        var chainError = DescriptorChainWalker.Walk(memory, Descriptors, Size, id, ref chain);
+        if (chainError != ChainError.None)
+        {
+            error = $"descriptor chain at {id} refused: {chainError}";
+            return PopStatus.Corrupt;
+        }
+        return PopStatus.Popped;
+    }
+
     public bool HasPending => (ushort)(Volatile.Read(ref *_availIdx) - _lastAvailIdx) != 0;
 
     /// <summary>Writes one used element; the guest sees it only after <see cref="PublishUsed"/>.</summary>
-    public void PushUsed(uint id, uint len)
+    public void PushUsed(ushort id, uint len)
     {
         _usedRing[_usedShadow & _mask] = new VirtqUsedElement { Id = id, Len = len };
         _usedShadow++;

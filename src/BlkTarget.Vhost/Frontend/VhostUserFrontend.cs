@@ -1,0 +1,448 @@
+using System.Buffers.Binary;
+using System.Net.Sockets;
+using BlkTarget.Vhost.Interop;
+using BlkTarget.Vhost.Protocol;
+
+namespace BlkTarget.Vhost.Frontend;
+
+/// <summary>A backend refused a request (failure ack, failed GET_CONFIG) or answered out of protocol.</summary>
+public sealed class VhostUserFrontendException(string message, VhostUserRequest request, ulong ackValue = 0) : Exception(message)
+{
+    public VhostUserRequest Request { get; } = request;
+    /// <summary>The non-zero REPLY_ACK value, when the failure came as an ack.</summary>
+    public ulong AckValue { get; } = ackValue;
+}
+
+/// <summary>
+/// The QEMU side of one vhost-user connection to a vhost-user-blk backend (ours, qemu-storage-daemon, SPDK):
+/// connects, negotiates in QEMU 7.2's order, reads the virtio-blk config, and starts and stops queues driven
+/// by <see cref="VirtqueueDriver"/>s in a <see cref="GuestMemoryArena"/>.
+/// <para>
+/// Control-path only and single-threaded: call it from one thread at a time. Set messages carry NEED_REPLY
+/// when REPLY_ACK was negotiated, and a failure ack throws <see cref="VhostUserFrontendException"/>. Raw
+/// send/receive is exposed for tests that speak out of turn.
+/// </para>
+/// </summary>
+public sealed class VhostUserFrontend : IDisposable
+{
+    private readonly VhostUserConnection _connection;
+    private readonly List<MemoryRegionDescription> _addedRegions = [];
+
+    private VhostUserFrontend(Socket socket, VhostUserFrontendOptions options)
+    {
+        _connection = new VhostUserConnection(socket);
+        Options = options;
+    }
+
+    public VhostUserFrontendOptions Options { get; }
+    public VhostUserConnection Connection => _connection;
+
+    /// <summary>Features the backend offered (second GET_FEATURES of the handshake).</summary>
+    public ulong OfferedFeatures { get; private set; }
+    public ProtocolFeatures OfferedProtocolFeatures { get; private set; }
+    public ProtocolFeatures AckedProtocolFeatures { get; private set; }
+    /// <summary>What the last SET_FEATURES acked (0 before the first start).</summary>
+    public ulong AckedFeatures { get; private set; }
+    /// <summary>GET_QUEUE_NUM's answer, or 1 when the backend lacks MQ.</summary>
+    public int BackendQueueCount { get; private set; } = 1;
+    /// <summary>GET_MAX_MEM_SLOTS's answer, or 0 without CONFIGURE_MEM_SLOTS.</summary>
+    public ulong MaxMemSlots { get; private set; }
+    /// <summary>The config read during the handshake, or null when CONFIG was not negotiated.</summary>
+    public VirtioBlkConfig? Config { get; private set; }
+
+    public bool ReplyAckNegotiated => (AckedProtocolFeatures & ProtocolFeatures.ReplyAck) != 0;
+    /// <summary>Whether the backend offers VHOST_USER_F_PROTOCOL_FEATURES (bit 30).</summary>
+    public bool ProtocolFeaturesOffered => (OfferedFeatures & VirtioFeatures.Bit(VirtioFeatures.VhostUserProtocolFeatures)) != 0;
+
+    /// <summary>Connects and runs the handshake (QEMU 7.2's connect and realize steps, up to GET_CONFIG).</summary>
+    public static VhostUserFrontend Connect(string socketPath, VhostUserFrontendOptions? options = null, TimeSpan? connectTimeout = null)
+    {
+        var frontend = Open(socketPath, options, connectTimeout);
+        try
+        {
+            frontend.Handshake();
+            return frontend;
+        }
+        catch
+        {
+            frontend.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Connects without saying anything (for tests that want to speak first and out of turn).
+    /// Retries while the socket does not exist or refuses, until <paramref name="connectTimeout"/>.</summary>
+    public static VhostUserFrontend Open(string socketPath, VhostUserFrontendOptions? options = null, TimeSpan? connectTimeout = null)
+    {
+        options ??= new VhostUserFrontendOptions();
+        long deadline = Environment.TickCount64 + (long)(connectTimeout ?? TimeSpan.FromSeconds(5)).TotalMilliseconds;
+        while (true)
+        {
+            var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            try
+            {
+                socket.Connect(new UnixDomainSocketEndPoint(socketPath));
+                int timeout = (int)Math.Min(options.ReplyTimeout.TotalMilliseconds, int.MaxValue);
+                socket.ReceiveTimeout = timeout;
+                socket.SendTimeout = timeout;
+                return new VhostUserFrontend(socket, options);
+            }
+            catch (SocketException e) when (e.SocketErrorCode is SocketError.ConnectionRefused or SocketError.AddressNotAvailable or SocketError.AddressFamilyNotSupported
+                                              || !File.Exists(socketPath))
+            {
+                socket.Dispose();
+                if (Environment.TickCount64 >= deadline) throw new IOException($"cannot connect to {socketPath}: {e.Message}", e);
+                Thread.Sleep(20);
+            }
+            catch
+            {
+                socket.Dispose();
+                throw;
+            }
+        }
+    }
+
+    /// <summary>
+    /// QEMU 7.2 at connect and realize: GET_FEATURES; GET/SET_PROTOCOL_FEATURES (if bit 30); GET_QUEUE_NUM (if
+    /// MQ); GET_MAX_MEM_SLOTS (if CONFIGURE_MEM_SLOTS); SET_OWNER; GET_FEATURES again; GET_CONFIG (if CONFIG).
+    /// </summary>
+    public void Handshake()
+    {
+        OfferedFeatures = GetFeatures();
+        if (ProtocolFeaturesOffered)
+        {
+            OfferedProtocolFeatures = GetProtocolFeatures();
+            var ack = OfferedProtocolFeatures & Options.ProtocolFeatures;
+            SetProtocolFeatures(ack);
+        }
+        if ((AckedProtocolFeatures & ProtocolFeatures.Mq) != 0) BackendQueueCount = (int)GetQueueNum();
+        if ((AckedProtocolFeatures & ProtocolFeatures.ConfigureMemSlots) != 0) MaxMemSlots = GetMaxMemSlots();
+        SetOwner();
+        OfferedFeatures = GetFeatures();
+        if ((AckedProtocolFeatures & ProtocolFeatures.Config) != 0)
+            Config = VirtioBlkConfig.Parse(GetConfig(0, Options.ConfigSize));
+    }
+
+    /// <summary>The features SET_FEATURES will ack: what the backend offers and these options support.</summary>
+    public ulong FeaturesToAck => OfferedFeatures & Options.SupportedFeatures;
+
+    public bool HasFeature(int bit) => (AckedFeatures & VirtioFeatures.Bit(bit)) != 0;
+
+    /// <summary>
+    /// QEMU 7.2 at DRIVER_OK: SET_FEATURES, the memory table, then per queue SET_VRING_NUM, _BASE, _ADDR, _KICK,
+    /// _CALL, and finally SET_VRING_ENABLE(1) for every queue (when protocol features are in use and
+    /// <paramref name="enable"/> is set). Each queue starts from its <see cref="VirtqueueDriver.NextBase"/>.
+    /// </summary>
+    public void Start(GuestMemoryArena arena, IReadOnlyList<VirtqueueDriver> queues, bool enable = true)
+    {
+        ulong features = FeaturesToAck;
+        SetFeatures(features);
+        bool eventIdx = (features & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0;
+        foreach (var q in queues) q.EventIdx = eventIdx;
+        SetMemory(arena);
+        foreach (var q in queues)
+        {
+            SetVringNum(q.Index, (uint)q.Size);
+            SetVringBase(q.Index, q.NextBase);
+            SetVringAddr(q.Address);
+            SetVringKick(q.Index, q.KickFd);
+            SetVringCall(q.Index, q.CallFd);
+        }
+        if (enable) EnableQueues(queues, true);
+    }
+
+    /// <summary>SET_VRING_ENABLE for each queue; does nothing when SET_FEATURES did not ack bit 30 (then rings run
+    /// as soon as they are started, and QEMU does not send it either).</summary>
+    public void EnableQueues(IReadOnlyList<VirtqueueDriver> queues, bool enable)
+    {
+        if ((AckedFeatures & VirtioFeatures.Bit(VirtioFeatures.VhostUserProtocolFeatures)) == 0) return;
+        foreach (var q in queues) SetVringEnable(q.Index, enable);
+    }
+
+    /// <summary>
+    /// QEMU 7.2 at stop: SET_VRING_ENABLE(0) then GET_VRING_BASE per queue. The backend answers once the queue is
+    /// drained. Each queue's <see cref="VirtqueueDriver.NextBase"/> takes the answer; the answers are returned.
+    /// </summary>
+    public ushort[] Stop(IReadOnlyList<VirtqueueDriver> queues)
+    {
+        EnableQueues(queues, false);
+        var bases = new ushort[queues.Count];
+        for (int i = 0; i < queues.Count; i++)
+        {
+            bases[i] = GetVringBase(queues[i].Index);
+            queues[i].NextBase = bases[i];
+        }
+        return bases;
+    }
+
+    /// <summary>Describes the arena to the backend: SET_MEM_TABLE, or with <see cref="VhostUserFrontendOptions.UseAddMemReg"/>
+    /// (and CONFIGURE_MEM_SLOTS) REM_MEM_REG for regions no longer present and ADD_MEM_REG for new ones.</summary>
+    public void SetMemory(GuestMemoryArena arena)
+    {
+        if (Options.UseAddMemReg && (AckedProtocolFeatures & ProtocolFeatures.ConfigureMemSlots) != 0)
+        {
+            var wanted = arena.Regions.ToArray();
+            foreach (var old in _addedRegions.Where(r => !wanted.Contains(r)).ToList())
+            {
+                RemoveMemoryRegion(old);
+                _addedRegions.Remove(old);
+            }
+            foreach (var region in wanted.Where(r => !_addedRegions.Contains(r)))
+            {
+                AddMemoryRegion(region, arena.MemoryFd.Fd);
+                _addedRegions.Add(region);
+            }
+            return;
+        }
+        SetMemTable(arena.Regions, arena.MemoryFd.Fd);
+    }
+
+    // ---- individual messages ----
+
+    public ulong GetFeatures() => RequestU64(VhostUserRequest.GetFeatures);
+
+    public void SetFeatures(ulong features)
+    {
+        SendSetU64(VhostUserRequest.SetFeatures, features);
+        AckedFeatures = features;
+    }
+
+    public ProtocolFeatures GetProtocolFeatures() => (ProtocolFeatures)RequestU64(VhostUserRequest.GetProtocolFeatures);
+
+    /// <summary>Sent without NEED_REPLY, as QEMU does: REPLY_ACK is what is being negotiated.</summary>
+    public void SetProtocolFeatures(ProtocolFeatures features)
+    {
+        Span<byte> p = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(p, (ulong)features);
+        _connection.Send(VhostUserRequest.SetProtocolFeatures, 0, p);
+        AckedProtocolFeatures = features;
+    }
+
+    public ulong GetQueueNum() => RequestU64(VhostUserRequest.GetQueueNum);
+
+    public ulong GetMaxMemSlots() => RequestU64(VhostUserRequest.GetMaxMemSlots);
+
+    public void SetOwner() => SendSet(VhostUserRequest.SetOwner, []);
+
+    public void ResetDevice() => SendSet(VhostUserRequest.ResetDevice, []);
+
+    public void SetMemTable(ReadOnlySpan<MemoryRegionDescription> regions, int fd)
+    {
+        if (regions.Length > MemoryTablePayload.MaxRegions) throw new ArgumentException("too many regions", nameof(regions));
+        Span<byte> payload = stackalloc byte[MemoryTablePayload.HeaderLength + MemoryTablePayload.MaxRegions * MemoryRegionDescription.Length];
+        int length = MemoryTablePayload.Write(payload, regions);
+        Span<int> fds = stackalloc int[regions.Length];
+        fds.Fill(fd);
+        SendSet(VhostUserRequest.SetMemTable, payload[..length], fds);
+    }
+
+    public void AddMemoryRegion(MemoryRegionDescription region, int fd)
+    {
+        Span<byte> payload = stackalloc byte[SingleRegionPayload.Length];
+        SingleRegionPayload.Write(payload, region);
+        SendSet(VhostUserRequest.AddMemReg, payload, [fd]);
+    }
+
+    public void RemoveMemoryRegion(MemoryRegionDescription region)
+    {
+        Span<byte> payload = stackalloc byte[SingleRegionPayload.Length];
+        SingleRegionPayload.Write(payload, region);
+        SendSet(VhostUserRequest.RemMemReg, payload);
+    }
+
+    public void SetVringNum(int index, uint num) => SendSetState(VhostUserRequest.SetVringNum, index, num);
+
+    public void SetVringBase(int index, ushort lastAvailIdx) => SendSetState(VhostUserRequest.SetVringBase, index, lastAvailIdx);
+
+    public void SetVringAddr(VringAddress address)
+    {
+        Span<byte> payload = stackalloc byte[VringAddress.Length];
+        address.Write(payload);
+        SendSet(VhostUserRequest.SetVringAddr, payload);
+    }
+
+    /// <summary>SET_VRING_KICK with <paramref name="fd"/>, or with the no-fd bit when fd is negative.</summary>
+    public void SetVringKick(int index, int fd) => SendVringFd(VhostUserRequest.SetVringKick, index, fd);
+
+    public void SetVringCall(int index, int fd) => SendVringFd(VhostUserRequest.SetVringCall, index, fd);
+
+    public void SetVringErr(int index, int fd) => SendVringFd(VhostUserRequest.SetVringErr, index, fd);
+
+    public void SetVringEnable(int index, bool enable) => SendSetState(VhostUserRequest.SetVringEnable, index, enable ? 1u : 0u);
+
+    /// <summary>Stops the queue and returns the backend's last_avail_idx.</summary>
+    public ushort GetVringBase(int index)
+    {
+        Span<byte> payload = stackalloc byte[VringState.Length];
+        new VringState((uint)index, 0).Write(payload);
+        _connection.Send(VhostUserRequest.GetVringBase, 0, payload);
+        using var reply = ReceiveReply(VhostUserRequest.GetVringBase);
+        if (reply.Payload.Length < VringState.Length) throw new VhostUserFrontendException($"GET_VRING_BASE reply of {reply.Payload.Length} bytes", VhostUserRequest.GetVringBase);
+        var state = VringState.Read(reply.Payload);
+        if (state.Index != (uint)index) throw new VhostUserFrontendException($"GET_VRING_BASE for queue {index} answered for queue {state.Index}", VhostUserRequest.GetVringBase);
+        return (ushort)state.Num;
+    }
+
+    /// <summary>Reads <paramref name="size"/> bytes of config space; throws when the backend refuses (a reply
+    /// whose size differs from the request).</summary>
+    public byte[] GetConfig(uint offset, uint size) =>
+        TryGetConfig(offset, size) ?? throw new VhostUserFrontendException($"GET_CONFIG of {size} bytes at {offset} refused", VhostUserRequest.GetConfig);
+
+    /// <summary>As <see cref="GetConfig"/>, but null when the backend signals failure.</summary>
+    public byte[]? TryGetConfig(uint offset, uint size)
+    {
+        if (size > MessageHeader.MaxPayload - ConfigHeader.Length) throw new ArgumentOutOfRangeException(nameof(size));
+        var payload = new byte[ConfigHeader.Length + size];
+        new ConfigHeader(offset, size, 0).Write(payload);
+        _connection.Send(VhostUserRequest.GetConfig, 0, payload);
+        using var reply = ReceiveReply(VhostUserRequest.GetConfig);
+        if (reply.Payload.Length < ConfigHeader.Length) throw new VhostUserFrontendException($"GET_CONFIG reply of {reply.Payload.Length} bytes", VhostUserRequest.GetConfig);
+        var header = ConfigHeader.Read(reply.Payload);
+        if (header.Size != size || reply.Payload.Length != ConfigHeader.Length + size) return null;
+        return reply.Payload[ConfigHeader.Length..];
+    }
+
+    /// <summary>SET_CONFIG (flags 0: a driver write).</summary>
+    public void SetConfig(uint offset, ReadOnlySpan<byte> data)
+    {
+        var payload = new byte[ConfigHeader.Length + data.Length];
+        new ConfigHeader(offset, (uint)data.Length, 0).Write(payload);
+        data.CopyTo(payload.AsSpan(ConfigHeader.Length));
+        SendSet(VhostUserRequest.SetConfig, payload);
+    }
+
+    // ---- raw access, for tests ----
+
+    /// <summary>Sends any message as given (the version bits are added).</summary>
+    public void SendRaw(VhostUserRequest request, uint flags, ReadOnlySpan<byte> payload, ReadOnlySpan<int> fds = default) =>
+        _connection.Send(request, flags, payload, fds);
+
+    /// <summary>Sends bytes as they are, header included, with optional descriptors.</summary>
+    public void SendRawBytes(ReadOnlySpan<byte> bytes, ReadOnlySpan<int> fds = default) => UnixSocketFds.Send(_connection.Socket, bytes, fds);
+
+    /// <summary>Receives one message; null when the backend closed the connection.</summary>
+    public ReceivedMessage? ReceiveRaw() => Translate(() => _connection.Receive());
+
+    /// <summary>Sends a message with NEED_REPLY and returns the u64 the backend answers with (the REPLY_ACK
+    /// value: 0 = success).</summary>
+    public ulong SendWithAck(VhostUserRequest request, ReadOnlySpan<byte> payload, ReadOnlySpan<int> fds = default)
+    {
+        _connection.Send(request, MessageHeader.NeedReplyFlag, payload, fds);
+        return ReceiveU64(request);
+    }
+
+    /// <summary>Waits until the backend closes the connection, discarding anything it sends. False when it
+    /// is still open after <paramref name="timeout"/>.</summary>
+    public bool WaitForClose(TimeSpan timeout)
+    {
+        var socket = _connection.Socket;
+        int saved = socket.ReceiveTimeout;
+        long deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        try
+        {
+            while (true)
+            {
+                long left = deadline - Environment.TickCount64;
+                if (left <= 0) return false;
+                socket.ReceiveTimeout = (int)Math.Min(left, int.MaxValue);
+                try
+                {
+                    using var message = _connection.Receive();
+                    if (message is null) return true;
+                }
+                catch (IOException e) when (e.HResult == Errno.EAGAIN)
+                {
+                    return false;
+                }
+                catch (Exception e) when (e is IOException or SocketException or VhostUserProtocolException)
+                {
+                    return true;
+                }
+            }
+        }
+        finally
+        {
+            try { socket.ReceiveTimeout = saved; }
+            catch (ObjectDisposedException) { }
+        }
+    }
+
+    // ---- plumbing ----
+
+    private ulong RequestU64(VhostUserRequest request)
+    {
+        _connection.Send(request, 0, []);
+        return ReceiveU64(request);
+    }
+
+    private ulong ReceiveU64(VhostUserRequest request)
+    {
+        using var reply = ReceiveReply(request);
+        if (reply.Payload.Length != 8) throw new VhostUserFrontendException($"{request}: reply of {reply.Payload.Length} bytes, expected 8", request);
+        return BinaryPrimitives.ReadUInt64LittleEndian(reply.Payload);
+    }
+
+    private ReceivedMessage ReceiveReply(VhostUserRequest request)
+    {
+        var reply = Translate(() => _connection.Receive())
+            ?? throw new VhostUserFrontendException($"backend closed the connection instead of answering {request}", request);
+        if (!reply.Header.IsReply || reply.Header.Request != request)
+        {
+            var header = reply.Header;
+            reply.Dispose();
+            throw new VhostUserFrontendException($"expected a reply to {request}, got {header.Request} with flags 0x{header.Flags:x}", request);
+        }
+        return reply;
+    }
+
+    private static ReceivedMessage? Translate(Func<ReceivedMessage?> receive)
+    {
+        try
+        {
+            return receive();
+        }
+        catch (IOException e) when (e.HResult == Errno.EAGAIN)
+        {
+            throw new TimeoutException("the backend did not answer in time", e);
+        }
+    }
+
+    /// <summary>Sends a message without a natural reply; with REPLY_ACK it asks for an ack and throws on failure.</summary>
+    private void SendSet(VhostUserRequest request, ReadOnlySpan<byte> payload, ReadOnlySpan<int> fds = default)
+    {
+        if (!ReplyAckNegotiated)
+        {
+            _connection.Send(request, 0, payload, fds);
+            return;
+        }
+        ulong ack = SendWithAck(request, payload, fds);
+        if (ack != 0) throw new VhostUserFrontendException($"backend refused {request} (ack {ack})", request, ack);
+    }
+
+    private void SendSetU64(VhostUserRequest request, ulong value)
+    {
+        Span<byte> p = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(p, value);
+        SendSet(request, p);
+    }
+
+    private void SendSetState(VhostUserRequest request, int index, uint num)
+    {
+        Span<byte> p = stackalloc byte[VringState.Length];
+        new VringState((uint)index, num).Write(p);
+        SendSet(request, p);
+    }
+
+    private void SendVringFd(VhostUserRequest request, int index, int fd)
+    {
+        if (index is < 0 or > 255) throw new ArgumentOutOfRangeException(nameof(index));
+        ulong value = (uint)index | (fd < 0 ? VringFdPayload.NoFdFlag : 0);
+        Span<byte> p = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(p, value);
+        if (fd < 0) SendSet(request, p);
+        else SendSet(request, p, [fd]);
+    }
+
+    /// <summary>Closes the connection: to the backend, the frontend went away.</summary>
+    public void Dispose() => _connection.Dispose();
+}
