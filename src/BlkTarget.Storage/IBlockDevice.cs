@@ -26,25 +26,23 @@ public interface IBlockDevice : IDisposable
     BlockDeviceInfo Info { get; }
 
     /// <summary>
-    /// Opens a channel for one reactor thread. The channel accepts up to <paramref name="maxInFlight"/>
-    /// outstanding requests and reports their completions to <paramref name="sink"/>.
+    /// Opens a channel on the calling reactor thread. The channel accepts up to <paramref name="maxInFlight"/>
+    /// outstanding requests, does its asynchronous I/O through <paramref name="io"/> (the reactor's engine) and
+    /// reports completions to <paramref name="sink"/>.
     /// </summary>
-    IBlockChannel OpenChannel(IBlockCompletionSink sink, int maxInFlight);
+    IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight);
 }
 
 /// <summary>
 /// A per-thread I/O path into a device (SPDK's io_channel). Not thread-safe: only the owning reactor calls it.
-/// A completion may be reported from inside <see cref="Submit"/> (synchronous backends) or from
-/// <see cref="Poll"/> (asynchronous ones).
+/// A completion may be reported from inside <see cref="Submit"/> (synchronous backends) or later, when the
+/// reactor polls its <see cref="IoContext"/> (asynchronous ones).
 /// </summary>
 public interface IBlockChannel : IDisposable
 {
     /// <summary>Queues a request; never blocks. Range and read-only checks happen here too, so a bad request
     /// completes with an error status instead of reaching the medium.</summary>
     void Submit(in BlockRequest request);
-
-    /// <summary>Pushes queued submissions to the medium and reaps completions; returns how many completed.</summary>
-    int Poll();
 
     /// <summary>Requests submitted and not yet completed.</summary>
     int InFlight { get; }

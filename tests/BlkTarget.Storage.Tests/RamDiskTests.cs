@@ -3,8 +3,12 @@ using BlkTarget.Storage.Ram;
 
 namespace BlkTarget.Storage.Tests;
 
-public sealed unsafe class RamDiskTests
+public sealed unsafe class RamDiskTests : IDisposable
 {
+    private readonly IoContext Io = new();
+
+    public void Dispose() => Io.Dispose();
+
     private sealed class Completions : IBlockCompletionSink
     {
         public readonly List<(ulong Tag, BlockStatus Status)> Seen = [];
@@ -38,7 +42,7 @@ public sealed unsafe class RamDiskTests
     {
         using var disk = new RamDisk(1 << 20);
         var sink = new Completions();
-        using var channel = disk.OpenChannel(sink, 8);
+        using var channel = disk.OpenChannel(Io, sink, 8);
         var data = new byte[8192];
         new Random(5).NextBytes(data);
         Assert.Equal(BlockStatus.Ok, Do(channel, sink, BlockOperation.Write, 4096, data));
@@ -56,7 +60,7 @@ public sealed unsafe class RamDiskTests
         ulong size = 3UL << 30;
         using var disk = new RamDisk(size);
         var sink = new Completions();
-        using var channel = disk.OpenChannel(sink, 8);
+        using var channel = disk.OpenChannel(Io, sink, 8);
         var data = Enumerable.Range(0, 4096).Select(i => (byte)i).ToArray();
         Assert.Equal(BlockStatus.Ok, Do(channel, sink, BlockOperation.Write, size - 4096, data));
         var back = new byte[4096];
@@ -72,7 +76,7 @@ public sealed unsafe class RamDiskTests
     {
         using var disk = new RamDisk(1 << 20);
         var sink = new Completions();
-        using var channel = disk.OpenChannel(sink, 8);
+        using var channel = disk.OpenChannel(Io, sink, 8);
         var data = Enumerable.Repeat((byte)0xAA, 3 * 4096).ToArray();
         Do(channel, sink, BlockOperation.Write, 0, data);
         Assert.Equal(BlockStatus.Ok, Do(channel, sink, op, 512, null, 2 * 4096));
@@ -88,7 +92,7 @@ public sealed unsafe class RamDiskTests
     {
         using var disk = new RamDisk(1 << 20, 4096);
         var sink = new Completions();
-        using var channel = disk.OpenChannel(sink, 8);
+        using var channel = disk.OpenChannel(Io, sink, 8);
         Assert.Equal(BlockStatus.OutOfRange, Do(channel, sink, BlockOperation.Write, (1 << 20) - 4096, new byte[8192]));
         Assert.Equal(BlockStatus.OutOfRange, Do(channel, sink, BlockOperation.Read, ulong.MaxValue - 4095, new byte[4096]));
         Assert.Equal(BlockStatus.OutOfRange, Do(channel, sink, BlockOperation.Read, 512, new byte[4096]));
@@ -100,7 +104,7 @@ public sealed unsafe class RamDiskTests
     {
         using var disk = new RamDisk(1 << 20, readOnly: true);
         var sink = new Completions();
-        using var channel = disk.OpenChannel(sink, 8);
+        using var channel = disk.OpenChannel(Io, sink, 8);
         Assert.Equal(BlockStatus.ReadOnly, Do(channel, sink, BlockOperation.Write, 0, new byte[512]));
         Assert.Equal(BlockStatus.ReadOnly, Do(channel, sink, BlockOperation.Discard, 0, null, 512));
         Assert.Equal(BlockStatus.ReadOnly, Do(channel, sink, BlockOperation.WriteZeroes, 0, null, 512));
@@ -113,7 +117,7 @@ public sealed unsafe class RamDiskTests
     {
         using var disk = new RamDisk(1 << 20);
         var sink = new Completions();
-        using var channel = disk.OpenChannel(sink, 8);
+        using var channel = disk.OpenChannel(Io, sink, 8);
         var buffer = new byte[512];
         fixed (byte* p = buffer)
         {

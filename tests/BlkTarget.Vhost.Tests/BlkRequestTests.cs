@@ -13,6 +13,7 @@ public sealed unsafe class BlkRequestTests : IDisposable
     private const ushort Next = VirtqDescriptor.FlagNext;
     private const ushort Write = VirtqDescriptor.FlagWrite;
     private readonly TestRing _ring = new(size: 64);
+    private readonly Storage.IoContext _io = new();
     private Storage.IBlockDevice _disk = new RamDisk(1 << 20);
     private BlkQueue _queue;
     private ushort _nextDescriptor;
@@ -22,7 +23,7 @@ public sealed unsafe class BlkRequestTests : IDisposable
     private BlkQueue CreateQueue(Storage.IBlockDevice disk, BlkOptions options)
     {
         var context = new BlkDeviceContext("test", disk, options);
-        var start = new QueueStartInfo(0, _ring.CreateRing(), _ring.Memory.Memory, 0, -1, -1);
+        var start = new QueueStartInfo(0, _ring.CreateRing(), _ring.Memory.Memory, 0, -1, -1, _io);
         return new BlkQueue(start, context, NullLogger.Instance);
     }
 
@@ -280,7 +281,7 @@ public sealed unsafe class BlkRequestTests : IDisposable
         _queue.Poll();
         Assert.Contains("in flight", _queue.BrokenReason);
         // The request that was legitimately in flight still completes.
-        disk.Release = true;
+        disk.ReleaseCompletions();
         _queue.Poll();
         Assert.Equal(1, _ring.UsedIdx);
     }
@@ -299,7 +300,7 @@ public sealed unsafe class BlkRequestTests : IDisposable
         Assert.False(drained);
         _queue.Poll();
         Assert.False(drained);
-        disk.Release = true;
+        disk.ReleaseCompletions();
         _queue.Poll();
         Assert.True(drained);
         Assert.Equal(1, _ring.UsedIdx);
@@ -347,5 +348,6 @@ public sealed unsafe class BlkRequestTests : IDisposable
         _queue.Dispose();
         _disk.Dispose();
         _ring.Dispose();
+        _io.Dispose();
     }
 }

@@ -10,45 +10,44 @@ namespace BlkTarget.Vhost.Tests;
 internal sealed class DeferredDisk(ulong size) : IBlockDevice
 {
     private readonly RamDisk _inner = new(size);
-    private DeferredChannel? _channel;
+    private readonly List<DeferredChannel> _channels = [];
 
     public BlockDeviceInfo Info => _inner.Info;
-    public bool Release { get; set; }
 
-    public IBlockChannel OpenChannel(IBlockCompletionSink sink, int maxInFlight) => _channel = new DeferredChannel(this, _inner, sink);
+    public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight)
+    {
+        var held = new HeldCompletions();
+        var channel = new DeferredChannel(_inner.OpenChannel(io, held, maxInFlight), held, sink);
+        _channels.Add(channel);
+        return channel;
+    }
+
+    /// <summary>Delivers every completion held back so far.</summary>
+    public void ReleaseCompletions()
+    {
+        foreach (var channel in _channels) channel.Release();
+    }
 
     public void Dispose() => _inner.Dispose();
 
-    private sealed class DeferredChannel : IBlockChannel, IBlockCompletionSink
+    /// <summary>Where the inner RAM channel's inline completions wait.</summary>
+    private sealed class HeldCompletions : IBlockCompletionSink
     {
-        private readonly DeferredDisk _owner;
-        private readonly IBlockChannel _inner;
-        private readonly IBlockCompletionSink _sink;
-        private readonly Queue<(ulong, BlockStatus)> _done = new();
+        public readonly Queue<(ulong Tag, BlockStatus Status)> Items = new();
+        public void Complete(ulong tag, BlockStatus status) => Items.Enqueue((tag, status));
+    }
 
-        public DeferredChannel(DeferredDisk owner, RamDisk inner, IBlockCompletionSink sink)
+    private sealed class DeferredChannel(IBlockChannel inner, HeldCompletions held, IBlockCompletionSink sink) : IBlockChannel
+    {
+        public int InFlight => held.Items.Count;
+
+        public void Submit(in BlockRequest request) => inner.Submit(request);
+
+        public void Release()
         {
-            _owner = owner;
-            _sink = sink;
-            _inner = inner.OpenChannel(this, 64);
+            while (held.Items.TryDequeue(out var c)) sink.Complete(c.Tag, c.Status);
         }
 
-        public int InFlight => _done.Count;
-        public void Submit(in BlockRequest request) => _inner.Submit(request);
-        public void Complete(ulong tag, BlockStatus status) => _done.Enqueue((tag, status));
-
-        public int Poll()
-        {
-            if (!_owner.Release) return 0;
-            int n = 0;
-            while (_done.TryDequeue(out var c))
-            {
-                _sink.Complete(c.Item1, c.Item2);
-                n++;
-            }
-            return n;
-        }
-
-        public void Dispose() => _inner.Dispose();
+        public void Dispose() => inner.Dispose();
     }
 }

@@ -23,7 +23,7 @@ public sealed class RamDisk : IBlockDevice
 
     internal AnonymousMemory Memory => _memory;
 
-    public IBlockChannel OpenChannel(IBlockCompletionSink sink, int maxInFlight) => new RamDiskChannel(this, sink);
+    public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight) => new RamDiskChannel(this, sink);
 
     public void Dispose() => _memory.Dispose();
 }

@@ -57,7 +57,5 @@ internal sealed unsafe class RamDiskChannel(RamDisk disk, IBlockCompletionSink s
         }
     }
 
-    public int Poll() => 0;
-
     public void Dispose() { }
 }

@@ -59,7 +59,7 @@ public sealed unsafe class BlkQueue : IRunningQueue, IBlockCompletionSink
         _segmentBuffer = new NativeBuffer((nuint)((_ring.Size + 1) * SegmentsPerSlot * sizeof(IoVec)));
         _segments = (IoVec*)_segmentBuffer.Pointer;
         _scratch = _segments + _ring.Size * SegmentsPerSlot;
-        _channel = device.Backend.OpenChannel(this, (int)_ring.Size * (int)Math.Max(1, device.Options.MaxRangeSegments));
+        _channel = device.Backend.OpenChannel(start.Io, this, (int)_ring.Size * (int)Math.Max(1, device.Options.MaxRangeSegments));
     }
 
     public int Index { get; }
@@ -93,7 +93,6 @@ public sealed unsafe class BlkQueue : IRunningQueue, IBlockCompletionSink
                 else Process(head, ref chain);
             }
         }
-        if (_inFlight > 0) work += _channel.Poll();
         PublishAndNotify();
         if (_stopping) CheckDrained();
         return work;
@@ -108,8 +107,10 @@ public sealed unsafe class BlkQueue : IRunningQueue, IBlockCompletionSink
 
     public bool PrepareToSleep()
     {
-        if (_kickFd < 0 || _inFlight > 0) return true;
+        // Requests in flight do not keep the reactor awake: the I/O engine's eventfd wakes it on completion.
+        if (_usedPending) return true;
         if (_stopping || BrokenReason is not null) return false;
+        if (_kickFd < 0) return true;
         return _ring.EnableNotifications();
     }
 

@@ -1,3 +1,4 @@
+using BlkTarget.Storage;
 using BlkTarget.Vhost.Memory;
 using BlkTarget.Vhost.Queues;
 using BlkTarget.Vhost.Reactor;
@@ -5,8 +6,9 @@ using BlkTarget.Vhost.Reactor;
 namespace BlkTarget.Vhost.Device;
 
 /// <summary>What a running queue needs at start: its ring in guest memory and the negotiated features.</summary>
-/// <summary>Kick and call fds are borrowed from the session, which owns them; -1 means none.</summary>
-public sealed record QueueStartInfo(int Index, IVirtqueue Ring, GuestMemory Memory, ulong AckedFeatures, int KickFd, int CallFd);
+/// <summary>Kick and call fds are borrowed from the session, which owns them; -1 means none. <see cref="Io"/> is
+/// the I/O engine of the reactor that will own the queue.</summary>
+public sealed record QueueStartInfo(int Index, IVirtqueue Ring, GuestMemory Memory, ulong AckedFeatures, int KickFd, int CallFd, IoContext Io);
 
 /// <summary>
 /// A virtqueue while it runs on a reactor. Everything except construction and Dispose is called on the
@@ -47,7 +49,7 @@ public interface IVhostUserDevice
     /// <summary>Applies a guest config write; false when it is not allowed.</summary>
     bool WriteConfig(uint offset, ReadOnlySpan<byte> data);
 
-    /// <summary>Creates the runtime of one queue; the session attaches it to a reactor.</summary>
+    /// <summary>Creates the runtime of one queue. Called on the reactor thread that will own it.</summary>
     IRunningQueue CreateQueue(QueueStartInfo start);
 
     /// <summary>Called when the frontend resets the device (guest reboot, disconnect).</summary>

@@ -403,10 +403,16 @@ public sealed class VhostUserSession : IDisposable
             _log.LogError("{Device}: queue {Index}: ring addresses lie outside guest memory or are misaligned", _device.Name, index);
             return false;
         }
-        var queue = _device.CreateQueue(new QueueStartInfo(index, ring, _memory, _ackedFeatures, vring.KickFd, vring.CallFd));
         var reactor = _reactors.ForQueue(_deviceOffset, index);
-        reactor.Invoke(() => reactor.Attach(queue));
-        vring.Running = queue;
+        var start = new QueueStartInfo(index, ring, _memory, _ackedFeatures, vring.KickFd, vring.CallFd, reactor.Io);
+        IRunningQueue? queue = null;
+        // Created and attached on the reactor thread: the queue's backend channel belongs to that thread's I/O engine.
+        reactor.Invoke(() =>
+        {
+            queue = _device.CreateQueue(start);
+            reactor.Attach(queue);
+        });
+        vring.Running = queue!;
         vring.Reactor = reactor;
         _log.LogDebug("{Device}: queue {Index} started on reactor {Reactor} (size {Num}, base {Base})", _device.Name, index, reactor.Id, vring.Num, vring.Base);
         return true;
@@ -420,10 +426,13 @@ public sealed class VhostUserSession : IDisposable
         reactor.Invoke(() => queue.BeginStop(drained.Set));
         if (!drained.Wait(DrainTimeout))
             _log.LogError("{Device}: queue {Index}: in-flight requests did not complete within {Timeout}", _device.Name, index, DrainTimeout);
-        reactor.Invoke(() => reactor.Detach(queue));
+        reactor.Invoke(() =>
+        {
+            reactor.Detach(queue);
+            queue.Dispose();
+        });
         vring.Base = queue.LastAvailIdx;
         if (queue.BrokenReason is { } reason) _log.LogWarning("{Device}: queue {Index} stopped after guest error: {Reason}", _device.Name, index, reason);
-        queue.Dispose();
         vring.Running = null;
         vring.Reactor = null;
     }

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using BlkTarget.Storage;
 using BlkTarget.Vhost.Interop;
 
 namespace BlkTarget.Vhost.Reactor;
@@ -13,6 +14,7 @@ namespace BlkTarget.Vhost.Reactor;
 public sealed class Reactor : IDisposable
 {
     private const ulong WakeTag = ulong.MaxValue;
+    private const ulong IoTag = ulong.MaxValue - 1;
     private readonly List<IReactorQueue> _queues = [];
     private readonly ConcurrentQueue<Action> _mailbox = new();
     private readonly FileDescriptor _epoll;
@@ -32,11 +34,15 @@ public sealed class Reactor : IDisposable
         _epoll = Epoll.Create();
         _wake = EventFd.Create();
         Epoll.Add(_epoll, _wake.Fd, WakeTag);
+        Io = new IoContext();
+        Epoll.Add(_epoll, Io.WakeFd, IoTag);
         _thread = new Thread(Run) { IsBackground = true, Name = cpu is int c ? $"reactor{id}/cpu{c}" : $"reactor{id}" };
         _thread.Start();
     }
 
     public int Id { get; }
+    /// <summary>This reactor's I/O engine; its io_uring is created on the reactor thread at first use.</summary>
+    public IoContext Io { get; }
     public int? Cpu => _cpu;
     public TimeSpan IdleSpin { get; }
     public int QueueCount => _queues.Count;
@@ -112,6 +118,8 @@ public sealed class Reactor : IDisposable
             int work = 0;
             var queues = _queues;
             for (int i = 0; i < queues.Count; i++) work += PollOne(queues[i]);
+            // One io_uring_enter for everything the queues submitted this round, and the completions so far.
+            work += Io.Poll();
             if (work > 0)
             {
                 lastWork = Stopwatch.GetTimestamp();
@@ -153,7 +161,12 @@ public sealed class Reactor : IDisposable
             _sleeping = true;
             int n = Epoll.Wait(_epoll, events, -1);
             _sleeping = false;
-            for (int i = 0; i < n; i++) EventFd.Drain(events[i].Data == WakeTag ? _wake.Fd : (int)events[i].Data);
+            for (int i = 0; i < n; i++)
+            {
+                ulong tag = events[i].Data;
+                if (tag == IoTag) Io.ClearWake();
+                else EventFd.Drain(tag == WakeTag ? _wake.Fd : (int)tag);
+            }
         }
         foreach (var queue in _queues) queue.WokeUp();
     }
@@ -173,5 +186,6 @@ public sealed class Reactor : IDisposable
         if (!_thread.Join(TimeSpan.FromSeconds(10))) Console.Error.WriteLine($"reactor {Id} did not stop in time");
         _epoll.Dispose();
         _wake.Dispose();
+        Io.Dispose();
     }
 }
