@@ -23,6 +23,16 @@ status=0
 log_dir=$(mktemp -d)
 trap 'rm -rf "$log_dir"' EXIT
 
+# QEMU, qemu-storage-daemon (the reference peer some integration tests also talk to), fio and friends.
+echo "== dependencies"
+if ! bash tests/e2e/install-deps.sh; then
+  echo "installing test dependencies failed"
+  if [[ "${CI:-}" == "true" ]]; then
+    echo "0 passed, 1 failed"
+    exit 1
+  fi
+fi
+
 echo "== build (Release)"
 if ! dotnet build BlkTarget.slnx -c Release -nologo -v quiet > "$log_dir/build.log" 2>&1; then
   grep -E "error" "$log_dir/build.log" | sort -u | head -40

@@ -34,7 +34,8 @@ public enum BlockRequestFlags : byte
 
 /// <summary>
 /// One request handed to a <see cref="IBlockChannel"/>. Offsets and lengths are in bytes; data moves through
-/// <see cref="Iov"/> (which for virtio points straight into guest memory and must stay valid until completion).
+/// <see cref="Iov"/> (which for virtio points straight into guest memory and must stay valid until completion;
+/// the channel may change the iovec array itself, e.g. to resume a short transfer).
 /// <see cref="Tag"/> comes back unchanged with the completion.
 /// </summary>
 public unsafe struct BlockRequest

@@ -33,6 +33,9 @@
 #   fio-verify                 guest 1: fio random writes + crc32c verify on both queues
 #   ext4-write                 guest 2: mkfs.ext4, write + checksum a file, fsck, remount
 #   ext4-verify-after-reboot   guest 3 (fresh VM, same target): fsck + checksum still good
+#   guest-reboot               guest 4 reboots once inside ONE QEMU process (same
+#                              vhost-user connection, device stopped and restarted):
+#                              data written before the reboot + fio verify after it
 #   target-shutdown            SIGTERM: the target exits 0 and removes its socket
 # Output: one "e2e PASS <name>" / "e2e FAIL <name>" line per test, then exactly one
 # "e2e: N passed, M failed" line. Exit status is non-zero if anything failed.
@@ -44,7 +47,7 @@ SUITE_START=$SECONDS
 
 target=blktarget backend=ram:1G backend_set=0 kind=blk queues=2 only="" guest_timeout=240
 log_dir="" install=0 verbose=0
-usage() { sed -n '2,41p' "$0"; }
+usage() { sed -n '2,44p' "$0"; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --target) target=$2; shift 2 ;;
@@ -69,7 +72,7 @@ if [[ "$target" == qsd && "$kind" == scsi ]]; then
     exit 2
 fi
 
-ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot)
+ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot guest-reboot)
 TESTS=()
 if [[ -n "$only" ]]; then
     IFS=, read -ra TESTS <<< "$only"
@@ -289,6 +292,8 @@ run_test() {
     local t0=$SECONDS args=(--socket "$SOCK" --job "$HERE/jobs/$name.sh" --queues "$queues" --kind "$kind"
         --timeout "$guest_timeout" --guest-dir "$guest_dir" --log "$log_dir/$name.console.log")
     [[ $verbose -eq 0 ]] || args+=(--verbose)
+    # guest-reboot: the guest resets itself once; exactly two boots of /init.
+    [[ "$name" != guest-reboot ]] || args+=(--allow-reboot --expect-boots 2)
     # Run the guest in the background and poll: an INT/TERM trap can then stop it
     # right away, and if the target dies the guest's I/O would hang until the guest
     # timeout (minutes), so stop the guest a few seconds after the target is gone.

@@ -5,7 +5,7 @@
 # Usage:
 #   run-guest.sh --socket SOCK --job JOBFILE [--queues N] [--kind blk|scsi]
 #                [--timeout SECS] [--mem SIZE] [--smp N] [--log FILE]
-#                [--guest-dir DIR] [--verbose]
+#                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--verbose]
 #
 #   --socket     vhost-user unix socket served by the target (must already exist)
 #   --job        guest-side shell script (busybox sh), becomes /job.sh in the guest
@@ -18,10 +18,24 @@
 #   --smp        guest vCPUs (default 2)
 #   --log        where to save the serial console (default: a temp file, path printed)
 #   --guest-dir  kernel/initramfs dir from build-guest.sh (default: run build-guest.sh)
+#   --allow-reboot  drop -no-reboot: a guest `reboot -f` resets the VM inside the same
+#                QEMU process (same vhost-user connection; kernel + initramfs boot
+#                again and the job runs again). poweroff still ends QEMU; --timeout
+#                still bounds the whole run, all boots together.
+#   --expect-boots N  fail unless the guest's /init started exactly N times
+#                (counts its "E2E: guest up" lines; default: not checked)
 #   --verbose    also stream the console to stdout while the guest runs
 #
-# Exit status: 0 only if the guest printed "E2E-RESULT: rc=0". Otherwise non-zero,
-# after printing the reason and the tail of the console log to stderr.
+# Environment: E2E_QEMU_ARGS  extra QEMU arguments (word-split), for debugging, e.g.
+#   E2E_QEMU_ARGS="-D /tmp/vu.trace -trace vhost_user_read -trace vhost_user_write"
+#   logs every vhost-user message QEMU sends/receives (request numbers).
+#
+# The job also gets E2E_RUN_ID: random, new for every run of this script, the same
+# on every boot of one QEMU process (jobs use it to recognise their own reboot).
+#
+# Exit status: 0 only if the guest printed "E2E-RESULT: rc=0" (the last such line
+# counts) and no kernel panic appears on the console. Otherwise non-zero, after
+# printing the reason and the tail of the console log to stderr.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,6 +43,7 @@ log() { echo "run-guest: $*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 
 socket="" job="" queues=1 kind=blk timeout_s=240 mem=1G smp=2 logfile="" guest_dir="" verbose=0
+allow_reboot=0 expect_boots=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --socket) socket=$2; shift 2 ;;
@@ -40,8 +55,10 @@ while [[ $# -gt 0 ]]; do
         --smp) smp=$2; shift 2 ;;
         --log) logfile=$2; shift 2 ;;
         --guest-dir) guest_dir=$2; shift 2 ;;
+        --allow-reboot) allow_reboot=1; shift ;;
+        --expect-boots) expect_boots=$2; shift 2 ;;
         --verbose) verbose=1; shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
 done
@@ -49,6 +66,7 @@ done
 [[ -n "$job" && -f "$job" ]] || die "--job must name an existing file (got '$job')"
 [[ -S "$socket" ]] || die "socket $socket does not exist (is the target running?)"
 [[ "$queues" =~ ^[1-9][0-9]*$ ]] || die "--queues must be a positive integer"
+[[ -z "$expect_boots" || "$expect_boots" =~ ^[1-9][0-9]*$ ]] || die "--expect-boots must be a positive integer"
 case "$kind" in
     blk) device="vhost-user-blk-pci,chardev=c0,num-queues=$queues" ;;
     scsi) device="vhost-user-scsi-pci,chardev=c0,num_queues=$queues" ;;
@@ -90,6 +108,7 @@ chmod 755 "$TMP/job/job.sh"
     echo "E2E_KIND=$kind"
     echo "E2E_QUEUES=$queues"
     echo "E2E_JOB_NAME=$(basename "$job" .sh)"
+    echo "export E2E_RUN_ID=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 } > "$TMP/job/job.env"
 (cd "$TMP/job" && printf '%s\n' job.sh job.env | cpio -o -H newc -R 0:0 --quiet) > "$TMP/job.cpio"
 cat "$guest_dir/initramfs-base.cpio" "$TMP/job.cpio" > "$TMP/initrd"
@@ -98,7 +117,9 @@ cat "$guest_dir/initramfs-base.cpio" "$TMP/job.cpio" > "$TMP/initrd"
 #  - TCG, not KVM: the machines' paravirtual KVM cannot boot a stock kernel.
 #  - memfd + share=on: vhost-user backends mmap guest RAM through the fds QEMU sends.
 #  - -nodefaults/-display none/-serial stdio: only our disk, console on stdout.
-#  - -no-reboot + panic=-1: a kernel panic ends QEMU instead of looping.
+#  - -no-reboot + panic=-1: a kernel panic ends QEMU instead of looping. With
+#    --allow-reboot a panic resets the VM instead; the console check below still
+#    fails the run, and a reboot loop ends at --timeout.
 #  - quiet still shows kernel errors (I/O errors, virtio complaints) on the console.
 # shellcheck disable=SC2054  # the commas are QEMU option syntax
 qemu=(qemu-system-x86_64
@@ -107,8 +128,13 @@ qemu=(qemu-system-x86_64
     -kernel "$guest_dir/kernel" -initrd "$TMP/initrd"
     -append "console=ttyS0 quiet panic=-1 rdinit=/init"
     -chardev "socket,id=c0,path=$socket" -device "$device"
-    -nodefaults -display none -serial stdio -no-reboot
+    -nodefaults -display none -serial stdio
 )
+[[ $allow_reboot -eq 1 ]] || qemu+=(-no-reboot)
+if [[ -n "${E2E_QEMU_ARGS:-}" ]]; then
+    read -ra more <<< "$E2E_QEMU_ARGS"
+    qemu+=("${more[@]}")
+fi
 echo "run-guest: ${qemu[*]}" > "$logfile"
 
 start=$SECONDS
@@ -131,6 +157,7 @@ elapsed=$((SECONDS - start))
 # The console uses CRLF; take the last marker in case the job echoed something similar.
 marker=$(tr -d '\r' < "$logfile" | grep -aoE 'E2E-RESULT: rc=[0-9]+' | tail -n1 || true)
 rc=${marker##*rc=}
+boots=$(tr -d '\r' < "$logfile" | grep -ac '^E2E: guest up' || true)
 
 fail() {
     log "FAILED ($1) after ${elapsed}s; console log: $logfile"
@@ -140,14 +167,20 @@ fail() {
     exit 1
 }
 
+if tr -d '\r' < "$logfile" | grep -aq 'Kernel panic'; then
+    fail "kernel panic on the console (guest booted $boots time(s))"
+fi
 if [[ -z "$marker" ]]; then
     if [[ $qemu_rc -eq 124 || $qemu_rc -eq 137 ]]; then
-        fail "timeout after ${timeout_s}s, no result marker"
+        fail "timeout after ${timeout_s}s, no result marker (guest booted $boots time(s))"
     fi
-    fail "no result marker, qemu exit status $qemu_rc"
+    fail "no result marker, qemu exit status $qemu_rc (guest booted $boots time(s))"
 fi
 if [[ "$rc" != 0 ]]; then
     fail "job exit status $rc"
 fi
-log "job $(basename "$job") passed in ${elapsed}s"
+if [[ -n "$expect_boots" && "$boots" != "$expect_boots" ]]; then
+    fail "the guest booted $boots time(s), expected $expect_boots"
+fi
+log "job $(basename "$job") passed in ${elapsed}s ($boots boot(s))"
 exit 0

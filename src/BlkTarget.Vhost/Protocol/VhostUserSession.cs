@@ -31,6 +31,8 @@ public sealed class VhostUserSession : IDisposable
     private GuestMemory _memory = GuestMemory.Empty;
     private ulong _ackedFeatures;
     private ProtocolFeatures _ackedProtocol;
+    /// <summary>Set when a queue was abandoned with requests in flight: its memory must never be unmapped.</summary>
+    private bool _keepMappings;
 
     public VhostUserSession(IVhostUserDevice device, VhostUserConnection connection, ReactorPool reactors, int deviceOffset, ILogger log)
     {
@@ -236,7 +238,8 @@ public sealed class VhostUserSession : IDisposable
     {
         var running = Enumerable.Range(0, _vrings.Length).Where(i => _vrings[i].Running is not null).ToList();
         foreach (int q in running) StopQueue(q);
-        foreach (var old in _regions.Except(regions)) old.Dispose();
+        if (!_keepMappings)
+            foreach (var old in _regions.Except(regions)) old.Dispose();
         _regions.Clear();
         _regions.AddRange(regions);
         _memory = new GuestMemory(_regions);
@@ -288,10 +291,9 @@ public sealed class VhostUserSession : IDisposable
             _log.LogError("{Device}: queue {Index}: dirty logging requested but not offered", _device.Name, address.Index);
             return false;
         }
-        bool wasRunning = vring.Running is not null;
-        if (wasRunning) StopQueue((int)address.Index);
+        if (vring.Running is not null) StopQueue((int)address.Index);
         vring.Address = address;
-        return Reconcile((int)address.Index) || !wasRunning;
+        return Reconcile((int)address.Index);
     }
 
     /// <summary>Reads the queue index and takes the fd of SET_VRING_KICK/CALL/ERR (null with the no-fd bit).</summary>
@@ -422,10 +424,32 @@ public sealed class VhostUserSession : IDisposable
     {
         var vring = _vrings[index];
         if (vring.Running is not { } queue || vring.Reactor is not { } reactor) return;
-        using var drained = new ManualResetEventSlim();
-        reactor.Invoke(() => queue.BeginStop(drained.Set));
-        if (!drained.Wait(DrainTimeout))
-            _log.LogError("{Device}: queue {Index}: in-flight requests did not complete within {Timeout}", _device.Name, index, DrainTimeout);
+        var drained = new ManualResetEventSlim();
+        int state = 0;   // 0 waiting, 1 drained, 2 abandoned
+        reactor.Invoke(() => queue.BeginStop(() =>
+        {
+            if (Interlocked.CompareExchange(ref state, 1, 0) == 0)
+            {
+                drained.Set();
+                return;
+            }
+            // Abandoned after the timeout: it drained at last, so it can go now (we are on its reactor).
+            reactor.Detach(queue);
+            queue.Dispose();
+        }));
+        if (!drained.Wait(DrainTimeout) && Interlocked.CompareExchange(ref state, 2, 0) == 0)
+        {
+            // Requests the backend never finished may still write into guest memory: keep the queue polling and
+            // every mapping alive rather than free memory the kernel may still DMA into.
+            _log.LogError("{Device}: queue {Index}: in-flight requests did not complete within {Timeout}; the queue is abandoned and this session's guest memory stays mapped",
+                _device.Name, index, DrainTimeout);
+            _keepMappings = true;
+            vring.Base = queue.LastAvailIdx;
+            vring.Running = null;
+            vring.Reactor = null;
+            return;
+        }
+        drained.Dispose();
         reactor.Invoke(() =>
         {
             reactor.Detach(queue);
@@ -489,7 +513,8 @@ public sealed class VhostUserSession : IDisposable
     {
         StopAll();
         foreach (var vring in _vrings) vring.Dispose();
-        foreach (var region in _regions) region.Dispose();
+        if (!_keepMappings)
+            foreach (var region in _regions) region.Dispose();
         _regions.Clear();
         _memory = GuestMemory.Empty;
         _device.Reset();

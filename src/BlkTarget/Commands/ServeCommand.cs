@@ -13,7 +13,8 @@ namespace BlkTarget.Commands;
 public static class ServeCommand
 {
     private static readonly Option<string?> Socket = new("--socket") { Description = "Unix socket path QEMU connects to" };
-    private static readonly Option<string?> Backend = new("--backend") { Description = "Storage backend: ram:SIZE (e.g. ram:1G)" };
+    private static readonly Option<string?> Backend = new("--backend") { Description = "Storage backend: " + BackendSpec.Usage };
+    private static readonly Option<string?> CreateSize = new("--create") { Description = "With file:PATH, create the file with this size first (e.g. 10G)" };
     private static readonly Option<int> Queues = new("--queues") { Description = "Number of virtqueues (1-256)", DefaultValueFactory = _ => 1 };
     private static readonly Option<uint> BlockSize = new("--block-size") { Description = "Logical block size: 512 or 4096", DefaultValueFactory = _ => 512u };
     private static readonly Option<bool> ReadOnly = new("--read-only") { Description = "Export read-only" };
@@ -27,7 +28,7 @@ public static class ServeCommand
     {
         var command = new Command("serve", "Export block devices over vhost-user until SIGINT/SIGTERM")
         {
-            Socket, Backend, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, IdlePollUs, LogLevel,
+            Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, IdlePollUs, LogLevel,
         };
         command.SetAction(Run);
         return command;
@@ -96,7 +97,7 @@ public static class ServeCommand
             return ApplyCommonFlags(fromFile, parse);
         }
         string socket = parse.GetValue(Socket) ?? throw new ConfigurationException("--socket is required (or --config FILE)");
-        string backendText = parse.GetValue(Backend) ?? throw new ConfigurationException("--backend is required, e.g. --backend ram:1G");
+        string backendText = parse.GetValue(Backend) ?? throw new ConfigurationException("--backend is required, e.g. --backend ram:1G or --backend file:/var/lib/vm1.img");
         if (!BackendSpec.TryParse(backendText, out var backend, out var error)) throw new ConfigurationException(error!);
         var device = new DeviceSettings
         {
@@ -107,8 +108,16 @@ public static class ServeCommand
             BlockSize = parse.GetValue(BlockSize),
             ReadOnly = parse.GetValue(ReadOnly),
             Serial = parse.GetValue(Serial) ?? "",
+            CreateSize = ParseCreate(parse.GetValue(CreateSize)),
         };
         return ApplyCommonFlags(new TargetSettings { Devices = [device] }, parse);
+    }
+
+    private static ulong? ParseCreate(string? text)
+    {
+        if (text is null) return null;
+        if (!SizeParser.TryParse(text, out ulong size) || size == 0) throw new ConfigurationException($"--create: '{text}' is not a size such as 10G");
+        return size;
     }
 
     private static TargetSettings ApplyCommonFlags(TargetSettings settings, ParseResult parse)

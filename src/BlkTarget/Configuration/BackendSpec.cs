@@ -1,8 +1,17 @@
 namespace BlkTarget.Configuration;
 
-/// <summary>A parsed --backend value. Only "ram:SIZE" exists so far; file: and image: follow.</summary>
-public sealed record BackendSpec(string Kind, ulong SizeBytes)
+/// <summary>
+/// A parsed --backend value:
+/// <list type="bullet">
+/// <item><c>ram:SIZE</c>: a RAM disk.</item>
+/// <item><c>file:PATH[,cache=none|writeback]</c>: a regular file or block device through io_uring; O_DIRECT
+/// (cache=none) unless cache=writeback.</item>
+/// </list>
+/// </summary>
+public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path = null, bool DirectIo = true)
 {
+    public const string Usage = "ram:SIZE or file:PATH[,cache=none|writeback]";
+
     public static bool TryParse(string text, out BackendSpec? spec, out string? error)
     {
         spec = null;
@@ -20,11 +29,43 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes)
                 }
                 spec = new BackendSpec("ram", size);
                 return true;
+            case "file":
+                return TryParseFile(text, argument, out spec, out error);
             default:
-                error = $"backend '{text}': unknown kind '{kind}' (supported: ram:SIZE)";
+                error = $"backend '{text}': unknown kind '{kind}' (supported: {Usage})";
                 return false;
         }
     }
 
-    public override string ToString() => $"{Kind}:{SizeParser.Format(SizeBytes)}";
+    private static bool TryParseFile(string text, string argument, out BackendSpec? spec, out string? error)
+    {
+        spec = null;
+        error = null;
+        var parts = argument.Split(',');
+        if (parts[0].Length == 0)
+        {
+            error = $"backend '{text}': expected file:PATH, e.g. file:/var/lib/vm1.img";
+            return false;
+        }
+        bool direct = true;
+        foreach (var option in parts.Skip(1))
+        {
+            switch (option)
+            {
+                case "cache=none": direct = true; break;
+                case "cache=writeback": direct = false; break;
+                default:
+                    error = $"backend '{text}': unknown option '{option}' (supported: cache=none, cache=writeback)";
+                    return false;
+            }
+        }
+        spec = new BackendSpec("file", Path: parts[0], DirectIo: direct);
+        return true;
+    }
+
+    public override string ToString() => Kind switch
+    {
+        "ram" => $"ram:{SizeParser.Format(SizeBytes)}",
+        _ => $"{Kind}:{Path}{(DirectIo ? "" : ",cache=writeback")}",
+    };
 }

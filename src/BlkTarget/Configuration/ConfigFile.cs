@@ -20,6 +20,8 @@ public sealed class ConfigFile
         public bool? ReadOnly { get; set; }
         public string? Serial { get; set; }
         public bool? WriteCache { get; set; }
+        /// <summary>File backends: create the file with this size (e.g. "10G") if it does not exist yet.</summary>
+        public string? Create { get; set; }
     }
 
     public string? Cpus { get; set; }
@@ -70,6 +72,12 @@ public sealed class ConfigFile
             if (string.IsNullOrWhiteSpace(d.Backend)) throw new ConfigurationException($"{where}: 'backend' is required");
             if (!BackendSpec.TryParse(d.Backend, out var backend, out var error)) throw new ConfigurationException($"{where}: {error}");
             string name = d.Name ?? $"dev{i}";
+            ulong? createSize = null;
+            if (d.Create is not null)
+            {
+                if (!SizeParser.TryParse(d.Create, out ulong parsed) || parsed == 0) throw new ConfigurationException($"{where}: 'create' must be a size such as 10G");
+                createSize = parsed;
+            }
             devices.Add(new DeviceSettings
             {
                 Name = name,
@@ -81,6 +89,7 @@ public sealed class ConfigFile
                 ReadOnly = d.ReadOnly ?? false,
                 Serial = d.Serial ?? name,
                 WriteCache = d.WriteCache ?? true,
+                CreateSize = createSize,
             });
         }
         var cpus = new List<int>();

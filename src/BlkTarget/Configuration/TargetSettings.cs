@@ -12,6 +12,8 @@ public sealed record DeviceSettings
     public bool ReadOnly { get; init; }
     public string Serial { get; init; } = "";
     public bool WriteCache { get; init; } = true;
+    /// <summary>For file backends: create the file with this size first (refused if it exists).</summary>
+    public ulong? CreateSize { get; init; }
 }
 
 /// <summary>Everything `blktarget serve` runs, whether it came from flags or from a config file.</summary>

@@ -1,5 +1,6 @@
 using BlkTarget.Configuration;
 using BlkTarget.Storage;
+using BlkTarget.Storage.RawFile;
 using BlkTarget.Storage.Ram;
 using BlkTarget.Vhost.Blk;
 using BlkTarget.Vhost.Protocol;
@@ -61,12 +62,20 @@ public sealed class TargetRuntime : IDisposable
             backend = device.Backend.Kind switch
             {
                 "ram" => new RamDisk(device.Backend.SizeBytes, device.BlockSize, device.ReadOnly),
+                "file" => FileDisk.Open(new FileDiskOptions
+                {
+                    Path = device.Backend.Path!,
+                    DirectIo = device.Backend.DirectIo,
+                    ReadOnly = device.ReadOnly,
+                    BlockSize = device.BlockSize,
+                    CreateSize = device.CreateSize,
+                }, log),
                 _ => throw new ConfigurationException($"device {device.Name}: backend kind {device.Backend.Kind} is not supported"),
             };
         }
         catch (Exception e) when (e is IOException or ArgumentException)
         {
-            throw new ConfigurationException($"device {device.Name}: cannot create backend {device.Backend}: {e.Message}");
+            throw new ConfigurationException($"device {device.Name}: {e.Message}");
         }
         _backends.Add(backend);
         var options = new BlkOptions

@@ -1,0 +1,61 @@
+using System.Runtime.InteropServices;
+
+namespace BlkTarget.Storage.Interop;
+
+/// <summary>File calls for the raw file backend: open with O_DIRECT, flock, statx, block-device ioctls.</summary>
+internal static unsafe partial class FileNative
+{
+    public const int O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0x40, O_EXCL = 0x80, O_DIRECT = 0x4000, O_CLOEXEC = 0x80000;
+    public const int LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4;
+    public const int AT_FDCWD = -100, AT_EMPTY_PATH = 0x1000;
+    public const uint STATX_TYPE = 0x1, STATX_MODE = 0x2, STATX_SIZE = 0x200, STATX_DIOALIGN = 0x2000;
+    public const uint S_IFMT = 0xF000, S_IFREG = 0x8000, S_IFBLK = 0x6000;
+    public const ulong BLKGETSIZE64 = 0x80081272;
+    public const ulong BLKSSZGET = 0x1268;
+    public const int FALLOC_FL_KEEP_SIZE = 0x01, FALLOC_FL_PUNCH_HOLE = 0x02, FALLOC_FL_ZERO_RANGE = 0x10;
+    public const uint RWF_DSYNC = 0x2;
+    public const int EWOULDBLOCK = 11, EINVAL = 22, ENOSPC = 28, EOPNOTSUPP = 95;
+
+    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int open(string path, int flags, int mode);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int flock(int fd, int operation);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int ftruncate(int fd, long length);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int ioctl(int fd, ulong request, void* arg);
+
+    [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int statx(int dirfd, string path, int flags, uint mask, byte* buffer);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int fallocate(int fd, int mode, long offset, long length);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint preadv(int fd, IoVec* iov, int count, long offset);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint pwritev(int fd, IoVec* iov, int count, long offset);
+
+    /// <summary>The statx fields the backend uses.</summary>
+    public readonly record struct Stat(uint Mode, ulong Size, uint DioMemAlign, uint DioOffsetAlign, bool HasDioAlign)
+    {
+        public bool IsRegular => (Mode & S_IFMT) == S_IFREG;
+        public bool IsBlockDevice => (Mode & S_IFMT) == S_IFBLK;
+    }
+
+    public static Stat? StatFd(int fd)
+    {
+        byte* buffer = stackalloc byte[256];
+        new Span<byte>(buffer, 256).Clear();
+        if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_DIOALIGN, buffer) != 0) return null;
+        uint mask = *(uint*)buffer;
+        return new Stat(*(ushort*)(buffer + 0x1C), *(ulong*)(buffer + 0x28), *(uint*)(buffer + 0x98), *(uint*)(buffer + 0x9C),
+            (mask & STATX_DIOALIGN) != 0 && *(uint*)(buffer + 0x98) != 0);
+    }
+
+    public static string LastError() => Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError());
+}

@@ -1,0 +1,116 @@
+using BlkTarget.Storage.Interop;
+using Microsoft.Extensions.Logging;
+using static BlkTarget.Storage.Interop.FileNative;
+
+namespace BlkTarget.Storage.RawFile;
+
+/// <summary>
+/// A regular file or block device exported as a disk, read and written through the reactors' io_uring with
+/// iovecs that point straight into guest memory. Opened O_DIRECT by default; a lock (flock) keeps two exports
+/// from writing the same file.
+/// </summary>
+public sealed class FileDisk : IBlockDevice
+{
+    private readonly OwnedFd _fd;
+
+    private FileDisk(OwnedFd fd, FileDiskOptions options, BlockDeviceInfo info, uint memoryAlignment, bool isBlockDevice, ILogger log)
+    {
+        _fd = fd;
+        Options = options;
+        Info = info;
+        MemoryAlignment = memoryAlignment;
+        IsBlockDevice = isBlockDevice;
+        Log = log;
+    }
+
+    public BlockDeviceInfo Info { get; }
+    public FileDiskOptions Options { get; }
+    /// <summary>Buffer address and length alignment O_DIRECT needs; guest buffers that miss it are bounced.</summary>
+    public uint MemoryAlignment { get; }
+    public bool IsBlockDevice { get; }
+    internal int Fd => _fd.Fd;
+    internal ILogger Log { get; }
+
+    /// <summary>Opens (or with CreateSize creates) the file; throws <see cref="IOException"/> with one clear sentence.</summary>
+    public static FileDisk Open(FileDiskOptions options, ILogger log)
+    {
+        if (options.BlockSize is not (512 or 4096)) throw new ArgumentException($"block size must be 512 or 4096, not {options.BlockSize}");
+        var fd = OpenFile(options);
+        try
+        {
+            Lock(fd, options);
+            var stat = StatFd(fd.Fd) ?? throw new IOException($"{options.Path}: statx failed: {LastError()}");
+            if (!stat.IsRegular && !stat.IsBlockDevice) throw new IOException($"{options.Path} is neither a regular file nor a block device");
+            ulong size = stat.IsBlockDevice ? BlockDeviceSize(fd, options.Path) : stat.Size;
+            if (size == 0) throw new IOException($"{options.Path} is empty (create it with --create SIZE)");
+            if (size % options.BlockSize != 0)
+                throw new IOException($"{options.Path}: size {size} is not a multiple of the block size {options.BlockSize}");
+            (uint memAlign, uint offsetAlign) = DirectIoAlignment(fd, stat);
+            if (options.DirectIo && offsetAlign > options.BlockSize)
+                throw new IOException($"{options.Path} needs {offsetAlign}-byte aligned O_DIRECT I/O: use a block size of at least {offsetAlign} or cache=writeback");
+            var info = new BlockDeviceInfo(size, options.BlockSize, options.ReadOnly, SupportsDiscard: true, SupportsWriteZeroes: true,
+                HasVolatileCache: true);
+            return new FileDisk(fd, options, info, options.DirectIo ? memAlign : 1, stat.IsBlockDevice, log);
+        }
+        catch
+        {
+            fd.Dispose();
+            throw;
+        }
+    }
+
+    private static OwnedFd OpenFile(FileDiskOptions options)
+    {
+        int flags = (options.ReadOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC | (options.DirectIo ? O_DIRECT : 0);
+        if (options.CreateSize is ulong createSize)
+        {
+            if (options.ReadOnly) throw new IOException("--create makes no sense for a read-only export");
+            if (createSize == 0 || createSize % options.BlockSize != 0 || createSize > long.MaxValue)
+                throw new IOException($"cannot create {options.Path}: size {createSize} must be a positive multiple of the block size {options.BlockSize}");
+            int created = open(options.Path, flags | O_CREAT | O_EXCL, 0x1A0 /* 0640 */);
+            if (created < 0) throw new IOException($"cannot create {options.Path}: {LastError()}");
+            var fd = new OwnedFd(created);
+            if (ftruncate(created, (long)createSize) != 0)
+            {
+                string error = LastError();
+                fd.Dispose();
+                System.IO.File.Delete(options.Path);
+                throw new IOException($"cannot size {options.Path} to {createSize} bytes: {error}");
+            }
+            return fd;
+        }
+        int opened = open(options.Path, flags, 0);
+        if (opened < 0) throw new IOException($"cannot open {options.Path}: {LastError()}");
+        return new OwnedFd(opened);
+    }
+
+    /// <summary>Writable exports take an exclusive lock, read-only ones a shared lock: two targets can share a
+    /// golden image read-only, but never write the same file.</summary>
+    private static void Lock(OwnedFd fd, FileDiskOptions options)
+    {
+        if (flock(fd.Fd, (options.ReadOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0) return;
+        throw new IOException($"{options.Path} is in use by another process (locked)");
+    }
+
+    private static unsafe ulong BlockDeviceSize(OwnedFd fd, string path)
+    {
+        ulong size;
+        if (ioctl(fd.Fd, BLKGETSIZE64, &size) != 0) throw new IOException($"{path}: BLKGETSIZE64 failed: {LastError()}");
+        return size;
+    }
+
+    private static unsafe (uint Memory, uint Offset) DirectIoAlignment(OwnedFd fd, Stat stat)
+    {
+        if (stat.HasDioAlign) return (stat.DioMemAlign, stat.DioOffsetAlign);
+        if (stat.IsBlockDevice)
+        {
+            int sector;
+            if (ioctl(fd.Fd, BLKSSZGET, &sector) == 0 && sector > 0) return ((uint)sector, (uint)sector);
+        }
+        return (512, 512);
+    }
+
+    public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight) => new FileChannel(this, io, sink, maxInFlight);
+
+    public void Dispose() => _fd.Dispose();
+}

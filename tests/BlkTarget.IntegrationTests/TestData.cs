@@ -1,0 +1,43 @@
+using BlkTarget.Vhost.Frontend;
+
+namespace BlkTarget.IntegrationTests;
+
+/// <summary>Deterministic test patterns and comparisons.</summary>
+internal static class TestData
+{
+    public const byte Ok = 0;
+    public const byte IoErr = 1;
+    public const byte Unsupp = 2;
+
+    public static void Fill(Span<byte> destination, int seed) => new Random(seed).NextBytes(destination);
+
+    public static byte[] Random(int length, int seed)
+    {
+        var bytes = new byte[length];
+        Fill(bytes, seed);
+        return bytes;
+    }
+
+    /// <summary>Concatenates the contents of several guest buffers.</summary>
+    public static byte[] Gather(ReadOnlySpan<GuestBuffer> buffers)
+    {
+        var result = new List<byte>();
+        foreach (var b in buffers) result.AddRange(b.Span.ToArray());
+        return result.ToArray();
+    }
+
+    /// <summary>Cuts one guest buffer into pieces of the given sizes (which must add up to at most its length).</summary>
+    public static GuestBuffer[] Split(GuestBuffer buffer, params uint[] sizes)
+    {
+        var pieces = new GuestBuffer[sizes.Length];
+        uint offset = 0;
+        for (int i = 0; i < sizes.Length; i++)
+        {
+            pieces[i] = buffer.Slice(offset, sizes[i]);
+            offset += sizes[i];
+        }
+        return pieces;
+    }
+
+    public static bool AllZero(ReadOnlySpan<byte> bytes) => !bytes.ContainsAnyExcept((byte)0);
+}

@@ -1,0 +1,64 @@
+using BlkTarget.Vhost.Frontend;
+
+namespace BlkTarget.IntegrationTests;
+
+/// <summary>A frontend with its guest RAM and queues: what QEMU plus a guest driver would be.</summary>
+internal sealed class TestGuest : IDisposable
+{
+    private TestGuest(GuestMemoryArena arena, VhostUserFrontend frontend, VirtqueueDriver[] queues)
+    {
+        Arena = arena;
+        Frontend = frontend;
+        Queues = queues;
+        Blk = queues.Select(q => new BlkRequestQueue(q, arena)).ToArray();
+    }
+
+    public GuestMemoryArena Arena { get; }
+    public VhostUserFrontend Frontend { get; }
+    public VirtqueueDriver[] Queues { get; }
+    public BlkRequestQueue[] Blk { get; }
+
+    /// <summary>Connects, negotiates and (unless told not to) starts every queue.</summary>
+    public static TestGuest Connect(string socketPath, int queues = 1, int queueSize = 128, VhostUserFrontendOptions? options = null,
+        ulong arenaBytes = 8 << 20, int regions = 1, int maxIndirect = 64, bool start = true)
+    {
+        var arena = new GuestMemoryArena(arenaBytes, regions);
+        VhostUserFrontend? frontend = null;
+        var drivers = new List<VirtqueueDriver>();
+        try
+        {
+            frontend = VhostUserFrontend.Connect(socketPath, options);
+            for (int i = 0; i < queues; i++) drivers.Add(new VirtqueueDriver(arena, i, queueSize, maxIndirect));
+            var guest = new TestGuest(arena, frontend, drivers.ToArray());
+            if (start) guest.Start();
+            return guest;
+        }
+        catch
+        {
+            foreach (var d in drivers) d.Dispose();
+            frontend?.Dispose();
+            arena.Dispose();
+            throw;
+        }
+    }
+
+    public void Start(bool enable = true) => Frontend.Start(Arena, Queues, enable);
+
+    public ushort[] Stop() => Frontend.Stop(Queues);
+
+    /// <summary>What a guest driver does after a device reset: fresh, empty rings.</summary>
+    public void ResetQueues()
+    {
+        foreach (var q in Queues) q.Reset();
+        foreach (var b in Blk) b.ResetSlots();
+    }
+
+    public GuestBuffer Allocate(uint bytes, uint alignment = 512) => Arena.Allocate(bytes, alignment);
+
+    public void Dispose()
+    {
+        Frontend.Dispose();
+        foreach (var q in Queues) q.Dispose();
+        Arena.Dispose();
+    }
+}

@@ -1,0 +1,44 @@
+using BlkTarget.Storage.RawFile;
+using BlkTarget.Storage.Ram;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace BlkTarget.Storage.Tests.Conformance;
+
+/// <summary>Every backend the conformance suite runs against, created fresh for each test.</summary>
+public sealed class BackendFactory : IDisposable
+{
+    public const ulong Size = 8 << 20;
+    private readonly string _dir = Directory.CreateDirectory(Path.Combine("/var/tmp", $"blkt-conf-{Guid.NewGuid():N}")).FullName;
+
+    public static TheoryData<string> Kinds => ["ram", "file-direct", "file-writeback"];
+
+    public IBlockDevice Create(string kind, uint blockSize = 512, bool readOnly = false)
+    {
+        switch (kind)
+        {
+            case "ram":
+                return new RamDisk(Size, blockSize, readOnly);
+            case "file-direct":
+            case "file-writeback":
+                string path = Path.Combine(_dir, $"{kind}-{Guid.NewGuid():N}.img");
+                if (readOnly)
+                {
+                    FileDisk.Open(new FileDiskOptions { Path = path, CreateSize = Size, BlockSize = blockSize }, NullLogger.Instance).Dispose();
+                }
+                return FileDisk.Open(new FileDiskOptions
+                {
+                    Path = path,
+                    DirectIo = kind == "file-direct",
+                    ReadOnly = readOnly,
+                    BlockSize = blockSize,
+                    CreateSize = readOnly ? null : Size,
+                }, NullLogger.Instance);
+            default:
+                throw new ArgumentException(kind);
+        }
+    }
+
+    public string Folder => _dir;
+
+    public void Dispose() => System.IO.Directory.Delete(_dir, recursive: true);
+}
