@@ -456,6 +456,7 @@ public sealed class VhostUserSession : IDisposable
             queue.Dispose();
         });
         vring.Base = queue.LastAvailIdx;
+        _log.LogDebug("{Device}: queue {Index} stopped at avail index {Base}", _device.Name, index, vring.Base);
         if (queue.BrokenReason is { } reason) _log.LogWarning("{Device}: queue {Index} stopped after guest error: {Reason}", _device.Name, index, reason);
         vring.Running = null;
         vring.Reactor = null;
