@@ -40,6 +40,54 @@ internal static unsafe partial class FileNative
     [LibraryImport("libc", SetLastError = true)]
     public static partial nint pwritev(int fd, IoVec* iov, int count, long offset);
 
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint pread(int fd, void* buffer, nuint count, long offset);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint pwrite(int fd, void* buffer, nuint count, long offset);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int fsync(int fd);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial long lseek(int fd, long offset, int whence);
+
+    public const int SEEK_DATA = 3, SEEK_HOLE = 4;
+
+    /// <summary>Reads exactly buffer length bytes at offset (short only at end of file); throws on error.</summary>
+    public static int PreadFully(int fd, byte* buffer, int count, long offset, string what)
+    {
+        int done = 0;
+        while (done < count)
+        {
+            nint n = pread(fd, buffer + done, (nuint)(count - done), offset + done);
+            if (n < 0)
+            {
+                if (Marshal.GetLastPInvokeError() == 4) continue;
+                throw new IOException($"{what}: read failed: {LastError()}");
+            }
+            if (n == 0) break;
+            done += (int)n;
+        }
+        return done;
+    }
+
+    /// <summary>Writes exactly count bytes at offset; throws on error.</summary>
+    public static void PwriteFully(int fd, byte* buffer, int count, long offset, string what)
+    {
+        int done = 0;
+        while (done < count)
+        {
+            nint n = pwrite(fd, buffer + done, (nuint)(count - done), offset + done);
+            if (n < 0)
+            {
+                if (Marshal.GetLastPInvokeError() == 4) continue;
+                throw new IOException($"{what}: write failed: {LastError()}");
+            }
+            done += (int)n;
+        }
+    }
+
     /// <summary>The statx fields the backend uses.</summary>
     public readonly record struct Stat(uint Mode, ulong Size, uint DioMemAlign, uint DioOffsetAlign, bool HasDioAlign)
     {
@@ -55,6 +103,19 @@ internal static unsafe partial class FileNative
         uint mask = *(uint*)buffer;
         return new Stat(*(ushort*)(buffer + 0x1C), *(ulong*)(buffer + 0x28), *(uint*)(buffer + 0x98), *(uint*)(buffer + 0x9C),
             (mask & STATX_DIOALIGN) != 0 && *(uint*)(buffer + 0x98) != 0);
+    }
+
+    /// <summary>Buffer and offset alignment O_DIRECT needs for this file (statx DIOALIGN, else the device's
+    /// logical sector size, else 512).</summary>
+    public static (uint Memory, uint Offset) DirectIoAlignment(int fd, Stat stat)
+    {
+        if (stat.HasDioAlign) return (stat.DioMemAlign, stat.DioOffsetAlign);
+        if (stat.IsBlockDevice)
+        {
+            int sector;
+            if (ioctl(fd, BLKSSZGET, &sector) == 0 && sector > 0) return ((uint)sector, (uint)sector);
+        }
+        return (512, 512);
     }
 
     public static string LastError() => Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError());

@@ -45,7 +45,7 @@ public sealed class FileDisk : IBlockDevice
             if (size == 0) throw new IOException($"{options.Path} is empty (create it with --create SIZE)");
             if (size % options.BlockSize != 0)
                 throw new IOException($"{options.Path}: size {size} is not a multiple of the block size {options.BlockSize}");
-            (uint memAlign, uint offsetAlign) = DirectIoAlignment(fd, stat);
+            (uint memAlign, uint offsetAlign) = FileNative.DirectIoAlignment(fd.Fd, stat);
             if (options.DirectIo && offsetAlign > options.BlockSize)
                 throw new IOException($"{options.Path} needs {offsetAlign}-byte aligned O_DIRECT I/O: use a block size of at least {offsetAlign} or cache=writeback");
             var info = new BlockDeviceInfo(size, options.BlockSize, options.ReadOnly, SupportsDiscard: true, SupportsWriteZeroes: true,
@@ -97,17 +97,6 @@ public sealed class FileDisk : IBlockDevice
         ulong size;
         if (ioctl(fd.Fd, BLKGETSIZE64, &size) != 0) throw new IOException($"{path}: BLKGETSIZE64 failed: {LastError()}");
         return size;
-    }
-
-    private static unsafe (uint Memory, uint Offset) DirectIoAlignment(OwnedFd fd, Stat stat)
-    {
-        if (stat.HasDioAlign) return (stat.DioMemAlign, stat.DioOffsetAlign);
-        if (stat.IsBlockDevice)
-        {
-            int sector;
-            if (ioctl(fd.Fd, BLKSSZGET, &sector) == 0 && sector > 0) return ((uint)sector, (uint)sector);
-        }
-        return (512, 512);
     }
 
     public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight) => new FileChannel(this, io, sink, maxInFlight);

@@ -1,3 +1,4 @@
+using BlkTarget.Storage.Image;
 using BlkTarget.Storage.RawFile;
 using BlkTarget.Storage.Ram;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -10,7 +11,7 @@ public sealed class BackendFactory : IDisposable
     public const ulong Size = 8 << 20;
     private readonly string _dir = Directory.CreateDirectory(Path.Combine("/var/tmp", $"blkt-conf-{Guid.NewGuid():N}")).FullName;
 
-    public static TheoryData<string> Kinds => ["ram", "file-direct", "file-writeback"];
+    public static TheoryData<string> Kinds => ["ram", "file-direct", "file-writeback", "image-direct", "image-4k-clusters", "image-writeback"];
 
     public IBlockDevice Create(string kind, uint blockSize = 512, bool readOnly = false)
     {
@@ -33,6 +34,12 @@ public sealed class BackendFactory : IDisposable
                     BlockSize = blockSize,
                     CreateSize = readOnly ? null : Size,
                 }, NullLogger.Instance);
+            case "image-direct":
+            case "image-4k-clusters":
+            case "image-writeback":
+                string imagePath = Path.Combine(_dir, $"{kind}-{Guid.NewGuid():N}.bti");
+                ImageFile.Create(imagePath, Size, kind == "image-4k-clusters" ? 4096u : 65536u);
+                return ImageDisk.Open(imagePath, readOnly, blockSize, directIo: kind != "image-writeback", NullLogger.Instance);
             default:
                 throw new ArgumentException(kind);
         }
