@@ -84,8 +84,11 @@ if [[ $run_e2e -eq 1 ]]; then
   export BLKTARGET_CMD="dotnet $PWD/src/BlkTarget/bin/Release/net10.0/blktarget.dll"
   run_e2e_suite ram --backend ram:1G
   # The raw file backend: a sparse 1 GiB file on a real filesystem (O_DIRECT through io_uring).
-  image_dir=$(mktemp -d /var/tmp/blktarget-e2e-file.XXXXXX)
+  image_dir=$(mktemp -d /var/tmp/blktarget-e2e-disks.XXXXXX)
+  trap 'rm -rf "$log_dir" "$image_dir"' EXIT
   BLKTARGET_EXTRA_ARGS="--create 1G" run_e2e_suite file --backend "file:$image_dir/disk.img"
+  # The sparse image backend, created empty (thin) by the target itself.
+  BLKTARGET_EXTRA_ARGS="--create 1G" run_e2e_suite image --backend "image:$image_dir/disk.bti"
   rm -rf "$image_dir"
 fi
 

@@ -14,7 +14,7 @@ public static class ServeCommand
 {
     private static readonly Option<string?> Socket = new("--socket") { Description = "Unix socket path QEMU connects to" };
     private static readonly Option<string?> Backend = new("--backend") { Description = "Storage backend: " + BackendSpec.Usage };
-    private static readonly Option<string?> CreateSize = new("--create") { Description = "With file:PATH, create the file with this size first (e.g. 10G)" };
+    private static readonly Option<string?> CreateSize = new("--create") { Description = "With file:PATH or image:PATH, create it with this size first (e.g. 10G)" };
     private static readonly Option<int> Queues = new("--queues") { Description = "Number of virtqueues (1-256)", DefaultValueFactory = _ => 1 };
     private static readonly Option<uint> BlockSize = new("--block-size") { Description = "Logical block size: 512 or 4096", DefaultValueFactory = _ => 512u };
     private static readonly Option<bool> ReadOnly = new("--read-only") { Description = "Export read-only" };

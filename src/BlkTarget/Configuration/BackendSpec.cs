@@ -6,11 +6,12 @@ namespace BlkTarget.Configuration;
 /// <item><c>ram:SIZE</c>: a RAM disk.</item>
 /// <item><c>file:PATH[,cache=none|writeback]</c>: a regular file or block device through io_uring; O_DIRECT
 /// (cache=none) unless cache=writeback.</item>
+/// <item><c>image:PATH[,cache=none|writeback]</c>: a thin-provisioned BlkTarget image (docs/image-format.md).</item>
 /// </list>
 /// </summary>
 public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path = null, bool DirectIo = true)
 {
-    public const string Usage = "ram:SIZE or file:PATH[,cache=none|writeback]";
+    public const string Usage = "ram:SIZE, file:PATH[,cache=none|writeback] or image:PATH[,cache=none|writeback]";
 
     public static bool TryParse(string text, out BackendSpec? spec, out string? error)
     {
@@ -30,21 +31,22 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path 
                 spec = new BackendSpec("ram", size);
                 return true;
             case "file":
-                return TryParseFile(text, argument, out spec, out error);
+            case "image":
+                return TryParsePath(kind, text, argument, out spec, out error);
             default:
                 error = $"backend '{text}': unknown kind '{kind}' (supported: {Usage})";
                 return false;
         }
     }
 
-    private static bool TryParseFile(string text, string argument, out BackendSpec? spec, out string? error)
+    private static bool TryParsePath(string kind, string text, string argument, out BackendSpec? spec, out string? error)
     {
         spec = null;
         error = null;
         var parts = argument.Split(',');
         if (parts[0].Length == 0)
         {
-            error = $"backend '{text}': expected file:PATH, e.g. file:/var/lib/vm1.img";
+            error = $"backend '{text}': expected {kind}:PATH, e.g. {kind}:/var/lib/vm1.{(kind == "file" ? "img" : "bti")}";
             return false;
         }
         bool direct = true;
@@ -59,7 +61,7 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path 
                     return false;
             }
         }
-        spec = new BackendSpec("file", Path: parts[0], DirectIo: direct);
+        spec = new BackendSpec(kind, Path: parts[0], DirectIo: direct);
         return true;
     }
 

@@ -21,8 +21,8 @@ public static class SettingsValidator
             if (!sockets.Add(Path.GetFullPath(d.Socket))) throw new ConfigurationException($"socket {d.Socket} is used by two devices");
             if (d.Queues is < 1 or > MaxQueues) throw new ConfigurationException($"device {d.Name}: queues must be between 1 and {MaxQueues}, not {d.Queues}");
             if (d.BlockSize is not (512 or 4096)) throw new ConfigurationException($"device {d.Name}: block size must be 512 or 4096, not {d.BlockSize}");
-            if (d.CreateSize is not null && d.Backend.Kind != "file")
-                throw new ConfigurationException($"device {d.Name}: --create only applies to file backends");
+            if (d.CreateSize is not null && d.Backend.Kind == "ram")
+                throw new ConfigurationException($"device {d.Name}: --create only applies to file and image backends");
             if (d.Backend.Kind == "ram" && d.Backend.SizeBytes % d.BlockSize != 0)
                 throw new ConfigurationException($"device {d.Name}: size {d.Backend.SizeBytes} is not a multiple of the block size {d.BlockSize}");
             if (d.Serial.Length > 20 || d.Serial.Any(c => c < 0x20 || c > 0x7e))

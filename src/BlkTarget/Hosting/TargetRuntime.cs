@@ -1,5 +1,6 @@
 using BlkTarget.Configuration;
 using BlkTarget.Storage;
+using BlkTarget.Storage.Image;
 using BlkTarget.Storage.RawFile;
 using BlkTarget.Storage.Ram;
 using BlkTarget.Vhost.Blk;
@@ -70,6 +71,7 @@ public sealed class TargetRuntime : IDisposable
                     BlockSize = device.BlockSize,
                     CreateSize = device.CreateSize,
                 }, log),
+                "image" => OpenImage(device, log),
                 _ => throw new ConfigurationException($"device {device.Name}: backend kind {device.Backend.Kind} is not supported"),
             };
         }
@@ -95,6 +97,16 @@ public sealed class TargetRuntime : IDisposable
         }
         _log.LogInformation("device {Name}: vhost-user-blk on {Socket}, backend {Backend}, {Queues} queue(s), block size {BlockSize}{ReadOnly}",
             device.Name, device.Socket, device.Backend, device.Queues, device.BlockSize, device.ReadOnly ? ", read-only" : "");
+    }
+
+    private static ImageDisk OpenImage(DeviceSettings device, ILogger log)
+    {
+        if (device.CreateSize is ulong size)
+        {
+            if (device.ReadOnly) throw new IOException("--create makes no sense for a read-only export");
+            ImageFile.Create(device.Backend.Path!, size);
+        }
+        return ImageDisk.Open(device.Backend.Path!, device.ReadOnly, device.BlockSize, device.Backend.DirectIo, log);
     }
 
     /// <summary>Stops accepting, lets each session drain its in-flight requests, removes the sockets, then
