@@ -95,7 +95,7 @@ public sealed unsafe class ImageFile : IDisposable
         byte* map = null;
         try
         {
-            if (flock(fd, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) throw new IOException($"{path} is in use by another process (locked)");
+            if (!TryLock(fd, readOnly, LockPatience)) throw new IOException($"{path} is in use by another process (locked)");
             var stat = StatFd(fd) ?? throw new IOException($"{path}: statx failed: {LastError()}");
             if (!stat.IsRegular) throw new ImageFormatException($"{path} is not a regular file");
             byte* headerBytes = (byte*)NativeMemory.AlignedAlloc(ImageHeader.Length, MapBlockSize);

@@ -105,6 +105,24 @@ internal static unsafe partial class FileNative
             (mask & STATX_DIOALIGN) != 0 && *(uint*)(buffer + 0x98) != 0);
     }
 
+    /// <summary>
+    /// Takes a non-blocking flock (shared for read-only users, exclusive for writers). A process that was killed
+    /// keeps its lock for a moment after it died, until the kernel tears down its io_uring (whose registered
+    /// files hold the file open), so a conflict is retried for up to <paramref name="patience"/>.
+    /// </summary>
+    public static bool TryLock(int fd, bool shared, TimeSpan patience)
+    {
+        var deadline = DateTime.UtcNow + patience;
+        while (flock(fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0)
+        {
+            if (Marshal.GetLastPInvokeError() != EWOULDBLOCK || DateTime.UtcNow > deadline) return false;
+            Thread.Sleep(20);
+        }
+        return true;
+    }
+
+    public static readonly TimeSpan LockPatience = TimeSpan.FromSeconds(3);
+
     /// <summary>Buffer and offset alignment O_DIRECT needs for this file (statx DIOALIGN, else the device's
     /// logical sector size, else 512).</summary>
     public static (uint Memory, uint Offset) DirectIoAlignment(int fd, Stat stat)

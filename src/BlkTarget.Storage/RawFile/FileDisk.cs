@@ -88,7 +88,7 @@ public sealed class FileDisk : IBlockDevice
     /// golden image read-only, but never write the same file.</summary>
     private static void Lock(OwnedFd fd, FileDiskOptions options)
     {
-        if (flock(fd.Fd, (options.ReadOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0) return;
+        if (TryLock(fd.Fd, options.ReadOnly, LockPatience)) return;
         throw new IOException($"{options.Path} is in use by another process (locked)");
     }
 
