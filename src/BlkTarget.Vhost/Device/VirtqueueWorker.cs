@@ -1,0 +1,174 @@
+using BlkTarget.Storage;
+using BlkTarget.Vhost.Interop;
+using BlkTarget.Vhost.Memory;
+using BlkTarget.Vhost.Queues;
+using Microsoft.Extensions.Logging;
+
+namespace BlkTarget.Vhost.Device;
+
+/// <summary>
+/// What every running device queue does the same way, on its reactor thread: take chains from the ring, give
+/// each one a slot (indexed by its head descriptor, unique while in flight, allocated once at queue start),
+/// publish used entries once per poll and signal the guest only when it asked, stop after draining, and
+/// refuse further work once the guest broke the ring. Device models implement <see cref="Process"/>.
+/// </summary>
+public abstract unsafe class VirtqueueWorker : IRunningQueue
+{
+    /// <summary>Buffers per request we track: seg_max data segments, headers, status, and room for splits.</summary>
+    public const int SegmentsPerSlot = 256;
+    /// <summary>Requests taken per poll before completions get a turn, to keep latency fair.</summary>
+    private const int PopBudget = 64;
+
+    private readonly NativeBuffer _segmentBuffer;
+    private readonly IoVec* _segments;
+    private readonly IoVec* _scratch;
+    private readonly bool[] _busy;
+    private readonly int _kickFd;
+    private readonly string _deviceName;
+    private int _callFd;
+    private int _inFlight;
+    private bool _usedPending;
+    private Action? _onDrained;
+    private bool _stopping;
+
+    protected VirtqueueWorker(QueueStartInfo start, string deviceName, ILogger log)
+    {
+        Index = start.Index;
+        Ring = start.Ring;
+        Memory = start.Memory;
+        Log = log;
+        _deviceName = deviceName;
+        _kickFd = start.KickFd;
+        _callFd = start.CallFd;
+        _busy = new bool[Ring.Size];
+        // One extra slot's worth at the end is the scratch space chains are walked into.
+        _segmentBuffer = new NativeBuffer((nuint)((Ring.Size + 1) * SegmentsPerSlot * sizeof(IoVec)));
+        _segments = (IoVec*)_segmentBuffer.Pointer;
+        _scratch = _segments + Ring.Size * SegmentsPerSlot;
+    }
+
+    public int Index { get; }
+    protected IVirtqueue Ring { get; }
+    protected GuestMemory Memory { get; }
+    protected ILogger Log { get; }
+    public int KickFd => _kickFd;
+    public ushort LastAvailIdx => Ring.LastAvailIdx;
+    public string? BrokenReason { get; private set; }
+    public int InFlight => _inFlight;
+
+    /// <summary>
+    /// Handles the request whose chain starts at <paramref name="head"/>; its buffers are already in the slot
+    /// (<paramref name="chain"/>.Segments). Must end with <see cref="CompleteRequest"/> (now or when the backend
+    /// finishes) or, for a request that cannot be answered at all, <see cref="Abandon"/>.
+    /// </summary>
+    protected abstract void Process(ushort head, ref ChainBuffers chain);
+
+    /// <summary>Returns request <paramref name="head"/> to the guest; published at the end of this poll.</summary>
+    protected void CompleteRequest(ushort head, uint usedLength)
+    {
+        Ring.PushUsed(head, usedLength);
+        _busy[head] = false;
+        _inFlight--;
+        _usedPending = true;
+    }
+
+    /// <summary>Drops a request that cannot be completed (e.g. no status byte) and stops the queue.</summary>
+    protected void Abandon(ushort head, string reason)
+    {
+        _busy[head] = false;
+        _inFlight--;
+        Break(reason);
+    }
+
+    public void SetCallFd(int fd) => _callFd = fd;
+
+    public void BeginStop(Action onDrained)
+    {
+        _stopping = true;
+        _onDrained = onDrained;
+        CheckDrained();
+    }
+
+    public int Poll()
+    {
+        int work = 0;
+        if (!_stopping && BrokenReason is null)
+        {
+            for (int i = 0; i < PopBudget && BrokenReason is null; i++)
+            {
+                // The chain is walked into scratch space first: the head (and so the slot) is known only after the pop.
+                var chain = new ChainBuffers(_scratch, SegmentsPerSlot);
+                var status = Ring.TryPopChain(Memory, ref chain, out ushort head, out string? error);
+                if (status == PopStatus.Empty) break;
+                work++;
+                if (status == PopStatus.Corrupt) Break(error!);
+                else Start(head, ref chain);
+            }
+        }
+        PublishAndNotify();
+        if (_stopping) CheckDrained();
+        return work;
+    }
+
+    private void Start(ushort head, ref ChainBuffers chain)
+    {
+        if (_busy[head])
+        {
+            Break($"descriptor {head} made available again while in flight");
+            return;
+        }
+        // Move the walked buffers into the slot: they must stay valid while the backend works on them.
+        IoVec* segments = _segments + head * SegmentsPerSlot;
+        Buffer.MemoryCopy(_scratch, segments, SegmentsPerSlot * sizeof(IoVec), chain.Count * sizeof(IoVec));
+        chain.Segments = segments;
+        _busy[head] = true;
+        _inFlight++;
+        Process(head, ref chain);
+    }
+
+    public void Fault(Exception error)
+    {
+        Break($"internal error: {error.Message}");
+        _inFlight = 0;
+        CheckDrained();
+    }
+
+    public bool PrepareToSleep()
+    {
+        // Requests in flight do not keep the reactor awake: the I/O engine's eventfd wakes it on completion.
+        if (_usedPending) return true;
+        if (_stopping || BrokenReason is not null) return false;
+        if (_kickFd < 0) return true;
+        return Ring.EnableNotifications();
+    }
+
+    public void WokeUp()
+    {
+        if (!_stopping && BrokenReason is null) Ring.DisableNotifications();
+    }
+
+    private void PublishAndNotify()
+    {
+        if (!_usedPending) return;
+        _usedPending = false;
+        Ring.PublishUsed();
+        if (Ring.ShouldSignal() && _callFd >= 0) EventFd.Signal(_callFd);
+    }
+
+    private void CheckDrained()
+    {
+        if (_inFlight != 0 || _onDrained is null) return;
+        var done = _onDrained;
+        _onDrained = null;
+        done();
+    }
+
+    protected void Break(string reason)
+    {
+        if (BrokenReason is not null) return;
+        BrokenReason = reason;
+        Log.LogError("{Device} queue {Queue}: guest error, queue stopped: {Reason}", _deviceName, Index, reason);
+    }
+
+    public virtual void Dispose() => _segmentBuffer.Dispose();
+}
