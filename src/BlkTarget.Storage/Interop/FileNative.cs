@@ -8,7 +8,7 @@ internal static unsafe partial class FileNative
     public const int O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0x40, O_EXCL = 0x80, O_DIRECT = 0x4000, O_CLOEXEC = 0x80000;
     public const int LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4;
     public const int AT_FDCWD = -100, AT_EMPTY_PATH = 0x1000;
-    public const uint STATX_TYPE = 0x1, STATX_MODE = 0x2, STATX_SIZE = 0x200, STATX_DIOALIGN = 0x2000;
+    public const uint STATX_TYPE = 0x1, STATX_MODE = 0x2, STATX_SIZE = 0x200, STATX_BLOCKS = 0x400, STATX_DIOALIGN = 0x2000;
     public const uint S_IFMT = 0xF000, S_IFREG = 0x8000, S_IFBLK = 0x6000;
     public const ulong BLKGETSIZE64 = 0x80081272;
     public const ulong BLKSSZGET = 0x1268;
@@ -89,8 +89,10 @@ internal static unsafe partial class FileNative
     }
 
     /// <summary>The statx fields the backend uses.</summary>
-    public readonly record struct Stat(uint Mode, ulong Size, uint DioMemAlign, uint DioOffsetAlign, bool HasDioAlign)
+    public readonly record struct Stat(uint Mode, ulong Size, uint DioMemAlign, uint DioOffsetAlign, bool HasDioAlign, ulong Blocks)
     {
+        /// <summary>Bytes the file occupies on disk (st_blocks are 512-byte units).</summary>
+        public ulong AllocatedBytes => Blocks * 512;
         public bool IsRegular => (Mode & S_IFMT) == S_IFREG;
         public bool IsBlockDevice => (Mode & S_IFMT) == S_IFBLK;
     }
@@ -99,10 +101,10 @@ internal static unsafe partial class FileNative
     {
         byte* buffer = stackalloc byte[256];
         new Span<byte>(buffer, 256).Clear();
-        if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_DIOALIGN, buffer) != 0) return null;
+        if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_BLOCKS | STATX_DIOALIGN, buffer) != 0) return null;
         uint mask = *(uint*)buffer;
         return new Stat(*(ushort*)(buffer + 0x1C), *(ulong*)(buffer + 0x28), *(uint*)(buffer + 0x98), *(uint*)(buffer + 0x9C),
-            (mask & STATX_DIOALIGN) != 0 && *(uint*)(buffer + 0x98) != 0);
+            (mask & STATX_DIOALIGN) != 0 && *(uint*)(buffer + 0x98) != 0, *(ulong*)(buffer + 0x30));
     }
 
     /// <summary>

@@ -23,8 +23,12 @@ internal sealed unsafe class ChannelDriver : IBlockCompletionSink, IDisposable
 
     public void Complete(ulong tag, BlockStatus status) => _done[tag] = status;
 
+    /// <summary>Runs one request without data buffers (flush, discard, write-zeroes) to completion.</summary>
+    public BlockStatus Run(BlockOperation operation, ulong offset, ulong length, BlockRequestFlags flags = 0) =>
+        RunWithBuffers(operation, offset, length, null, 0, flags);
+
     /// <summary>Runs one request to completion and returns its status.</summary>
-    public BlockStatus Run(BlockOperation operation, ulong offset, ulong length, IoVec* iov = null, int iovCount = 0, BlockRequestFlags flags = 0)
+    public BlockStatus RunWithBuffers(BlockOperation operation, ulong offset, ulong length, IoVec* iov, int iovCount, BlockRequestFlags flags = 0)
     {
         ulong tag = _nextTag++;
         Channel.Submit(new BlockRequest { Operation = operation, Offset = offset, Length = length, Iov = iov, IovCount = iovCount, Flags = flags, Tag = tag });
@@ -52,7 +56,7 @@ internal sealed unsafe class ChannelDriver : IBlockCompletionSink, IDisposable
             int pieceLength = data.Length / pieces;
             for (int i = 0; i < pieces; i++)
                 iov[i] = new IoVec(start + i * pieceLength, (nuint)(i == pieces - 1 ? data.Length - i * pieceLength : pieceLength));
-            var status = Run(operation, offset, (ulong)data.Length, iov, pieces);
+            var status = RunWithBuffers(operation, offset, (ulong)data.Length, iov, pieces);
             if (operation == BlockOperation.Read) new Span<byte>(start, data.Length).CopyTo(data);
             return status;
         }
