@@ -1,6 +1,5 @@
-using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using BlkTarget.Storage.RawFile;
+using BlkTarget.Storage.Transfer;
 using Microsoft.Extensions.Logging;
 using static BlkTarget.Storage.Interop.FileNative;
 
@@ -21,21 +20,14 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
         public ulong Tag;
         public BlockOperation Kind;
         public BlockRequestFlags Flags;
-        public ulong Offset;
-        public ulong Remaining;
-        public IoVec* Iov;
-        public int IovCount;
+        public TransferCursor Cursor;
         /// <summary>Bytes of the piece in flight, and the iovec trimmed to end it (restored on completion).</summary>
         public ulong PieceLength;
         public int TrimmedIndex;
         public nuint TrimmedLength;
         public int PieceIovCount;
         public int PendingFreeAtFlush;
-        public IoVec* GuestIov;
-        public int GuestIovCount;
-        public IoVec BounceIov;
-        public byte* BounceBuffer;
-        public nuint BounceLength;
+        public BounceBuffer Bounce;
     }
 
     private readonly ImageDisk _disk;
@@ -43,13 +35,12 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
     private readonly IoContext _io;
     private readonly IBlockCompletionSink _sink;
     private readonly Operation[] _ops;
-    private readonly int[] _free;
+    private readonly SlotStack _slots;
     private readonly BouncePool _bounce;
     private readonly int _target;
     private readonly int _fileSlot;
     private readonly int _shift;
     private readonly ulong _clusterMask;
-    private int _freeCount;
     private long _errors;
 
     public ImageChannel(ImageDisk disk, IoContext io, IBlockCompletionSink sink, int maxInFlight)
@@ -58,10 +49,9 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
         _image = disk.Image;
         _io = io;
         _sink = sink;
+        // Pinned: an operation's bounce iovec is handed to the kernel by address.
         _ops = GC.AllocateArray<Operation>(maxInFlight, pinned: true);
-        _free = new int[maxInFlight];
-        for (int i = 0; i < maxInFlight; i++) _free[i] = maxInFlight - 1 - i;
-        _freeCount = maxInFlight;
+        _slots = new SlotStack(maxInFlight);
         _bounce = new BouncePool(Math.Max(disk.MemoryAlignment, 4096));
         _shift = _image.Header.ClusterShift;
         _clusterMask = _image.ClusterSize - 1;
@@ -69,35 +59,23 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
         _fileSlot = io.RegisterFile(_image.Fd);
     }
 
-    public int InFlight => _ops.Length - _freeCount;
+    public int InFlight => _slots.InUse;
 
     public void Submit(in BlockRequest request)
     {
         var status = RequestValidation.Check(request, _disk.Info);
-        if (status != BlockStatus.Ok || _freeCount == 0)
+        if (status == BlockStatus.Ok && request.Operation is BlockOperation.Discard or BlockOperation.WriteZeroes)
+        {
+            _sink.Complete(request.Tag, Deallocate(request.Offset, request.Length));   // metadata work, done inline
+            return;
+        }
+        if (status != BlockStatus.Ok || !_slots.TryTake(out int index))
         {
             _sink.Complete(request.Tag, status != BlockStatus.Ok ? status : BlockStatus.IoError);
             return;
         }
-        switch (request.Operation)
-        {
-            case BlockOperation.Discard:
-            case BlockOperation.WriteZeroes:
-                _sink.Complete(request.Tag, Deallocate(request.Offset, request.Length));
-                return;
-        }
-        int index = _free[--_freeCount];
         ref Operation op = ref _ops[index];
-        op = new Operation
-        {
-            Tag = request.Tag,
-            Kind = request.Operation,
-            Flags = request.Flags,
-            Offset = request.Offset,
-            Remaining = request.Length,
-            Iov = request.Iov,
-            IovCount = request.IovCount,
-        };
+        op = new Operation { Tag = request.Tag, Kind = request.Operation, Flags = request.Flags, Cursor = new TransferCursor(request) };
         if (request.Operation == BlockOperation.Flush)
         {
             lock (_image.MetadataLock) op.PendingFreeAtFlush = _image.PendingFreeCount;
@@ -116,11 +94,7 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
             Finish(index, BlockStatus.IoError);
             return;
         }
-        if (!IsAligned(request.Iov, request.IovCount) && !Bounce(ref op))
-        {
-            Finish(index, BlockStatus.IoError);
-            return;
-        }
+        if (!op.Cursor.IsAligned(_disk.MemoryAlignment)) op.Bounce.Begin(ref op.Cursor, request.Operation == BlockOperation.Write, _bounce);
         Continue(index);
     }
 
@@ -134,9 +108,10 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
     private void Continue(int index)
     {
         ref Operation op = ref _ops[index];
-        while (op.Remaining > 0)
+        ref TransferCursor c = ref op.Cursor;
+        while (c.Remaining > 0)
         {
-            ulong virtualCluster = op.Offset >> _shift;
+            ulong virtualCluster = c.Offset >> _shift;
             ulong physical = _image.Entry(virtualCluster);
             if (physical == 0 && op.Kind == BlockOperation.Write)
             {
@@ -151,17 +126,17 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
                     return;
                 }
             }
-            ulong run = RunLength(op.Offset, op.Remaining, virtualCluster, physical);
+            ulong run = RunLength(c.Offset, c.Remaining, virtualCluster, physical);
             if (physical == 0)
             {
-                ZeroFront(ref op, run);
-                Advance(ref op, run);
+                c.ZeroFront(run);
+                c.Advance(run);
                 continue;
             }
-            Issue(index, (physical << _shift) + (op.Offset & _clusterMask), run);
+            Issue(index, (physical << _shift) + (c.Offset & _clusterMask), run);
             return;
         }
-        if (op.Kind == BlockOperation.Read && op.GuestIov != null) CopyToIov(op.BounceBuffer, op.GuestIov, op.GuestIovCount);
+        if (op.Kind == BlockOperation.Read && op.Bounce.Active) op.Bounce.CopyToGuest();
         Finish(index, BlockStatus.Ok);
     }
 
@@ -195,9 +170,9 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
         int fd = FileArgument(out bool fixedFile);
         ulong userData = IoContext.UserData(_target, (ulong)index);
         if (op.Kind == BlockOperation.Read)
-            IoUring.IoUring.PrepareReadv(sqe, fd, op.Iov, op.PieceIovCount, fileOffset, userData, fixedFile);
+            IoUring.IoUring.PrepareReadv(sqe, fd, op.Cursor.Iov, op.PieceIovCount, fileOffset, userData, fixedFile);
         else
-            IoUring.IoUring.PrepareWritev(sqe, fd, op.Iov, op.PieceIovCount, fileOffset, userData, fixedFile,
+            IoUring.IoUring.PrepareWritev(sqe, fd, op.Cursor.Iov, op.PieceIovCount, fileOffset, userData, fixedFile,
                 (op.Flags & BlockRequestFlags.Fua) != 0 ? RWF_DSYNC : 0);
     }
 
@@ -234,7 +209,7 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
         if (done == 0 && op.Kind == BlockOperation.Read)
         {
             // A cluster mapped past the end of the file (its size update was lost in a crash) reads as zeros.
-            ZeroFront(ref op, op.PieceLength);
+            op.Cursor.ZeroFront(op.PieceLength);
             done = op.PieceLength;
         }
         else if (done == 0)
@@ -243,7 +218,7 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
             Finish(index, BlockStatus.IoError);
             return;
         }
-        Advance(ref op, Math.Min(done, op.PieceLength));
+        op.Cursor.Advance(Math.Min(done, op.PieceLength));
         Continue(index);
     }
 
@@ -251,51 +226,21 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
     private static void TrimView(ref Operation op, ulong length)
     {
         op.PieceLength = length;
+        IoVec* iov = op.Cursor.Iov;
         ulong covered = 0;
         int i = 0;
-        while (covered + op.Iov[i].Length < length) covered += op.Iov[i++].Length;
+        while (covered + iov[i].Length < length) covered += iov[i++].Length;
         op.TrimmedIndex = i;
-        op.TrimmedLength = op.Iov[i].Length;
-        op.Iov[i].Length = (nuint)(length - covered);
+        op.TrimmedLength = iov[i].Length;
+        iov[i].Length = (nuint)(length - covered);
         op.PieceIovCount = i + 1;
     }
 
     private static void RestoreView(ref Operation op)
     {
         if (op.PieceIovCount == 0) return;
-        op.Iov[op.TrimmedIndex].Length = op.TrimmedLength;
+        op.Cursor.Iov[op.TrimmedIndex].Length = op.TrimmedLength;
         op.PieceIovCount = 0;
-    }
-
-    private static void Advance(ref Operation op, ulong done)
-    {
-        op.Offset += done;
-        op.Remaining -= done;
-        while (done > 0 && op.IovCount > 0)
-        {
-            if (done >= op.Iov->Length)
-            {
-                done -= op.Iov->Length;
-                op.Iov++;
-                op.IovCount--;
-            }
-            else
-            {
-                op.Iov->Base += done;
-                op.Iov->Length -= (nuint)done;
-                done = 0;
-            }
-        }
-    }
-
-    private static void ZeroFront(ref Operation op, ulong length)
-    {
-        for (int i = 0; i < op.IovCount && length > 0; i++)
-        {
-            ulong n = Math.Min(length, op.Iov[i].Length);
-            new Span<byte>(op.Iov[i].Base, (int)n).Clear();
-            length -= n;
-        }
     }
 
     /// <summary>DISCARD / WRITE_ZEROES: whole clusters are unmapped (read as zeros, space returned); the partial
@@ -339,53 +284,13 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
             throw new IOException($"punching {length} bytes at {fileOffset} failed: {LastError()}");
     }
 
-    private bool IsAligned(IoVec* iov, int count)
-    {
-        nuint mask = _disk.MemoryAlignment - 1;
-        for (int i = 0; i < count; i++)
-            if (((nuint)iov[i].Base & mask) != 0 || (iov[i].Length & mask) != 0) return false;
-        return true;
-    }
-
-    private bool Bounce(ref Operation op)
-    {
-        byte* buffer = _bounce.Rent((nuint)op.Remaining);
-        if (buffer == null) return false;
-        op.BounceBuffer = buffer;
-        op.BounceLength = (nuint)op.Remaining;
-        op.BounceIov = new IoVec(buffer, (nuint)op.Remaining);
-        if (op.Kind == BlockOperation.Write)
-        {
-            byte* destination = buffer;
-            for (int i = 0; i < op.IovCount; i++)
-            {
-                Buffer.MemoryCopy(op.Iov[i].Base, destination, (long)op.Iov[i].Length, (long)op.Iov[i].Length);
-                destination += op.Iov[i].Length;
-            }
-        }
-        op.GuestIov = op.Iov;
-        op.GuestIovCount = op.IovCount;
-        op.Iov = (IoVec*)Unsafe.AsPointer(ref op.BounceIov);   // _ops lives on the pinned heap
-        op.IovCount = 1;
-        return true;
-    }
-
-    private static void CopyToIov(byte* source, IoVec* iov, int count)
-    {
-        for (int i = 0; i < count; i++)
-        {
-            Buffer.MemoryCopy(source, iov[i].Base, (long)iov[i].Length, (long)iov[i].Length);
-            source += iov[i].Length;
-        }
-    }
-
     private void Finish(int index, BlockStatus status)
     {
         ref Operation op = ref _ops[index];
-        if (op.BounceBuffer != null) _bounce.Return(op.BounceBuffer, op.BounceLength);
+        op.Bounce.Release(_bounce);
         ulong tag = op.Tag;
         op = default;
-        _free[_freeCount++] = index;
+        _slots.Return(index);
         _sink.Complete(tag, status);
     }
 
@@ -393,7 +298,7 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
     {
         long count = ++_errors;
         if (count <= 10 || count % 1000 == 0)
-            _disk.Log.LogError("{Path}: {Operation} at virtual offset {Offset} failed: {Error} (error #{Count})", _image.Path, op.Kind, op.Offset, error, count);
+            _disk.Log.LogError("{Path}: {Operation} at virtual offset {Offset} failed: {Error} (error #{Count})", _image.Path, op.Kind, op.Cursor.Offset, error, count);
     }
 
     public void Dispose()

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace BlkTarget.Storage.RawFile;
+namespace BlkTarget.Storage.Transfer;
 
 /// <summary>
 /// Aligned buffers for the rare request whose guest buffers O_DIRECT cannot use (Linux guests align to 512
