@@ -1,4 +1,5 @@
 using System.CommandLine;
+using BlkTarget.Bench;
 using BlkTarget.Commands;
 
 namespace BlkTarget;
@@ -10,6 +11,8 @@ public static class Program
         var root = new RootCommand("BlkTarget: a vhost-user block storage target")
         {
             ServeCommand.Create(),
+            ImageCommand.Create(),
+            BenchCommand.Create(),
         };
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using BlkTarget.Storage;
 using BlkTarget.Storage.Ram;
 using BlkTarget.Vhost.Blk;
 using BlkTarget.Vhost.Device;
@@ -268,6 +269,23 @@ public sealed unsafe class BlkRequestTests : IDisposable
         _queue.Poll();   // the RAM disk completes inline, so the second use is legal
         Assert.Null(_queue.BrokenReason);
         Assert.Equal(2, _ring.UsedIdx);
+    }
+
+    [Fact]
+    public void A_read_hands_the_backend_only_its_data_buffers_not_the_emptied_status_descriptor()
+    {
+        // An empty iovec at the status byte's odd address made O_DIRECT backends bounce every read.
+        var disk = new RecordingDisk(1 << 20);
+        UseDisk(disk);
+        var (status, used, _) = ReadSectors(8, 4096);
+        Assert.Equal(VirtioBlk.StatusOk, status);
+        Assert.Equal(4097u, used);
+        var request = Assert.Single(disk.Requests);
+        Assert.Equal(BlockOperation.Read, request.Operation);
+        Assert.Equal(4096ul, request.Length);
+        var iov = Assert.Single(request.Iov);
+        Assert.Equal((nuint)4096, iov.Length);
+        Assert.Equal(0ul, (ulong)iov.Base % 512);
     }
 
     [Fact]

@@ -36,6 +36,10 @@
 #   guest-reboot               guest 4 reboots once inside ONE QEMU process (same
 #                              vhost-user connection, device stopped and restarted):
 #                              data written before the reboot + fio verify after it
+#   scsi-luns                  (--kind scsi only) a second target started from a config
+#                              file with three LUNs on two targets: all appear as disks
+#                              with the right sizes/serials/identifiers, fio verify on two
+#                              at once, ext4, UNMAP, MODE SELECT, a read-only LUN
 #   target-shutdown            SIGTERM: the target exits 0 and removes its socket
 # Output: one "e2e PASS <name>" / "e2e FAIL <name>" line per test, then exactly one
 # "e2e: N passed, M failed" line. Exit status is non-zero if anything failed.
@@ -73,6 +77,7 @@ if [[ "$target" == qsd && "$kind" == scsi ]]; then
 fi
 
 ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot guest-reboot)
+[[ "$kind" != scsi ]] || ALL_TESTS+=(scsi-luns)
 TESTS=()
 if [[ -n "$only" ]]; then
     IFS=, read -ra TESTS <<< "$only"
@@ -289,7 +294,7 @@ run_test() {
         return
     fi
     info "running $name ..."
-    local t0=$SECONDS args=(--socket "$SOCK" --job "$HERE/jobs/$name.sh" --queues "$queues" --kind "$kind"
+    local t0=$SECONDS args=(--socket "${TEST_SOCK:-$SOCK}" --job "$HERE/jobs/$name.sh" --queues "$queues" --kind "$kind"
         --timeout "$guest_timeout" --guest-dir "$guest_dir" --log "$log_dir/$name.console.log")
     [[ $verbose -eq 0 ]] || args+=(--verbose)
     # guest-reboot: the guest resets itself once; exactly two boots of /init.
@@ -330,6 +335,44 @@ run_test() {
     fi
 }
 
+# --- scsi-luns: its own target, several LUNs from a config file ------------------------
+run_scsi_luns() {
+    local sock="$WORK/luns.sock" log="$log_dir/target-luns.log" config="$WORK/luns.json" pid rc=0
+    cat > "$config" <<JSON
+{
+  "devices": [
+    {
+      "name": "e2e-luns", "kind": "scsi", "socket": "$sock", "queues": $queues,
+      "targets": [
+        { "target": 0, "luns": [
+          { "lun": 0, "backend": "ram:256M", "serial": "E2E-LUN0" },
+          { "lun": 1, "backend": "ram:512M", "blockSize": 4096, "serial": "E2E-LUN1" } ] },
+        { "target": 1, "luns": [ { "lun": 0, "backend": "ram:64M", "readOnly": true } ] }
+      ]
+    }
+  ]
+}
+JSON
+    echo "+ ${TARGET_CMD[*]} serve --config $config" > "$log"
+    "${TARGET_CMD[@]}" serve --config "$config" </dev/null >>"$log" 2>&1 &
+    pid=$!
+    local t0=$SECONDS
+    while [[ ! -S "$sock" ]] && kill -0 "$pid" 2>/dev/null && (( SECONDS - t0 < 30 )); do sleep 0.1; done
+    if [[ ! -S "$sock" ]]; then
+        kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+        tail -n 20 "$log" | sed 's/^/[target-luns] /'
+        fail scsi-luns "the multi-LUN target did not come up"
+        return
+    fi
+    TEST_SOCK=$sock run_test scsi-luns
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" || rc=$?
+    if [[ $rc -ne 0 ]]; then
+        tail -n 20 "$log" | sed 's/^/[target-luns] /'
+        info "scsi-luns: the multi-LUN target exited with status $rc"
+    fi
+}
+
 # --- main ---------------------------------------------------------------------------
 if start_target; then
     for t in "${TESTS[@]}"; do
@@ -337,6 +380,7 @@ if start_target; then
             # Only meaningful after ext4-write left a filesystem on this target's disk.
             ext4-verify-after-reboot)
                 if [[ " ${TESTS[*]} " == *" ext4-write "* ]]; then run_test "$t" ext4-write; else run_test "$t"; fi ;;
+            scsi-luns) run_scsi_luns ;;
             *) run_test "$t" ;;
         esac
     done

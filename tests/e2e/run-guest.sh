@@ -126,7 +126,7 @@ qemu=(qemu-system-x86_64
     -accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem"
     -object "memory-backend-memfd,id=mem,size=$mem,share=on" -numa node,memdev=mem
     -kernel "$guest_dir/kernel" -initrd "$TMP/initrd"
-    -append "console=ttyS0 quiet panic=-1 rdinit=/init"
+    -append "console=ttyS0 ${E2E_APPEND:-quiet} panic=-1 rdinit=/init"
     -chardev "socket,id=c0,path=$socket" -device "$device"
     -nodefaults -display none -serial stdio
 )

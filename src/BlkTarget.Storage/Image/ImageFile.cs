@@ -63,6 +63,7 @@ public sealed unsafe class ImageFile : IDisposable
     public static void Create(string path, ulong virtualSize, uint clusterSize = ImageHeader.DefaultClusterSize)
     {
         var header = ImageHeader.ForNewImage(virtualSize, clusterSize);
+        CheckMapFits(header);
         int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0x1A0);
         if (fd < 0) throw new IOException($"cannot create {path}: {LastError()}");
         using var owner = new OwnedFd(fd);
@@ -105,10 +106,15 @@ public sealed unsafe class ImageFile : IDisposable
                 int read = PreadFully(fd, headerBytes, ImageHeader.Length, 0, path);
                 header = ImageHeader.Read(new ReadOnlySpan<byte>(headerBytes, read), stat.Size);
             }
+            catch (ImageFormatException e)
+            {
+                throw new ImageFormatException($"{path}: {e.Message}");
+            }
             finally
             {
                 NativeMemory.AlignedFree(headerBytes);
             }
+            CheckMapFits(header, path);
             map = (byte*)NativeMemory.AlignedAlloc((nuint)header.MapBytes, MapBlockSize);
             int mapRead = PreadFully(fd, map, checked((int)header.MapBytes), (long)header.MapOffset, path);
             new Span<byte>(map + mapRead, (int)header.MapBytes - mapRead).Clear();
@@ -139,6 +145,27 @@ public sealed unsafe class ImageFile : IDisposable
     /// <summary>Largest physical cluster index a valid entry may hold (keeps offsets far from overflow).</summary>
     public ulong MaxPhysicalCluster => (1UL << 56) >> Header.ClusterShift;
 
+    /// <summary>Largest map this build loads into memory (1 GiB: 128 Mi clusters, 8 TiB of 64 KiB clusters).</summary>
+    public const ulong MaxMapBytes = 1UL << 30;
+
+    private static void CheckMapFits(ImageHeader header, string? path = null)
+    {
+        if (header.MapBytes > MaxMapBytes)
+            throw new ImageFormatException($"{(path is null ? "" : path + ": ")}an allocation map of {header.MapBytes} bytes ({header.MapEntries} clusters) is larger than the {MaxMapBytes} bytes this build supports; use a larger cluster size");
+    }
+
+    /// <summary>Clusters a file of <paramref name="fileSize"/> bytes covers, the last one possibly in part.</summary>
+    internal ulong FileClusters(ulong fileSize) => (fileSize + ClusterSize - 1) >> Header.ClusterShift;
+
+    /// <summary>
+    /// Whether a non-zero entry can be right: it names a data cluster (not the header or the map), and lies
+    /// before <paramref name="fileClusters"/> + MapEntries. A healthy image maps clusters past the end of the
+    /// file only for allocations whose data write a crash cut short (they read as zeros), and there are never
+    /// more of those than entries; anything further out is corrupt (and would blow up the free list).
+    /// </summary>
+    internal bool IsPlausibleEntry(ulong physical, ulong fileClusters) =>
+        physical >= Header.FirstDataCluster && physical <= MaxPhysicalCluster && physical < fileClusters + Header.MapEntries;
+
     /// <summary>Describes every inconsistency of the map: invalid or duplicate physical clusters, garbage in
     /// the map's padding. <paramref name="duplicated"/> receives the physical clusters mapped more than once.</summary>
     internal List<string> FindMapProblems(ulong fileSize, out HashSet<ulong> duplicated)
@@ -146,11 +173,12 @@ public sealed unsafe class ImageFile : IDisposable
         var problems = new List<string>();
         duplicated = [];
         var seen = new Dictionary<ulong, ulong>();
+        ulong fileClusters = FileClusters(fileSize);
         for (ulong v = 0; v < Header.MapEntries; v++)
         {
             ulong p = Entry(v);
             if (p == 0) continue;
-            if (p < Header.FirstDataCluster || p > MaxPhysicalCluster)
+            if (!IsPlausibleEntry(p, fileClusters))
                 problems.Add($"virtual cluster {v} maps to invalid physical cluster {p}");
             else if (!seen.TryAdd(p, v))
             {
@@ -169,17 +197,19 @@ public sealed unsafe class ImageFile : IDisposable
 
     private void BuildFreeSpace(ulong fileSize)
     {
-        ulong fileClusters = (fileSize + ClusterSize - 1) >> Header.ClusterShift;
+        ulong fileClusters = FileClusters(fileSize);
         ulong highest = Header.FirstDataCluster - 1;
         var used = new HashSet<ulong>();
         for (ulong v = 0; v < Header.MapEntries; v++)
         {
             ulong p = Entry(v);
-            if (p == 0) continue;
+            // Only an image opened for check can hold implausible entries; they must not size the free list.
+            if (p == 0 || !IsPlausibleEntry(p, fileClusters)) continue;
             used.Add(p);
             if (p > highest) highest = p;
         }
         _nextAppend = Math.Max(Math.Max(highest + 1, fileClusters), Header.FirstDataCluster);
+        _fileClusters = fileClusters;
         for (ulong p = _nextAppend; p-- > Header.FirstDataCluster;)
             if (!used.Contains(p)) _free.Push(p);
     }
@@ -208,6 +238,8 @@ public sealed unsafe class ImageFile : IDisposable
         else
         {
             physical = _nextAppend++;
+            // Extend the file before the map names the cluster, so that no crash leaves an entry past its end.
+            if (physical >= _fileClusters) GrowFile(physical + 1);
         }
         SetEntry(virtualCluster, physical);
         try
@@ -224,25 +256,41 @@ public sealed unsafe class ImageFile : IDisposable
     }
 
     /// <summary>
-    /// Unmaps virtual clusters [first, first+count) and punches their data out. Caller holds
-    /// <see cref="MetadataLock"/>. The physical clusters become reusable only after the next flush.
+    /// Punches the data of virtual clusters [first, first+count) out, then unmaps them. Caller holds
+    /// <see cref="MetadataLock"/>. Punching first means a crash in between leaves mapped holes (reading zeros,
+    /// which is what the discard asked for) rather than unreferenced clusters full of data. The physical
+    /// clusters become reusable only after the next flush.
     /// </summary>
     public void Deallocate(ulong first, ulong count)
     {
         ulong end = first + count;
-        var freed = new List<ulong>();
+        var freed = new List<(ulong Virtual, ulong Physical)>();
         for (ulong v = first; v < end; v++)
         {
             ulong p = Entry(v);
-            if (p == 0) continue;
-            SetEntry(v, 0);
-            freed.Add(p);
+            if (p != 0) freed.Add((v, p));
         }
         if (freed.Count == 0) return;
+        foreach (var (_, p) in freed)
+            if (fallocate(Fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)(p << Header.ClusterShift), (long)ClusterSize) != 0)
+                throw new IOException($"{Path}: cannot punch cluster {p}: {LastError()}");
+        foreach (var (v, _) in freed) SetEntry(v, 0);
         for (ulong block = first / EntriesPerBlock; block <= (end - 1) / EntriesPerBlock; block++) WriteMapBlock(block * EntriesPerBlock);
-        foreach (ulong p in freed)
-            fallocate(Fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)(p << Header.ClusterShift), (long)ClusterSize);
-        _freeAfterFlush.AddRange(freed);
+        foreach (var (_, p) in freed) _freeAfterFlush.Add(p);
+    }
+
+    /// <summary>How many clusters the file spans; appended clusters beyond it are created by <see cref="GrowFile"/>.</summary>
+    private ulong _fileClusters;
+
+    /// <summary>Extends the file (as a hole) to at least <paramref name="clusters"/> clusters, in steps of 1 MiB
+    /// or more so that appending stays cheap.</summary>
+    private void GrowFile(ulong clusters)
+    {
+        ulong step = Math.Max(1UL, (1UL << 20) >> Header.ClusterShift);
+        ulong target = (clusters + step - 1) / step * step;
+        if (ftruncate(Fd, (long)(target << Header.ClusterShift)) != 0)
+            throw new IOException($"{Path}: cannot extend the image: {LastError()}");
+        _fileClusters = target;
     }
 
     /// <summary>Number of clusters waiting for a flush before they can be reused.</summary>
@@ -273,6 +321,38 @@ public sealed unsafe class ImageFile : IDisposable
     }
 
     internal void ClearEntry(ulong virtualCluster) => SetEntry(virtualCluster, 0);
+
+    /// <summary>Writes the map block holding <paramref name="virtualCluster"/>'s entry (repair; no sync).</summary>
+    internal void RewriteMapBlock(ulong virtualCluster) => WriteMapBlock(virtualCluster);
+
+    /// <summary>Whether the bytes between the last entry and the end of the map area are all zero.</summary>
+    internal bool MapPaddingIsClean => new ReadOnlySpan<byte>(_map + Header.MapEntries * 8, (int)(Header.MapBytes - Header.MapEntries * 8)).IndexOfAnyExcept((byte)0) < 0;
+
+    /// <summary>Zeroes the map's padding in memory (repair; <see cref="RewriteMap"/> persists it).</summary>
+    internal void ClearMapPadding() => new Span<byte>(_map + Header.MapEntries * 8, (int)(Header.MapBytes - Header.MapEntries * 8)).Clear();
+
+    /// <summary>
+    /// Building a new image (convert, import): maps <paramref name="virtualCluster"/> to the next cluster at the
+    /// end of the file without writing the map. Only for an image nobody else uses and that is deleted if the
+    /// build fails: the map reaches the disk once, after the data, in <see cref="WriteBuiltMap"/>.
+    /// </summary>
+    internal ulong AppendCluster(ulong virtualCluster)
+    {
+        ulong existing = Entry(virtualCluster);
+        if (existing != 0) return existing;
+        ulong physical = _nextAppend++;
+        SetEntry(virtualCluster, physical);
+        return physical;
+    }
+
+    /// <summary>Writes the map blocks that hold at least one entry (the others stay holes), then syncs.</summary>
+    internal void WriteBuiltMap()
+    {
+        for (ulong offset = 0; offset < Header.MapBytes; offset += MapBlockSize)
+            if (new ReadOnlySpan<byte>(_map + offset, MapBlockSize).IndexOfAnyExcept((byte)0) >= 0)
+                PwriteFully(Fd, _map + offset, MapBlockSize, (long)(Header.MapOffset + offset), Path);
+        Sync();
+    }
 
     /// <summary>Makes everything written so far durable (fsync: also the holes punched on deallocation).</summary>
     public void Sync()

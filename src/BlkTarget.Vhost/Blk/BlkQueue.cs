@@ -66,7 +66,11 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
             {
                 ulong length = chain.WritableBytes - 1;
                 slot.UsedLength = (uint)Math.Min(length + 1, uint.MaxValue);
-                return SubmitData(head, BlockOperation.Read, sector, length, segments + chain.ReadableCount, count - chain.ReadableCount);
+                // The status byte usually has a descriptor of its own, which leaves an empty iovec at the end: hand
+                // the backend only the data (an empty iovec at an odd address made O_DIRECT backends bounce).
+                int dataCount = count - chain.ReadableCount;
+                if (dataCount > 0 && segments[count - 1].Length == 0) dataCount--;
+                return SubmitData(head, BlockOperation.Read, sector, length, segments + chain.ReadableCount, dataCount);
             }
             case VirtioBlk.TypeOut:
             {

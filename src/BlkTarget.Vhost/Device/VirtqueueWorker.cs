@@ -63,6 +63,13 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     /// </summary>
     protected abstract void Process(ushort head, ref ChainBuffers chain);
 
+    /// <summary>Work a device model deferred rather than finished in <see cref="Process"/> (e.g. a task
+    /// management function waiting for requests on other queues). While true, the reactor keeps polling.</summary>
+    protected virtual bool HasDeferredWork => false;
+
+    /// <summary>Called on every poll (also while stopping) to finish deferred work; returns how much happened.</summary>
+    protected virtual int PollDeferred() => 0;
+
     /// <summary>Returns request <paramref name="head"/> to the guest; published at the end of this poll.</summary>
     protected void CompleteRequest(ushort head, uint usedLength)
     {
@@ -91,7 +98,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
 
     public int Poll()
     {
-        int work = 0;
+        int work = PollDeferred();
         if (!_stopping && BrokenReason is null)
         {
             for (int i = 0; i < PopBudget && BrokenReason is null; i++)
@@ -136,7 +143,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     public bool PrepareToSleep()
     {
         // Requests in flight do not keep the reactor awake: the I/O engine's eventfd wakes it on completion.
-        if (_usedPending) return true;
+        if (_usedPending || HasDeferredWork) return true;
         if (_stopping || BrokenReason is not null) return false;
         if (_kickFd < 0) return true;
         return Ring.EnableNotifications();

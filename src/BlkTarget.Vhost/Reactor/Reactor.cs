@@ -22,6 +22,7 @@ public sealed class Reactor : IDisposable
     private readonly Thread _thread;
     private readonly int? _cpu;
     private readonly long _idleSpinTicks;
+    private readonly long _yieldAfterTicks = Stopwatch.Frequency / 200_000;   // 5 us
     private volatile bool _stopping;
     private volatile bool _sleeping;
 
@@ -125,9 +126,15 @@ public sealed class Reactor : IDisposable
                 lastWork = Stopwatch.GetTimestamp();
                 continue;
             }
-            if (Stopwatch.GetTimestamp() - lastWork < _idleSpinTicks)
+            long idle = Stopwatch.GetTimestamp() - lastWork;
+            if (idle < _idleSpinTicks)
             {
-                Thread.SpinWait(8);
+                // Past a short spin, keep polling but give the CPU away on each round (sched_yield returns at once
+                // when nothing else is runnable here). When threads outnumber cores, the guest's vCPU or a load
+                // generator may share this CPU: a plain spin would hold it for a whole time slice while the
+                // request we wait for cannot even be submitted.
+                if (idle > _yieldAfterTicks) Thread.Yield();
+                else Thread.SpinWait(8);
                 continue;
             }
             Sleep(events);

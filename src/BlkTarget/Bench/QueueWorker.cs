@@ -16,7 +16,7 @@ internal enum WorkerPhase
 }
 
 /// <summary>Set from outside (Ctrl+C) to end every worker's job early; the report still comes.</summary>
-internal sealed class StopSignal
+public sealed class StopSignal
 {
     private volatile bool _stop;
     public bool IsSet => _stop;
@@ -57,6 +57,7 @@ internal sealed unsafe class QueueWorker
     private readonly ulong _seqStart;
     private readonly BlockLedger? _ledger;
     private readonly double _nsPerTick;
+    private readonly long _yieldAfterTicks;
     private ulong _rng;
     private ulong _seqCursor;
 
@@ -117,6 +118,7 @@ internal sealed unsafe class QueueWorker
         _rng = options.Seed ^ (0x9E37_79B9_7F4A_7C15UL * (ulong)(index + 1));
         if (_rng == 0) _rng = 1;
         _nsPerTick = 1e9 / Stopwatch.Frequency;
+        _yieldAfterTicks = Stopwatch.Frequency / 500_000;   // 2 us
         ReadLatency = new LatencyHistogram();
         WriteLatency = new LatencyHistogram();
     }
@@ -141,21 +143,21 @@ internal sealed unsafe class QueueWorker
     public ulong SliceBlocks => _domainBlocks;
 
     /// <summary>
-    /// The whole job on this queue: an optional fill, the measured phase (from <paramref name="measureStart"/> to
-    /// <paramref name="deadline"/>, both Stopwatch timestamps, or until <paramref name="ioBudget"/> requests),
-    /// then an optional read-back check.
+    /// The whole job on this queue: an optional fill, the measured phase (a ramp of <paramref name="rampTicks"/>
+    /// from <paramref name="start"/>, then <paramref name="runTicks"/> measured, negative: unlimited; or until
+    /// <paramref name="ioBudget"/> requests), then an optional read-back check. Times are Stopwatch ticks.
     /// </summary>
-    public void Run(long measureStart, long deadline, long ioBudget)
+    public void Run(long start, long rampTicks, long runTicks, long ioBudget)
     {
         _vq.DisableInterrupts();
         if (_ledger is not null && !_options.Writes)
         {
             RunPhase(WorkerPhase.Fill, long.MaxValue, long.MaxValue, (long)_domainBlocks);
-            // The fill took time of its own: the measured phase starts now, with the ramp and runtime it was given.
-            long shift = Stopwatch.GetTimestamp() - Math.Min(measureStart, Stopwatch.GetTimestamp());
-            measureStart += shift;
-            deadline = deadline == long.MaxValue ? deadline : deadline + shift;
+            // The fill took time of its own: the measured phase starts after it.
+            start = Stopwatch.GetTimestamp();
         }
+        long measureStart = start + rampTicks;
+        long deadline = runTicks < 0 ? long.MaxValue : measureStart + runTicks;
         RunPhase(WorkerPhase.Main, measureStart, deadline, ioBudget);
         if (_ledger is not null && _options.Writes)
             RunPhase(WorkerPhase.Check, long.MaxValue, long.MaxValue, (long)_ledger.WrittenBlocks);
@@ -217,13 +219,18 @@ internal sealed unsafe class QueueWorker
                 continue;
             }
             // Nothing happened this round.
-            if (idleTicks < 0) continue;
             if (idleSince == 0)
             {
                 idleSince = now;
                 continue;
             }
-            if (now - idleSince < idleTicks) continue;
+            if (idleTicks < 0 || now - idleSince < idleTicks)
+            {
+                // Past a short spin, give the CPU to anything else runnable on it (the target's reactor, when
+                // threads outnumber cores); sched_yield returns at once when nothing is.
+                if (now - idleSince > _yieldAfterTicks) Thread.Yield();
+                continue;
+            }
             // Idle for a while: let the device interrupt us instead of burning the CPU it may need.
             if (measuring) Sleeps++;
             _vq.WaitForUsed(100);
@@ -264,7 +271,11 @@ internal sealed unsafe class QueueWorker
                     RwMode.RandRw => NextRandom(100) >= (ulong)_options.RwMixRead,
                     _ => false,
                 };
-                if (!_options.Random) block = NextSequential();
+                if (!_options.Random)
+                {
+                    block = NextSequential();
+                    if (_ledger is not null && _ledger.IsBusy(block)) return false;
+                }
                 else if (!NextRandomBlock(out block)) return false;
                 break;
         }

@@ -12,10 +12,11 @@ namespace BlkTarget.Commands;
 /// <summary>`blktarget serve`: one device from flags, or several from --config.</summary>
 public static class ServeCommand
 {
+    private static readonly Option<string> Kind = new("--kind") { Description = "Device type: blk (vhost-user-blk, default) or scsi (vhost-user-scsi, one LUN: target 0, LUN 0)", DefaultValueFactory = _ => "blk" };
     private static readonly Option<string?> Socket = new("--socket") { Description = "Unix socket path QEMU connects to" };
     private static readonly Option<string?> Backend = new("--backend") { Description = "Storage backend: " + BackendSpec.Usage };
     private static readonly Option<string?> CreateSize = new("--create") { Description = "With file:PATH or image:PATH, create it with this size first (e.g. 10G)" };
-    private static readonly Option<int> Queues = new("--queues") { Description = "Number of virtqueues (1-256)", DefaultValueFactory = _ => 1 };
+    private static readonly Option<int> Queues = new("--queues") { Description = "Number of virtqueues (1-256); for scsi, request queues (1-254)", DefaultValueFactory = _ => 1 };
     private static readonly Option<uint> BlockSize = new("--block-size") { Description = "Logical block size: 512 or 4096", DefaultValueFactory = _ => 512u };
     private static readonly Option<bool> ReadOnly = new("--read-only") { Description = "Export read-only" };
     private static readonly Option<string?> Serial = new("--serial") { Description = "Serial number the guest sees (at most 20 characters)" };
@@ -28,7 +29,7 @@ public static class ServeCommand
     {
         var command = new Command("serve", "Export block devices over vhost-user until SIGINT/SIGTERM")
         {
-            Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, IdlePollUs, LogLevel,
+            Kind, Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, IdlePollUs, LogLevel,
         };
         command.SetAction(Run);
         return command;
@@ -91,25 +92,45 @@ public static class ServeCommand
     {
         if (parse.GetValue(Config) is { } configPath)
         {
-            if (parse.GetValue(Socket) is not null || parse.GetValue(Backend) is not null)
-                throw new ConfigurationException("--config describes the devices; do not combine it with --socket/--backend");
+            if (parse.GetValue(Socket) is not null || parse.GetValue(Backend) is not null || parse.GetResult(Kind) is { Implicit: false })
+                throw new ConfigurationException("--config describes the devices; do not combine it with --socket/--backend/--kind");
             var fromFile = ConfigFile.Load(configPath);
             return ApplyCommonFlags(fromFile, parse);
         }
         string socket = parse.GetValue(Socket) ?? throw new ConfigurationException("--socket is required (or --config FILE)");
         string backendText = parse.GetValue(Backend) ?? throw new ConfigurationException("--backend is required, e.g. --backend ram:1G or --backend file:/var/lib/vm1.img");
         if (!BackendSpec.TryParse(backendText, out var backend, out var error)) throw new ConfigurationException(error!);
+        string kind = parse.GetValue(Kind)!;
+        if (kind is not ("blk" or "scsi")) throw new ConfigurationException($"--kind: '{kind}' is not a device type (blk or scsi)");
+        ulong? createSize = ParseCreate(parse.GetValue(CreateSize));
         var device = new DeviceSettings
         {
             Name = Path.GetFileNameWithoutExtension(socket) is { Length: > 0 } n ? n : "dev0",
+            Kind = kind,
             Socket = socket,
             Backend = backend!,
             Queues = parse.GetValue(Queues),
             BlockSize = parse.GetValue(BlockSize),
             ReadOnly = parse.GetValue(ReadOnly),
             Serial = parse.GetValue(Serial) ?? "",
-            CreateSize = ParseCreate(parse.GetValue(CreateSize)),
+            CreateSize = createSize,
         };
+        if (kind == "scsi")
+        {
+            device = device with
+            {
+                Luns =
+                [
+                    new ScsiLunSettings
+                    {
+                        Backend = device.Backend,
+                        CreateSize = createSize,
+                        BlockSize = device.BlockSize,
+                        ReadOnly = device.ReadOnly,
+                    },
+                ],
+            };
+        }
         return ApplyCommonFlags(new TargetSettings { Devices = [device] }, parse);
     }
 

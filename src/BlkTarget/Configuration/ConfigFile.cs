@@ -22,6 +22,25 @@ public sealed class ConfigFile
         public bool? WriteCache { get; set; }
         /// <summary>File backends: create the file with this size (e.g. "10G") if it does not exist yet.</summary>
         public string? Create { get; set; }
+        /// <summary>Kind scsi: the targets and their LUNs (instead of one 'backend').</summary>
+        public List<TargetEntry>? Targets { get; set; }
+    }
+
+    public sealed class TargetEntry
+    {
+        public int? Target { get; set; }
+        public List<LunEntry>? Luns { get; set; }
+    }
+
+    public sealed class LunEntry
+    {
+        public int? Lun { get; set; }
+        public string? Backend { get; set; }
+        public string? Create { get; set; }
+        public uint? BlockSize { get; set; }
+        public bool? ReadOnly { get; set; }
+        public string? Serial { get; set; }
+        public bool? WriteCache { get; set; }
     }
 
     public string? Cpus { get; set; }
@@ -61,6 +80,13 @@ public sealed class ConfigFile
         return file.ToSettings(path);
     }
 
+    private static ulong? ParseCreate(string? text, string where)
+    {
+        if (text is null) return null;
+        if (!SizeParser.TryParse(text, out ulong parsed) || parsed == 0) throw new ConfigurationException($"{where}: 'create' must be a size such as 10G");
+        return parsed;
+    }
+
     private TargetSettings ToSettings(string path)
     {
         var devices = new List<DeviceSettings>();
@@ -69,19 +95,63 @@ public sealed class ConfigFile
             var d = Devices[i];
             string where = $"config file {path}: devices[{i}]";
             if (string.IsNullOrWhiteSpace(d.Socket)) throw new ConfigurationException($"{where}: 'socket' is required");
-            if (string.IsNullOrWhiteSpace(d.Backend)) throw new ConfigurationException($"{where}: 'backend' is required");
-            if (!BackendSpec.TryParse(d.Backend, out var backend, out var error)) throw new ConfigurationException($"{where}: {error}");
+            string kind = d.Kind ?? "blk";
             string name = d.Name ?? $"dev{i}";
-            ulong? createSize = null;
-            if (d.Create is not null)
+            ulong? createSize = ParseCreate(d.Create, where);
+            var luns = new List<ScsiLunSettings>();
+            BackendSpec? backend = null;
+            if (d.Targets is not null)
             {
-                if (!SizeParser.TryParse(d.Create, out ulong parsed) || parsed == 0) throw new ConfigurationException($"{where}: 'create' must be a size such as 10G");
-                createSize = parsed;
+                if (kind != "scsi") throw new ConfigurationException($"{where}: 'targets' applies only to kind scsi");
+                if (d.Backend is not null || d.Create is not null)
+                    throw new ConfigurationException($"{where}: give either 'backend' (one LUN) or 'targets', not both");
+                if (d.Targets.Count == 0) throw new ConfigurationException($"{where}: 'targets' is empty");
+                for (int t = 0; t < d.Targets.Count; t++)
+                {
+                    var target = d.Targets[t];
+                    string at = $"{where}.targets[{t}]";
+                    if (target.Target is not int targetId) throw new ConfigurationException($"{at}: 'target' is required");
+                    if (target.Luns is not { Count: > 0 }) throw new ConfigurationException($"{at}: 'luns' is required and must not be empty");
+                    for (int l = 0; l < target.Luns.Count; l++)
+                    {
+                        var lun = target.Luns[l];
+                        string lat = $"{at}.luns[{l}]";
+                        if (lun.Lun is not int lunId) throw new ConfigurationException($"{lat}: 'lun' is required");
+                        if (string.IsNullOrWhiteSpace(lun.Backend)) throw new ConfigurationException($"{lat}: 'backend' is required");
+                        if (!BackendSpec.TryParse(lun.Backend, out var lunBackend, out var lunError)) throw new ConfigurationException($"{lat}: {lunError}");
+                        luns.Add(new ScsiLunSettings
+                        {
+                            Target = targetId,
+                            Lun = lunId,
+                            Backend = lunBackend!,
+                            CreateSize = ParseCreate(lun.Create, lat),
+                            BlockSize = lun.BlockSize ?? d.BlockSize ?? 512,
+                            ReadOnly = lun.ReadOnly ?? d.ReadOnly ?? false,
+                            Serial = lun.Serial ?? "",
+                            WriteCache = lun.WriteCache ?? d.WriteCache ?? true,
+                        });
+                    }
+                }
+                backend = luns[0].Backend;
+            }
+            else
+            {
+                if (string.IsNullOrWhiteSpace(d.Backend)) throw new ConfigurationException($"{where}: 'backend' is required{(kind == "scsi" ? " (or 'targets')" : "")}");
+                if (!BackendSpec.TryParse(d.Backend, out backend, out var error)) throw new ConfigurationException($"{where}: {error}");
+                if (kind == "scsi")
+                    luns.Add(new ScsiLunSettings
+                    {
+                        Backend = backend!,
+                        CreateSize = createSize,
+                        BlockSize = d.BlockSize ?? 512,
+                        ReadOnly = d.ReadOnly ?? false,
+                        WriteCache = d.WriteCache ?? true,
+                    });
             }
             devices.Add(new DeviceSettings
             {
                 Name = name,
-                Kind = d.Kind ?? "blk",
+                Kind = kind,
                 Socket = d.Socket,
                 Backend = backend!,
                 Queues = d.Queues ?? 1,
@@ -90,6 +160,7 @@ public sealed class ConfigFile
                 Serial = d.Serial ?? name,
                 WriteCache = d.WriteCache ?? true,
                 CreateSize = createSize,
+                Luns = luns,
             });
         }
         var cpus = new List<int>();

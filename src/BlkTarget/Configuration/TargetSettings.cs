@@ -1,12 +1,28 @@
 namespace BlkTarget.Configuration;
 
+/// <summary>One LUN of a SCSI device: its address and the backend behind it.</summary>
+public sealed record ScsiLunSettings
+{
+    public int Target { get; init; }
+    public int Lun { get; init; }
+    public required BackendSpec Backend { get; init; }
+    public ulong? CreateSize { get; init; }
+    public uint BlockSize { get; init; } = 512;
+    public bool ReadOnly { get; init; }
+    /// <summary>VPD page 80h serial; empty: derived from the device's serial.</summary>
+    public string Serial { get; init; } = "";
+    public bool WriteCache { get; init; } = true;
+}
+
 /// <summary>One export: a device kind, the socket it listens on and the backend behind it.</summary>
 public sealed record DeviceSettings
 {
     public required string Name { get; init; }
     public string Kind { get; init; } = "blk";
     public required string Socket { get; init; }
+    /// <summary>The backend (for scsi devices: the first LUN's, see <see cref="Luns"/>).</summary>
     public required BackendSpec Backend { get; init; }
+    /// <summary>Virtqueues for blk; request queues for scsi (which adds a control and an event queue).</summary>
     public int Queues { get; init; } = 1;
     public uint BlockSize { get; init; } = 512;
     public bool ReadOnly { get; init; }
@@ -14,6 +30,8 @@ public sealed record DeviceSettings
     public bool WriteCache { get; init; } = true;
     /// <summary>For file backends: create the file with this size first (refused if it exists).</summary>
     public ulong? CreateSize { get; init; }
+    /// <summary>Kind scsi: every LUN with its backend (at least one). Empty for blk.</summary>
+    public IReadOnlyList<ScsiLunSettings> Luns { get; init; } = [];
 }
 
 /// <summary>Everything `blktarget serve` runs, whether it came from flags or from a config file.</summary>

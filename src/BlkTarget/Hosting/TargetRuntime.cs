@@ -4,8 +4,10 @@ using BlkTarget.Storage.Image;
 using BlkTarget.Storage.RawFile;
 using BlkTarget.Storage.Ram;
 using BlkTarget.Vhost.Blk;
+using BlkTarget.Vhost.Device;
 using BlkTarget.Vhost.Protocol;
 using BlkTarget.Vhost.Reactor;
+using BlkTarget.Vhost.Scsi;
 using Microsoft.Extensions.Logging;
 
 namespace BlkTarget.Hosting;
@@ -41,8 +43,7 @@ public sealed class TargetRuntime : IDisposable
             int offset = 0;
             foreach (var device in settings.Devices)
             {
-                runtime.StartDevice(device, offset, loggers.CreateLogger($"device.{device.Name}"));
-                offset += device.Queues;
+                offset += runtime.StartDevice(device, offset, loggers.CreateLogger($"device.{device.Name}"));
             }
         }
         catch
@@ -55,38 +56,39 @@ public sealed class TargetRuntime : IDisposable
         return runtime;
     }
 
-    private void StartDevice(DeviceSettings device, int offset, ILogger log)
+    private int StartDevice(DeviceSettings device, int offset, ILogger log)
     {
-        IBlockDevice backend;
-        try
+        IVhostUserDevice model;
+        if (device.Kind == "scsi")
         {
-            backend = device.Backend.Kind switch
+            var luns = new List<ScsiLunDefinition>();
+            foreach (var lun in device.Luns)
             {
-                "ram" => new RamDisk(device.Backend.SizeBytes, device.BlockSize, device.ReadOnly),
-                "file" => FileDisk.Open(new FileDiskOptions
-                {
-                    Path = device.Backend.Path!,
-                    DirectIo = device.Backend.DirectIo,
-                    ReadOnly = device.ReadOnly,
-                    BlockSize = device.BlockSize,
-                    CreateSize = device.CreateSize,
-                }, log),
-                "image" => OpenImage(device, log),
-                _ => throw new ConfigurationException($"device {device.Name}: backend kind {device.Backend.Kind} is not supported"),
+                var backend = OpenBackend($"device {device.Name} target {lun.Target} LUN {lun.Lun}", lun.Backend, lun.BlockSize, lun.ReadOnly, lun.CreateSize, log);
+                string serial = lun.Serial.Length > 0 ? lun.Serial
+                    : device.Luns.Count == 1 ? DeviceSerial(device) : $"{DeviceSerial(device)}-{lun.Target}-{lun.Lun}";
+                luns.Add(new ScsiLunDefinition((byte)lun.Target, (ushort)lun.Lun, backend, serial, lun.WriteCache));
+            }
+            try
+            {
+                model = new VirtioScsiDevice(device.Name, luns, new ScsiOptions { RequestQueues = device.Queues }, log);
+            }
+            catch (ArgumentException e)
+            {
+                throw new ConfigurationException($"device {device.Name}: {e.Message}");
+            }
+        }
+        else
+        {
+            var backend = OpenBackend($"device {device.Name}", device.Backend, device.BlockSize, device.ReadOnly, device.CreateSize, log);
+            var options = new BlkOptions
+            {
+                Queues = device.Queues,
+                Serial = DeviceSerial(device),
+                WriteCache = device.WriteCache,
             };
+            model = new VirtioBlkDevice(device.Name, backend, options, log);
         }
-        catch (Exception e) when (e is IOException or ArgumentException)
-        {
-            throw new ConfigurationException($"device {device.Name}: {e.Message}");
-        }
-        _backends.Add(backend);
-        var options = new BlkOptions
-        {
-            Queues = device.Queues,
-            Serial = device.Serial.Length > 0 ? device.Serial : device.Name,
-            WriteCache = device.WriteCache,
-        };
-        var model = new VirtioBlkDevice(device.Name, backend, options, log);
         try
         {
             _servers.Add(VhostUserServer.Start(device.Socket, model, _reactors, offset, log));
@@ -95,18 +97,59 @@ public sealed class TargetRuntime : IDisposable
         {
             throw new ConfigurationException($"device {device.Name}: {e.Message}");
         }
-        _log.LogInformation("device {Name}: vhost-user-blk on {Socket}, backend {Backend}, {Queues} queue(s), block size {BlockSize}{ReadOnly}",
-            device.Name, device.Socket, device.Backend, device.Queues, device.BlockSize, device.ReadOnly ? ", read-only" : "");
+        if (device.Kind == "scsi")
+        {
+            _log.LogInformation("device {Name}: vhost-user-scsi on {Socket}, {Queues} request queue(s), {Luns} LUN(s)", device.Name, device.Socket, device.Queues, device.Luns.Count);
+            foreach (var lun in device.Luns)
+                _log.LogInformation("device {Name}: target {Target} LUN {Lun}: backend {Backend}, block size {BlockSize}{ReadOnly}",
+                    device.Name, lun.Target, lun.Lun, lun.Backend, lun.BlockSize, lun.ReadOnly ? ", read-only" : "");
+        }
+        else
+        {
+            _log.LogInformation("device {Name}: vhost-user-blk on {Socket}, backend {Backend}, {Queues} queue(s), block size {BlockSize}{ReadOnly}",
+                device.Name, device.Socket, device.Backend, device.Queues, device.BlockSize, device.ReadOnly ? ", read-only" : "");
+        }
+        return model.QueueCount;
     }
 
-    private static ImageDisk OpenImage(DeviceSettings device, ILogger log)
+    private static string DeviceSerial(DeviceSettings device) => device.Serial.Length > 0 ? device.Serial : device.Name;
+
+    private IBlockDevice OpenBackend(string what, BackendSpec spec, uint blockSize, bool readOnly, ulong? createSize, ILogger log)
     {
-        if (device.CreateSize is ulong size)
+        IBlockDevice backend;
+        try
         {
-            if (device.ReadOnly) throw new IOException("--create makes no sense for a read-only export");
-            ImageFile.Create(device.Backend.Path!, size);
+            backend = spec.Kind switch
+            {
+                "ram" => new RamDisk(spec.SizeBytes, blockSize, readOnly),
+                "file" => FileDisk.Open(new FileDiskOptions
+                {
+                    Path = spec.Path!,
+                    DirectIo = spec.DirectIo,
+                    ReadOnly = readOnly,
+                    BlockSize = blockSize,
+                    CreateSize = createSize,
+                }, log),
+                "image" => OpenImage(spec, blockSize, readOnly, createSize, log),
+                _ => throw new ConfigurationException($"{what}: backend kind {spec.Kind} is not supported"),
+            };
         }
-        return ImageDisk.Open(device.Backend.Path!, device.ReadOnly, device.BlockSize, device.Backend.DirectIo, log);
+        catch (Exception e) when (e is IOException or ArgumentException)
+        {
+            throw new ConfigurationException($"{what}: {e.Message}");
+        }
+        _backends.Add(backend);
+        return backend;
+    }
+
+    private static ImageDisk OpenImage(BackendSpec spec, uint blockSize, bool readOnly, ulong? createSize, ILogger log)
+    {
+        if (createSize is ulong size)
+        {
+            if (readOnly) throw new IOException("--create makes no sense for a read-only export");
+            ImageFile.Create(spec.Path!, size);
+        }
+        return ImageDisk.Open(spec.Path!, readOnly, blockSize, spec.DirectIo, log);
     }
 
     /// <summary>Stops accepting, lets each session drain its in-flight requests, removes the sockets, then

@@ -9,9 +9,9 @@ namespace BlkTarget.Storage.Tests.Crash;
 
 /// <summary>
 /// Crash safety of the sparse image: a child process writes, discards and flushes while it is killed with
-/// SIGKILL at a random moment; afterwards the image must open cleanly (consistent map: no invalid or shared
-/// clusters) and every block must hold what the last flushed operation left there, or what a later,
-/// unflushed operation wrote. Rounds are set by BLKTARGET_CRASH_ROUNDS (default 25).
+/// SIGKILL at a random moment; afterwards `check` must find nothing (no corruption, no leaked space, no entry
+/// past the end of the file) and every block must hold what the last flushed operation left there, or what a
+/// later, unflushed operation wrote. Rounds are set by BLKTARGET_CRASH_ROUNDS (default 25).
 /// </summary>
 public sealed class ImageCrashTests(ITestOutputHelper output) : IDisposable
 {
@@ -34,6 +34,8 @@ public sealed class ImageCrashTests(ITestOutputHelper output) : IDisposable
             bool killed = RunAndKill(image, journal, seed, killAfterMs: random.Next(20, 600));
             if (killed) killedMidway++;
             int flushed = LastFlush(journal);
+            var check = ImageChecker.Check(image);
+            Assert.True(check.Clean, $"round {round} seed {seed}: check found {string.Join("; ", check.Remaining.Select(p => p.Message))}");
             Verify(image, seed, flushed, round);
             File.Delete(image);
             File.Delete(journal);

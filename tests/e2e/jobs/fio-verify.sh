@@ -27,9 +27,10 @@ if [ "$hwq" -ne "$want" ]; then
 fi
 
 # Per-queue interrupt counts (sum over CPUs) for the disk's request virtqueues,
-# e.g. "virtio0-req.0" (virtio-blk) or "virtio0-request.0" (virtio-scsi).
+# e.g. "virtio0-req.0" (virtio-blk) or "virtio0-request" (virtio-scsi, the same name
+# for every request queue: the IRQ number makes each line's key unique).
 queue_irqs() {
-    awk '$NF ~ /^virtio[0-9]+-req/ { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; else break; print $NF, n }' /proc/interrupts
+    awk '$NF ~ /^virtio[0-9]+-req/ { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; else break; print $NF "@" $1, n }' /proc/interrupts
 }
 before=$(queue_irqs)
 

@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# Side-by-side host-side comparison: BlkTarget vs qemu-storage-daemon on the same kind of backing store,
+# driven by the same load generator (`blktarget bench`, a vhost-user-blk frontend with memfd guest memory).
+#
+# Usage:
+#   bench/compare.sh [--quick] [--rounds N] [--runtime S] [--ramp S] [--cases ram,file,null]
+#                    [--queues "1 2"] [--pin] [--out FILE] [--no-build] [--keep-raw DIR]
+#
+#   --quick     1 round, 2 s per job, RAM case only (about 2 minutes)
+#   --rounds    rounds of the whole matrix (default 3); each round runs every job against both targets,
+#               alternating which one goes first, and the table quotes the median over rounds
+#   --runtime   measured seconds per job (default 3), after --ramp seconds of warm-up (default 1)
+#   --cases     ram:  qsd on a file in /dev/shm (cache.direct=off) vs blktarget --backend ram:1G
+#               file: both on one 1 GiB file in /var/tmp, O_DIRECT (qsd cache.direct=on,aio=io_uring;
+#                     blktarget --backend file:PATH, O_DIRECT through its io_uring)
+#               null: qsd driver=null-co (no data moved: pure protocol overhead) vs blktarget ram:1G
+#               (default: ram,file)
+#   --queues    queue counts to run the matrix with (default "1 2")
+#   --pin       load generator on CPU 0, both targets confined to CPU 1 (blktarget: --cpus 1, one
+#               reactor for all queues, like qsd's single thread). Default: unpinned.
+#   --out       the markdown report (default bench/results/YYYY-MM-DD-compare[-quick].md)
+#   --keep-raw  keep every job's JSON in DIR
+#   --report-only DIR  only write the report from the JSON a --keep-raw run left in DIR (give the same
+#               --rounds/--runtime/--ramp/--pin so the header says what was run)
+#
+# The matrix: 4k randread QD1 and QD32, 4k randwrite QD32, 128k sequential read and write QD8, for each
+# queue count. Requires qemu-storage-daemon (Debian: qemu-system-common), python3, the .NET SDK.
+# A full run (3 rounds, ram+file) takes about 12-14 minutes; --quick about 2.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+log() { echo "compare: $*" >&2; }
+die() { log "ERROR: $*"; exit 2; }
+
+rounds=3 runtime=3 ramp=1 cases=ram,file queue_counts="1 2" pin=0 out="" build=1 keep_raw="" quick=0 report_only=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) quick=1; rounds=1; runtime=2; ramp=0.5; cases=ram; shift ;;
+        --rounds) rounds=$2; shift 2 ;;
+        --runtime) runtime=$2; shift 2 ;;
+        --ramp) ramp=$2; shift 2 ;;
+        --cases) cases=$2; shift 2 ;;
+        --queues) queue_counts=$2; shift 2 ;;
+        --pin) pin=1; shift ;;
+        --out) out=$2; shift 2 ;;
+        --no-build) build=0; shift ;;
+        --keep-raw) keep_raw=$2; shift 2 ;;
+        --report-only) report_only=$2; shift 2 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        *) die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
+command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found (apt-get install qemu-system-common)"
+command -v python3 >/dev/null || die "python3 not found (apt-get install python3)"
+command -v dotnet >/dev/null || die "the .NET SDK (dotnet) is required"
+
+# Our own build output, apart from the tree's bin/obj, so a concurrent build elsewhere cannot change the
+# binary under a running comparison.
+BUILD_DIR=${BLKTARGET_BENCH_BUILD:-${TMPDIR:-/tmp}/blktarget-bench-build}
+if [[ $build -eq 1 && -z "$report_only" ]]; then
+    log "building blktarget (Release) into $BUILD_DIR"
+    dotnet build "$REPO/src/BlkTarget" -c Release --artifacts-path "$BUILD_DIR" -nologo -v quiet >"${TMPDIR:-/tmp}/blktarget-bench-build.log" 2>&1 \
+        || { grep -E "error" "${TMPDIR:-/tmp}/blktarget-bench-build.log" | sort -u | head -20 >&2; die "build failed"; }
+fi
+DLL="$BUILD_DIR/bin/BlkTarget/release/blktarget.dll"
+[[ -f "$DLL" || -n "$report_only" ]] || die "no build at $DLL (drop --no-build)"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/blktarget-compare.XXXXXX")
+RAW=${keep_raw:-$WORK/raw}
+mkdir -p "$RAW"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in "${pids[@]}"; do
+        wait "$p" 2>/dev/null || true
+    done
+    rm -f /dev/shm/blktarget-compare-"$$".img
+    rm -f /var/tmp/blktarget-compare-"$$".img
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+bench_pin=() target_pin=() ours_cpus=()
+if [[ $pin -eq 1 ]]; then
+    bench_pin=(taskset -c 0)
+    target_pin=(taskset -c 1)
+    ours_cpus=(--cpus 1)
+fi
+
+SIZE=1G
+SIZE_BYTES=$((1 << 30))
+max_queues=0
+for q in $queue_counts; do (( q > max_queues )) && max_queues=$q; done
+
+wait_socket() {
+    local sock=$1 pid=$2 i
+    for i in $(seq 1 300); do
+        [[ -S "$sock" ]] && return 0
+        kill -0 "$pid" 2>/dev/null || die "target for $sock exited early (log: $WORK)"
+        sleep 0.1
+    done
+    die "socket $sock did not appear"
+}
+
+# start_qsd CASE -> sets QSD_PID, QSD_SOCK
+start_qsd() {
+    local case=$1 blockdev
+    QSD_SOCK="$WORK/qsd-$case.sock"
+    case $case in
+        ram) blockdev="driver=file,node-name=f0,filename=/dev/shm/blktarget-compare-$$.img,cache.direct=off" ;;
+        file) blockdev="driver=file,node-name=f0,filename=/var/tmp/blktarget-compare-$$.img,cache.direct=on,aio=io_uring" ;;
+        null) blockdev="driver=null-co,node-name=f0,size=$SIZE_BYTES" ;;
+    esac
+    "${target_pin[@]}" qemu-storage-daemon --blockdev "$blockdev" \
+        --export "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=$QSD_SOCK,writable=on,num-queues=$max_queues" \
+        >"$WORK/qsd-$case.log" 2>&1 &
+    QSD_PID=$!
+    pids+=("$QSD_PID")
+    wait_socket "$QSD_SOCK" "$QSD_PID"
+}
+
+# start_ours CASE -> sets OURS_PID, OURS_SOCK
+start_ours() {
+    local case=$1 backend
+    OURS_SOCK="$WORK/ours-$case.sock"
+    case $case in
+        ram|null) backend="ram:$SIZE" ;;
+        file) backend="file:/var/tmp/blktarget-compare-$$.img" ;;
+    esac
+    "${target_pin[@]}" dotnet "$DLL" serve --socket "$OURS_SOCK" --backend "$backend" --queues "$max_queues" "${ours_cpus[@]}" \
+        --log-level warning >"$WORK/ours-$case.log" 2>&1 &
+    OURS_PID=$!
+    pids+=("$OURS_PID")
+    wait_socket "$OURS_SOCK" "$OURS_PID"
+}
+
+stop_pid() {
+    local p=$1
+    kill "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+}
+
+bench() { "${bench_pin[@]}" dotnet "$DLL" bench "$@"; }
+
+# The matrix: name | bench arguments.
+JOBS=(
+    "4k randread QD1|--rw randread --bs 4k --iodepth 1"
+    "4k randread QD32|--rw randread --bs 4k --iodepth 32"
+    "4k randwrite QD32|--rw randwrite --bs 4k --iodepth 32"
+    "128k read QD8|--rw read --bs 128k --iodepth 8"
+    "128k write QD8|--rw write --bs 128k --iodepth 8"
+)
+bench_cpus=()
+[[ $pin -eq 1 ]] && bench_cpus=(--cpus 0)
+
+if [[ -n "$report_only" ]]; then
+    RAW=$report_only
+    elapsed="n/a" load_before="n/a (report regenerated from saved results)" load_after="n/a"
+else
+started=$(date +%s)
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+for case in ${cases//,/ }; do
+    case $case in ram|file|null) ;; *) die "unknown case '$case' (ram, file, null)" ;; esac
+    log "case $case: starting targets"
+    [[ $case == ram ]] && truncate -s "$SIZE" /dev/shm/blktarget-compare-$$.img
+    if [[ $case == file ]]; then
+        # Real blocks (not a sparse or fallocated file, whose reads would cost no disk I/O).
+        dd if=/dev/zero of=/var/tmp/blktarget-compare-$$.img bs=1M count=1024 oflag=direct status=none
+    fi
+    start_qsd "$case"
+    start_ours "$case"
+    # Fill both devices once so reads hit written data (not holes or the zero page); the file is shared.
+    for t in qsd ours; do
+        [[ $case == null && $t == qsd ]] && continue
+        [[ $case == file ]] && continue   # dd wrote it already
+        sock=$([[ $t == qsd ]] && echo "$QSD_SOCK" || echo "$OURS_SOCK")
+        bench --socket "$sock" --rw write --bs 1M --iodepth 4 --size "$SIZE" --json >"$WORK/fill-$case-$t.json" \
+            || die "filling the $t device failed"
+    done
+    for round in $(seq 1 "$rounds"); do
+        order=(qsd ours)
+        (( round % 2 == 0 )) && order=(ours qsd)
+        for q in $queue_counts; do
+            for job in "${JOBS[@]}"; do
+                name=${job%%|*}
+                args=${job#*|}
+                for t in "${order[@]}"; do
+                    if [[ $t == qsd ]]; then sock=$QSD_SOCK pid=$QSD_PID; else sock=$OURS_SOCK pid=$OURS_PID; fi
+                    file="$RAW/$case--$t--q$q--${name// /_}--r$round.json"
+                    # shellcheck disable=SC2086  # args is a word list on purpose
+                    if ! bench --socket "$sock" $args --queues "$q" --runtime "$runtime" --ramp "$ramp" \
+                            --target-pid "$pid" "${bench_cpus[@]}" --json >"$file" 2>"$file.err"; then
+                        log "job failed: $case $t q=$q $name: $(cat "$file.err")"
+                        rm -f "$file"
+                    fi
+                done
+            done
+            log "case $case round $round/$rounds queues=$q done ($(( $(date +%s) - started ))s)"
+        done
+    done
+    stop_pid "$QSD_PID"
+    stop_pid "$OURS_PID"
+    rm -f /dev/shm/blktarget-compare-$$.img /var/tmp/blktarget-compare-$$.img
+done
+elapsed=$(( $(date +%s) - started ))
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+fi
+
+if [[ -z "$out" ]]; then
+    suffix=""
+    if [[ $quick -eq 1 ]]; then suffix="-quick"; fi
+    mkdir -p "$HERE/results"
+    out="$HERE/results/$(date +%F)-compare$suffix.md"
+fi
+mkdir -p "$(dirname "$out")"
+
+python3 - "$RAW" "$out" <<PY
+import json, os, sys, statistics, glob, subprocess
+raw, out = sys.argv[1], sys.argv[2]
+runs = {}
+for path in glob.glob(os.path.join(raw, "*.json")):
+    case, target, q, name, rnd = os.path.basename(path)[:-5].split("--")
+    try:
+        with open(path) as f: r = json.load(f)
+    except Exception:
+        continue
+    runs.setdefault((case, q, name), {}).setdefault(target, []).append(r)
+
+def med(values): return statistics.median(values) if values else None
+def fmt_iops(v): return "-" if v is None else (f"{v/1e6:.2f}M" if v >= 1e6 else f"{v/1e3:.1f}k")
+def fmt_us(v): return "-" if v is None else f"{v/1000:.1f}"
+def fmt_mib(v): return "-" if v is None else f"{v/2**20:.0f}"
+def fmt_cpu(v): return "-" if v is None else f"{v:.2f}"
+def ratio(a, b): return "-" if not a or not b else f"{a/b:.2f}x"
+
+case_names = {"ram": "RAM-backed (qsd: file in /dev/shm, cache.direct=off; ours: ram:1G)",
+              "file": "File on /var/tmp, O_DIRECT (qsd: aio=io_uring, cache.direct=on; ours: file:, io_uring)",
+              "null": "Protocol overhead (qsd: null-co, no data; ours: ram:1G)"}
+job_order = ["4k_randread_QD1", "4k_randread_QD32", "4k_randwrite_QD32", "128k_read_QD8", "128k_write_QD8"]
+lines = []
+def sh(cmd):
+    try: return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+    except Exception: return "?"
+lines.append(f"# BlkTarget vs qemu-storage-daemon, host-side load generator")
+lines.append("")
+lines.append(f"- date: {sh('date -u +%Y-%m-%dT%H:%MZ')}, commit {sh('git -C $REPO rev-parse --short HEAD')}{' (+ local changes)' if sh('git -C $REPO status --porcelain --untracked-files=no') else ''}")
+cpu_model = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")
+mem_gib = sh("free -g | awk '/Mem:/{print \$2}'")
+qsd_version = (sh("qemu-storage-daemon --version | head -1").split() + ["?", "?", "?"])[2]
+lines.append(f"- machine: {sh('nproc')} cores ({cpu_model}), {mem_gib} GiB, kernel {sh('uname -r')}")
+lines.append(f"- qemu-storage-daemon {qsd_version}, .NET {sh('dotnet --version')}")
+lines.append(f"- rounds: $rounds, {float('$runtime'):g} s measured per job after {float('$ramp'):g} s ramp; targets alternate per job, the first one alternates per round; figures are medians over rounds")
+lines.append(f"- pinning: {'load generator on CPU 0, targets on CPU 1 (blktarget --cpus 1)' if $pin else 'none (load generator threads and targets float over both cores)'}; blktarget default idle poll (200 us), load generator polls 100 us before sleeping")
+lines.append(f"- conditions: load average $load_before before, $load_after after; {sh('uptime -p')}; total $elapsed s")
+lines.append("")
+lines.append("IOPS and mean latency (µs) are medians; 'ours/qsd' > 1 means BlkTarget is faster (for latency: < 1 is better). "
+             "CPU = target CPU seconds per measured second (1.00 = one core busy).")
+for case in ["ram", "null", "file"]:
+    keys = [k for k in runs if k[0] == case]
+    if not keys: continue
+    lines.append("")
+    lines.append(f"## {case_names[case]}")
+    lines.append("")
+    lines.append("| job | queues | qsd IOPS | ours IOPS | ours/qsd | qsd lat µs | ours lat µs | ours/qsd lat | qsd MiB/s | ours MiB/s | qsd CPU | ours CPU | rounds |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for q in sorted({k[1] for k in keys}):
+        for name in job_order:
+            k = (case, q, name)
+            if k not in runs: continue
+            row = {}
+            for t in ("qsd", "ours"):
+                rs = runs[k].get(t, [])
+                row[t] = dict(
+                    iops=med([r["all"]["iops"] for r in rs]),
+                    lat=med([r["all"]["lat_ns"]["mean"] for r in rs]),
+                    bw=med([r["all"]["bw_bytes"] for r in rs]),
+                    cpu=med([r["cpu"]["target_s"] / r["cpu"]["window_s"] for r in rs if r["cpu"].get("target_s") is not None and r["cpu"]["window_s"] > 0]),
+                    n=len(rs))
+            a, b = row["qsd"], row["ours"]
+            lat_ratio = "-" if not a["lat"] or not b["lat"] else f"{b['lat']/a['lat']:.2f}"
+            lines.append(f"| {name.replace('_', ' ')} | {q[1:]} | {fmt_iops(a['iops'])} | {fmt_iops(b['iops'])} | {ratio(b['iops'], a['iops'])} | "
+                         f"{fmt_us(a['lat'])} | {fmt_us(b['lat'])} | {lat_ratio} | {fmt_mib(a['bw'])} | {fmt_mib(b['bw'])} | "
+                         f"{fmt_cpu(a['cpu'])} | {fmt_cpu(b['cpu'])} | {a['n']}/{b['n']} |")
+    # 2 queues vs 1 for ours and qsd.
+    if {"q1", "q2"} <= {k[1] for k in keys}:
+        lines.append("")
+        lines.append("Scaling, 2 queues / 1 queue (IOPS): " + ", ".join(
+            f"{n.replace('_', ' ')}: qsd {ratio(med([r['all']['iops'] for r in runs.get((case,'q2',n),{}).get('qsd',[])]), med([r['all']['iops'] for r in runs.get((case,'q1',n),{}).get('qsd',[])]))}"
+            f" / ours {ratio(med([r['all']['iops'] for r in runs.get((case,'q2',n),{}).get('ours',[])]), med([r['all']['iops'] for r in runs.get((case,'q1',n),{}).get('ours',[])]))}"
+            for n in job_order if (case,'q1',n) in runs))
+text = "\n".join(lines) + "\n"
+with open(out, "w") as f: f.write(text)
+print(text)
+PY
+log "report: $out"

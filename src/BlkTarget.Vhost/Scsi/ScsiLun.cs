@@ -1,0 +1,432 @@
+using System.Buffers.Binary;
+using System.Text;
+using BlkTarget.Storage;
+
+namespace BlkTarget.Vhost.Scsi;
+
+/// <summary>Per-command limits a LUN advertises in its block limits VPD page and enforces.</summary>
+public sealed record ScsiLimits(uint MaxTransferBlocks, uint MaxUnmapBlocks, uint MaxUnmapDescriptors, uint MaxWriteSameBlocks)
+{
+    public static ScsiLimits For(uint blockSize) =>
+        new((8u << 20) / blockSize, (1u << 30) / blockSize, 32, (1u << 30) / blockSize);
+}
+
+/// <summary>
+/// One logical unit: a block backend seen as a SCSI direct-access device. Emulates the SPC/SBC commands and maps
+/// READ/WRITE/SYNCHRONIZE CACHE/UNMAP/WRITE SAME onto block requests on the calling queue's channel. Shared by
+/// every request queue of the device; the only mutable state (WCE, in-flight counts) is safe across reactors.
+/// </summary>
+public sealed class ScsiLun
+{
+    /// <summary>Longs between two queues' in-flight counters (a cache line each).</summary>
+    private const int CounterStride = 16;
+    private readonly long[] _inFlight;
+    private volatile bool _writeCache;
+
+    public ScsiLun(int index, byte target, ushort lun, IBlockDevice backend, string deviceName, string serial, bool writeCache, int requestQueues)
+    {
+        Index = index;
+        Target = target;
+        Lun = lun;
+        Backend = backend;
+        Info = backend.Info;
+        Serial = serial;
+        DefaultWriteCache = writeCache;
+        _writeCache = writeCache;
+        Limits = ScsiLimits.For(Info.BlockSize);
+        Provisioning = Info.SupportsWriteZeroes && !Info.ReadOnly;
+        NaaIdentifier = MakeNaa($"{deviceName}/{serial}/{target}/{lun}");
+        _inFlight = new long[Math.Max(1, requestQueues) * CounterStride];
+    }
+
+    /// <summary>Position in the device's LUN list (indexes per-queue channels).</summary>
+    public int Index { get; }
+    public byte Target { get; }
+    public ushort Lun { get; }
+    public IBlockDevice Backend { get; }
+    public BlockDeviceInfo Info { get; }
+    public string Serial { get; }
+    public ScsiLimits Limits { get; }
+    /// <summary>Logical block provisioning: UNMAP and WRITE SAME with UNMAP deallocate, and such blocks read as zeros.</summary>
+    public bool Provisioning { get; }
+    public bool ReadOnly => Info.ReadOnly;
+    public ulong NaaIdentifier { get; }
+    public bool DefaultWriteCache { get; }
+
+    /// <summary>WCE of the caching mode page: off makes every write FUA.</summary>
+    public bool WriteCacheEnabled
+    {
+        get => _writeCache;
+        set => _writeCache = value;
+    }
+
+    /// <summary>NAA 3 (locally assigned) identifier: 60 bits of a 64-bit FNV-1a hash of the device name, serial
+    /// and address, so it is the same every time the same export is served.</summary>
+    public static ulong MakeNaa(string key)
+    {
+        ulong hash = 0xcbf29ce484222325;
+        foreach (byte b in Encoding.UTF8.GetBytes(key))
+        {
+            hash ^= b;
+            hash *= 0x100000001b3;
+        }
+        return (0x3UL << 60) | (hash & 0x0fff_ffff_ffff_ffff);
+    }
+
+    // ---- in-flight accounting for task management (one counter per request queue, written by its reactor) ----
+
+    public void AddInFlight(int queue, int delta)
+    {
+        ref long counter = ref _inFlight[queue * CounterStride];
+        Volatile.Write(ref counter, counter + delta);
+    }
+
+    public long InFlight
+    {
+        get
+        {
+            long sum = 0;
+            for (int i = 0; i < _inFlight.Length; i += CounterStride) sum += Volatile.Read(ref _inFlight[i]);
+            return sum;
+        }
+    }
+
+    // ---- command execution ----
+
+    /// <summary>Executes the command in <paramref name="task"/>: completes it (status, sense, data-in) or submits
+    /// backend requests (<see cref="ScsiTask.Submitted"/> &gt; 0) whose completions finish it.</summary>
+    public void Execute(ref ScsiTask task, ScsiTargetNode target)
+    {
+        var cdb = task.Cdb;
+        byte opcode = cdb[0];
+        int length = ScsiOp.CdbLength(opcode);
+        if (length == 0)
+        {
+            task.Fail(SenseCode.InvalidOpcode);
+            return;
+        }
+        if (length > cdb.Length || Cdb.HasNaca(cdb, length))
+        {
+            task.Fail(SenseCode.InvalidFieldInCdb);
+            return;
+        }
+        switch (opcode)
+        {
+            case ScsiOp.Read6: case ScsiOp.Read10: case ScsiOp.Read12: case ScsiOp.Read16:
+            case ScsiOp.Write6: case ScsiOp.Write10: case ScsiOp.Write12: case ScsiOp.Write16:
+                ReadWrite(ref task);
+                return;
+            case ScsiOp.TestUnitReady:
+                task.Good();
+                return;
+            case ScsiOp.Inquiry:
+                Inquiry(ref task);
+                return;
+            case ScsiOp.RequestSense:
+                RequestSense(ref task, SenseCode.None);
+                return;
+            case ScsiOp.ReportLuns:
+                target.ReportLuns(ref task);
+                return;
+            case ScsiOp.ReadCapacity10:
+                ReadCapacity10(ref task);
+                return;
+            case ScsiOp.ServiceActionIn16:
+                if ((cdb[1] & 0x1f) != ScsiOp.SaReadCapacity16) task.Fail(SenseCode.InvalidFieldInCdb);
+                else ReadCapacity16(ref task);
+                return;
+            case ScsiOp.SynchronizeCache10:
+            case ScsiOp.SynchronizeCache16:
+                SynchronizeCache(ref task, opcode == ScsiOp.SynchronizeCache16);
+                return;
+            case ScsiOp.Unmap:
+                Unmap(ref task);
+                return;
+            case ScsiOp.WriteSame10:
+            case ScsiOp.WriteSame16:
+                WriteSame(ref task, opcode == ScsiOp.WriteSame16);
+                return;
+            case ScsiOp.ModeSense6:
+            case ScsiOp.ModeSense10:
+                ModePages.Sense(ref task, this, opcode == ScsiOp.ModeSense10);
+                return;
+            case ScsiOp.ModeSelect6:
+            case ScsiOp.ModeSelect10:
+                ModePages.Select(ref task, this, opcode == ScsiOp.ModeSelect10);
+                return;
+            case ScsiOp.StartStopUnit:
+                // Power conditions and START are accepted (nothing to spin); there is no medium to load or eject.
+                if ((cdb[4] & 0x02) != 0) task.Fail(SenseCode.InvalidFieldInCdb);
+                else task.Good();
+                return;
+            case ScsiOp.MaintenanceIn:
+                if ((cdb[1] & 0x1f) != ScsiOp.SaReportSupportedOpcodes) task.Fail(SenseCode.InvalidFieldInCdb);
+                else SupportedOpcodes.Report(ref task);
+                return;
+            case ScsiOp.PersistentReserveIn:
+                PersistentReservations.In(ref task);
+                return;
+            case ScsiOp.PersistentReserveOut:
+                PersistentReservations.Out(ref task);
+                return;
+            default:
+                task.Fail(SenseCode.InvalidOpcode);
+                return;
+        }
+    }
+
+    private bool InRange(ulong lba, ulong blocks)
+    {
+        ulong capacity = Info.BlockCount;
+        return lba <= capacity && blocks <= capacity - lba;
+    }
+
+    private unsafe void ReadWrite(ref ScsiTask task)
+    {
+        if (!Cdb.TryDecodeReadWrite(task.Cdb, out ulong lba, out uint blocks, out bool fua))
+        {
+            task.Fail(SenseCode.InvalidFieldInCdb);
+            return;
+        }
+        bool read = Cdb.IsRead(task.Cdb[0]);
+        if (!InRange(lba, blocks))
+        {
+            task.Fail(SenseCode.LbaOutOfRange);
+            return;
+        }
+        if (!read && ReadOnly)
+        {
+            task.Fail(SenseCode.WriteProtected);
+            return;
+        }
+        ulong bytes = (ulong)blocks * Info.BlockSize;
+        if (bytes > (read ? task.DataInBytes : task.DataOutBytes))
+        {
+            task.Overrun();
+            return;
+        }
+        task.Good();
+        if (bytes == 0) return;
+        var request = new BlockRequest
+        {
+            Operation = read ? BlockOperation.Read : BlockOperation.Write,
+            Flags = !read && (fua || !_writeCache) ? BlockRequestFlags.Fua : BlockRequestFlags.None,
+            Offset = lba * Info.BlockSize,
+            Length = bytes,
+            Tag = task.Tag,
+        };
+        if (read)
+        {
+            request.Iov = task.DataIn;
+            request.IovCount = ScsiTask.Trim(task.DataIn, task.DataInCount, bytes);
+            task.DataInWritten = bytes;
+        }
+        else
+        {
+            request.Iov = task.DataOut;
+            request.IovCount = ScsiTask.Trim(task.DataOut, task.DataOutCount, bytes);
+            task.DataOutConsumed = bytes;
+        }
+        task.Operation = request.Operation;
+        task.Submit(request);
+    }
+
+    private void Inquiry(ref ScsiTask task)
+    {
+        var cdb = task.Cdb;
+        ulong allocation = Cdb.U16(cdb, 3);
+        bool evpd = (cdb[1] & 0x01) != 0;
+        if ((cdb[1] & 0x02) != 0 || (!evpd && cdb[2] != 0))
+        {
+            task.Fail(SenseCode.InvalidFieldInCdb);
+            return;
+        }
+        int n = evpd ? InquiryData.Vpd(task.Scratch, cdb[2], this) : InquiryData.Standard(task.Scratch, present: true);
+        if (n < 0) task.Fail(SenseCode.InvalidFieldInCdb);
+        else task.ReturnData(task.Scratch[..n], allocation);
+    }
+
+    /// <summary>REQUEST SENSE: we always report sense with the failing command (autosense), so there is never
+    /// pending sense: the answer is <paramref name="current"/> (NO SENSE for a present LUN). Fixed format only.</summary>
+    public static void RequestSense(ref ScsiTask task, SenseCode current)
+    {
+        if ((task.Cdb[1] & 0x01) != 0)
+        {
+            task.Fail(SenseCode.InvalidFieldInCdb);
+            return;
+        }
+        int n = current.WriteFixed(task.Scratch);
+        task.ReturnData(task.Scratch[..n], task.Cdb[4]);
+    }
+
+    private void ReadCapacity10(ref ScsiTask task)
+    {
+        var cdb = task.Cdb;
+        if ((cdb[8] & 0x01) == 0 && Cdb.U32(cdb, 2) != 0)
+        {
+            task.Fail(SenseCode.InvalidFieldInCdb);
+            return;
+        }
+        var d = task.Scratch;
+        ulong last = Info.BlockCount - 1;
+        BinaryPrimitives.WriteUInt32BigEndian(d, last > uint.MaxValue ? uint.MaxValue : (uint)last);
+        BinaryPrimitives.WriteUInt32BigEndian(d[4..], Info.BlockSize);
+        task.ReturnData(d[..8], 8);
+    }
+
+    private void ReadCapacity16(ref ScsiTask task)
+    {
+        var d = task.Scratch;
+        d[..32].Clear();
+        BinaryPrimitives.WriteUInt64BigEndian(d, Info.BlockCount - 1);
+        BinaryPrimitives.WriteUInt32BigEndian(d[8..], Info.BlockSize);
+        if (Provisioning) d[14] = 0x80 | 0x40;            // LBPME, LBPRZ
+        task.ReturnData(d[..32], Cdb.U32(task.Cdb, 10));
+    }
+
+    private void SynchronizeCache(ref ScsiTask task, bool sixteen)
+    {
+        var cdb = task.Cdb;
+        ulong lba = sixteen ? Cdb.U64(cdb, 2) : Cdb.U32(cdb, 2);
+        ulong blocks = sixteen ? Cdb.U32(cdb, 10) : Cdb.U16(cdb, 7);
+        if (!InRange(lba, blocks))
+        {
+            task.Fail(SenseCode.LbaOutOfRange);
+            return;
+        }
+        task.Good();
+        task.Operation = BlockOperation.Flush;
+        task.Submit(new BlockRequest { Operation = BlockOperation.Flush, Tag = task.Tag });
+    }
+
+    /// <summary>UNMAP: every descriptor is checked before any is submitted; each range becomes a write-zeroes
+    /// with UNMAP (the backend may deallocate, and the range reads as zeros afterwards: LBPRZ).</summary>
+    private void Unmap(ref ScsiTask task)
+    {
+        var cdb = task.Cdb;
+        if (!Provisioning)
+        {
+            task.Fail(ReadOnly ? SenseCode.WriteProtected : SenseCode.InvalidOpcode);
+            return;
+        }
+        if ((cdb[1] & 0x01) != 0)
+        {
+            task.Fail(SenseCode.InvalidFieldInCdb);           // ANCHOR: not supported
+            return;
+        }
+        uint length = Cdb.U16(cdb, 7);
+        if (length == 0)
+        {
+            task.Good();
+            return;
+        }
+        if (length < 8)
+        {
+            task.Fail(SenseCode.ParameterListLengthError);
+            return;
+        }
+        if (!task.TryReadParameters(length, out var p)) return;
+        int descriptorBytes = Cdb.U16(p, 2);
+        if (descriptorBytes % 16 != 0 || 8 + descriptorBytes > p.Length)
+        {
+            task.Fail(SenseCode.ParameterListLengthError);
+            return;
+        }
+        int count = descriptorBytes / 16;
+        if (count > Limits.MaxUnmapDescriptors)
+        {
+            task.Fail(SenseCode.InvalidFieldInParameterList);
+            return;
+        }
+        for (int i = 0; i < count; i++)
+        {
+            ulong lba = Cdb.U64(p, 8 + i * 16);
+            uint blocks = Cdb.U32(p, 16 + i * 16);
+            if (!InRange(lba, blocks))
+            {
+                task.Fail(SenseCode.LbaOutOfRange);
+                return;
+            }
+            if (blocks > Limits.MaxUnmapBlocks)
+            {
+                task.Fail(SenseCode.InvalidFieldInParameterList);
+                return;
+            }
+        }
+        task.Good();
+        task.Operation = BlockOperation.WriteZeroes;
+        for (int i = 0; i < count; i++)
+        {
+            uint blocks = Cdb.U32(p, 16 + i * 16);
+            if (blocks == 0) continue;
+            task.Submit(new BlockRequest
+            {
+                Operation = BlockOperation.WriteZeroes,
+                Flags = BlockRequestFlags.Unmap,
+                Offset = Cdb.U64(p, 8 + i * 16) * Info.BlockSize,
+                Length = (ulong)blocks * Info.BlockSize,
+                Tag = task.Tag,
+            });
+        }
+    }
+
+    /// <summary>
+    /// WRITE SAME(10/16) with a zero data block (or NDOB): a write-zeroes of the range, deallocating with the
+    /// UNMAP bit. A non-zero pattern is refused (ILLEGAL REQUEST, INVALID FIELD IN CDB): we never replicate
+    /// patterns, and Linux uses WRITE SAME only to zero or unmap.
+    /// </summary>
+    private void WriteSame(ref ScsiTask task, bool sixteen)
+    {
+        var cdb = task.Cdb;
+        byte flags = cdb[1];
+        bool unmap = (flags & 0x08) != 0;
+        bool noDataBuffer = sixteen && (flags & 0x01) != 0;
+        // WRPROTECT, ANCHOR, PBDATA, LBDATA: not supported.
+        if ((flags & 0xf6) != 0)
+        {
+            task.Fail(SenseCode.InvalidFieldInCdb);
+            return;
+        }
+        ulong lba = sixteen ? Cdb.U64(cdb, 2) : Cdb.U32(cdb, 2);
+        uint blocks = sixteen ? Cdb.U32(cdb, 10) : Cdb.U16(cdb, 7);
+        if (blocks == 0 || blocks > Limits.MaxWriteSameBlocks)
+        {
+            task.Fail(SenseCode.InvalidFieldInCdb);
+            return;
+        }
+        if (!InRange(lba, blocks))
+        {
+            task.Fail(SenseCode.LbaOutOfRange);
+            return;
+        }
+        if (ReadOnly)
+        {
+            task.Fail(SenseCode.WriteProtected);
+            return;
+        }
+        if (!noDataBuffer)
+        {
+            if (!task.TryReadParameters(Info.BlockSize, out var pattern)) return;
+            if (pattern.IndexOfAnyExcept((byte)0) >= 0)
+            {
+                task.Fail(SenseCode.InvalidFieldInCdb);
+                return;
+            }
+        }
+        if (!Info.SupportsWriteZeroes)
+        {
+            task.Fail(SenseCode.InvalidFieldInCdb);
+            return;
+        }
+        task.Good();
+        task.Operation = BlockOperation.WriteZeroes;
+        task.Submit(new BlockRequest
+        {
+            Operation = BlockOperation.WriteZeroes,
+            Flags = unmap && Provisioning ? BlockRequestFlags.Unmap : BlockRequestFlags.None,
+            Offset = lba * Info.BlockSize,
+            Length = (ulong)blocks * Info.BlockSize,
+            Tag = task.Tag,
+        });
+    }
+}

@@ -1,0 +1,249 @@
+using System.Buffers.Binary;
+using BlkTarget.Storage;
+using BlkTarget.Vhost.Blk;
+using BlkTarget.Vhost.Device;
+using BlkTarget.Vhost.Queues;
+using Microsoft.Extensions.Logging;
+
+namespace BlkTarget.Vhost.Scsi;
+
+/// <summary>
+/// One running virtio-scsi request queue. A request is virtio_scsi_cmd_req (lun, tag, task attributes, CDB) plus
+/// data-out in device-readable buffers, then virtio_scsi_cmd_resp (sense length, residual, status, response,
+/// sense) plus data-in in device-writable buffers; either part may span descriptors. The LUN the request
+/// addresses executes the CDB; reads and writes go to its backend with iovecs straight into guest memory.
+/// Request state lives in slots indexed by the head descriptor: nothing is allocated per request.
+/// </summary>
+public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionSink, IScsiBlockSubmitter
+{
+    private struct Slot
+    {
+        public int Pending;
+        /// <summary>Response buffers: whole segments [RespFirst, RespLastIndex) then (RespLastBase, RespLastLength).</summary>
+        public int RespFirst;
+        public int RespLastIndex;
+        public byte* RespLastBase;
+        public nuint RespLastLength;
+        public IoVec* Segments;
+        /// <summary>Bytes of response the buffers hold (the full struct, or less for a malformed request).</summary>
+        public int RespBytes;
+        public int SenseSize;
+        public int Lun;
+        public byte Status;
+        public byte Response;
+        public SenseCode Sense;
+        public BlockOperation Operation;
+        public ulong DataInBytes;
+        public ulong DataInWritten;
+        public ulong DataOutBytes;
+        public ulong DataOutConsumed;
+    }
+
+    private readonly ScsiDeviceContext _device;
+    private readonly int _queue;
+    private readonly Slot[] _slots;
+    private readonly IBlockChannel[] _channels;
+    private readonly byte[] _scratch;
+
+    public ScsiRequestQueue(QueueStartInfo start, ScsiDeviceContext device, ILogger log) : base(start, device.Name, log)
+    {
+        _device = device;
+        _queue = start.Index - VirtioScsi.FirstRequestQueue;
+        _slots = new Slot[Ring.Size];
+        _scratch = new byte[device.ScratchSize];
+        _channels = new IBlockChannel[device.Luns.Count];
+        try
+        {
+            int capacity = (int)Ring.Size * (int)Math.Max(1u, ScsiLimits.For(512).MaxUnmapDescriptors);
+            for (int i = 0; i < _channels.Length; i++) _channels[i] = device.Luns[i].Backend.OpenChannel(start.Io, this, capacity);
+        }
+        catch
+        {
+            foreach (var c in _channels) c?.Dispose();
+            base.Dispose();
+            throw;
+        }
+    }
+
+    protected override void Process(ushort head, ref ChainBuffers chain)
+    {
+        IoVec* segments = chain.Segments;
+        int senseSize = _device.Config.SenseSize;
+        int cdbSize = _device.Config.CdbSize;
+        int respSize = VirtioScsi.ResponseHeaderLength + senseSize;
+
+        // The response comes first in the writable buffers; data-in follows it.
+        int j = chain.ReadableCount;
+        ulong have = 0;
+        while (j < chain.Count && have < (ulong)respSize) have += segments[j++].Length;
+        if (have < VirtioScsi.ResponseHeaderLength)
+        {
+            Abandon(head, $"request at descriptor {head} has no room for a virtio-scsi response");
+            return;
+        }
+        ref Slot slot = ref _slots[head];
+        slot = new Slot
+        {
+            Pending = 1,
+            RespFirst = chain.ReadableCount,
+            RespLastIndex = j - 1,
+            Segments = segments,
+            SenseSize = senseSize,
+            Lun = -1,
+            Response = VirtioScsi.Ok,
+        };
+        ref IoVec last = ref segments[j - 1];
+        slot.RespLastBase = last.Base;
+        int dataInStart = j;
+        if (have > (ulong)respSize)
+        {
+            // The last response buffer also holds the start of data-in: split it.
+            nuint excess = (nuint)(have - (ulong)respSize);
+            slot.RespLastLength = last.Length - excess;
+            last.Base += slot.RespLastLength;
+            last.Length = excess;
+            dataInStart = j - 1;
+            have = (ulong)respSize;
+        }
+        else
+        {
+            slot.RespLastLength = last.Length;
+        }
+        slot.RespBytes = (int)have;
+
+        if (chain.Overflowed || slot.RespBytes < respSize)
+        {
+            slot.Response = VirtioScsi.Failure;
+            CompleteSlot(head, ref slot);
+            return;
+        }
+
+        // Copy the request header and CDB before looking at them: the guest may change its buffers meanwhile.
+        int requestLength = VirtioScsi.RequestHeaderLength + cdbSize;
+        Span<byte> request = stackalloc byte[VirtioScsi.RequestHeaderLength + VirtioScsi.MaxCdbSize];
+        var header = new SegmentCursor(segments, 0, chain.ReadableCount);
+        if (header.CopyTo(request[..requestLength]) != requestLength)
+        {
+            slot.Response = VirtioScsi.Failure;
+            CompleteSlot(head, ref slot);
+            return;
+        }
+        header.SkipEmpty();
+
+        var address = ScsiAddress.Parse(request[..8]);
+        var target = address.Valid ? _device.FindTarget(address.Target) : null;
+        if (target is null)
+        {
+            slot.Response = VirtioScsi.BadTarget;
+            CompleteSlot(head, ref slot);
+            return;
+        }
+
+        var task = new ScsiTask
+        {
+            Cdb = request.Slice(VirtioScsi.RequestHeaderLength, cdbSize),
+            DataOut = segments + header.Index,
+            DataOutCount = chain.ReadableCount - header.Index,
+            DataOutBytes = chain.ReadableBytes - (ulong)requestLength,
+            DataIn = segments + dataInStart,
+            DataInCount = chain.Count - dataInStart,
+            DataInBytes = chain.WritableBytes - (ulong)respSize,
+            Scratch = _scratch,
+            Submitter = this,
+            Tag = head,
+            Response = VirtioScsi.Ok,
+        };
+        slot.DataInBytes = task.DataInBytes;
+        slot.DataOutBytes = task.DataOutBytes;
+        var lun = address.Lun == ushort.MaxValue ? null : target.Find(address.Lun);
+        if (lun is null)
+        {
+            target.ExecuteForMissingLun(ref task);
+        }
+        else
+        {
+            slot.Lun = lun.Index;
+            lun.AddInFlight(_queue, 1);
+            task.Channel = _channels[lun.Index];
+            lun.Execute(ref task, target);
+        }
+        // Completions of submitted requests may already have arrived (synchronous backends): merge, do not overwrite.
+        if (slot.Status == ScsiStatus.Good) slot.Status = task.Status;
+        if (slot.Sense == default) slot.Sense = task.Sense;
+        slot.Response = task.Response;
+        if (slot.Status == ScsiStatus.Good) slot.DataInWritten = task.DataInWritten;
+        slot.DataOutConsumed = task.Status == ScsiStatus.Good ? task.DataOutConsumed : 0;
+        CompleteSlot(head, ref slot);
+    }
+
+    public void Submit(ushort tag, IBlockChannel channel, in BlockRequest request)
+    {
+        ref Slot slot = ref _slots[tag];
+        slot.Pending++;
+        slot.Operation = request.Operation;
+        channel.Submit(request);
+    }
+
+    public void Complete(ulong tag, BlockStatus status)
+    {
+        ref Slot slot = ref _slots[(int)tag];
+        if (status != BlockStatus.Ok && slot.Status == ScsiStatus.Good)
+        {
+            slot.Status = ScsiStatus.CheckCondition;
+            slot.Sense = SenseFor(status, slot.Operation);
+        }
+        CompleteSlot((ushort)tag, ref slot);
+    }
+
+    /// <summary>The sense a failed backend request reports (I/O errors are MEDIUM ERROR).</summary>
+    public static SenseCode SenseFor(BlockStatus status, BlockOperation operation) => status switch
+    {
+        BlockStatus.OutOfRange => SenseCode.LbaOutOfRange,
+        BlockStatus.ReadOnly => SenseCode.WriteProtected,
+        BlockStatus.NoSpace => SenseCode.SpaceAllocationFailed,
+        BlockStatus.Unsupported => SenseCode.InvalidFieldInCdb,
+        _ => operation == BlockOperation.Read ? SenseCode.UnrecoveredReadError : SenseCode.WriteError,
+    };
+
+    private void CompleteSlot(ushort head, ref Slot slot)
+    {
+        if (--slot.Pending > 0) return;
+        if (slot.Lun >= 0) _device.Luns[slot.Lun].AddInFlight(_queue, -1);
+        bool ok = slot.Response == VirtioScsi.Ok;
+        bool good = ok && slot.Status == ScsiStatus.Good;
+        ulong written = good ? slot.DataInWritten : 0;
+
+        Span<byte> response = stackalloc byte[VirtioScsi.ResponseHeaderLength + VirtioScsi.MaxSenseSize];
+        response.Clear();
+        int senseLength = 0;
+        if (ok && slot.Status == ScsiStatus.CheckCondition)
+            senseLength = slot.Sense.WriteFixed(response.Slice(VirtioScsi.ResponseHeaderLength, Math.Min(slot.SenseSize, slot.RespBytes - VirtioScsi.ResponseHeaderLength)));
+        ulong resid = slot.DataInBytes > 0 ? slot.DataInBytes - written : slot.DataOutBytes - (good ? slot.DataOutConsumed : 0);
+        BinaryPrimitives.WriteUInt32LittleEndian(response, (uint)senseLength);
+        BinaryPrimitives.WriteUInt32LittleEndian(response[4..], (uint)Math.Min(resid, uint.MaxValue));
+        response[10] = ok ? slot.Status : (byte)0;
+        response[11] = slot.Response;
+        WriteResponse(ref slot, response[..slot.RespBytes]);
+        CompleteRequest(head, (uint)Math.Min((ulong)slot.RespBytes + written, uint.MaxValue));
+    }
+
+    /// <summary>Copies the response into its buffers (validated when the chain was walked).</summary>
+    private static void WriteResponse(ref Slot slot, ReadOnlySpan<byte> response)
+    {
+        int at = 0;
+        for (int i = slot.RespFirst; i < slot.RespLastIndex && at < response.Length; i++)
+        {
+            int n = (int)Math.Min((nuint)(response.Length - at), slot.Segments[i].Length);
+            response.Slice(at, n).CopyTo(new Span<byte>(slot.Segments[i].Base, n));
+            at += n;
+        }
+        int rest = (int)Math.Min((nuint)(response.Length - at), slot.RespLastLength);
+        response.Slice(at, rest).CopyTo(new Span<byte>(slot.RespLastBase, rest));
+    }
+
+    public override void Dispose()
+    {
+        foreach (var channel in _channels) channel?.Dispose();
+        base.Dispose();
+    }
+}

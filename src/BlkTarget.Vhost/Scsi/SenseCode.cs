@@ -1,0 +1,41 @@
+namespace BlkTarget.Vhost.Scsi;
+
+/// <summary>A sense key with its additional sense code and qualifier: what a CHECK CONDITION reports.</summary>
+public readonly record struct SenseCode(byte Key, byte Asc, byte Ascq)
+{
+    public static readonly SenseCode None = new(SenseKey.NoSense, 0x00, 0x00);
+    public static readonly SenseCode InvalidOpcode = new(SenseKey.IllegalRequest, 0x20, 0x00);
+    public static readonly SenseCode LbaOutOfRange = new(SenseKey.IllegalRequest, 0x21, 0x00);
+    public static readonly SenseCode InvalidFieldInCdb = new(SenseKey.IllegalRequest, 0x24, 0x00);
+    public static readonly SenseCode LunNotSupported = new(SenseKey.IllegalRequest, 0x25, 0x00);
+    public static readonly SenseCode InvalidFieldInParameterList = new(SenseKey.IllegalRequest, 0x26, 0x00);
+    public static readonly SenseCode ParameterListLengthError = new(SenseKey.IllegalRequest, 0x1a, 0x00);
+    public static readonly SenseCode SavingParametersNotSupported = new(SenseKey.IllegalRequest, 0x39, 0x00);
+    public static readonly SenseCode WriteProtected = new(SenseKey.DataProtect, 0x27, 0x00);
+    public static readonly SenseCode SpaceAllocationFailed = new(SenseKey.DataProtect, 0x27, 0x07);
+    public static readonly SenseCode UnrecoveredReadError = new(SenseKey.MediumError, 0x11, 0x00);
+    public static readonly SenseCode WriteError = new(SenseKey.MediumError, 0x0c, 0x00);
+    public static readonly SenseCode MediumErrorGeneric = new(SenseKey.MediumError, 0x00, 0x00);
+
+    /// <summary>Length of the fixed-format sense data we build.</summary>
+    public const int FixedLength = 18;
+
+    /// <summary>
+    /// Writes fixed-format sense data (SPC-4 4.5.3): response code 70h (current error), the sense key, additional
+    /// sense length 10, ASC/ASCQ. Returns the bytes written (at most <see cref="FixedLength"/>, fewer if the
+    /// destination is shorter).
+    /// </summary>
+    public int WriteFixed(Span<byte> destination)
+    {
+        Span<byte> sense = stackalloc byte[FixedLength];
+        sense.Clear();
+        sense[0] = 0x70;
+        sense[2] = (byte)(Key & 0x0f);
+        sense[7] = FixedLength - 8;
+        sense[12] = Asc;
+        sense[13] = Ascq;
+        int n = Math.Min(destination.Length, FixedLength);
+        sense[..n].CopyTo(destination);
+        return n;
+    }
+}

@@ -1,0 +1,220 @@
+using System.Buffers.Binary;
+using BlkTarget.Storage.Compression;
+using BlkTarget.Storage.Image;
+
+namespace BlkTarget.Storage.Tests.Image;
+
+/// <summary>export/import: a round trip restores contents and allocation; anything but an intact stream is refused
+/// with a clear error and leaves no image behind.</summary>
+public sealed class ExportImportTests : IDisposable
+{
+    private const uint Cluster = 64 << 10;
+    private const ulong Size = 24 << 20;
+    private readonly ImageTestFiles _files = new();
+
+    private string SampleImage(string name = "src.bti", uint cluster = Cluster) => _files.Image(name, Size, cluster,
+        (0, ImageTestFiles.Pattern(4096, 1)),
+        (2 * Cluster, ImageTestFiles.Pattern(3 * (int)Cluster, 2)),
+        (10 * Cluster, new byte[Cluster]),                                  // written zeros: no record
+        (200 * Cluster, Enumerable.Repeat((byte)0xAB, 2 * (int)Cluster).ToArray()),
+        (Size - 4096, ImageTestFiles.Pattern(4096, 3)));
+
+    private string Exported(string image, string name = "src.zst")
+    {
+        string stream = _files.PathFor(name);
+        ExportStream.Export(image, stream);
+        return stream;
+    }
+
+    private static byte[] Decompress(byte[] compressed)
+    {
+        using var zstd = new ZstdDecompressStream(new MemoryStream(compressed));
+        var output = new MemoryStream();
+        zstd.CopyTo(output);
+        return output.ToArray();
+    }
+
+    private static byte[] Compress(byte[] plain)
+    {
+        var output = new MemoryStream();
+        using (var zstd = new ZstdCompressStream(output, leaveOpen: true))
+        {
+            zstd.Write(plain);
+            zstd.Finish();
+        }
+        return output.ToArray();
+    }
+
+    private void AssertImportFails(byte[] stream, string expected)
+    {
+        string input = _files.PathFor($"bad-{Guid.NewGuid():N}.zst"), image = _files.PathFor($"bad-{Guid.NewGuid():N}.bti");
+        File.WriteAllBytes(input, stream);
+        var error = Assert.ThrowsAny<IOException>(() => ExportStream.Import(input, image));
+        Assert.Contains(expected, error.Message);
+        Assert.DoesNotContain("\n", error.Message);
+        Assert.False(File.Exists(image), "a failed import left its image behind");
+    }
+
+    [Fact]
+    public void A_round_trip_restores_contents_and_allocation()
+    {
+        string source = SampleImage();
+        string stream = Exported(source);
+        var exported = ExportStream.Export(source, new MemoryStream());
+        Assert.Equal(4UL, exported.Records);                                 // clusters 0 | 2-4 | 200-201 | the last one
+        string restored = _files.PathFor("restored.bti");
+        var imported = ExportStream.Import(stream, restored);
+        Assert.Equal(ImageTestFiles.Contents(source), ImageTestFiles.Contents(restored));
+        using (var a = ImageFile.Open(source, readOnly: true, directIo: false))
+        using (var b = ImageFile.Open(restored, readOnly: true, directIo: false))
+        {
+            Assert.Equal(a.AllocatedClusters, b.AllocatedClusters);
+            Assert.Equal(a.Header.ClusterSize, b.Header.ClusterSize);
+            for (ulong v = 0; v < a.Header.MapEntries; v++) Assert.Equal(a.Entry(v) != 0, b.Entry(v) != 0);
+        }
+        Assert.Equal(7UL, imported.AllocatedClusters);
+        Assert.Empty(ImageChecker.Check(restored).Problems);
+        Assert.True(new FileInfo(stream).Length < 6 * Cluster, $"stream is {new FileInfo(stream).Length} bytes");
+    }
+
+    [Fact]
+    public void The_stream_is_plain_zstd_holding_header_records_and_an_end_record()
+    {
+        string source = SampleImage();
+        var plain = Decompress(File.ReadAllBytes(Exported(source)));
+        Assert.True(plain.AsSpan(0, 8).SequenceEqual("BLKTEXP\0"u8));
+        Assert.Equal(Size, BinaryPrimitives.ReadUInt64LittleEndian(plain.AsSpan(16)));
+        Assert.Equal(Cluster, BinaryPrimitives.ReadUInt32LittleEndian(plain.AsSpan(24)));
+        int pos = ExportStream.HeaderLength;
+        var extents = new List<(ulong, ulong)>();
+        while (BinaryPrimitives.ReadUInt32LittleEndian(plain.AsSpan(pos)) == ExportStream.DataRecord)
+        {
+            ulong offset = BinaryPrimitives.ReadUInt64LittleEndian(plain.AsSpan(pos + 8)), length = BinaryPrimitives.ReadUInt64LittleEndian(plain.AsSpan(pos + 16));
+            extents.Add((offset, length));
+            pos += ExportStream.RecordHeaderLength + (int)length;
+        }
+        Assert.Equal([(0UL, (ulong)Cluster), (2UL * Cluster, 3UL * Cluster), (200UL * Cluster, 2UL * Cluster), (Size - Cluster, (ulong)Cluster)], extents);
+        Assert.Equal(ExportStream.EndRecord, BinaryPrimitives.ReadUInt32LittleEndian(plain.AsSpan(pos)));
+        Assert.Equal(4UL, BinaryPrimitives.ReadUInt64LittleEndian(plain.AsSpan(pos + 8)));
+        Assert.Equal(7UL * Cluster, BinaryPrimitives.ReadUInt64LittleEndian(plain.AsSpan(pos + 16)));
+        pos += ExportStream.RecordHeaderLength;
+        Assert.Equal(Crc32C.Append(0, plain.AsSpan(0, pos)), BinaryPrimitives.ReadUInt32LittleEndian(plain.AsSpan(pos)));
+        Assert.Equal(pos + 4, plain.Length);
+    }
+
+    [Fact]
+    public void An_empty_image_exports_to_a_tiny_stream_and_imports_empty()
+    {
+        string empty = _files.PathFor("empty.bti");
+        ImageFile.Create(empty, 1UL << 30);
+        string stream = Exported(empty, "empty.zst");
+        Assert.True(new FileInfo(stream).Length < 200);
+        var summary = ExportStream.Import(stream, _files.PathFor("empty2.bti"));
+        Assert.Equal(0UL, summary.AllocatedClusters);
+        Assert.Equal(1UL << 30, summary.VirtualSize);
+    }
+
+    [Fact]
+    public void Import_can_choose_another_cluster_size()
+    {
+        string stream = Exported(SampleImage());
+        string restored = _files.PathFor("small.bti");
+        ExportStream.Import(stream, restored, clusterSize: 4096);
+        Assert.Equal(4096u, ImageTestFiles.HeaderOf(restored).ClusterSize);
+        Assert.Equal(ImageTestFiles.Contents(_files.PathFor("src.bti")), ImageTestFiles.Contents(restored));
+    }
+
+    [Theory]
+    [InlineData(0.99)]
+    [InlineData(0.5)]
+    [InlineData(0.1)]
+    [InlineData(0.0)]
+    public void A_truncated_stream_is_refused(double keep)
+    {
+        var whole = File.ReadAllBytes(Exported(SampleImage()));
+        var cut = whole[..(int)(whole.Length * keep)];
+        AssertImportFails(cut, keep == 0 ? "empty" : "truncated");
+    }
+
+    [Fact]
+    public void A_stream_cut_right_after_a_record_is_refused_as_truncated()
+    {
+        var plain = Decompress(File.ReadAllBytes(Exported(SampleImage())));
+        int firstRecordEnd = ExportStream.HeaderLength + ExportStream.RecordHeaderLength + (int)Cluster;
+        AssertImportFails(Compress(plain[..firstRecordEnd]), "truncated");
+    }
+
+    [Fact]
+    public void A_flipped_byte_in_the_compressed_stream_is_refused()
+    {
+        var whole = File.ReadAllBytes(Exported(SampleImage()));
+        whole[whole.Length / 2] ^= 0x10;
+        string input = _files.PathFor("flipped.zst"), image = _files.PathFor("flipped.bti");
+        File.WriteAllBytes(input, whole);
+        Assert.ThrowsAny<IOException>(() => ExportStream.Import(input, image));
+        Assert.False(File.Exists(image));
+    }
+
+    [Fact]
+    public void Changed_data_in_an_otherwise_valid_stream_fails_the_checksum()
+    {
+        var plain = Decompress(File.ReadAllBytes(Exported(SampleImage())));
+        plain[ExportStream.HeaderLength + ExportStream.RecordHeaderLength + 10] ^= 1;
+        AssertImportFails(Compress(plain), "checksum mismatch");
+    }
+
+    [Fact]
+    public void Records_out_of_order_or_out_of_range_are_refused()
+    {
+        var plain = Decompress(File.ReadAllBytes(Exported(SampleImage())));
+        var beyond = (byte[])plain.Clone();
+        BinaryPrimitives.WriteUInt64LittleEndian(beyond.AsSpan(ExportStream.HeaderLength + 8), Size);
+        AssertImportFails(Compress(beyond), "impossible extent");
+        var unknown = (byte[])plain.Clone();
+        BinaryPrimitives.WriteUInt32LittleEndian(unknown.AsSpan(ExportStream.HeaderLength), 0x12345678);
+        AssertImportFails(Compress(unknown), "unknown record type");
+    }
+
+    [Fact]
+    public void Foreign_input_is_refused()
+    {
+        AssertImportFails(ImageTestFiles.Pattern(10_000, 9), "not zstd");
+        AssertImportFails(Compress("just some text, compressed"u8.ToArray()), "not a BlkTarget export stream");
+        AssertImportFails(File.ReadAllBytes(SampleImage("plain.bti")), "not zstd");
+        var plain = Decompress(File.ReadAllBytes(Exported(SampleImage())));
+        plain[20] ^= 1;   // virtual size: caught by the header checksum
+        AssertImportFails(Compress(plain), "header checksum");
+    }
+
+    [Fact]
+    public void Trailing_data_after_the_end_record_is_refused()
+    {
+        var plain = Decompress(File.ReadAllBytes(Exported(SampleImage())));
+        AssertImportFails(Compress([.. plain, 0, 0, 0, 0]), "after the end record");
+    }
+
+    [Fact]
+    public void Import_refuses_an_existing_image_and_leaves_it_alone()
+    {
+        string source = SampleImage();
+        string stream = Exported(source);
+        var before = File.ReadAllBytes(source);
+        Assert.ThrowsAny<IOException>(() => ExportStream.Import(stream, source));
+        Assert.Equal(before, File.ReadAllBytes(source));
+    }
+
+    [Fact]
+    public void Export_refuses_an_existing_output_and_a_damaged_image()
+    {
+        string source = SampleImage();
+        string existing = _files.Raw("existing.zst", 100, (0, [1, 2, 3]));
+        Assert.ThrowsAny<IOException>(() => ExportStream.Export(source, existing));
+        Assert.Equal(100, new FileInfo(existing).Length);
+        ImageTestFiles.WriteEntry(source, 50, ImageTestFiles.ReadEntry(source, 0));
+        string output = _files.PathFor("never.zst");
+        Assert.ThrowsAny<ImageFormatException>(() => ExportStream.Export(source, output));
+        Assert.False(File.Exists(output));
+    }
+
+    public void Dispose() => _files.Dispose();
+}
