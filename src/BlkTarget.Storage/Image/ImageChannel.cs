@@ -115,9 +115,11 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
             ulong physical = _image.Entry(virtualCluster);
             if (physical == 0 && op.Kind == BlockOperation.Write)
             {
+                // Allocate every unallocated cluster this write still covers in one go, so they come out contiguous.
+                ulong clusters = ((c.Offset + c.Remaining - 1) >> _shift) - virtualCluster + 1;
                 try
                 {
-                    lock (_image.MetadataLock) physical = _image.Allocate(virtualCluster);
+                    lock (_image.MetadataLock) physical = _image.AllocateRun(virtualCluster, clusters);
                 }
                 catch (IOException e)
                 {

@@ -217,15 +217,41 @@ public sealed unsafe class ImageFile : IDisposable
     public ulong FreeClusters => (ulong)_free.Count;
 
     /// <summary>
-    /// Maps virtual cluster <paramref name="virtualCluster"/> to a physical cluster that reads as zeros, and writes
-    /// the map block. Caller holds <see cref="MetadataLock"/>. Returns the (possibly already existing) entry.
+    /// Allocates every unallocated cluster of [first, first+count) at once: appended clusters come out physically
+    /// contiguous, so the write that needs them (and every later read of the range) is one I/O, and each touched
+    /// map block is written once. Caller holds <see cref="MetadataLock"/>. Returns the entry of <paramref name="first"/>.
     /// </summary>
-    public ulong Allocate(ulong virtualCluster)
+    public ulong AllocateRun(ulong first, ulong count)
     {
-        ulong existing = Entry(virtualCluster);
-        if (existing != 0) return existing;
-        ulong physical;
-        if (_free.TryPop(out physical))
+        ulong end = Math.Min(first + count, Header.MapEntries);
+        var assigned = new List<ulong>();
+        try
+        {
+            for (ulong v = first; v < end; v++)
+            {
+                if (Entry(v) != 0) continue;
+                SetEntry(v, TakeFreshCluster());
+                assigned.Add(v);
+            }
+            if (assigned.Count == 0) return Entry(first);
+            for (ulong block = assigned[0] / EntriesPerBlock; block <= assigned[^1] / EntriesPerBlock; block++) WriteMapBlock(block * EntriesPerBlock);
+        }
+        catch
+        {
+            foreach (ulong v in assigned)
+            {
+                _free.Push(Entry(v));
+                SetEntry(v, 0);
+            }
+            throw;
+        }
+        return Entry(first);
+    }
+
+    /// <summary>A physical cluster that reads as zeros: a free one punched clean, or a new one at the end of the file.</summary>
+    private ulong TakeFreshCluster()
+    {
+        if (_free.TryPop(out ulong physical))
         {
             // A reused cluster may still hold old data (e.g. a discard whose hole punch was lost in a crash).
             if (fallocate(Fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)(physical << Header.ClusterShift), (long)ClusterSize) != 0)
@@ -234,26 +260,19 @@ public sealed unsafe class ImageFile : IDisposable
                 _free.Push(physical);
                 throw new IOException($"{Path}: cannot clear cluster {physical} for reuse: {error}");
             }
+            return physical;
         }
-        else
-        {
-            physical = _nextAppend++;
-            // Extend the file before the map names the cluster, so that no crash leaves an entry past its end.
-            if (physical >= _fileClusters) GrowFile(physical + 1);
-        }
-        SetEntry(virtualCluster, physical);
-        try
-        {
-            WriteMapBlock(virtualCluster);
-        }
-        catch
-        {
-            SetEntry(virtualCluster, 0);
-            _free.Push(physical);
-            throw;
-        }
+        physical = _nextAppend++;
+        // Extend the file before the map names the cluster, so that no crash leaves an entry past its end.
+        if (physical >= _fileClusters) GrowFile(physical + 1);
         return physical;
     }
+
+    /// <summary>
+    /// Maps virtual cluster <paramref name="virtualCluster"/> to a physical cluster that reads as zeros, and writes
+    /// the map block. Caller holds <see cref="MetadataLock"/>. Returns the (possibly already existing) entry.
+    /// </summary>
+    public ulong Allocate(ulong virtualCluster) => AllocateRun(virtualCluster, 1);
 
     /// <summary>
     /// Punches the data of virtual clusters [first, first+count) out, then unmaps them. Caller holds

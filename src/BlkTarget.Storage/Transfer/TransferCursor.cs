@@ -54,12 +54,13 @@ internal unsafe struct TransferCursor
         }
     }
 
-    /// <summary>True when every buffer's address and length are multiples of <paramref name="alignment"/>.</summary>
+    /// <summary>True when every non-empty buffer's address and length are multiples of <paramref name="alignment"/>
+    /// (the kernel ignores empty iovecs when it checks O_DIRECT alignment).</summary>
     public readonly bool IsAligned(uint alignment)
     {
         nuint mask = alignment - 1;
         for (int i = 0; i < IovCount; i++)
-            if (((nuint)Iov[i].Base & mask) != 0 || (Iov[i].Length & mask) != 0) return false;
+            if (Iov[i].Length != 0 && (((nuint)Iov[i].Base & mask) != 0 || (Iov[i].Length & mask) != 0)) return false;
         return true;
     }
 }

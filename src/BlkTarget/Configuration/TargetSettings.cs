@@ -38,7 +38,7 @@ public sealed record DeviceSettings
 public sealed record TargetSettings
 {
     public required IReadOnlyList<DeviceSettings> Devices { get; init; }
-    /// <summary>CPUs to pin one reactor each to; empty = unpinned reactors, one per queue up to the core count.</summary>
+    /// <summary>CPUs to pin one reactor each to; empty = unpinned reactors, one per queue up to half the CPUs.</summary>
     public IReadOnlyList<int> Cpus { get; init; } = [];
     /// <summary>How long a reactor keeps polling with nothing to do before it sleeps on the kick eventfds.</summary>
     public TimeSpan IdlePoll { get; init; } = TimeSpan.FromMicroseconds(200);

@@ -36,7 +36,7 @@ public sealed class TargetRuntime : IDisposable
     {
         var log = loggers.CreateLogger("blktarget");
         int maxQueues = settings.Devices.Max(d => d.Queues);
-        var reactors = new ReactorPool(settings.Cpus, Math.Min(maxQueues, Environment.ProcessorCount), settings.IdlePoll);
+        var reactors = new ReactorPool(settings.Cpus, DefaultReactorCount(maxQueues, Environment.ProcessorCount), settings.IdlePoll);
         var runtime = new TargetRuntime(reactors, log);
         try
         {
@@ -55,6 +55,13 @@ public sealed class TargetRuntime : IDisposable
             settings.Cpus.Count > 0 ? "pinned to CPUs " + string.Join(",", settings.Cpus) : "unpinned");
         return runtime;
     }
+
+    /// <summary>
+    /// Unpinned reactors when no --cpus is given: one per queue, but at most half the CPUs, because the VMs'
+    /// vCPUs and QEMU need the rest; on a 2-CPU host one polling reactor beats two that preempt each other
+    /// (bench/README.md has the measurements).
+    /// </summary>
+    public static int DefaultReactorCount(int maxQueues, int processorCount) => Math.Max(1, Math.Min(maxQueues, processorCount / 2));
 
     private int StartDevice(DeviceSettings device, int offset, ILogger log)
     {
