@@ -89,6 +89,10 @@ if [[ $run_e2e -eq 1 ]]; then
   BLKTARGET_EXTRA_ARGS="--create 1G" run_e2e_suite file --backend "file:$image_dir/disk.img"
   # The sparse image backend, created empty (thin) by the target itself.
   BLKTARGET_EXTRA_ARGS="--create 1G" run_e2e_suite image --backend "image:$image_dir/disk.bti"
+  # vhost-user-scsi (2 request queues, /dev/sda in the guest) on a RAM LUN, plus the multi-LUN job, and on an
+  # image LUN (asynchronous backend: requests complete from the reactor's io_uring).
+  run_e2e_suite "scsi ram" --kind scsi --backend ram:1G
+  BLKTARGET_EXTRA_ARGS="--create 1G" run_e2e_suite "scsi image" --kind scsi --only fio-verify,ext4-write,ext4-verify-after-reboot --backend "image:$image_dir/scsi.bti"
   rm -rf "$image_dir"
 fi
 

@@ -16,8 +16,8 @@
 #               null: qsd driver=null-co (no data moved: pure protocol overhead) vs blktarget ram:1G
 #               (default: ram,file)
 #   --queues    queue counts to run the matrix with (default "1 2")
-#   --pin       load generator on CPU 0, both targets confined to CPU 1 (blktarget: --cpus 1, one
-#               reactor for all queues, like qsd's single thread). Default: unpinned.
+#   --pin       load generator on CPU 0, both targets on CPU 1 (qsd under taskset; blktarget --cpus 1:
+#               one pinned reactor for all queues, like qsd's single thread). Default: unpinned.
 #   --out       the markdown report (default bench/results/YYYY-MM-DD-compare[-quick].md)
 #   --keep-raw  keep every job's JSON in DIR
 #   --report-only DIR  only write the report from the JSON a --keep-raw run left in DIR (give the same
@@ -98,8 +98,8 @@ max_queues=0
 for q in $queue_counts; do (( q > max_queues )) && max_queues=$q; done
 
 wait_socket() {
-    local sock=$1 pid=$2 i
-    for i in $(seq 1 300); do
+    local sock=$1 pid=$2
+    for _ in $(seq 1 300); do
         [[ -S "$sock" ]] && return 0
         kill -0 "$pid" 2>/dev/null || die "target for $sock exited early (log: $WORK)"
         sleep 0.1
@@ -132,7 +132,8 @@ start_ours() {
         ram|null) backend="ram:$SIZE" ;;
         file) backend="file:/var/tmp/blktarget-compare-$$.img" ;;
     esac
-    "${target_pin[@]}" dotnet "$DLL" serve --socket "$OURS_SOCK" --backend "$backend" --queues "$max_queues" "${ours_cpus[@]}" \
+    # Not under taskset: the reactors are pinned by --cpus (which checks the CPU against the process's affinity).
+    dotnet "$DLL" serve --socket "$OURS_SOCK" --backend "$backend" --queues "$max_queues" "${ours_cpus[@]}" \
         --log-level warning >"$WORK/ours-$case.log" 2>&1 &
     OURS_PID=$!
     pids+=("$OURS_PID")

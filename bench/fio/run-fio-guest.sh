@@ -112,6 +112,7 @@ cpus="0"
         echo "fio --output-format=json /tmp/$j.fio || rc=1"
         echo "echo FIO-JSON-END $j"
     done
+    # shellcheck disable=SC2016  # $rc is the guest script's variable
     echo 'exit $rc'
 } > "$WORK/job.sh"
 

@@ -310,12 +310,14 @@ fi
 q=/sys/block/$E2E_NAME/queue
 rd() { cat "$1" 2>/dev/null || echo "?"; }
 serial=$(rd /sys/block/$E2E_NAME/serial)
-[ "$serial" = "?" ] && serial=$(rd /sys/block/$E2E_NAME/device/vpd_pg80 | tr -cd '[:print:]')
+# SCSI: VPD page 80h is a 4-byte header, then the serial (busybox tr has no [:print:] class).
+[ "$serial" = "?" ] && serial=$(tail -c +5 /sys/block/$E2E_NAME/device/vpd_pg80 2>/dev/null | tr -d '\000')
+rot=$(rd $q/rotational)
 echo "E2E-DEVICE: dev=$E2E_DEV kind=$E2E_KIND size_sectors=$(rd /sys/block/$E2E_NAME/size)" \
      "logical_block_size=$(rd $q/logical_block_size) physical_block_size=$(rd $q/physical_block_size)" \
      "discard_max_bytes=$(rd $q/discard_max_bytes) write_zeroes_max_bytes=$(rd $q/write_zeroes_max_bytes)" \
      "max_hw_sectors_kb=$(rd $q/max_hw_sectors_kb) max_segments=$(rd $q/max_segments) write_cache=$(rd $q/write_cache | tr ' ' _)" \
-     "ro=$(rd /sys/block/$E2E_NAME/ro) hw_queues=$(ls -d /sys/block/$E2E_NAME/mq/*/ 2>/dev/null | wc -l) serial=$serial"
+     "ro=$(rd /sys/block/$E2E_NAME/ro) rotational=$rot hw_queues=$(ls -d /sys/block/$E2E_NAME/mq/*/ 2>/dev/null | wc -l) serial=$serial"
 
 # Note for job scripts: Debian's static busybox runs its own applets in preference
 # to PATH (e.g. `mke2fs` is busybox's minimal one); call the real e2fsprogs tools as

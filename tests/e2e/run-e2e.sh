@@ -51,7 +51,7 @@ SUITE_START=$SECONDS
 
 target=blktarget backend=ram:1G backend_set=0 kind=blk queues=2 only="" guest_timeout=240
 log_dir="" install=0 verbose=0
-usage() { sed -n '2,44p' "$0"; }
+usage() { sed -n '2,45p' "$0"; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --target) target=$2; shift 2 ;;

@@ -30,6 +30,8 @@
 #   E2E_QEMU_ARGS="-D /tmp/vu.trace -trace vhost_user_read -trace vhost_user_write"
 #   logs every vhost-user message QEMU sends/receives (request numbers).
 #
+#   E2E_APPEND replaces "quiet" on the kernel command line, e.g. E2E_APPEND=loglevel=7.
+#
 # The job also gets E2E_RUN_ID: random, new for every run of this script, the same
 # on every boot of one QEMU process (jobs use it to recognise their own reboot).
 #

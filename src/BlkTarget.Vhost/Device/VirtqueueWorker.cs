@@ -87,7 +87,14 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         Break(reason);
     }
 
-    public void SetCallFd(int fd) => _callFd = fd;
+    public void SetCallFd(int fd)
+    {
+        _callFd = fd;
+        // A completion published just before the swap was signalled on the old fd, which the frontend may no
+        // longer watch (QEMU replaces its notifiers when the guest reprograms MSI-X while the ring already runs):
+        // a spurious interrupt is harmless, a lost one leaves the guest waiting forever.
+        if (fd >= 0) EventFd.Signal(fd);
+    }
 
     public void BeginStop(Action onDrained)
     {

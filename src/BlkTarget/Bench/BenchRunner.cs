@@ -143,7 +143,7 @@ public static class BenchRunner
                     worker.Failure = e;
                 }
             })
-            { IsBackground = true, Name = $"bench-q{q}", Priority = ThreadPriority.AboveNormal };
+            { IsBackground = true, Name = $"bench-q{q}" };
         }
         foreach (var t in threads) t.Start();
 

@@ -101,8 +101,9 @@ say "pattern after the reboot: sha256 $now"
 
 # Per-queue interrupt counts, as in fio-verify.sh: every request queue must
 # complete I/O after the reboot (each one was re-initialised by the target).
+# Keyed by name and IRQ number: virtio-scsi names every request queue "virtioN-request".
 queue_irqs() {
-    awk '$NF ~ /^virtio[0-9]+-req/ { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; else break; print $NF, n }' /proc/interrupts
+    awk '$NF ~ /^virtio[0-9]+-req/ { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; else break; print $NF "@" $1, n }' /proc/interrupts
 }
 before=$(queue_irqs)
 pin=""
