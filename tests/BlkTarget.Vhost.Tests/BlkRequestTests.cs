@@ -351,6 +351,22 @@ public sealed unsafe class BlkRequestTests : IDisposable
     }
 
     [Fact]
+    public void Backend_errors_fail_only_their_request_and_the_queue_keeps_serving()
+    {
+        UseDisk(new Storage.Faults.FaultInjectingDisk(new RamDisk(1 << 20), [
+            new Storage.Faults.FaultRule(Storage.BlockStatus.IoError) { Operation = Storage.BlockOperation.Read, RangeStart = 4096, RangeLength = 512 },
+            new Storage.Faults.FaultRule(Storage.BlockStatus.NoSpace) { Operation = Storage.BlockOperation.Write, RangeStart = 8192, RangeLength = 512 },
+            new Storage.Faults.FaultRule(Storage.BlockStatus.Unsupported) { Operation = Storage.BlockOperation.Flush },
+        ]));
+        Assert.Equal(VirtioBlk.StatusIoErr, ReadSectors(8, 512).Status);
+        Assert.Equal(VirtioBlk.StatusIoErr, WriteSectors(16, new byte[512]).Item1);
+        Assert.Equal(VirtioBlk.StatusUnsupported, Run((Header(VirtioBlk.TypeFlush, 0), 16, false), (_ring.Allocate(1), 1, true)).Status);
+        Assert.Equal((VirtioBlk.StatusOk, 1u), WriteSectors(0, new byte[512]));
+        Assert.Equal(VirtioBlk.StatusOk, ReadSectors(0, 512).Status);
+        Assert.Null(_queue.BrokenReason);
+    }
+
+    [Fact]
     public void Stop_reports_drained_and_last_avail_index()
     {
         WriteSectors(0, new byte[512]);

@@ -1,0 +1,65 @@
+namespace BlkTarget.Storage.Faults;
+
+/// <summary>One rule of a <see cref="FaultInjectingDisk"/>: requests it matches fail with <see cref="Status"/>.</summary>
+public sealed record FaultRule(BlockStatus Status)
+{
+    /// <summary>Only this kind of request (null: any).</summary>
+    public BlockOperation? Operation { get; init; }
+    /// <summary>Only requests overlapping [RangeStart, RangeStart + RangeLength) in bytes.</summary>
+    public ulong RangeStart { get; init; }
+    public ulong RangeLength { get; init; } = ulong.MaxValue;
+    /// <summary>How many matching requests fail before the rule stops firing (int.MaxValue: always).</summary>
+    public int Count { get; init; } = int.MaxValue;
+
+    internal bool Matches(in BlockRequest request) =>
+        (Operation is null || Operation == request.Operation) &&
+        request.Offset < RangeStart + Math.Min(RangeLength, ulong.MaxValue - RangeStart) &&
+        RangeStart < request.Offset + Math.Max(request.Length, 1);
+}
+
+/// <summary>
+/// A backend wrapper that fails chosen requests (like SPDK's error bdev): for testing how the device models and
+/// guests handle I/O errors. Requests the rules do not match pass through unchanged; a failed request never
+/// reaches the inner backend, so a failed write changes nothing.
+/// </summary>
+public sealed class FaultInjectingDisk(IBlockDevice inner, IEnumerable<FaultRule> rules) : IBlockDevice
+{
+    private readonly FaultRule[] _rules = rules.ToArray();
+    private readonly int[] _fired = new int[rules.Count()];
+
+    public BlockDeviceInfo Info => inner.Info;
+
+    /// <summary>How many requests the rules have failed so far.</summary>
+    public int Injected => _fired.Sum();
+
+    public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight) =>
+        new Channel(this, inner.OpenChannel(io, sink, maxInFlight), sink);
+
+    /// <summary>The status to fail <paramref name="request"/> with, or null to let it through. Thread-safe:
+    /// channels of several reactors consult the same rules.</summary>
+    private BlockStatus? Decide(in BlockRequest request)
+    {
+        for (int i = 0; i < _rules.Length; i++)
+        {
+            if (!_rules[i].Matches(request)) continue;
+            if (Interlocked.Increment(ref _fired[i]) <= _rules[i].Count) return _rules[i].Status;
+            Interlocked.Decrement(ref _fired[i]);
+        }
+        return null;
+    }
+
+    public void Dispose() => inner.Dispose();
+
+    private sealed class Channel(FaultInjectingDisk owner, IBlockChannel inner, IBlockCompletionSink sink) : IBlockChannel
+    {
+        public int InFlight => inner.InFlight;
+
+        public void Submit(in BlockRequest request)
+        {
+            if (owner.Decide(request) is BlockStatus status) sink.Complete(request.Tag, status);
+            else inner.Submit(request);
+        }
+
+        public void Dispose() => inner.Dispose();
+    }
+}
