@@ -125,17 +125,13 @@ public sealed unsafe class ImageSink : DiskSink
         ulong cs = _image.ClusterSize, mask = cs - 1, length = (ulong)data.Length;
         fixed (byte* b = data)
         {
+            if (length == 0) return;
+            for (ulong v = offset >> shift; v <= (offset + length - 1) >> shift; v++) _image.AppendCluster(v);
             ulong done = 0;
             while (done < length)
             {
-                ulong pos = offset + done, v = pos >> shift, physical = _image.AppendCluster(v);
-                ulong run = Math.Min(cs - (pos & mask), length - done);
-                while (done + run < length)
-                {
-                    ulong next = (pos + run) >> shift;
-                    if (_image.AppendCluster(next) != physical + (next - v)) break;
-                    run += Math.Min(cs, length - done - run);
-                }
+                ulong pos = offset + done, physical = _image.Entry(pos >> shift);
+                ulong run = _image.MappedRunLength(pos, length - done);
                 PwriteFully(_image.Fd, b + done, (int)run, (long)((physical << shift) + (pos & mask)), Path);
                 done += run;
             }

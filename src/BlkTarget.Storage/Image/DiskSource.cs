@@ -97,14 +97,8 @@ public sealed unsafe class ImageSource : DiskSource
             ulong done = 0;
             while (done < length)
             {
-                ulong pos = offset + done, v = pos >> shift, physical = _image.Entry(v);
-                ulong run = Math.Min(cs - (pos & mask), length - done);
-                while (done + run < length)
-                {
-                    ulong next = (pos + run) >> shift, nextPhysical = _image.Entry(next);
-                    if (physical == 0 ? nextPhysical != 0 : nextPhysical != physical + (next - v)) break;
-                    run += Math.Min(cs, length - done - run);
-                }
+                ulong pos = offset + done, physical = _image.Entry(pos >> shift);
+                ulong run = _image.MappedRunLength(pos, length - done);
                 int got = 0;
                 if (physical != 0) got = PreadFully(_image.Fd, b + done, (int)run, (long)((physical << shift) + (pos & mask)), Path);
                 // Unallocated, or mapped past the end of the file (an allocation a crash cut short): zeros.

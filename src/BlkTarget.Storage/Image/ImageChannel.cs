@@ -128,7 +128,7 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
                     return;
                 }
             }
-            ulong run = RunLength(c.Offset, c.Remaining, virtualCluster, physical);
+            ulong run = _image.MappedRunLength(c.Offset, c.Remaining);
             if (physical == 0)
             {
                 c.ZeroFront(run);
@@ -140,22 +140,6 @@ internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
         }
         if (op.Kind == BlockOperation.Read && op.Bounce.Active) op.Bounce.CopyToGuest();
         Finish(index, BlockStatus.Ok);
-    }
-
-    /// <summary>How many bytes from <paramref name="offset"/> lie in clusters that continue the same physical run
-    /// (all unallocated, or allocated back to back).</summary>
-    private ulong RunLength(ulong offset, ulong remaining, ulong virtualCluster, ulong physical)
-    {
-        ulong run = Math.Min(_image.ClusterSize - (offset & _clusterMask), remaining);
-        while (run < remaining)
-        {
-            ulong next = (offset + run) >> _shift;
-            ulong nextPhysical = _image.Entry(next);
-            bool continues = physical == 0 ? nextPhysical == 0 : nextPhysical == physical + (next - virtualCluster);
-            if (!continues) break;
-            run += Math.Min(_image.ClusterSize, remaining - run);
-        }
-        return run;
     }
 
     private void Issue(int index, ulong fileOffset, ulong length)

@@ -49,6 +49,26 @@ public sealed unsafe class ImageFile : IDisposable
     /// Safe from any thread: entries are aligned 8-byte words.</summary>
     public ulong Entry(ulong virtualCluster) => Volatile.Read(ref ((ulong*)_map)[virtualCluster]);
 
+    /// <summary>
+    /// How many of the <paramref name="remaining"/> bytes from virtual <paramref name="offset"/> lie in one physical
+    /// run: clusters all unallocated, or allocated back to back. Such a run is one read or write (or, unallocated,
+    /// no I/O at all).
+    /// </summary>
+    public ulong MappedRunLength(ulong offset, ulong remaining)
+    {
+        int shift = Header.ClusterShift;
+        ulong first = offset >> shift, physical = Entry(first);
+        ulong run = Math.Min(ClusterSize - (offset & (ClusterSize - 1)), remaining);
+        while (run < remaining)
+        {
+            ulong next = (offset + run) >> shift, nextPhysical = Entry(next);
+            bool continues = physical == 0 ? nextPhysical == 0 : nextPhysical == physical + (next - first);
+            if (!continues) break;
+            run += Math.Min(ClusterSize, remaining - run);
+        }
+        return run;
+    }
+
     public ulong AllocatedClusters
     {
         get
