@@ -16,6 +16,14 @@ public sealed record BlockDeviceInfo(
 public interface IBlockCompletionSink
 {
     void Complete(ulong tag, BlockStatus status);
+
+    /// <summary>
+    /// The channel's completion handling threw (a bug, never guest input). From now on the channel calls
+    /// <see cref="Complete"/> no more; its <see cref="IBlockChannel.InFlight"/> keeps counting the operations the
+    /// kernel or a helper thread still holds (their buffers stay in use) and reaches 0 when all came back.
+    /// Called on the reactor thread.
+    /// </summary>
+    void ChannelFaulted(Exception error);
 }
 
 /// <summary>

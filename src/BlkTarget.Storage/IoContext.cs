@@ -1,12 +1,27 @@
+using System.Collections.Concurrent;
 using BlkTarget.Storage.Interop;
 using BlkTarget.Storage.IoUring;
+using Microsoft.Extensions.Logging;
 
 namespace BlkTarget.Storage;
 
-/// <summary>Receives the raw result of one io_uring operation a channel submitted.</summary>
+/// <summary>What a channel registered with an <see cref="IoContext"/> hears back, always on the reactor thread.</summary>
 internal interface IIoCompletionTarget
 {
+    /// <summary>One operation finished: an io_uring CQE's result (bytes or -errno), or the result a helper thread
+    /// posted with <see cref="IoContext.PostCompletion"/>.</summary>
     void OnIoCompleted(ulong tag, int result);
+
+    /// <summary>An operation that found no free submission entry (see <see cref="IoContext.WaitForSqe"/>) may try again.</summary>
+    void OnSqeAvailable(ulong tag);
+
+    /// <summary>Called on every <see cref="IoContext.Poll"/> while the target asked for it with
+    /// <see cref="IoContext.RequestPolling"/>: work it deferred (requests waiting for a cluster range).</summary>
+    int OnPoll();
+
+    /// <summary>One of the calls above threw. The target must stop completing requests (its state is unknown)
+    /// but go on accepting its outstanding completions so that nothing the kernel still holds is released.</summary>
+    void OnFault(Exception error);
 }
 
 /// <summary>
@@ -15,6 +30,14 @@ internal interface IIoCompletionTarget
 /// channels that submitted them. The reactor calls <see cref="Poll"/> once per loop iteration (one
 /// io_uring_enter for all submissions of the iteration) and sleeps on <see cref="WakeFd"/> with its kicks.
 /// Backends that complete inline (RAM disk) never touch it.
+/// <para>
+/// Guarantees a channel can build on: an operation never fails for lack of a submission entry (it waits for one,
+/// <see cref="WaitForSqe"/>); no more operations are in the kernel than the completion ring holds, so no
+/// completion is ever dropped (and a CQ overflow the kernel reports is reaped); a channel's registration (its
+/// index in the user_data) is only given to another channel once nothing of the first is outstanding, so a stale
+/// completion never reaches a later channel; an exception from one channel's handler faults that channel only.
+/// Helper threads complete work through the same path with <see cref="PostCompletion"/>.
+/// </para>
 /// </summary>
 public sealed unsafe class IoContext : IDisposable
 {
@@ -22,26 +45,45 @@ public sealed unsafe class IoContext : IDisposable
     private const ulong TagMask = (1UL << TagBits) - 1;
     public const int MaxRegisteredFiles = 64;
 
+    /// <summary>A completion posted by a helper thread.</summary>
+    private readonly record struct Posted(int Target, ulong Tag, int Result);
+
     private readonly OwnedFd _wake = Posix.CreateEventFd();
     private readonly uint _entries;
+    private readonly ILogger? _log;
     private readonly List<IIoCompletionTarget?> _targets = [];
+    private readonly List<int> _outstanding = [];
+    private readonly List<IIoCompletionTarget> _polled = [];
+    private readonly Queue<ulong> _sqeWaiters = new();
+    private readonly ConcurrentQueue<Posted> _posted = new();
     private readonly bool[] _fileSlots = new bool[MaxRegisteredFiles];
     private IoUring.IoUring? _ring;
     private bool _filesRegistered;
     private int _inFlight;
+    private int _inKernel;
+    private volatile bool _disposed;
 
-    public IoContext(uint entries = 512) => _entries = entries;
+    /// <param name="entries">Submission ring size; the completion ring is twice that.</param>
+    /// <param name="log">Where faults of channels are reported; null for none.</param>
+    public IoContext(uint entries = 512, ILogger? log = null)
+    {
+        _entries = entries;
+        _log = log;
+    }
 
-    /// <summary>Signalled by the ring whenever a completion is posted; -1 never.</summary>
+    /// <summary>Signalled by the ring whenever a completion is posted, and by helper threads; -1 never.</summary>
     public int WakeFd => _wake.Fd;
 
-    /// <summary>Operations submitted to the kernel (or prepared) and not yet completed.</summary>
+    /// <summary>Operations in the kernel or with a helper thread, not yet completed.</summary>
     public int InFlight => _inFlight;
 
     /// <summary>Setup flags of the ring (0 before first use); for logs and tests.</summary>
     public uint RingFlags => _ring?.SetupFlags ?? 0;
 
     internal IoUring.IoUring Ring => _ring ??= CreateRing();
+
+    /// <summary>The most operations allowed in the kernel at once: one completion-ring entry each.</summary>
+    internal int KernelCapacity => (int)Ring.CqEntries;
 
     private IoUring.IoUring CreateRing()
     {
@@ -67,10 +109,28 @@ public sealed unsafe class IoContext : IDisposable
             return free;
         }
         _targets.Add(target);
+        _outstanding.Add(0);
         return _targets.Count - 1;
     }
 
-    internal void RemoveTarget(int index) => _targets[index] = null;
+    /// <summary>Forgets a channel. Only legal once nothing of it is outstanding: its index may be reused.</summary>
+    internal void RemoveTarget(int index)
+    {
+        if (_outstanding[index] != 0) throw new InvalidOperationException($"I/O target {index} still has {_outstanding[index]} operations outstanding");
+        if (_targets[index] is { } target) _polled.Remove(target);
+        _targets[index] = null;
+    }
+
+    /// <summary>Operations of target <paramref name="index"/> in the kernel or with a helper thread.</summary>
+    internal int Outstanding(int index) => _outstanding[index];
+
+    /// <summary>Have <see cref="IIoCompletionTarget.OnPoll"/> called on every <see cref="Poll"/> (until <see cref="StopPolling"/>).</summary>
+    internal void RequestPolling(IIoCompletionTarget target)
+    {
+        if (!_polled.Contains(target)) _polled.Add(target);
+    }
+
+    internal void StopPolling(IIoCompletionTarget target) => _polled.Remove(target);
 
     /// <summary>Puts <paramref name="fd"/> into the ring's registered-file table; -1 when the table is full or the
     /// kernel refuses (the caller then uses the plain fd).</summary>
@@ -103,38 +163,147 @@ public sealed unsafe class IoContext : IDisposable
         _fileSlots[slot] = false;
     }
 
-    /// <summary>An SQE for <paramref name="target"/>'s operation <paramref name="tag"/>; submits the batch so far
-    /// when the SQ ring is full. Null only if the kernel takes nothing (the caller fails the request).</summary>
-    internal IoUringNative.Sqe* NextSqe()
+    /// <summary>
+    /// An SQE for one operation of target <paramref name="target"/>, counted as in flight; null when the
+    /// submission ring is full even after submitting, or the kernel already holds as many operations as the
+    /// completion ring has room for. On null the caller parks the operation with <see cref="WaitForSqe"/>.
+    /// </summary>
+    internal IoUringNative.Sqe* TryNextSqe(int target)
     {
         var ring = Ring;
+        if (_inKernel >= ring.CqEntries) return null;
         var sqe = ring.NextSqe();
         if (sqe == null)
         {
             ring.Submit();
             sqe = ring.NextSqe();
+            if (sqe == null) return null;
         }
-        if (sqe != null) _inFlight++;
+        _inKernel++;
+        _inFlight++;
+        _outstanding[target]++;
         return sqe;
+    }
+
+    /// <summary>Parks operation <paramref name="tag"/> of <paramref name="target"/> until an SQE is free; it is
+    /// resumed with <see cref="IIoCompletionTarget.OnSqeAvailable"/>, in arrival order.</summary>
+    internal void WaitForSqe(int target, ulong tag) => _sqeWaiters.Enqueue(UserData(target, tag));
+
+    /// <summary>Counts an operation handed to a helper thread, which completes it with <see cref="PostCompletion"/>.</summary>
+    internal void BeginPosted(int target)
+    {
+        _inFlight++;
+        _outstanding[target]++;
+    }
+
+    /// <summary>
+    /// Completes an operation begun with <see cref="BeginPosted"/>; callable from any thread. The result reaches
+    /// the target on the reactor thread in the next <see cref="Poll"/> (the reactor is woken for it).
+    /// </summary>
+    internal void PostCompletion(int target, ulong tag, int result)
+    {
+        _posted.Enqueue(new Posted(target, tag, result));
+        Wake();
+    }
+
+    /// <summary>Wakes the reactor if it sleeps (any thread); it then polls, which runs deferred work.</summary>
+    internal void Wake()
+    {
+        if (!_disposed) Posix.SignalEventFd(_wake.Fd);
     }
 
     internal static ulong UserData(int target, ulong tag) => ((ulong)target << TagBits) | (tag & TagMask);
 
-    /// <summary>Submits what this iteration prepared and dispatches finished operations; returns how many finished.</summary>
+    /// <summary>Submits what this iteration prepared and dispatches finished operations; returns how much happened.</summary>
     public int Poll()
     {
-        if (_ring is null || (_inFlight == 0 && _ring.PendingSubmissions == 0)) return 0;
-        _ring.Submit(reap: true);
+        int work = 0;
+        while (_posted.TryDequeue(out var posted))
+        {
+            _inFlight--;
+            _outstanding[posted.Target]--;
+            Dispatch(posted.Target, posted.Tag, posted.Result, sqeAvailable: false);
+            work++;
+        }
+        if (_ring is not null && (_inKernel > 0 || _ring.PendingSubmissions > 0))
+        {
+            _ring.Submit(reap: true);
+            work += Reap();
+            // With more completions than the CQ holds the kernel keeps the rest aside (IORING_FEAT_NODROP) and
+            // flags it; another enter moves them into the ring. Our in-kernel limit keeps this from happening.
+            for (int i = 0; i < 4 && _ring.CqOverflowPending; i++)
+            {
+                _ring.Submit(reap: true);
+                work += Reap();
+            }
+        }
+        int waiting = _sqeWaiters.Count;
+        for (int i = 0; i < waiting && _ring is not null && _inKernel < _ring.CqEntries && _ring.SqSpace > 0; i++)
+        {
+            ulong userData = _sqeWaiters.Dequeue();
+            Dispatch((int)(userData >> TagBits), userData & TagMask, 0, sqeAvailable: true);
+            work++;
+        }
+        for (int i = 0; i < _polled.Count; i++)
+        {
+            var target = _polled[i];
+            try
+            {
+                work += target.OnPoll();
+            }
+            catch (Exception e)
+            {
+                Fault(target, e);
+            }
+        }
+        return work;
+    }
+
+    private int Reap()
+    {
         int completed = 0;
-        while (_ring.TryPeekCompletion(out var cqe))
+        while (_ring!.TryPeekCompletion(out var cqe))
         {
             _ring.AdvanceCompletion();
+            _inKernel--;
             _inFlight--;
             completed++;
             int index = (int)(cqe.UserData >> TagBits);
-            if (index < _targets.Count) _targets[index]?.OnIoCompleted(cqe.UserData & TagMask, cqe.Res);
+            if (index < _targets.Count)
+            {
+                _outstanding[index]--;
+                Dispatch(index, cqe.UserData & TagMask, cqe.Res, sqeAvailable: false);
+            }
         }
         return completed;
+    }
+
+    private void Dispatch(int index, ulong tag, int result, bool sqeAvailable)
+    {
+        var target = _targets[index];
+        if (target is null) return;
+        try
+        {
+            if (sqeAvailable) target.OnSqeAvailable(tag);
+            else target.OnIoCompleted(tag, result);
+        }
+        catch (Exception e)
+        {
+            Fault(target, e);
+        }
+    }
+
+    private void Fault(IIoCompletionTarget target, Exception error)
+    {
+        _log?.LogError(error, "I/O completion handling failed; the channel is stopped: {Error}", error.Message);
+        try
+        {
+            target.OnFault(error);
+        }
+        catch (Exception again)
+        {
+            _log?.LogError(again, "stopping a faulted channel failed too: {Error}", again.Message);
+        }
     }
 
     /// <summary>Resets the wake eventfd after the reactor woke on it.</summary>
@@ -142,6 +311,7 @@ public sealed unsafe class IoContext : IDisposable
 
     public void Dispose()
     {
+        _disposed = true;
         _ring?.Dispose();
         _wake.Dispose();
     }

@@ -172,7 +172,7 @@ public sealed unsafe class IoUringTests : IDisposable
         using var context = new IoContext(16);
         var target = new Recorder();
         int index = context.AddTarget(target);
-        var sqe = context.NextSqe();
+        var sqe = context.TryNextSqe(index);
         IoUring.IoUring.PrepareNop(sqe, IoContext.UserData(index, 99));
         Assert.Equal(1, context.InFlight);
         // Wait for the eventfd the way a sleeping reactor would, then reap.
@@ -184,10 +184,94 @@ public sealed unsafe class IoUringTests : IDisposable
         Assert.Equal(0, context.InFlight);
     }
 
+    [Fact]
+    public void Operations_beyond_the_completion_ring_wait_for_an_sqe_and_none_is_lost()
+    {
+        // 8 SQEs, 16 CQEs: 200 operations at once must all complete, none failing for lack of an entry.
+        using var context = new IoContext(8);
+        var target = new Recorder();
+        int index = context.AddTarget(target);
+        target.Issue = tag =>
+        {
+            var sqe = context.TryNextSqe(index);
+            if (sqe == null)
+            {
+                context.WaitForSqe(index, tag);
+                return;
+            }
+            IoUring.IoUring.PrepareNop(sqe, IoContext.UserData(index, tag));
+        };
+        for (ulong tag = 0; tag < 200; tag++) target.Issue(tag);
+        Assert.True(context.InFlight <= context.KernelCapacity, $"{context.InFlight} operations in the kernel, capacity {context.KernelCapacity}");
+        for (int i = 0; i < 10_000 && target.Seen.Count < 200; i++) context.Poll();
+        Assert.Equal(Enumerable.Range(0, 200).Select(t => ((ulong)t, 0)).ToHashSet(), target.Seen.ToHashSet());
+        Assert.Equal(0, context.InFlight);
+    }
+
+    [Fact]
+    public void A_target_with_outstanding_operations_cannot_be_removed_so_its_index_is_never_reused_early()
+    {
+        using var context = new IoContext(16);
+        var first = new Recorder();
+        int index = context.AddTarget(first);
+        IoUring.IoUring.PrepareNop(context.TryNextSqe(index), IoContext.UserData(index, 5));
+        Assert.Throws<InvalidOperationException>(() => context.RemoveTarget(index));
+        while (first.Seen.Count == 0) context.Poll();
+        context.RemoveTarget(index);
+        var second = new Recorder();
+        Assert.Equal(index, context.AddTarget(second));
+        Assert.Empty(second.Seen);
+    }
+
+    [Fact]
+    public void A_throwing_target_is_faulted_alone_and_the_context_keeps_serving_the_others()
+    {
+        using var context = new IoContext(16);
+        var bad = new Recorder { Throw = true };
+        var good = new Recorder();
+        int badIndex = context.AddTarget(bad), goodIndex = context.AddTarget(good);
+        IoUring.IoUring.PrepareNop(context.TryNextSqe(badIndex), IoContext.UserData(badIndex, 1));
+        IoUring.IoUring.PrepareNop(context.TryNextSqe(goodIndex), IoContext.UserData(goodIndex, 2));
+        for (int i = 0; i < 1000 && (good.Seen.Count == 0 || bad.Fault is null); i++) context.Poll();
+        Assert.NotNull(bad.Fault);
+        Assert.Equal([(2UL, 0)], good.Seen);
+        Assert.Equal(0, context.InFlight);
+    }
+
+    [Fact]
+    public void Completions_posted_by_another_thread_wake_the_context_and_reach_the_target()
+    {
+        using var context = new IoContext(16);
+        var target = new Recorder();
+        int index = context.AddTarget(target);
+        context.BeginPosted(index);
+        Assert.Equal(1, context.InFlight);
+        var helper = new Thread(() => context.PostCompletion(index, 7, -5));
+        helper.Start();
+        Assert.True(WaitReadable(context.WakeFd, 2000), "a posted completion did not wake the context");
+        helper.Join();
+        context.ClearWake();
+        context.Poll();
+        Assert.Equal([(7UL, -5)], target.Seen);
+        Assert.Equal(0, context.InFlight);
+    }
+
     private sealed class Recorder : IIoCompletionTarget
     {
         public readonly List<(ulong, int)> Seen = [];
-        public void OnIoCompleted(ulong tag, int result) => Seen.Add((tag, result));
+        public Action<ulong> Issue = _ => { };
+        public bool Throw;
+        public Exception? Fault;
+
+        public void OnIoCompleted(ulong tag, int result)
+        {
+            if (Throw) throw new InvalidOperationException("completion handler bug");
+            Seen.Add((tag, result));
+        }
+
+        public void OnSqeAvailable(ulong tag) => Issue(tag);
+        public int OnPoll() => 0;
+        public void OnFault(Exception error) => Fault = error;
     }
 
     [StructLayout(LayoutKind.Sequential)]

@@ -35,6 +35,7 @@ internal sealed class DeferredDisk(ulong size) : IBlockDevice
     {
         public readonly Queue<(ulong Tag, BlockStatus Status)> Items = new();
         public void Complete(ulong tag, BlockStatus status) => Items.Enqueue((tag, status));
+        public void ChannelFaulted(Exception error) => throw new InvalidOperationException("the RAM channel never faults", error);
     }
 
     private sealed class DeferredChannel(IBlockChannel inner, HeldCompletions held, IBlockCompletionSink sink) : IBlockChannel

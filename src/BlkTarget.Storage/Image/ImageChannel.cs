@@ -1,296 +1,195 @@
-using System.Runtime.InteropServices;
 using BlkTarget.Storage.Transfer;
-using Microsoft.Extensions.Logging;
-using static BlkTarget.Storage.Interop.FileNative;
 
 namespace BlkTarget.Storage.Image;
 
 /// <summary>
-/// One reactor's path into an <see cref="ImageDisk"/>. A read or write is walked cluster run by cluster run:
-/// a run of physically contiguous allocated clusters is one READV/WRITEV on the reactor's io_uring with the
-/// guest's own iovecs (zero-copy), a run of unallocated clusters reads as zeros without I/O, and a write to an
-/// unallocated cluster first allocates it (a metadata operation under the image's lock, synchronous: it happens
-/// once per cluster). Flush is an io_uring fsync; discard and write-zeroes deallocate whole clusters and punch
-/// partial ones.
+/// One reactor's path into an <see cref="ImageDisk"/>. A read or write holds its cluster range
+/// (<see cref="ClusterRangeLocks"/>) from submission to completion and is walked cluster run by cluster run: a run
+/// of physically contiguous allocated clusters is one READV/WRITEV on the reactor's io_uring with the guest's own
+/// iovecs (zero-copy), a run of unallocated clusters reads as zeros without I/O, and a write to unallocated
+/// clusters first has the image's metadata worker allocate them (the reactor never blocks on that). FLUSH is a
+/// full fsync on the ring; DISCARD and WRITE_ZEROES go to the metadata worker, which waits until no request on
+/// those clusters is in flight. A write-through (FUA) write completes only once the metadata it depends on is
+/// durable too.
 /// </summary>
-internal sealed unsafe class ImageChannel : IBlockChannel, IIoCompletionTarget
+internal sealed class ImageChannel : IoUringChannel
 {
-    private struct Operation
-    {
-        public ulong Tag;
-        public BlockOperation Kind;
-        public BlockRequestFlags Flags;
-        public TransferCursor Cursor;
-        /// <summary>Bytes of the piece in flight, and the iovec trimmed to end it (restored on completion).</summary>
-        public ulong PieceLength;
-        public int TrimmedIndex;
-        public nuint TrimmedLength;
-        public int PieceIovCount;
-        public int PendingFreeAtFlush;
-        public BounceBuffer Bounce;
-    }
-
     private readonly ImageDisk _disk;
     private readonly ImageFile _image;
-    private readonly IoContext _io;
-    private readonly IBlockCompletionSink _sink;
-    private readonly Operation[] _ops;
-    private readonly SlotStack _slots;
-    private readonly BouncePool _bounce;
-    private readonly int _target;
-    private readonly int _fileSlot;
+    private readonly ClusterRangeLocks _ranges;
     private readonly int _shift;
     private readonly ulong _clusterMask;
-    private long _errors;
+    /// <summary>Requests waiting for a deallocation to release their range; retried on every poll.</summary>
+    private readonly int[] _parked;
+    private readonly int[] _retrying;
+    private int _parkedCount;
+    private int _hasParked;
 
     public ImageChannel(ImageDisk disk, IoContext io, IBlockCompletionSink sink, int maxInFlight)
+        : base(io, sink, maxInFlight, disk.Image.Fd, disk.Info, disk.MemoryAlignment, disk.Log, disk.Image.Path)
     {
         _disk = disk;
         _image = disk.Image;
-        _io = io;
-        _sink = sink;
-        // Pinned: an operation's bounce iovec is handed to the kernel by address.
-        _ops = GC.AllocateArray<Operation>(maxInFlight, pinned: true);
-        _slots = new SlotStack(maxInFlight);
-        _bounce = new BouncePool(Math.Max(disk.MemoryAlignment, 4096));
+        _ranges = disk.Ranges;
         _shift = _image.Header.ClusterShift;
         _clusterMask = _image.ClusterSize - 1;
-        _target = io.AddTarget(this);
-        _fileSlot = io.RegisterFile(_image.Fd);
+        _parked = new int[maxInFlight];
+        _retrying = new int[maxInFlight];
+        disk.Register(this);
     }
 
-    public int InFlight => _slots.InUse;
+    /// <summary>Whether requests wait for a range (read by the metadata worker to decide whom to wake).</summary>
+    internal bool HasParked => Volatile.Read(ref _hasParked) != 0;
 
-    public void Submit(in BlockRequest request)
+    internal IoContext Context => Io;
+
+    protected override bool FlushIsDataOnly => false;   // punched holes and the file size must be durable too
+
+    protected override bool ReadsZerosPastEndOfFile => true;   // a cluster mapped past a size a crash lost
+
+    protected override void StartTransfer(int index)
     {
-        var status = RequestValidation.Check(request, _disk.Info);
-        if (status == BlockStatus.Ok && request.Operation is BlockOperation.Discard or BlockOperation.WriteZeroes)
+        ref IoOperation op = ref Ops[index];
+        op.RangeFirst = op.Cursor.Offset >> _shift;
+        op.RangeLast = (op.Cursor.Offset + op.Cursor.Remaining - 1) >> _shift;
+        if (!_ranges.TryEnter(op.RangeFirst, op.RangeLast))
         {
-            _sink.Complete(request.Tag, Deallocate(request.Offset, request.Length));   // metadata work, done inline
+            Park(index);
             return;
         }
-        if (status != BlockStatus.Ok || !_slots.TryTake(out int index))
-        {
-            _sink.Complete(request.Tag, status != BlockStatus.Ok ? status : BlockStatus.IoError);
-            return;
-        }
-        ref Operation op = ref _ops[index];
-        op = new Operation { Tag = request.Tag, Kind = request.Operation, Flags = request.Flags, Cursor = new TransferCursor(request) };
-        if (request.Operation == BlockOperation.Flush)
-        {
-            lock (_image.MetadataLock) op.PendingFreeAtFlush = _image.PendingFreeCount;
-            var sqe = _io.NextSqe();
-            if (sqe == null)
-            {
-                Finish(index, BlockStatus.IoError);
-                return;
-            }
-            // A full fsync: the holes punched by deallocation must be durable before their clusters are reused.
-            IoUring.IoUring.PrepareFsync(sqe, FileArgument(out bool fixedFile), dataOnly: false, IoContext.UserData(_target, (ulong)index), fixedFile);
-            return;
-        }
-        if (RequestValidation.IovBytes(request.Iov, request.IovCount) != request.Length)
-        {
-            Finish(index, BlockStatus.IoError);
-            return;
-        }
-        if (!op.Cursor.IsAligned(_disk.MemoryAlignment)) op.Bounce.Begin(ref op.Cursor, request.Operation == BlockOperation.Write, _bounce);
+        op.HoldsRange = true;
         Continue(index);
     }
 
-    private int FileArgument(out bool fixedFile)
+    protected override Piece MapPiece(int index, ref IoOperation op, out ulong fileOffset, out ulong length)
     {
-        fixedFile = _fileSlot >= 0;
-        return fixedFile ? _fileSlot : _image.Fd;
+        ref TransferCursor c = ref op.Cursor;
+        ulong virtualCluster = c.Offset >> _shift;
+        ulong physical = _image.Entry(virtualCluster);
+        fileOffset = 0;
+        length = 0;
+        if (physical == 0 && op.Kind == BlockOperation.Write)
+        {
+            // Allocate every unallocated cluster this write still covers in one go, so they come out contiguous.
+            ulong clusters = ((c.Offset + c.Remaining - 1) >> _shift) - virtualCluster + 1;
+            BeginHelper(index);
+            _disk.Worker.Enqueue(new MetadataJob(MetadataJobKind.Allocate, Io, Target, (ulong)index, virtualCluster, clusters, Durable: false));
+            return Piece.Deferred;
+        }
+        length = _image.MappedRunLength(c.Offset, c.Remaining, physical);
+        if (physical == 0) return Piece.Zeros;
+        fileOffset = (physical << _shift) + (c.Offset & _clusterMask);
+        return Piece.Data;
     }
 
-    /// <summary>Issues the next cluster run of a read or write, or finishes the request when none is left.</summary>
-    private void Continue(int index)
+    protected override void TransferDone(int index)
     {
-        ref Operation op = ref _ops[index];
-        ref TransferCursor c = ref op.Cursor;
-        while (c.Remaining > 0)
+        ref IoOperation op = ref Ops[index];
+        long version = _image.MetadataVersion;
+        if (op.Kind == BlockOperation.Write && (op.Flags & BlockRequestFlags.Fua) != 0 && _image.DurableVersion < version)
         {
-            ulong virtualCluster = c.Offset >> _shift;
-            ulong physical = _image.Entry(virtualCluster);
-            if (physical == 0 && op.Kind == BlockOperation.Write)
-            {
-                // Allocate every unallocated cluster this write still covers in one go, so they come out contiguous.
-                ulong clusters = ((c.Offset + c.Remaining - 1) >> _shift) - virtualCluster + 1;
-                try
-                {
-                    lock (_image.MetadataLock) physical = _image.AllocateRun(virtualCluster, clusters);
-                }
-                catch (IOException e)
-                {
-                    LogError(op, e.Message);
-                    Finish(index, BlockStatus.IoError);
-                    return;
-                }
-            }
-            ulong run = _image.MappedRunLength(c.Offset, c.Remaining);
-            if (physical == 0)
-            {
-                c.ZeroFront(run);
-                c.Advance(run);
-                continue;
-            }
-            Issue(index, (physical << _shift) + (c.Offset & _clusterMask), run);
+            // The data is durable (RWF_DSYNC), but the map entries naming its clusters (this write's allocation or
+            // a concurrent one) may not be: without them the data is lost in a power failure.
+            op.Version = version;
+            op.Step = IoStep.WriteThroughSync;
+            Issue(index);
             return;
         }
-        if (op.Kind == BlockOperation.Read && op.Bounce.Active) op.Bounce.CopyToGuest();
         Finish(index, BlockStatus.Ok);
     }
 
-    private void Issue(int index, ulong fileOffset, ulong length)
+    protected override void WriteThroughSynced(int index)
     {
-        ref Operation op = ref _ops[index];
-        TrimView(ref op, length);
-        var sqe = _io.NextSqe();
-        if (sqe == null)
-        {
-            RestoreView(ref op);
-            Finish(index, BlockStatus.IoError);
-            return;
-        }
-        int fd = FileArgument(out bool fixedFile);
-        ulong userData = IoContext.UserData(_target, (ulong)index);
-        if (op.Kind == BlockOperation.Read)
-            IoUring.IoUring.PrepareReadv(sqe, fd, op.Cursor.Iov, op.PieceIovCount, fileOffset, userData, fixedFile);
-        else
-            IoUring.IoUring.PrepareWritev(sqe, fd, op.Cursor.Iov, op.PieceIovCount, fileOffset, userData, fixedFile,
-                (op.Flags & BlockRequestFlags.Fua) != 0 ? RWF_DSYNC : 0);
+        _image.MarkDurable(Ops[index].Version);
+        Finish(index, BlockStatus.Ok);
     }
 
-    public void OnIoCompleted(ulong tag, int result)
+    protected override void StartFlush(int index)
     {
-        int index = (int)tag;
-        ref Operation op = ref _ops[index];
-        if (op.Kind == BlockOperation.Flush)
+        // Everything the metadata worker finished before this point is covered by the fsync; what it frees
+        // becomes reusable when this fsync completes, whatever order flushes from other queues complete in.
+        Ops[index].Version = _image.MetadataVersion;
+        base.StartFlush(index);
+    }
+
+    protected override void FlushCompleted(int index)
+    {
+        _image.MarkDurable(Ops[index].Version);
+        Finish(index, BlockStatus.Ok);
+    }
+
+    protected override void StartDeallocation(int index)
+    {
+        ref IoOperation op = ref Ops[index];
+        if (op.Cursor.Remaining == 0)
         {
-            if (result < 0)
-            {
-                LogError(op, Marshal.GetPInvokeErrorMessage(-result));
-                Finish(index, BlockStatus.IoError);
-                return;
-            }
-            lock (_image.MetadataLock) _image.FlushCompleted(op.PendingFreeAtFlush);
             Finish(index, BlockStatus.Ok);
             return;
         }
-        RestoreView(ref op);
-        if (result < 0)
+        BeginHelper(index);
+        _disk.Worker.Enqueue(new MetadataJob(MetadataJobKind.Deallocate, Io, Target, (ulong)index, op.Cursor.Offset, op.Cursor.Remaining,
+            Durable: (op.Flags & BlockRequestFlags.Fua) != 0));
+    }
+
+    protected override void HelperCompleted(int index, int result)
+    {
+        if (result < 0) Fail(index, -result);
+        else if (Ops[index].Kind == BlockOperation.Write) Continue(index);   // its clusters are allocated now
+        else Finish(index, BlockStatus.Ok);
+    }
+
+    protected override void OnReleasing(int index, ref IoOperation op)
+    {
+        if (!op.HoldsRange) return;
+        _ranges.Exit(op.RangeFirst, op.RangeLast);
+        op.HoldsRange = false;
+        // A deallocation may be waiting for exactly this request.
+        if (_ranges.DeallocationInProgress) _disk.Worker.Wake();
+    }
+
+    private void Park(int index)
+    {
+        Ops[index].Step = IoStep.Parked;
+        _parked[_parkedCount++] = index;
+        Volatile.Write(ref _hasParked, 1);
+        Io.RequestPolling(this);
+    }
+
+    /// <summary>Retries parked requests: those whose range is free now go on, the others wait again.</summary>
+    public override int OnPoll()
+    {
+        if (_parkedCount == 0)
         {
-            int errno = -result;
-            if (errno is 4 or 11)
+            Io.StopPolling(this);
+            return 0;
+        }
+        int count = _parkedCount;
+        Array.Copy(_parked, _retrying, count);
+        _parkedCount = 0;
+        // Cleared before the attempts: a release that happens during them finds the flag set again by a re-park.
+        Volatile.Write(ref _hasParked, 0);
+        int started = 0;
+        for (int i = 0; i < count; i++)
+        {
+            int index = _retrying[i];
+            ref IoOperation op = ref Ops[index];
+            if (!op.InUse || op.Step != IoStep.Parked) continue;   // released by a fault or shutdown meanwhile
+            if (!_ranges.TryEnter(op.RangeFirst, op.RangeLast))
             {
-                Continue(index);
-                return;
+                Park(index);
+                continue;
             }
-            LogError(op, Marshal.GetPInvokeErrorMessage(errno));
-            Finish(index, errno == ENOSPC ? BlockStatus.NoSpace : BlockStatus.IoError);
-            return;
+            op.HoldsRange = true;
+            op.Step = IoStep.None;
+            started++;
+            Continue(index);
         }
-        ulong done = (ulong)result;
-        if (done == 0 && op.Kind == BlockOperation.Read)
-        {
-            // A cluster mapped past the end of the file (its size update was lost in a crash) reads as zeros.
-            op.Cursor.ZeroFront(op.PieceLength);
-            done = op.PieceLength;
-        }
-        else if (done == 0)
-        {
-            LogError(op, "write made no progress");
-            Finish(index, BlockStatus.IoError);
-            return;
-        }
-        op.Cursor.Advance(Math.Min(done, op.PieceLength));
-        Continue(index);
+        return started;
     }
 
-    /// <summary>Limits the iovec array to the first <paramref name="length"/> bytes for one piece.</summary>
-    private static void TrimView(ref Operation op, ulong length)
+    protected override void OnClosed()
     {
-        op.PieceLength = length;
-        IoVec* iov = op.Cursor.Iov;
-        ulong covered = 0;
-        int i = 0;
-        while (covered + iov[i].Length < length) covered += iov[i++].Length;
-        op.TrimmedIndex = i;
-        op.TrimmedLength = iov[i].Length;
-        iov[i].Length = (nuint)(length - covered);
-        op.PieceIovCount = i + 1;
-    }
-
-    private static void RestoreView(ref Operation op)
-    {
-        if (op.PieceIovCount == 0) return;
-        op.Cursor.Iov[op.TrimmedIndex].Length = op.TrimmedLength;
-        op.PieceIovCount = 0;
-    }
-
-    /// <summary>DISCARD / WRITE_ZEROES: whole clusters are unmapped (read as zeros, space returned); the partial
-    /// clusters at either end get a hole punched where they are allocated.</summary>
-    private BlockStatus Deallocate(ulong offset, ulong length)
-    {
-        if (length == 0) return BlockStatus.Ok;
-        ulong end = offset + length;
-        ulong firstWhole = (offset + _clusterMask) >> _shift;
-        ulong endWhole = end >> _shift;
-        try
-        {
-            lock (_image.MetadataLock)
-            {
-                if (firstWhole < endWhole) _image.Deallocate(firstWhole, endWhole - firstWhole);
-                if (firstWhole > endWhole)
-                {
-                    PunchPartial(offset, length);   // inside one cluster
-                }
-                else
-                {
-                    if ((offset & _clusterMask) != 0) PunchPartial(offset, (firstWhole << _shift) - offset);
-                    if ((end & _clusterMask) != 0) PunchPartial(endWhole << _shift, end - (endWhole << _shift));
-                }
-            }
-            return BlockStatus.Ok;
-        }
-        catch (IOException e)
-        {
-            _disk.Log.LogError("{Path}: discard at {Offset} ({Length} bytes) failed: {Error}", _image.Path, offset, length, e.Message);
-            return BlockStatus.IoError;
-        }
-    }
-
-    private void PunchPartial(ulong offset, ulong length)
-    {
-        ulong physical = _image.Entry(offset >> _shift);
-        if (physical == 0 || length == 0) return;
-        long fileOffset = (long)((physical << _shift) + (offset & _clusterMask));
-        if (fallocate(_image.Fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, fileOffset, (long)length) != 0)
-            throw new IOException($"punching {length} bytes at {fileOffset} failed: {LastError()}");
-    }
-
-    private void Finish(int index, BlockStatus status)
-    {
-        ref Operation op = ref _ops[index];
-        op.Bounce.Release(_bounce);
-        ulong tag = op.Tag;
-        op = default;
-        _slots.Return(index);
-        _sink.Complete(tag, status);
-    }
-
-    private void LogError(in Operation op, string error)
-    {
-        long count = ++_errors;
-        if (count <= 10 || count % 1000 == 0)
-            _disk.Log.LogError("{Path}: {Operation} at virtual offset {Offset} failed: {Error} (error #{Count})", _image.Path, op.Kind, op.Cursor.Offset, error, count);
-    }
-
-    public void Dispose()
-    {
-        _io.UnregisterFile(_fileSlot);
-        _io.RemoveTarget(_target);
-        _bounce.Dispose();
+        Io.StopPolling(this);
+        _disk.Unregister(this);
     }
 }

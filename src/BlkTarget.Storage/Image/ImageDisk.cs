@@ -6,16 +6,46 @@ namespace BlkTarget.Storage.Image;
 /// <summary>
 /// A thin-provisioned BlkTarget image exported as a disk. Allocated clusters are read and written through
 /// the reactors' io_uring straight into guest memory, like a raw file; unallocated clusters read as zeros
-/// without I/O; the first write to a cluster allocates it (<see cref="ImageFile"/> keeps that crash-safe).
+/// without I/O; the first write to a cluster allocates it (<see cref="ImageFile"/> keeps that crash-safe). All
+/// metadata changes run on the disk's <see cref="ImageMetadataWorker"/> thread, ordered against the I/O of every
+/// channel by <see cref="ClusterRangeLocks"/>.
 /// </summary>
 public sealed class ImageDisk : IBlockDevice
 {
+    private readonly List<ImageChannel> _channels = [];
+    private readonly ImageMetadataWorker? _worker;
+
     private ImageDisk(ImageFile image, BlockDeviceInfo info, uint memoryAlignment, ILogger log)
     {
         Image = image;
         Info = info;
         MemoryAlignment = memoryAlignment;
         Log = log;
+        if (!image.ReadOnly) _worker = new ImageMetadataWorker(image, Ranges, WakeParkedChannels, log);
+    }
+
+    internal ClusterRangeLocks Ranges { get; } = new();
+
+    /// <summary>The metadata thread; a read-only image never changes metadata (requests fail validation first).</summary>
+    internal ImageMetadataWorker Worker => _worker ?? throw new InvalidOperationException($"{Image.Path} is read-only");
+
+    internal void Register(ImageChannel channel)
+    {
+        lock (_channels) _channels.Add(channel);
+    }
+
+    internal void Unregister(ImageChannel channel)
+    {
+        lock (_channels) _channels.Remove(channel);
+    }
+
+    /// <summary>A deallocation ended: wake the reactors of channels whose requests wait for a range (worker thread;
+    /// the lock only orders this against channels opening and closing, never a request).</summary>
+    private void WakeParkedChannels()
+    {
+        lock (_channels)
+            foreach (var channel in _channels)
+                if (channel.HasParked) channel.Context.Wake();
     }
 
     public ImageFile Image { get; }
@@ -47,5 +77,9 @@ public sealed class ImageDisk : IBlockDevice
 
     public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight) => new ImageChannel(this, io, sink, maxInFlight);
 
-    public void Dispose() => Image.Dispose();
+    public void Dispose()
+    {
+        _worker?.Dispose();
+        Image.Dispose();
+    }
 }

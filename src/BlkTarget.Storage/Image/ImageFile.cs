@@ -10,12 +10,15 @@ namespace BlkTarget.Storage.Image;
 /// <list type="bullet">
 /// <item>A data cluster is only ever mapped while it is a hole (freshly appended, or punched), so a crash
 /// between writing a map entry and writing the data exposes zeros, never another cluster's data.</item>
-/// <item>A deallocated cluster is reused only after a flush made its unmapping durable, so no crash can leave
-/// two map entries pointing at the same cluster.</item>
+/// <item>A deallocated cluster is reused only after an fsync that began after its unmapping was written completed
+/// (<see cref="MetadataVersion"/> / <see cref="MarkDurable"/>), so no crash can leave two map entries pointing at
+/// the same cluster, whatever order flushes complete in.</item>
 /// <item>Each map update rewrites the 4 KiB map block holding the entry; an 8-byte entry never straddles a
 /// sector, so a torn write leaves each entry either old or new.</item>
 /// </list>
-/// Metadata calls are serialised by <see cref="MetadataLock"/>; data I/O needs no lock.
+/// Metadata calls (allocation, deallocation, free-space bookkeeping) come from one thread at a time: the image's
+/// <see cref="ImageMetadataWorker"/> while it is served, the tool using it otherwise. Reading entries, the
+/// versions and <see cref="MarkDurable"/> are safe from any thread; data I/O needs no lock.
 /// </summary>
 public sealed unsafe class ImageFile : IDisposable
 {
@@ -25,8 +28,11 @@ public sealed unsafe class ImageFile : IDisposable
     private readonly OwnedFd _fd;
     private readonly byte* _map;
     private readonly Stack<ulong> _free = new();
-    private readonly List<ulong> _freeAfterFlush = [];
+    /// <summary>Deallocated clusters with the metadata version that unmapped them, oldest first.</summary>
+    private readonly Queue<(long Version, ulong Physical, long Ticks)> _freeAfterFlush = new();
     private ulong _nextAppend;
+    private long _version;
+    private long _durable;
 
     private ImageFile(OwnedFd fd, string path, ImageHeader header, byte* map, bool readOnly)
     {
@@ -41,8 +47,6 @@ public sealed unsafe class ImageFile : IDisposable
     public ImageHeader Header { get; }
     public bool ReadOnly { get; }
     internal int Fd => _fd.Fd;
-    /// <summary>Serialises allocation, deallocation and free-space bookkeeping across reactor threads.</summary>
-    public object MetadataLock { get; } = new();
     public ulong ClusterSize => Header.ClusterSize;
 
     /// <summary>Physical cluster of virtual cluster <paramref name="virtualCluster"/>, 0 when unallocated.
@@ -54,10 +58,17 @@ public sealed unsafe class ImageFile : IDisposable
     /// run: clusters all unallocated, or allocated back to back. Such a run is one read or write (or, unallocated,
     /// no I/O at all).
     /// </summary>
-    public ulong MappedRunLength(ulong offset, ulong remaining)
+    public ulong MappedRunLength(ulong offset, ulong remaining) => MappedRunLength(offset, remaining, Entry(offset >> Header.ClusterShift));
+
+    /// <summary>
+    /// <see cref="MappedRunLength(ulong, ulong)"/> for a caller that already read the first cluster's entry
+    /// (<paramref name="physical"/>): every entry is read once, so a concurrent allocation cannot make the run
+    /// disagree with the entry the caller acts on.
+    /// </summary>
+    public ulong MappedRunLength(ulong offset, ulong remaining, ulong physical)
     {
         int shift = Header.ClusterShift;
-        ulong first = offset >> shift, physical = Entry(first);
+        ulong first = offset >> shift;
         ulong run = Math.Min(ClusterSize - (offset & (ClusterSize - 1)), remaining);
         while (run < remaining)
         {
@@ -234,12 +245,22 @@ public sealed unsafe class ImageFile : IDisposable
             if (!used.Contains(p)) _free.Push(p);
     }
 
-    public ulong FreeClusters => (ulong)_free.Count;
+    /// <summary>Clusters free for reuse now: the free list and deallocated clusters whose unmapping is durable.</summary>
+    public ulong FreeClusters
+    {
+        get
+        {
+            long durable = DurableVersion;
+            ulong count = (ulong)_free.Count;
+            foreach (var (version, _, _) in _freeAfterFlush) if (version <= durable) count++;
+            return count;
+        }
+    }
 
     /// <summary>
     /// Allocates every unallocated cluster of [first, first+count) at once: appended clusters come out physically
     /// contiguous, so the write that needs them (and every later read of the range) is one I/O, and each touched
-    /// map block is written once. Caller holds <see cref="MetadataLock"/>. Returns the entry of <paramref name="first"/>.
+    /// map block is written once. Metadata thread only. Returns the entry of <paramref name="first"/>.
     /// </summary>
     public ulong AllocateRun(ulong first, ulong count)
     {
@@ -255,6 +276,7 @@ public sealed unsafe class ImageFile : IDisposable
             }
             if (assigned.Count == 0) return Entry(first);
             for (ulong block = assigned[0] / EntriesPerBlock; block <= assigned[^1] / EntriesPerBlock; block++) WriteMapBlock(block * EntriesPerBlock);
+            Interlocked.Increment(ref _version);
         }
         catch
         {
@@ -271,6 +293,16 @@ public sealed unsafe class ImageFile : IDisposable
     /// <summary>A physical cluster that reads as zeros: a free one punched clean, or a new one at the end of the file.</summary>
     private ulong TakeFreshCluster()
     {
+        ReclaimDurablyFreed();
+        if (_free.Count == 0 && _freeAfterFlush.TryPeek(out var oldest)
+            && (_freeAfterFlush.Count >= ReclaimSyncClusters || Environment.TickCount64 - oldest.Ticks >= ReclaimSyncAfterMs))
+        {
+            // Deallocated clusters wait for an fsync, and a guest with its write cache off never flushes: once
+            // enough of them waited long enough, sync here rather than grow the file forever. (Sooner would cost
+            // an fsync per allocation after every discard; guests that flush reclaim them anyway.)
+            Sync();
+            ReclaimDurablyFreed();
+        }
         if (_free.TryPop(out ulong physical))
         {
             // A reused cluster may still hold old data (e.g. a discard whose hole punch was lost in a crash).
@@ -290,19 +322,19 @@ public sealed unsafe class ImageFile : IDisposable
 
     /// <summary>
     /// Maps virtual cluster <paramref name="virtualCluster"/> to a physical cluster that reads as zeros, and writes
-    /// the map block. Caller holds <see cref="MetadataLock"/>. Returns the (possibly already existing) entry.
+    /// the map block. Metadata thread only. Returns the (possibly already existing) entry.
     /// </summary>
     public ulong Allocate(ulong virtualCluster) => AllocateRun(virtualCluster, 1);
 
     /// <summary>
-    /// Punches the data of virtual clusters [first, first+count) out, then unmaps them. Caller holds
-    /// <see cref="MetadataLock"/>. Punching first means a crash in between leaves mapped holes (reading zeros,
-    /// which is what the discard asked for) rather than unreferenced clusters full of data. The physical
-    /// clusters become reusable only after the next flush.
+    /// Punches the data of virtual clusters [first, first+count) out, then unmaps them. Metadata thread only.
+    /// Punching first means a crash in between leaves mapped holes (reading zeros, which is what the discard asked
+    /// for) rather than unreferenced clusters full of data. The physical clusters become reusable once an fsync
+    /// that started after this returned has completed (<see cref="MarkDurable"/>).
     /// </summary>
     public void Deallocate(ulong first, ulong count)
     {
-        ulong end = first + count;
+        ulong end = Math.Min(first + count, Header.MapEntries);
         var freed = new List<(ulong Virtual, ulong Physical)>();
         for (ulong v = first; v < end; v++)
         {
@@ -310,12 +342,60 @@ public sealed unsafe class ImageFile : IDisposable
             if (p != 0) freed.Add((v, p));
         }
         if (freed.Count == 0) return;
-        foreach (var (_, p) in freed)
-            if (fallocate(Fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)(p << Header.ClusterShift), (long)ClusterSize) != 0)
-                throw new IOException($"{Path}: cannot punch cluster {p}: {LastError()}");
+        // One punch per physically contiguous run (a cluster run allocated by one write stays contiguous).
+        for (int i = 0; i < freed.Count;)
+        {
+            int j = i + 1;
+            while (j < freed.Count && freed[j].Physical == freed[j - 1].Physical + 1) j++;
+            Punch(freed[i].Physical << Header.ClusterShift, (ulong)(j - i) << Header.ClusterShift);
+            i = j;
+        }
         foreach (var (v, _) in freed) SetEntry(v, 0);
-        for (ulong block = first / EntriesPerBlock; block <= (end - 1) / EntriesPerBlock; block++) WriteMapBlock(block * EntriesPerBlock);
-        foreach (var (_, p) in freed) _freeAfterFlush.Add(p);
+        ulong lastBlock = ulong.MaxValue;
+        foreach (var (v, _) in freed)
+        {
+            if (v / EntriesPerBlock == lastBlock) continue;
+            lastBlock = v / EntriesPerBlock;
+            WriteMapBlock(v);
+        }
+        long version = Interlocked.Increment(ref _version);
+        long now = Environment.TickCount64;
+        foreach (var (_, p) in freed) _freeAfterFlush.Enqueue((version, p, now));
+    }
+
+    /// <summary>
+    /// DISCARD / WRITE_ZEROES of virtual bytes [offset, offset+length): whole clusters are deallocated (read as
+    /// zeros, space returned), the allocated parts of partial clusters at either end are punched. Metadata thread only.
+    /// </summary>
+    public void DeallocateBytes(ulong offset, ulong length)
+    {
+        if (length == 0) return;
+        int shift = Header.ClusterShift;
+        ulong mask = ClusterSize - 1;
+        ulong end = offset + length;
+        ulong firstWhole = (offset + mask) >> shift;
+        ulong endWhole = end >> shift;
+        if (firstWhole > endWhole)
+        {
+            PunchWithinCluster(offset, length);   // inside one cluster
+            return;
+        }
+        if (firstWhole < endWhole) Deallocate(firstWhole, endWhole - firstWhole);
+        if ((offset & mask) != 0) PunchWithinCluster(offset, (firstWhole << shift) - offset);
+        if ((end & mask) != 0) PunchWithinCluster(endWhole << shift, end - (endWhole << shift));
+    }
+
+    private void PunchWithinCluster(ulong offset, ulong length)
+    {
+        ulong physical = Entry(offset >> Header.ClusterShift);
+        if (physical == 0 || length == 0) return;
+        Punch((physical << Header.ClusterShift) + (offset & (ClusterSize - 1)), length);
+    }
+
+    private void Punch(ulong fileOffset, ulong length)
+    {
+        if (fallocate(Fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)fileOffset, (long)length) != 0)
+            throw new IOException($"{Path}: cannot punch {length} bytes at {fileOffset}: {LastError()}");
     }
 
     /// <summary>How many clusters the file spans; appended clusters beyond it are created by <see cref="GrowFile"/>.</summary>
@@ -332,16 +412,43 @@ public sealed unsafe class ImageFile : IDisposable
         _fileClusters = target;
     }
 
+    /// <summary>An allocation that finds no free cluster syncs to reclaim deallocated ones when this many wait…</summary>
+    internal int ReclaimSyncClusters { get; set; } = 1024;
+
+    /// <summary>…or when the oldest has waited this long (milliseconds) for a flush.</summary>
+    internal long ReclaimSyncAfterMs { get; set; } = 2000;
+
     /// <summary>Number of clusters waiting for a flush before they can be reused.</summary>
     public int PendingFreeCount => _freeAfterFlush.Count;
 
-    /// <summary>After a flush that began when <paramref name="pendingAtFlushStart"/> clusters were pending, those
-    /// clusters' unmapping is durable: make them reusable. Caller holds <see cref="MetadataLock"/>.</summary>
-    public void FlushCompleted(int pendingAtFlushStart)
+    /// <summary>Count of completed metadata changes (allocations and deallocations whose map blocks were
+    /// written). A flush reads it before its fsync starts: everything up to that version is covered.</summary>
+    public long MetadataVersion => Volatile.Read(ref _version);
+
+    /// <summary>Metadata changes up to this version are known durable.</summary>
+    public long DurableVersion => Volatile.Read(ref _durable);
+
+    /// <summary>
+    /// An fsync that began when <see cref="MetadataVersion"/> was <paramref name="version"/> has completed: those
+    /// changes are durable. Any thread, any order (a later flush completing first is fine: the maximum counts).
+    /// </summary>
+    public void MarkDurable(long version)
     {
-        int n = Math.Min(pendingAtFlushStart, _freeAfterFlush.Count);
-        for (int i = 0; i < n; i++) _free.Push(_freeAfterFlush[i]);
-        _freeAfterFlush.RemoveRange(0, n);
+        long seen = Volatile.Read(ref _durable);
+        while (version > seen)
+        {
+            long actual = Interlocked.CompareExchange(ref _durable, version, seen);
+            if (actual == seen) return;
+            seen = actual;
+        }
+    }
+
+    /// <summary>Moves deallocated clusters whose unmapping is durable to the free list.</summary>
+    private void ReclaimDurablyFreed()
+    {
+        long durable = DurableVersion;
+        while (_freeAfterFlush.TryPeek(out var pending) && pending.Version <= durable)
+            _free.Push(_freeAfterFlush.Dequeue().Physical);
     }
 
     private void SetEntry(ulong virtualCluster, ulong physical) => Volatile.Write(ref ((ulong*)_map)[virtualCluster], physical);
@@ -396,7 +503,9 @@ public sealed unsafe class ImageFile : IDisposable
     /// <summary>Makes everything written so far durable (fsync: also the holes punched on deallocation).</summary>
     public void Sync()
     {
+        long version = MetadataVersion;
         if (FileNative.fsync(Fd) != 0) throw new IOException($"{Path}: fsync failed: {LastError()}");
+        MarkDurable(version);
     }
 
     private bool _disposed;

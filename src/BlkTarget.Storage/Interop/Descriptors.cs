@@ -25,11 +25,41 @@ internal static unsafe partial class Posix
     [LibraryImport("libc", SetLastError = true)]
     public static partial nint read(int fd, void* buf, nint count);
 
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint write(int fd, void* buf, nint count);
+
+    /// <summary>poll(2) on one fd; returns 1 when ready, 0 on timeout, -1 on error.</summary>
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int poll(PollFd* fds, nuint count, int timeoutMs);
+
+    public const short POLLIN = 1;
+
+    public struct PollFd
+    {
+        public int Fd;
+        public short Events;
+        public short Revents;
+    }
+
     public static OwnedFd CreateEventFd()
     {
         int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (fd < 0) throw new IOException($"eventfd failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
         return new OwnedFd(fd);
+    }
+
+    /// <summary>Adds one to an eventfd's counter (wakes its waiter); errors are ignored (nobody to tell).</summary>
+    public static void SignalEventFd(int fd)
+    {
+        ulong one = 1;
+        write(fd, &one, sizeof(ulong));
+    }
+
+    /// <summary>Waits up to <paramref name="timeoutMs"/> (-1: forever) for an eventfd to be signalled, then resets it.</summary>
+    public static void WaitEventFd(int fd, int timeoutMs)
+    {
+        var p = new PollFd { Fd = fd, Events = POLLIN };
+        if (poll(&p, 1, timeoutMs) > 0) DrainEventFd(fd);
     }
 
     public static void DrainEventFd(int fd)

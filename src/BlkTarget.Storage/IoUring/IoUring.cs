@@ -28,6 +28,7 @@ internal sealed unsafe class IoUring : IDisposable
     private readonly RingMapping _sqes;
     private readonly uint* _sqHead;
     private readonly uint* _sqTail;
+    private readonly uint* _sqFlags;
     private readonly uint _sqMask;
     private readonly Sqe* _sqeArray;
     private readonly uint* _cqHead;
@@ -63,6 +64,7 @@ internal sealed unsafe class IoUring : IDisposable
         byte* cq = _cqRing is null ? sq : _cqRing.Pointer;
         _sqHead = (uint*)(sq + p.SqOff.Head);
         _sqTail = (uint*)(sq + p.SqOff.Tail);
+        _sqFlags = (uint*)(sq + p.SqOff.Flags);
         _sqMask = *(uint*)(sq + p.SqOff.RingMask);
         uint* array = (uint*)(sq + p.SqOff.Array);
         for (uint i = 0; i < p.SqEntries; i++) array[i] = i;     // SQE slot i is always array entry i
@@ -100,6 +102,10 @@ internal sealed unsafe class IoUring : IDisposable
         }
         throw last!;
     }
+
+    /// <summary>The kernel holds completions that did not fit the CQ ring (IORING_SQ_CQ_OVERFLOW); an enter
+    /// with GETEVENTS moves them in once there is room.</summary>
+    public bool CqOverflowPending => (Volatile.Read(ref *_sqFlags) & SqCqOverflow) != 0;
 
     /// <summary>Free SQE slots right now.</summary>
     public uint SqSpace => SqEntries - (_sqTailLocal - Volatile.Read(ref *_sqHead));

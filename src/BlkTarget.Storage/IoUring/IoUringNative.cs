@@ -27,6 +27,9 @@ internal static unsafe partial class IoUringNative
     // io_uring_enter flags
     public const uint EnterGetEvents = 1u << 0;
 
+    // SQ ring flags (sq_ring->flags)
+    public const uint SqCqOverflow = 1u << 1;
+
     // mmap offsets
     public const long OffSqRing = 0;
     public const long OffCqRing = 0x8000000;

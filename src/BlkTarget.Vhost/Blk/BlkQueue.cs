@@ -158,6 +158,9 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         CompleteSlot((ushort)tag, ref slot);
     }
 
+    /// <summary>The backend channel's completion handling threw: stop this queue (internal error).</summary>
+    public void ChannelFaulted(Exception error) => Fault(error);
+
     private void CompleteSlot(ushort head, ref Slot slot)
     {
         if (--slot.Pending > 0) return;

@@ -184,6 +184,9 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         channel.Submit(request);
     }
 
+    /// <summary>A LUN's backend channel's completion handling threw: stop this queue (internal error).</summary>
+    public void ChannelFaulted(Exception error) => Fault(error);
+
     public void Complete(ulong tag, BlockStatus status)
     {
         ref Slot slot = ref _slots[(int)tag];

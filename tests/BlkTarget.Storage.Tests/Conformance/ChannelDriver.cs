@@ -23,6 +23,11 @@ internal sealed unsafe class ChannelDriver : IBlockCompletionSink, IDisposable
 
     public void Complete(ulong tag, BlockStatus status) => _done[tag] = status;
 
+    /// <summary>Set when the channel reported a fault (tests that inject one look at it).</summary>
+    public Exception? Fault { get; private set; }
+
+    public void ChannelFaulted(Exception error) => Fault = error;
+
     /// <summary>Runs one request without data buffers (flush, discard, write-zeroes) to completion.</summary>
     public BlockStatus Run(BlockOperation operation, ulong offset, ulong length, BlockRequestFlags flags = 0) =>
         RunWithBuffers(operation, offset, length, null, 0, flags);

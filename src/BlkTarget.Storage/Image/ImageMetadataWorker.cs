@@ -1,0 +1,144 @@
+using System.Collections.Concurrent;
+using BlkTarget.Storage.Interop;
+using Microsoft.Extensions.Logging;
+
+namespace BlkTarget.Storage.Image;
+
+/// <summary>What a channel asks the metadata worker to do.</summary>
+internal enum MetadataJobKind : byte
+{
+    /// <summary>Allocate every unallocated cluster of [First, First + Count) (a write needs them).</summary>
+    Allocate,
+    /// <summary>Deallocate virtual bytes [First, First + Count): DISCARD / WRITE_ZEROES.</summary>
+    Deallocate,
+}
+
+/// <summary>One request to the metadata worker; the result (0 or -errno) goes back to <paramref name="Io"/> as a
+/// completion of operation <paramref name="Tag"/> of target <paramref name="Target"/>.</summary>
+internal readonly record struct MetadataJob(MetadataJobKind Kind, IoContext Io, int Target, ulong Tag, ulong First, ulong Count, bool Durable);
+
+/// <summary>
+/// The one thread that changes an image's metadata while it is served: cluster allocation (growing the file,
+/// punching a reused cluster, writing map blocks) and deallocation (punching, unmapping). Reactors never block on
+/// this work: they hand a job over (a lock-free queue and an eventfd) and get the result as a completion through
+/// their own <see cref="IoContext"/>. Because one thread does all of it, allocation, deallocation and the free
+/// lists need no lock. A deallocation first waits, without blocking other jobs, until no read or write on its
+/// clusters is in flight (<see cref="ClusterRangeLocks"/>).
+/// </summary>
+internal sealed class ImageMetadataWorker : IDisposable
+{
+    private const int EIO = 5;
+    private readonly ImageFile _image;
+    private readonly ClusterRangeLocks _ranges;
+    private readonly Action _rangesReleased;
+    private readonly ILogger _log;
+    private readonly ConcurrentQueue<MetadataJob> _jobs = new();
+    private readonly OwnedFd _wake = Posix.CreateEventFd();
+    private readonly Thread _thread;
+    // Worker thread only:
+    private readonly List<(MetadataJob Job, int Handle)> _draining = [];
+    private readonly Queue<MetadataJob> _waitingForRange = new();
+    private volatile bool _stopping;
+
+    /// <param name="rangesReleased">Called on the worker after a deallocation ended: requests parked on its range may go on.</param>
+    public ImageMetadataWorker(ImageFile image, ClusterRangeLocks ranges, Action rangesReleased, ILogger log)
+    {
+        _image = image;
+        _ranges = ranges;
+        _rangesReleased = rangesReleased;
+        _log = log;
+        _thread = new Thread(Run) { IsBackground = true, Name = "image-metadata" };
+        _thread.Start();
+    }
+
+    /// <summary>Queues a job (any thread; no lock, no allocation once the queue has grown to its working size).</summary>
+    public void Enqueue(in MetadataJob job)
+    {
+        _jobs.Enqueue(job);
+        Wake();
+    }
+
+    /// <summary>Makes the worker look again (e.g. a request left a range a deallocation waits for).</summary>
+    public void Wake() => Posix.SignalEventFd(_wake.Fd);
+
+    private void Run()
+    {
+        while (true)
+        {
+            while (_jobs.TryDequeue(out var job)) Accept(job);
+            FinishDrainedDeallocations();
+            if (_stopping && _jobs.IsEmpty && _draining.Count == 0 && _waitingForRange.Count == 0) return;
+            // While a deallocation waits for requests to leave its range, look again at least every millisecond
+            // (requests also wake us when they leave a range).
+            Posix.WaitEventFd(_wake.Fd, _draining.Count > 0 || _stopping ? 1 : -1);
+        }
+    }
+
+    private void Accept(in MetadataJob job)
+    {
+        if (job.Kind == MetadataJobKind.Allocate)
+        {
+            Complete(job, Execute(job));
+            return;
+        }
+        if (job.Count == 0)
+        {
+            Complete(job, 0);
+            return;
+        }
+        if (_waitingForRange.Count > 0 || !TryPublish(job)) _waitingForRange.Enqueue(job);
+    }
+
+    private bool TryPublish(in MetadataJob job)
+    {
+        int shift = _image.Header.ClusterShift;
+        int handle = _ranges.Publish(job.First >> shift, (job.First + job.Count - 1) >> shift);
+        if (handle < 0) return false;
+        _draining.Add((job, handle));
+        return true;
+    }
+
+    private void FinishDrainedDeallocations()
+    {
+        bool released = false;
+        for (int i = 0; i < _draining.Count; i++)
+        {
+            var (job, handle) = _draining[i];
+            if (!_ranges.IsDrained(handle)) continue;
+            int result = Execute(job);
+            _ranges.Release(handle);
+            _draining.RemoveAt(i--);
+            released = true;
+            Complete(job, result);
+        }
+        while (_waitingForRange.TryPeek(out var next) && TryPublish(next)) _waitingForRange.Dequeue();
+        if (released) _rangesReleased();
+    }
+
+    private int Execute(in MetadataJob job)
+    {
+        try
+        {
+            if (job.Kind == MetadataJobKind.Allocate) _image.AllocateRun(job.First, job.Count);
+            else _image.DeallocateBytes(job.First, job.Count);
+            if (job.Durable) _image.Sync();
+            return 0;
+        }
+        catch (Exception e) when (e is IOException or InvalidOperationException)
+        {
+            _log.LogError("{Path}: {Kind} of {Count} at {First} failed: {Error}", _image.Path, job.Kind, job.Count, job.First, e.Message);
+            return -EIO;
+        }
+    }
+
+    private static void Complete(in MetadataJob job, int result) => job.Io.PostCompletion(job.Target, job.Tag, result);
+
+    /// <summary>Finishes the jobs already queued, then stops the thread.</summary>
+    public void Dispose()
+    {
+        _stopping = true;
+        Wake();
+        if (!_thread.Join(TimeSpan.FromSeconds(30))) _log.LogError("{Path}: the metadata worker did not stop", _image.Path);
+        _wake.Dispose();
+    }
+}

@@ -1,0 +1,389 @@
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+using static BlkTarget.Storage.Interop.FileNative;
+
+namespace BlkTarget.Storage.Transfer;
+
+/// <summary>
+/// What every channel whose I/O goes through the reactor's io_uring shares (raw files and images): request slots
+/// allocated once, validation, bounce buffers for buffers O_DIRECT cannot use, reads and writes walked piece by
+/// piece (a subclass maps each piece to the file: <see cref="MapPiece"/>) with short transfers resumed, EINTR/EAGAIN
+/// retried and errors logged at a bounded rate, waiting for a submission entry rather than failing, and the fault
+/// and shutdown paths: a faulted or disposed channel completes nothing more, but keeps each slot (and the guest
+/// buffers and bounce memory it points at) until the kernel or helper thread has returned it, and leaves its
+/// I/O context only when nothing of it is outstanding.
+/// </summary>
+internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarget
+{
+    protected enum Piece : byte
+    {
+        /// <summary>The next piece is file I/O at the given offset and length.</summary>
+        Data,
+        /// <summary>The next piece reads as zeros without I/O.</summary>
+        Zeros,
+        /// <summary>The subclass has parked the operation or handed it to a helper; it calls <see cref="Continue"/> later.</summary>
+        Deferred,
+    }
+
+    private const int EINTR = 4, EAGAIN = 11;
+
+    private readonly SlotStack _slots;
+    private readonly BouncePool _bounce;
+    private readonly BlockDeviceInfo _info;
+    private readonly uint _memoryAlignment;
+    private readonly int _fd;
+    private readonly int _fileSlot;
+    private readonly string _name;
+    private long _errors;
+    private bool _released;
+
+    protected IoUringChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight, int fd, BlockDeviceInfo info,
+        uint memoryAlignment, ILogger log, string name)
+    {
+        Io = io;
+        Sink = sink;
+        Log = log;
+        _info = info;
+        _memoryAlignment = memoryAlignment;
+        _fd = fd;
+        _name = name;
+        // Pinned: an operation's bounce iovec is handed to the kernel by address.
+        Ops = GC.AllocateArray<IoOperation>(maxInFlight, pinned: true);
+        _slots = new SlotStack(maxInFlight);
+        _bounce = new BouncePool(Math.Max(memoryAlignment, 4096));
+        Target = io.AddTarget(this);
+        _fileSlot = io.RegisterFile(fd);
+    }
+
+    protected IoContext Io { get; }
+    protected IBlockCompletionSink Sink { get; }
+    protected ILogger Log { get; }
+    protected IoOperation[] Ops { get; }
+    /// <summary>This channel's index in its I/O context (part of every user_data it submits).</summary>
+    protected int Target { get; }
+    /// <summary>Set once a handler threw: nothing more is completed.</summary>
+    protected bool Faulted { get; private set; }
+    protected bool Disposed { get; private set; }
+
+    public int InFlight => _slots.InUse;
+
+    /// <summary>FLUSH as fdatasync (true) or a full fsync (false: metadata such as punched holes must be durable too).</summary>
+    protected abstract bool FlushIsDataOnly { get; }
+
+    /// <summary>A read that hits the end of the file gets zeros (image clusters mapped past a size a crash lost)
+    /// instead of an error.</summary>
+    protected virtual bool ReadsZerosPastEndOfFile => false;
+
+    public void Submit(in BlockRequest request)
+    {
+        var status = RequestValidation.Check(request, _info);
+        if (status != BlockStatus.Ok || Faulted || Disposed || !_slots.TryTake(out int index))
+        {
+            Sink.Complete(request.Tag, status != BlockStatus.Ok ? status : BlockStatus.IoError);
+            return;
+        }
+        ref IoOperation op = ref Ops[index];
+        op = new IoOperation { Tag = request.Tag, InUse = true, Kind = request.Operation, Flags = request.Flags, Cursor = new TransferCursor(request) };
+        switch (request.Operation)
+        {
+            case BlockOperation.Read:
+            case BlockOperation.Write:
+                if (request.Length == 0)
+                {
+                    Finish(index, BlockStatus.Ok);
+                    return;
+                }
+                if (RequestValidation.IovBytes(request.Iov, request.IovCount) != request.Length)
+                {
+                    Finish(index, BlockStatus.IoError);
+                    return;
+                }
+                if (!op.Cursor.IsAligned(_memoryAlignment)) op.Bounce.Begin(ref op.Cursor, request.Operation == BlockOperation.Write, _bounce);
+                StartTransfer(index);
+                break;
+            case BlockOperation.Flush:
+                StartFlush(index);
+                break;
+            default:
+                StartDeallocation(index);
+                break;
+        }
+    }
+
+    /// <summary>Begins a read or write (after validation and bouncing).</summary>
+    protected virtual void StartTransfer(int index) => Continue(index);
+
+    /// <summary>Begins a FLUSH: an fsync through the ring.</summary>
+    protected virtual void StartFlush(int index)
+    {
+        Ops[index].Step = IoStep.Flush;
+        Issue(index);
+    }
+
+    /// <summary>Begins a DISCARD or WRITE_ZEROES.</summary>
+    protected abstract void StartDeallocation(int index);
+
+    /// <summary>Where the next piece of a read or write (at <c>op.Cursor.Offset</c>, at most <c>op.Cursor.Remaining</c>
+    /// bytes) lies in the file, or that it is zeros, or that the subclass deferred the operation.</summary>
+    protected abstract Piece MapPiece(int index, ref IoOperation op, out ulong fileOffset, out ulong length);
+
+    /// <summary>Issues the next piece of a read or write, or finishes it when nothing is left.</summary>
+    protected void Continue(int index)
+    {
+        ref IoOperation op = ref Ops[index];
+        while (op.Cursor.Remaining > 0)
+        {
+            var piece = MapPiece(index, ref op, out ulong fileOffset, out ulong length);
+            if (piece == Piece.Deferred) return;
+            if (piece == Piece.Zeros)
+            {
+                op.Cursor.ZeroFront(length);
+                op.Cursor.Advance(length);
+                continue;
+            }
+            op.PieceFileOffset = fileOffset;
+            TrimView(ref op, length);
+            op.Step = IoStep.Data;
+            Issue(index);
+            return;
+        }
+        if (op.Kind == BlockOperation.Read && op.Bounce.Active) op.Bounce.CopyToGuest();
+        TransferDone(index);
+    }
+
+    /// <summary>Every byte of a read or write moved; a subclass may still have work (write-through metadata).</summary>
+    protected virtual void TransferDone(int index) => Finish(index, BlockStatus.Ok);
+
+    /// <summary>Submits the SQE for the operation's current <see cref="IoOperation.Step"/>, or waits for a free one.</summary>
+    protected void Issue(int index)
+    {
+        ref IoOperation op = ref Ops[index];
+        op.Outstanding = true;
+        var sqe = Io.TryNextSqe(Target);
+        if (sqe == null)
+        {
+            Io.WaitForSqe(Target, (ulong)index);
+            return;
+        }
+        bool fixedFile = _fileSlot >= 0;
+        int fd = fixedFile ? _fileSlot : _fd;
+        ulong userData = IoContext.UserData(Target, (ulong)index);
+        switch (op.Step)
+        {
+            case IoStep.Data when op.Kind == BlockOperation.Read:
+                IoUring.IoUring.PrepareReadv(sqe, fd, op.Cursor.Iov, op.PieceIovCount, op.PieceFileOffset, userData, fixedFile);
+                break;
+            case IoStep.Data:
+                IoUring.IoUring.PrepareWritev(sqe, fd, op.Cursor.Iov, op.PieceIovCount, op.PieceFileOffset, userData, fixedFile,
+                    (op.Flags & BlockRequestFlags.Fua) != 0 ? RWF_DSYNC : 0);
+                break;
+            case IoStep.Flush:
+                IoUring.IoUring.PrepareFsync(sqe, fd, FlushIsDataOnly, userData, fixedFile);
+                break;
+            case IoStep.WriteThroughSync:
+                IoUring.IoUring.PrepareFsync(sqe, fd, dataOnly: false, userData, fixedFile);
+                break;
+            case IoStep.Fallocate:
+                IoUring.IoUring.PrepareFallocate(sqe, fd, op.FallocateMode, op.PieceFileOffset, op.PieceLength, userData, fixedFile);
+                break;
+            default:
+                throw new InvalidOperationException($"operation in slot {index} has nothing to submit (step {op.Step})");
+        }
+    }
+
+    /// <summary>Hands the operation to a helper thread; its result comes back through <see cref="HelperCompleted"/>.</summary>
+    protected void BeginHelper(int index)
+    {
+        ref IoOperation op = ref Ops[index];
+        op.Step = IoStep.Helper;
+        op.Outstanding = true;
+        Io.BeginPosted(Target);
+    }
+
+    public void OnSqeAvailable(ulong tag)
+    {
+        int index = (int)tag;
+        if (Faulted || Disposed)
+        {
+            Release(index);
+            return;
+        }
+        Issue(index);
+    }
+
+    public void OnIoCompleted(ulong tag, int result)
+    {
+        int index = (int)tag;
+        ref IoOperation op = ref Ops[index];
+        op.Outstanding = false;
+        if (Faulted || Disposed)
+        {
+            Release(index);
+            return;
+        }
+        switch (op.Step)
+        {
+            case IoStep.Data:
+                DataCompleted(index, result);
+                break;
+            case IoStep.Flush:
+                if (result < 0) Fail(index, -result);
+                else FlushCompleted(index);
+                break;
+            case IoStep.WriteThroughSync:
+                if (result < 0) Fail(index, -result);
+                else WriteThroughSynced(index);
+                break;
+            case IoStep.Fallocate:
+                FallocateCompleted(index, result);
+                break;
+            case IoStep.Helper:
+                HelperCompleted(index, result);
+                break;
+            default:
+                throw new InvalidOperationException($"completion for slot {index}, which waits for nothing (step {op.Step})");
+        }
+    }
+
+    private void DataCompleted(int index, int result)
+    {
+        ref IoOperation op = ref Ops[index];
+        RestoreView(ref op);
+        if (result < 0)
+        {
+            int errno = -result;
+            if (errno is EINTR or EAGAIN) Continue(index);
+            else Fail(index, errno);
+            return;
+        }
+        ulong done = (ulong)result;
+        if (done == 0)
+        {
+            if (op.Kind != BlockOperation.Read || !ReadsZerosPastEndOfFile)
+            {
+                LogError(op, op.Kind == BlockOperation.Read ? "unexpected end of file" : "write made no progress");
+                Finish(index, BlockStatus.IoError);
+                return;
+            }
+            op.Cursor.ZeroFront(op.PieceLength);
+            done = op.PieceLength;
+        }
+        op.Cursor.Advance(Math.Min(done, op.PieceLength));   // a short transfer resumes with the rest
+        Continue(index);
+    }
+
+    protected virtual void FlushCompleted(int index) => Finish(index, BlockStatus.Ok);
+
+    protected virtual void WriteThroughSynced(int index) => Finish(index, BlockStatus.Ok);
+
+    protected virtual void FallocateCompleted(int index, int result)
+    {
+        if (result < 0) Fail(index, -result);
+        else Finish(index, BlockStatus.Ok);
+    }
+
+    protected virtual void HelperCompleted(int index, int result) =>
+        throw new InvalidOperationException($"{GetType().Name} hands no work to helpers");
+
+    public virtual int OnPoll() => 0;
+
+    /// <summary>Completes the operation with IOERR (NoSpace for ENOSPC) and logs the error.</summary>
+    protected void Fail(int index, int errno)
+    {
+        LogError(Ops[index], Marshal.GetPInvokeErrorMessage(errno));
+        Finish(index, errno == ENOSPC ? BlockStatus.NoSpace : BlockStatus.IoError);
+    }
+
+    /// <summary>Ends the request in slot <paramref name="index"/> and reports it to the sink.</summary>
+    protected void Finish(int index, BlockStatus status)
+    {
+        ulong tag = Ops[index].Tag;
+        Release(index);
+        if (!Faulted) Sink.Complete(tag, status);
+    }
+
+    /// <summary>Frees slot <paramref name="index"/> without reporting anything (fault and shutdown paths).</summary>
+    private void Release(int index)
+    {
+        ref IoOperation op = ref Ops[index];
+        OnReleasing(index, ref op);
+        op.Bounce.Release(_bounce);
+        op = default;
+        _slots.Return(index);
+        if (Disposed && _slots.InUse == 0) ReleaseResources();
+    }
+
+    /// <summary>Lets a subclass give back what the operation holds (a cluster range) whenever its slot is freed.</summary>
+    protected virtual void OnReleasing(int index, ref IoOperation op) { }
+
+    public void OnFault(Exception error)
+    {
+        if (Faulted) return;
+        Faulted = true;
+        ReleaseIdleSlots();
+        Sink.ChannelFaulted(error);
+    }
+
+    /// <summary>Frees every slot nothing outside is working on; the others go when their completion arrives.</summary>
+    private void ReleaseIdleSlots()
+    {
+        for (int i = 0; i < Ops.Length; i++)
+            if (Ops[i].InUse && !Ops[i].Outstanding) Release(i);
+    }
+
+    /// <summary>Limits the iovec array to the first <paramref name="length"/> bytes for one piece.</summary>
+    private static void TrimView(ref IoOperation op, ulong length)
+    {
+        op.PieceLength = length;
+        IoVec* iov = op.Cursor.Iov;
+        ulong covered = 0;
+        int i = 0;
+        while (covered + iov[i].Length < length) covered += iov[i++].Length;
+        op.TrimmedIndex = i;
+        op.TrimmedLength = iov[i].Length;
+        iov[i].Length = (nuint)(length - covered);
+        op.PieceIovCount = i + 1;
+    }
+
+    private static void RestoreView(ref IoOperation op)
+    {
+        if (op.PieceIovCount == 0) return;
+        op.Cursor.Iov[op.TrimmedIndex].Length = op.TrimmedLength;
+        op.PieceIovCount = 0;
+    }
+
+    protected void LogError(in IoOperation op, string error)
+    {
+        long count = ++_errors;
+        // The first errors and then every thousandth, so a dying disk cannot flood the log.
+        if (count <= 10 || count % 1000 == 0)
+            Log.LogError("{Path}: {Operation} at offset {Offset} ({Length} bytes) failed: {Error} (error #{Count})",
+                _name, op.Kind, op.Cursor.Offset, op.Cursor.Remaining, error, count);
+    }
+
+    /// <summary>
+    /// Closes the channel. Requests the kernel or a helper still holds keep their slots (and the memory they point
+    /// at) until they come back; the channel leaves its I/O context after the last one, so its index is never
+    /// reused while a completion for it can still arrive.
+    /// </summary>
+    public void Dispose()
+    {
+        if (Disposed) return;
+        Disposed = true;
+        ReleaseIdleSlots();
+        if (_slots.InUse == 0) ReleaseResources();
+    }
+
+    private void ReleaseResources()
+    {
+        if (_released) return;
+        _released = true;
+        OnClosed();
+        Io.UnregisterFile(_fileSlot);
+        Io.RemoveTarget(Target);
+        _bounce.Dispose();
+    }
+
+    /// <summary>Called once when the channel is gone for good (after the last outstanding operation).</summary>
+    protected virtual void OnClosed() { }
+}
