@@ -43,6 +43,8 @@ internal sealed class ImageChannel : IoUringChannel
 
     internal IoContext Context => Io;
 
+    protected override IMediumRecorder? Recorder => _image.Recorder;
+
     protected override bool FlushIsDataOnly => false;   // punched holes and the file size must be durable too
 
     protected override bool ReadsZerosPastEndOfFile => true;   // a cluster mapped past a size a crash lost

@@ -44,6 +44,8 @@ public sealed unsafe class ImageFile : IDisposable
     }
 
     public string Path { get; }
+    /// <summary>Test seam: sees every change made to the file (power-loss simulation). Set before serving.</summary>
+    internal Transfer.IMediumRecorder? Recorder { get; set; }
     public ImageHeader Header { get; }
     public bool ReadOnly { get; }
     internal int Fd => _fd.Fd;
@@ -306,11 +308,14 @@ public sealed unsafe class ImageFile : IDisposable
         if (_free.TryPop(out ulong physical))
         {
             // A reused cluster may still hold old data (e.g. a discard whose hole punch was lost in a crash).
-            if (fallocate(Fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)(physical << Header.ClusterShift), (long)ClusterSize) != 0)
+            try
             {
-                string error = LastError();
+                Punch(physical << Header.ClusterShift, ClusterSize);
+            }
+            catch (IOException e)
+            {
                 _free.Push(physical);
-                throw new IOException($"{Path}: cannot clear cluster {physical} for reuse: {error}");
+                throw new IOException($"{Path}: cannot clear cluster {physical} for reuse: {e.Message}", e);
             }
             return physical;
         }
@@ -396,6 +401,7 @@ public sealed unsafe class ImageFile : IDisposable
     {
         if (fallocate(Fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)fileOffset, (long)length) != 0)
             throw new IOException($"{Path}: cannot punch {length} bytes at {fileOffset}: {LastError()}");
+        Recorder?.Punched(fileOffset, length);
     }
 
     /// <summary>How many clusters the file spans; appended clusters beyond it are created by <see cref="GrowFile"/>.</summary>
@@ -409,6 +415,7 @@ public sealed unsafe class ImageFile : IDisposable
         ulong target = (clusters + step - 1) / step * step;
         if (ftruncate(Fd, (long)(target << Header.ClusterShift)) != 0)
             throw new IOException($"{Path}: cannot extend the image: {LastError()}");
+        Recorder?.Resized(target << Header.ClusterShift);
         _fileClusters = target;
     }
 
@@ -457,6 +464,11 @@ public sealed unsafe class ImageFile : IDisposable
     {
         ulong blockOffset = virtualCluster * 8 / MapBlockSize * MapBlockSize;
         PwriteFully(Fd, _map + blockOffset, MapBlockSize, (long)(Header.MapOffset + blockOffset), Path);
+        if (Recorder is { } recorder)
+        {
+            var iov = new IoVec(_map + blockOffset, MapBlockSize);
+            recorder.Wrote(Header.MapOffset + blockOffset, &iov, 1, MapBlockSize, durable: false);
+        }
     }
 
     /// <summary>Writes the whole map (repair), then syncs.</summary>
@@ -504,7 +516,9 @@ public sealed unsafe class ImageFile : IDisposable
     public void Sync()
     {
         long version = MetadataVersion;
+        long token = Recorder?.SyncStarted() ?? 0;
         if (FileNative.fsync(Fd) != 0) throw new IOException($"{Path}: fsync failed: {LastError()}");
+        Recorder?.SyncCompleted(token);
         MarkDurable(version);
     }
 

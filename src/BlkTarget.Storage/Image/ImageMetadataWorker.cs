@@ -115,8 +115,12 @@ internal sealed class ImageMetadataWorker : IDisposable
         if (released) _rangesReleased();
     }
 
+    /// <summary>Test seam: runs on the worker before each job (a test blocks it to prove reactors never wait for it).</summary>
+    internal Action? BeforeJob { get; set; }
+
     private int Execute(in MetadataJob job)
     {
+        BeforeJob?.Invoke();
         try
         {
             if (job.Kind == MetadataJobKind.Allocate) _image.AllocateRun(job.First, job.Count);

@@ -43,6 +43,8 @@ internal struct IoOperation
     public int PieceIovCount;
     /// <summary>fallocate mode of a discard / write-zeroes (raw files).</summary>
     public int FallocateMode;
+    /// <summary>Token of the sync in flight, for the test recorder (<see cref="IMediumRecorder"/>).</summary>
+    public long SyncToken;
     /// <summary>Backend-specific: e.g. the image's metadata version a flush covers.</summary>
     public long Version;
     /// <summary>Backend-specific: e.g. the cluster range an image request holds.</summary>

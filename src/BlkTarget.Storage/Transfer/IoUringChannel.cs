@@ -55,6 +55,9 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
         _fileSlot = io.RegisterFile(fd);
     }
 
+    /// <summary>Test seam (power-loss simulation); null in production.</summary>
+    protected virtual IMediumRecorder? Recorder => null;
+
     protected IoContext Io { get; }
     protected IBlockCompletionSink Sink { get; }
     protected ILogger Log { get; }
@@ -178,9 +181,11 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
                     (op.Flags & BlockRequestFlags.Fua) != 0 ? RWF_DSYNC : 0);
                 break;
             case IoStep.Flush:
+                op.SyncToken = Recorder?.SyncStarted() ?? 0;
                 IoUring.IoUring.PrepareFsync(sqe, fd, FlushIsDataOnly, userData, fixedFile);
                 break;
             case IoStep.WriteThroughSync:
+                op.SyncToken = Recorder?.SyncStarted() ?? 0;
                 IoUring.IoUring.PrepareFsync(sqe, fd, dataOnly: false, userData, fixedFile);
                 break;
             case IoStep.Fallocate:
@@ -228,11 +233,19 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
                 break;
             case IoStep.Flush:
                 if (result < 0) Fail(index, -result);
-                else FlushCompleted(index);
+                else
+                {
+                    Recorder?.SyncCompleted(op.SyncToken);
+                    FlushCompleted(index);
+                }
                 break;
             case IoStep.WriteThroughSync:
                 if (result < 0) Fail(index, -result);
-                else WriteThroughSynced(index);
+                else
+                {
+                    Recorder?.SyncCompleted(op.SyncToken);
+                    WriteThroughSynced(index);
+                }
                 break;
             case IoStep.Fallocate:
                 FallocateCompleted(index, result);
@@ -248,6 +261,8 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
     private void DataCompleted(int index, int result)
     {
         ref IoOperation op = ref Ops[index];
+        if (result > 0 && op.Kind == BlockOperation.Write)
+            Recorder?.Wrote(op.PieceFileOffset, op.Cursor.Iov, op.PieceIovCount, (ulong)result, (op.Flags & BlockRequestFlags.Fua) != 0);
         RestoreView(ref op);
         if (result < 0)
         {

@@ -15,10 +15,11 @@ internal sealed class StampLedger
     private const ulong Magic = 0x424C4B5453544D50;   // "BLKTSTMP"
 
     /// <summary>One operation that set a sector: a write (its id) or zeros (discard, write-zeroes; id 0 = initial).</summary>
-    private readonly record struct Setter(long OpId, long Submitted, long Completed);
+    private readonly record struct Setter(long OpId, long Submitted, long Completed, bool Fua = false);
 
     private readonly List<Setter>[] _setters;
     private readonly List<(int Sector, long Observed, long Submitted, long Completed, string What)> _reads = [];
+    private readonly List<(long Submitted, long Completed)> _flushes = [];
     private readonly Lock _lock = new();
     private long _clock;
     private long _nextOpId;
@@ -79,10 +80,59 @@ internal sealed class StampLedger
         return opId;
     }
 
-    public void RecordSet(long opId, long firstSector, int sectors, long submitted, long completed)
+    public void RecordSet(long opId, long firstSector, int sectors, long submitted, long completed, bool fua = false)
     {
         lock (_lock)
-            for (int s = 0; s < sectors; s++) _setters[firstSector + s].Add(new Setter(opId, submitted, completed));
+            for (int s = 0; s < sectors; s++) _setters[firstSector + s].Add(new Setter(opId, submitted, completed, fua));
+    }
+
+    public void RecordFlush(long submitted, long completed)
+    {
+        lock (_lock) _flushes.Add((submitted, completed));
+    }
+
+    /// <summary>The logical time now (no tick taken).</summary>
+    public long Now => Volatile.Read(ref _clock);
+
+    /// <summary>
+    /// Checks a disk's contents after a simulated power loss at logical time <paramref name="crash"/>. An
+    /// operation Y is durable when it was a FUA write that completed before the crash, or completed before a
+    /// FLUSH was submitted that completed before the crash. Each sector must hold what some operation X set
+    /// (zeros: the initial state or a zeroing operation), where X was submitted before the crash and no durable
+    /// Y on that sector was submitted after X completed. So every flushed write is there (or something newer),
+    /// nothing older than it, and nothing from another block.
+    /// </summary>
+    public List<string> CrashViolations(ReadOnlySpan<byte> disk, long crash, int max = 10)
+    {
+        long flushedBefore = 0;   // operations completed before this tick are covered by a completed flush
+        foreach (var (submitted, completed) in _flushes)
+            if (completed <= crash) flushedBefore = Math.Max(flushedBefore, submitted);
+        var problems = new List<string>();
+        for (int sector = 0; sector < _setters.Length && sector * SectorSize < disk.Length && problems.Count < max; sector++)
+        {
+            long observed = Identify(disk.Slice(sector * SectorSize, SectorSize), sector, out string what);
+            if (observed < 0)
+            {
+                problems.Add($"sector {sector}: holds {what}");
+                continue;
+            }
+            var setters = _setters[sector];
+            bool Durable(Setter y) => (y.Fua && y.Completed <= crash) || y.Completed < flushedBefore;
+            bool explained = false;
+            foreach (var x in setters)
+            {
+                bool sameValue = observed == 0 ? IsZeroing(x) : x.OpId == observed;
+                if (!sameValue || x.Submitted > crash) continue;
+                if (!setters.Any(y => Durable(y) && y.Submitted > x.Completed))
+                {
+                    explained = true;
+                    break;
+                }
+            }
+            if (!explained)
+                problems.Add($"sector {sector}: after a power loss at {crash} holds {(observed == 0 ? "zeros" : $"operation {observed}")}, but a durable later operation had replaced that (setters: {string.Join(", ", setters.TakeLast(6).Select(s => $"{(IsZeroing(s) ? "zero" : "w")}{s.OpId}[{s.Submitted},{s.Completed}{(s.Fua ? ",fua" : "")}]"))}; flushed before {flushedBefore})");
+        }
+        return problems;
     }
 
     public void RecordRead(ReadOnlySpan<byte> data, long firstSector, long submitted, long completed)
