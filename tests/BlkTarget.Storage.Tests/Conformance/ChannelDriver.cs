@@ -35,8 +35,28 @@ internal sealed unsafe class ChannelDriver : IBlockCompletionSink, IDisposable
     /// <summary>Runs one request to completion and returns its status.</summary>
     public BlockStatus RunWithBuffers(BlockOperation operation, ulong offset, ulong length, IoVec* iov, int iovCount, BlockRequestFlags flags = 0)
     {
+        ulong tag = Begin(operation, offset, length, iov, iovCount, flags);
+        return Wait(tag, operation, offset);
+    }
+
+    /// <summary>Submits a request without waiting; <see cref="Result"/> tells when it completed.</summary>
+    public ulong Begin(BlockOperation operation, ulong offset, ulong length, IoVec* iov = null, int iovCount = 0, BlockRequestFlags flags = 0)
+    {
         ulong tag = _nextTag++;
         Channel.Submit(new BlockRequest { Operation = operation, Offset = offset, Length = length, Iov = iov, IovCount = iovCount, Flags = flags, Tag = tag });
+        return tag;
+    }
+
+    /// <summary>The status of request <paramref name="tag"/> if it completed (after polling once), else null.</summary>
+    public BlockStatus? Result(ulong tag)
+    {
+        _io.Poll();
+        return _done.TryGetValue(tag, out var status) ? status : null;
+    }
+
+    /// <summary>Polls until request <paramref name="tag"/> completes.</summary>
+    public BlockStatus Wait(ulong tag, BlockOperation operation = default, ulong offset = 0)
+    {
         var deadline = DateTime.UtcNow.AddSeconds(10);
         while (!_done.ContainsKey(tag))
         {
@@ -49,7 +69,7 @@ internal sealed unsafe class ChannelDriver : IBlockCompletionSink, IDisposable
     }
 
     /// <summary>Reads or writes through one aligned buffer, optionally split into several iovecs.</summary>
-    public BlockStatus Transfer(BlockOperation operation, ulong offset, Span<byte> data, int pieces = 1, nuint misalign = 0)
+    public BlockStatus Transfer(BlockOperation operation, ulong offset, Span<byte> data, int pieces = 1, nuint misalign = 0, BlockRequestFlags flags = 0)
     {
         nuint size = (nuint)data.Length + misalign;
         byte* buffer = (byte*)NativeMemory.AlignedAlloc(size == 0 ? 1 : size, 4096);
@@ -61,7 +81,7 @@ internal sealed unsafe class ChannelDriver : IBlockCompletionSink, IDisposable
             int pieceLength = data.Length / pieces;
             for (int i = 0; i < pieces; i++)
                 iov[i] = new IoVec(start + i * pieceLength, (nuint)(i == pieces - 1 ? data.Length - i * pieceLength : pieceLength));
-            var status = RunWithBuffers(operation, offset, (ulong)data.Length, iov, pieces);
+            var status = RunWithBuffers(operation, offset, (ulong)data.Length, iov, pieces, flags);
             if (operation == BlockOperation.Read) new Span<byte>(start, data.Length).CopyTo(data);
             return status;
         }

@@ -1,0 +1,119 @@
+using System.Runtime.InteropServices;
+using BlkTarget.Storage.Image;
+using BlkTarget.Storage.Tests.Conformance;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace BlkTarget.Storage.Tests.Image;
+
+/// <summary>
+/// The image's durability bookkeeping and its metadata thread: what a flush makes reusable is decided by what
+/// was written when it started (whatever order flushes complete in), write-through writes do not complete before
+/// the metadata naming their clusters is durable, deallocated space comes back without flushes, and metadata
+/// work never holds up a reactor.
+/// </summary>
+public sealed unsafe class ImageDurabilityTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateDirectory(Path.Combine("/var/tmp", $"blkt-dur-{Guid.NewGuid():N}")).FullName;
+
+    private string NewImage(uint cluster = 4096, ulong size = 8 << 20)
+    {
+        string path = Path.Combine(_dir, $"{Guid.NewGuid():N}.bti");
+        ImageFile.Create(path, size, cluster);
+        return path;
+    }
+
+    [Fact]
+    public void A_flush_frees_only_what_was_unmapped_before_it_started_whatever_order_flushes_complete_in()
+    {
+        using var image = ImageFile.Open(NewImage(), readOnly: false, directIo: false);
+        image.AllocateRun(0, 3);
+        image.Deallocate(0, 1);
+        long flush1 = image.MetadataVersion;     // flush 1 starts
+        image.Deallocate(1, 1);
+        long flush2 = image.MetadataVersion;     // flush 2 starts
+        image.MarkDurable(flush2);               // flush 2 completes first: clusters of 0 and 1 may be reused
+        image.Deallocate(2, 1);                  // after both flushes started: only a later flush covers it
+        image.MarkDurable(flush1);               // flush 1 completes last
+        Assert.Equal(2UL, image.FreeClusters);
+        image.MarkDurable(image.MetadataVersion);   // a third flush, started after the last unmapping
+        Assert.Equal(3UL, image.FreeClusters);
+    }
+
+    [Fact]
+    public void A_fua_write_that_allocates_completes_only_after_the_map_is_durable()
+    {
+        using var disk = ImageDisk.Open(NewImage(), readOnly: false, 512, directIo: true, NullLogger.Instance);
+        using var driver = new ChannelDriver(disk);
+        Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Write, 0, new byte[4096]));
+        Assert.True(disk.Image.DurableVersion < disk.Image.MetadataVersion, "a plain write's allocation waits for a flush");
+        var data = new byte[8192];
+        data.AsSpan().Fill(0x5A);
+        Assert.Equal(BlockStatus.Ok, Write(driver, 1 << 20, data, BlockRequestFlags.Fua));
+        Assert.Equal(disk.Image.MetadataVersion, disk.Image.DurableVersion);
+    }
+
+    [Fact]
+    public void Without_any_flush_deallocated_clusters_become_reusable_instead_of_growing_the_file()
+    {
+        using var disk = ImageDisk.Open(NewImage(), readOnly: false, 512, directIo: true, NullLogger.Instance);
+        disk.Image.ReclaimSyncAfterMs = 0;
+        using var driver = new ChannelDriver(disk);
+        var data = new byte[4096];
+        Assert.Equal(BlockStatus.Ok, Write(driver, 0, data, BlockRequestFlags.Fua));
+        ulong first = disk.Image.Entry(0);
+        Assert.Equal(BlockStatus.Ok, driver.Run(BlockOperation.Discard, 0, 4096));
+        Assert.Equal(BlockStatus.Ok, Write(driver, 4096, data, BlockRequestFlags.Fua));   // a write-through guest: no flush ever
+        Assert.Equal(first, disk.Image.Entry(1));
+    }
+
+    [Fact]
+    public void A_reactor_is_not_held_up_while_the_metadata_thread_works()
+    {
+        using var disk = ImageDisk.Open(NewImage(), readOnly: false, 512, directIo: true, NullLogger.Instance);
+        using var driver = new ChannelDriver(disk);
+        var data = new byte[4096];
+        data.AsSpan().Fill(7);
+        Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Write, 1 << 20, data));
+        using var gate = new ManualResetEventSlim();
+        disk.Worker.BeforeJob = () => gate.Wait(TimeSpan.FromSeconds(20));
+        // A big discard and a write needing allocation go to the (stuck) metadata thread: Submit must return
+        // at once, and a read of allocated data on the same channel must still complete.
+        ulong discard = driver.Begin(BlockOperation.Discard, 2 << 20, 4 << 20);
+        ulong allocating = Begin(driver, BlockOperation.Write, 0, data, out nint buffer);
+        var back = new byte[4096];
+        Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Read, 1 << 20, back));
+        Assert.Equal(data, back);
+        Assert.Null(driver.Result(discard));
+        Assert.Null(driver.Result(allocating));
+        gate.Set();
+        Assert.Equal(BlockStatus.Ok, driver.Wait(discard));
+        Assert.Equal(BlockStatus.Ok, driver.Wait(allocating));
+        NativeMemory.AlignedFree((void*)buffer);
+    }
+
+    private static BlockStatus Write(ChannelDriver driver, ulong offset, byte[] data, BlockRequestFlags flags)
+    {
+        ulong tag = Begin(driver, BlockOperation.Write, offset, data, out nint buffer, flags);
+        try
+        {
+            return driver.Wait(tag);
+        }
+        finally
+        {
+            NativeMemory.AlignedFree((void*)buffer);
+        }
+    }
+
+    /// <summary>Starts a write from an aligned native copy of <paramref name="data"/> (freed by the caller) and its iovec.</summary>
+    private static ulong Begin(ChannelDriver driver, BlockOperation operation, ulong offset, byte[] data, out nint buffer, BlockRequestFlags flags = 0)
+    {
+        byte* p = (byte*)NativeMemory.AlignedAlloc((nuint)data.Length + (nuint)sizeof(IoVec), 4096);
+        data.CopyTo(new Span<byte>(p, data.Length));
+        var iov = (IoVec*)(p + data.Length);
+        *iov = new IoVec(p, (nuint)data.Length);
+        buffer = (nint)p;
+        return driver.Begin(operation, offset, (ulong)data.Length, iov, 1, flags);
+    }
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+}
