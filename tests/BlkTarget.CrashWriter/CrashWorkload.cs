@@ -14,7 +14,16 @@ public static class CrashWorkload
 
     public readonly record struct Operation(int Sequence, Kind Kind, int FirstBlock, int BlockCount);
 
-    public static IEnumerable<Operation> Generate(int seed, int count)
+    /// <summary>The operations queue <paramref name="queue"/> of <paramref name="queues"/> runs, in order; sequence
+    /// numbers are unique over all queues.</summary>
+    public static IEnumerable<Operation> Generate(int seed, int count, int queues, int queue) =>
+        Generate(seed * 31 + queue, count / queues).Select(op => op with { Sequence = (op.Sequence - 1) * queues + queue + 1 });
+
+    /// <summary>Every queue's operations (for the verifier).</summary>
+    public static IEnumerable<Operation> GenerateAll(int seed, int count, int queues) =>
+        Enumerable.Range(0, queues).SelectMany(q => Generate(seed, count, queues, q));
+
+    private static IEnumerable<Operation> Generate(int seed, int count)
     {
         var random = new Random(seed);
         for (int i = 1; i <= count; i++)
