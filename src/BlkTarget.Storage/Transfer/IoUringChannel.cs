@@ -346,14 +346,19 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
             if (Ops[i].InUse && !Ops[i].Outstanding) Release(i);
     }
 
-    /// <summary>Limits the iovec array to the first <paramref name="length"/> bytes for one piece.</summary>
+    /// <summary>Most iovecs one readv/writev takes (UIO_MAXIOV); longer requests go in several pieces.</summary>
+    public const int IovMax = 1024;
+
+    /// <summary>Limits the iovec array to the first <paramref name="length"/> bytes for one piece, and to
+    /// <see cref="IovMax"/> iovecs (the piece then ends earlier; the rest follows as the next piece).</summary>
     private static void TrimView(ref IoOperation op, ulong length)
     {
-        op.PieceLength = length;
         IoVec* iov = op.Cursor.Iov;
         ulong covered = 0;
         int i = 0;
-        while (covered + iov[i].Length < length) covered += iov[i++].Length;
+        while (covered + iov[i].Length < length && i < IovMax - 1) covered += iov[i++].Length;
+        length = Math.Min(length, covered + iov[i].Length);
+        op.PieceLength = length;
         op.TrimmedIndex = i;
         op.TrimmedLength = iov[i].Length;
         iov[i].Length = (nuint)(length - covered);
