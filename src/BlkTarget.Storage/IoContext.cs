@@ -22,7 +22,7 @@ public sealed unsafe class IoContext : IDisposable
     private const ulong TagMask = (1UL << TagBits) - 1;
     public const int MaxRegisteredFiles = 64;
 
-    private readonly OwnedFd _wake = Posix.CreateEventFd();
+    private readonly OwnedFd _wake = EventFd.Create();
     private readonly uint _entries;
     private readonly List<IIoCompletionTarget?> _targets = [];
     private readonly bool[] _fileSlots = new bool[MaxRegisteredFiles];
@@ -138,7 +138,7 @@ public sealed unsafe class IoContext : IDisposable
     }
 
     /// <summary>Resets the wake eventfd after the reactor woke on it.</summary>
-    public void ClearWake() => Posix.DrainEventFd(_wake.Fd);
+    public void ClearWake() => EventFd.Drain(_wake.Fd);
 
     public void Dispose()
     {
