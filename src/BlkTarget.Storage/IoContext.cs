@@ -48,7 +48,7 @@ public sealed unsafe class IoContext : IDisposable
     /// <summary>A completion posted by a helper thread.</summary>
     private readonly record struct Posted(int Target, ulong Tag, int Result);
 
-    private readonly OwnedFd _wake = Posix.CreateEventFd();
+    private readonly OwnedFd _wake = EventFd.Create();
     private readonly uint _entries;
     private readonly ILogger? _log;
     private readonly List<IIoCompletionTarget?> _targets = [];
@@ -209,7 +209,7 @@ public sealed unsafe class IoContext : IDisposable
     /// <summary>Wakes the reactor if it sleeps (any thread); it then polls, which runs deferred work.</summary>
     internal void Wake()
     {
-        if (!_disposed) Posix.SignalEventFd(_wake.Fd);
+        if (!_disposed) EventFd.Signal(_wake.Fd);
     }
 
     internal static ulong UserData(int target, ulong tag) => ((ulong)target << TagBits) | (tag & TagMask);
@@ -307,7 +307,7 @@ public sealed unsafe class IoContext : IDisposable
     }
 
     /// <summary>Resets the wake eventfd after the reactor woke on it.</summary>
-    public void ClearWake() => Posix.DrainEventFd(_wake.Fd);
+    public void ClearWake() => EventFd.Drain(_wake.Fd);
 
     public void Dispose()
     {

@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 using BlkTarget.Vhost.Frontend;
-using BlkTarget.Vhost.Interop;
+using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Protocol;
 using Xunit.Abstractions;
 

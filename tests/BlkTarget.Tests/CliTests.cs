@@ -111,5 +111,53 @@ public sealed class CliTests : IDisposable
         Assert.False(File.Exists(b));
     }
 
+    private string OneDeviceConfig(string socket)
+    {
+        string config = Path.Combine(_dir, "one.json");
+        File.WriteAllText(config, $$"""{ "devices": [ { "name": "one", "socket": "{{socket}}", "backend": "ram:64M" } ] }""");
+        return config;
+    }
+
+    [Theory]
+    [InlineData("--read-only")]
+    [InlineData("--queues", "2")]
+    [InlineData("--queues", "1")]                   // explicit, even when it equals the default
+    [InlineData("--serial", "S1")]
+    [InlineData("--block-size", "4096")]
+    [InlineData("--create", "1G")]
+    [InlineData("--kind", "scsi")]
+    [InlineData("--kind", "blk")]
+    [InlineData("--backend", "ram:1G")]
+    [InlineData("--socket", "/tmp/blkt-never.sock")]
+    public void A_per_device_flag_next_to_a_config_file_is_refused_not_ignored(params string[] flag)
+    {
+        string socket = SocketPath("cfg.sock");
+        using var target = TargetProcess.Start(["serve", "--config", OneDeviceConfig(socket), .. flag]);
+
+        Assert.Equal(1, target.WaitForExit(Timeout));
+        var line = Assert.Single(target.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Equal($"blktarget: --config describes the devices; {flag[0]} cannot be combined with it (set per-device options in the config file)", line);
+        Assert.False(File.Exists(socket), "the config's device was served anyway");
+    }
+
+    [Fact]
+    public void Every_refused_flag_is_named()
+    {
+        using var target = TargetProcess.Start("serve", "--config", OneDeviceConfig(SocketPath("cfg2.sock")), "--serial", "S", "--read-only", "--queues", "4");
+        Assert.Equal(1, target.WaitForExit(Timeout));
+        Assert.Equal("blktarget: --config describes the devices; --queues, --read-only, --serial cannot be combined with it (set per-device options in the config file)",
+            target.Stderr.Trim());
+    }
+
+    [Fact]
+    public void Target_wide_flags_work_with_a_config_file()
+    {
+        string socket = SocketPath("cfg3.sock");
+        using var target = TargetProcess.Start("serve", "--config", OneDeviceConfig(socket), "--cpus", "0", "--idle-poll-us", "50", "--log-level", "warning");
+        target.WaitForSocket(socket, Timeout);
+        target.Signal(TargetProcess.SIGTERM);
+        Assert.Equal(0, target.WaitForExit(Timeout));
+    }
+
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 }

@@ -66,7 +66,7 @@ public unsafe class GuestMemoryTests
     [Fact]
     public void A_region_that_wraps_the_address_space_is_refused()
     {
-        using var fd = Interop.MemFd.Create("t", 4096);
+        using var fd = Storage.Interop.MemFd.Create("t", 4096);
         Assert.Throws<ArgumentException>(() => Memory.GuestRegion.Map(new Protocol.MemoryRegionDescription(ulong.MaxValue - 10, 4096, 0, 0), fd));
         Assert.Throws<ArgumentException>(() => Memory.GuestRegion.Map(new Protocol.MemoryRegionDescription(0, 0, 0, 0), fd));
     }

@@ -1,4 +1,4 @@
-using BlkTarget.Vhost.Interop;
+using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Memory;
 using BlkTarget.Vhost.Protocol;
 

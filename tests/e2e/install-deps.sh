@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the host packages the e2e tests need (Debian 12, run as root).
+# Installs the host packages the tests need (Debian 12, run as root): the e2e suite's, and the tools some
+# unit and integration tests call (zstd, qemu-storage-daemon).
 #
 # Idempotent and fast: if every package is already installed we never touch apt
 # (no "apt-get update", no dpkg lock), so calling this from every CI run costs
@@ -19,8 +20,10 @@ set -euo pipefail
 #   cpio             builds the initramfs archives
 #   e2fsprogs        mke2fs / e2fsck copied into the guest
 #   gzip             compresses the initramfs
-PACKAGES=(qemu-system-x86 qemu-utils fio busybox-static kmod cpio e2fsprogs gzip)
-COMMANDS=(qemu-system-x86_64 qemu-storage-daemon qemu-img fio busybox depmod cpio mke2fs e2fsck gzip timeout flock)
+#   zstd             the zstd tool the unit tests check our export streams with (and libzstd1, which
+#                    image export/import load)
+PACKAGES=(qemu-system-x86 qemu-utils fio busybox-static kmod cpio e2fsprogs gzip zstd)
+COMMANDS=(qemu-system-x86_64 qemu-storage-daemon qemu-img fio busybox depmod cpio mke2fs e2fsck gzip zstd timeout flock)
 
 check_only=0
 case "${1:-}" in

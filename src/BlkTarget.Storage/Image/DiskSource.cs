@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using BlkTarget.Storage.Interop;
 using static BlkTarget.Storage.Interop.FileNative;
 
@@ -114,7 +113,6 @@ public sealed unsafe class ImageSource : DiskSource
 /// <summary>A raw file or block device as a copy source; SEEK_DATA/SEEK_HOLE tell where its data is.</summary>
 public sealed unsafe class RawSource : DiskSource
 {
-    private const int ENXIO = 6;
     private OwnedFd _fd = null!;
 
     public override string Format => "raw";
@@ -161,7 +159,7 @@ public sealed unsafe class RawSource : DiskSource
             long data = lseek(_fd.Fd, (long)pos, SEEK_DATA);
             if (data < 0)
             {
-                if (Marshal.GetLastPInvokeError() == ENXIO) yield break;   // no data after pos
+                if (Errno.Last == Errno.ENXIO) yield break;   // no data after pos
                 yield return (pos, FileSize - pos);                        // no SEEK_DATA here: all of it may be data
                 yield break;
             }

@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using BlkTarget.Storage.Interop;
 using static BlkTarget.Storage.Interop.FileNative;
 
 namespace BlkTarget.Storage.Image;
@@ -54,8 +54,6 @@ public sealed class ImageCheckResult
 /// </summary>
 public static class ImageChecker
 {
-    private const int ENXIO = 6;
-
     public static ImageCheckResult Check(string path, bool repair = false, ProgressCallback? progress = null)
     {
         using var image = ImageFile.Open(path, readOnly: !repair, directIo: false, allowCorruptMap: true);
@@ -198,7 +196,7 @@ public static class ImageChecker
             long data = lseek(fd, (long)pos, SEEK_DATA);
             if (data < 0)
             {
-                if (Marshal.GetLastPInvokeError() != ENXIO) yield return (pos, fileSize - pos);
+                if (Errno.Last != Errno.ENXIO) yield return (pos, fileSize - pos);
                 yield break;
             }
             long hole = lseek(fd, data, SEEK_HOLE);

@@ -1,10 +1,11 @@
 using System.Buffers.Binary;
+using BlkTarget.Storage.Compression;
 
 namespace BlkTarget.Storage.Image;
 
 /// <summary>
 /// The 4 KiB header at offset 0 of a BlkTarget sparse image (docs/image-format.md has the byte-by-byte layout).
-/// Every field is little-endian; a CRC32C over the first 124 bytes guards against torn or foreign headers.
+/// Every field is little-endian; a CRC-32C over the first 124 bytes guards against torn or foreign headers.
 /// </summary>
 public sealed record ImageHeader
 {
@@ -75,7 +76,7 @@ public sealed record ImageHeader
         BinaryPrimitives.WriteUInt64LittleEndian(b[OffMapEntries..], MapEntries);
         BinaryPrimitives.WriteUInt64LittleEndian(b[OffMapBytes..], MapBytes);
         BinaryPrimitives.WriteUInt64LittleEndian(b[OffDataOffset..], DataOffset);
-        BinaryPrimitives.WriteUInt32LittleEndian(b[OffCrc..], Crc32C(b[..ChecksummedBytes]));
+        BinaryPrimitives.WriteUInt32LittleEndian(b[OffCrc..], Crc32C.Append(0, b[..ChecksummedBytes]));
     }
 
     /// <summary>Parses and validates a header; throws <see cref="ImageFormatException"/> saying what is wrong.</summary>
@@ -85,7 +86,7 @@ public sealed record ImageHeader
         if (!b[..8].SequenceEqual(Magic)) throw new ImageFormatException("not a BlkTarget image (wrong magic)");
         uint version = BinaryPrimitives.ReadUInt32LittleEndian(b[OffVersion..]);
         if (version != CurrentVersion) throw new ImageFormatException($"unsupported image version {version} (this build reads version {CurrentVersion})");
-        if (BinaryPrimitives.ReadUInt32LittleEndian(b[OffCrc..]) != Crc32C(b[..ChecksummedBytes]))
+        if (BinaryPrimitives.ReadUInt32LittleEndian(b[OffCrc..]) != Crc32C.Append(0, b[..ChecksummedBytes]))
             throw new ImageFormatException("header checksum mismatch (corrupt header)");
         if (BinaryPrimitives.ReadUInt32LittleEndian(b[OffHeaderSize..]) != Length) throw new ImageFormatException("unexpected header size");
         var header = new ImageHeader
@@ -107,18 +108,6 @@ public sealed record ImageHeader
         if (fileSize < header.DataOffset) throw new ImageFormatException($"file is truncated: {fileSize} bytes, the map alone ends at {header.DataOffset}");
         if (header.Flags != 0) throw new ImageFormatException($"unknown header flags 0x{header.Flags:x}");
         return header;
-    }
-
-    public static uint Crc32C(ReadOnlySpan<byte> data)
-    {
-        // CRC-32C (Castagnoli), reflected, as used by ext4, iSCSI and NVMe.
-        uint crc = 0xFFFFFFFF;
-        foreach (byte x in data)
-        {
-            crc ^= x;
-            for (int k = 0; k < 8; k++) crc = (crc >> 1) ^ (0x82F63B78u & (uint)-(int)(crc & 1));
-        }
-        return ~crc;
     }
 }
 

@@ -33,7 +33,7 @@ internal sealed class ImageMetadataWorker : IDisposable
     private readonly Action _rangesReleased;
     private readonly ILogger _log;
     private readonly ConcurrentQueue<MetadataJob> _jobs = new();
-    private readonly OwnedFd _wake = Posix.CreateEventFd();
+    private readonly OwnedFd _wake = EventFd.Create();
     private readonly Thread _thread;
     // Worker thread only:
     private readonly List<(MetadataJob Job, int Handle)> _draining = [];
@@ -59,7 +59,7 @@ internal sealed class ImageMetadataWorker : IDisposable
     }
 
     /// <summary>Makes the worker look again (e.g. a request left a range a deallocation waits for).</summary>
-    public void Wake() => Posix.SignalEventFd(_wake.Fd);
+    public void Wake() => EventFd.Signal(_wake.Fd);
 
     private void Run()
     {
@@ -70,7 +70,7 @@ internal sealed class ImageMetadataWorker : IDisposable
             if (_stopping && _jobs.IsEmpty && _draining.Count == 0 && _waitingForRange.Count == 0) return;
             // While a deallocation waits for requests to leave its range, look again at least every millisecond
             // (requests also wake us when they leave a range).
-            Posix.WaitEventFd(_wake.Fd, _draining.Count > 0 || _stopping ? 1 : -1);
+            EventFd.WaitFor(_wake.Fd, _draining.Count > 0 || _stopping ? 1 : -1);
         }
     }
 

@@ -1,10 +1,32 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+
+// Every LibraryImport in this assembly passes only blittable structs and pointers, so the generated stubs
+// need no runtime marshalling (and the interop layer cannot silently start copying buffers).
+[assembly: DisableRuntimeMarshalling]
 
 namespace BlkTarget.Storage.Interop;
 
-/// <summary>File calls for the raw file backend: open with O_DIRECT, flock, statx, block-device ioctls.</summary>
+/// <summary>
+/// File-descriptor and file calls: the one close/read/write/fcntl, and for the file backends open with O_DIRECT,
+/// flock, statx, fallocate, positioned I/O and block-device ioctls. Calls return -1 and set errno (read with
+/// <see cref="Errno"/>) on failure.
+/// </summary>
 internal static unsafe partial class FileNative
 {
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int close(int fd);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint read(int fd, void* buf, nint count);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial nint write(int fd, void* buf, nint count);
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int fcntl(int fd, int cmd, int arg);
+
+    public const int F_GETFL = 3, F_SETFL = 4, O_NONBLOCK = 0x800;
     public const int O_RDONLY = 0, O_RDWR = 2, O_CREAT = 0x40, O_EXCL = 0x80, O_DIRECT = 0x4000, O_CLOEXEC = 0x80000;
     public const int LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4;
     public const int AT_FDCWD = -100, AT_EMPTY_PATH = 0x1000;
@@ -14,7 +36,7 @@ internal static unsafe partial class FileNative
     public const ulong BLKSSZGET = 0x1268;
     public const int FALLOC_FL_KEEP_SIZE = 0x01, FALLOC_FL_PUNCH_HOLE = 0x02, FALLOC_FL_ZERO_RANGE = 0x10;
     public const uint RWF_DSYNC = 0x2;
-    public const int EWOULDBLOCK = 11, EINVAL = 22, ENOSPC = 28, EOPNOTSUPP = 95;
+    public const int EWOULDBLOCK = Errno.EWOULDBLOCK, EINVAL = Errno.EINVAL, ENOSPC = Errno.ENOSPC, EOPNOTSUPP = Errno.EOPNOTSUPP;
 
     [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     public static partial int open(string path, int flags, int mode);
@@ -63,7 +85,7 @@ internal static unsafe partial class FileNative
             nint n = pread(fd, buffer + done, (nuint)(count - done), offset + done);
             if (n < 0)
             {
-                if (Marshal.GetLastPInvokeError() == 4) continue;
+                if (Errno.Last == Errno.EINTR) continue;
                 throw new IOException($"{what}: read failed: {LastError()}");
             }
             if (n == 0) break;
@@ -81,7 +103,7 @@ internal static unsafe partial class FileNative
             nint n = pwrite(fd, buffer + done, (nuint)(count - done), offset + done);
             if (n < 0)
             {
-                if (Marshal.GetLastPInvokeError() == 4) continue;
+                if (Errno.Last == Errno.EINTR) continue;
                 throw new IOException($"{what}: write failed: {LastError()}");
             }
             done += (int)n;
@@ -117,7 +139,7 @@ internal static unsafe partial class FileNative
         var deadline = DateTime.UtcNow + patience;
         while (flock(fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0)
         {
-            if (Marshal.GetLastPInvokeError() != EWOULDBLOCK || DateTime.UtcNow > deadline) return false;
+            if (Errno.Last != EWOULDBLOCK || DateTime.UtcNow > deadline) return false;
             Thread.Sleep(20);
         }
         return true;
@@ -138,5 +160,6 @@ internal static unsafe partial class FileNative
         return (512, 512);
     }
 
-    public static string LastError() => Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError());
+    /// <summary>The text for the last call's errno (strerror), for messages.</summary>
+    public static string LastError() => Errno.LastMessage;
 }

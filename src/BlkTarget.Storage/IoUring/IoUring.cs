@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using BlkTarget.Storage.Interop;
 using static BlkTarget.Storage.IoUring.IoUringNative;
 
 namespace BlkTarget.Storage.IoUring;
@@ -22,7 +23,7 @@ internal sealed unsafe class IoUring : IDisposable
         0,
     ];
 
-    private readonly RingFd _fd;
+    private readonly OwnedFd _fd;
     private readonly RingMapping _sqRing;
     private readonly RingMapping? _cqRing;
     private readonly RingMapping _sqes;
@@ -38,7 +39,7 @@ internal sealed unsafe class IoUring : IDisposable
     private uint _sqTailLocal;
     private uint _toSubmit;
 
-    private IoUring(RingFd fd, Params p)
+    private IoUring(OwnedFd fd, Params p)
     {
         _fd = fd;
         SetupFlags = p.Flags;
@@ -96,7 +97,7 @@ internal sealed unsafe class IoUring : IDisposable
         {
             var p = new Params { Flags = flags, CqEntries = entries * 2 };
             int fd = Setup(entries, &p);
-            if (fd >= 0) return new IoUring(new RingFd(fd), p);
+            if (fd >= 0) return new IoUring(new OwnedFd(fd), p);
             last = IoUringException.FromErrno("io_uring_setup");
             if (last.Errno is not (22 or 95)) break;   // only EINVAL/EOPNOTSUPP mean "try fewer flags"
         }

@@ -1,15 +1,7 @@
 using System.Runtime.InteropServices;
+using BlkTarget.Storage.Interop;
 
 namespace BlkTarget.Storage.IoUring;
-
-/// <summary>Owns the io_uring file descriptor.</summary>
-internal sealed class RingFd : SafeHandle
-{
-    public RingFd(int fd) : base(new IntPtr(-1), true) => SetHandle(new IntPtr(fd));
-    public override bool IsInvalid => handle.ToInt64() < 0;
-    public int Fd => (int)handle.ToInt64();
-    protected override bool ReleaseHandle() => IoUringNative.close(Fd) == 0;
-}
 
 /// <summary>Owns one of the ring's mmap'ed areas (SQ ring, CQ ring, SQE array).</summary>
 internal sealed unsafe class RingMapping : SafeHandle
@@ -24,7 +16,7 @@ internal sealed unsafe class RingMapping : SafeHandle
     public byte* Pointer => (byte*)handle;
     public override bool IsInvalid => handle == IntPtr.Zero;
 
-    public static RingMapping Map(RingFd ring, nuint length, long offset)
+    public static RingMapping Map(OwnedFd ring, nuint length, long offset)
     {
         nint p = IoUringNative.mmap(0, length, IoUringNative.ProtRead | IoUringNative.ProtWrite,
             IoUringNative.MapShared | IoUringNative.MapPopulate, ring.Fd, offset);
@@ -41,7 +33,7 @@ public sealed class IoUringException(string message, int errno) : IOException(me
 
     internal static IoUringException FromErrno(string what)
     {
-        int errno = Marshal.GetLastPInvokeError();
-        return new IoUringException($"{what} failed: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno})", errno);
+        int errno = Interop.Errno.Last;
+        return new IoUringException(Interop.Errno.Describe(what, errno), errno);
     }
 }

@@ -129,9 +129,6 @@ internal static unsafe partial class IoUringNative
     [LibraryImport("libc", SetLastError = true)]
     public static partial int munmap(nint addr, nuint length);
 
-    [LibraryImport("libc", SetLastError = true)]
-    public static partial int close(int fd);
-
     public static int Setup(uint entries, Params* p) => (int)syscall2(SysSetup, entries, p);
 
     public static int Enter(int fd, uint toSubmit, uint minComplete, uint flags) =>

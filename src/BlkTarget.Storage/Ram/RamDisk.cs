@@ -8,20 +8,20 @@ namespace BlkTarget.Storage.Ram;
 /// </summary>
 public sealed class RamDisk : IBlockDevice
 {
-    private readonly AnonymousMemory _memory;
+    private readonly MappedMemory _memory;
 
     public RamDisk(ulong sizeBytes, uint blockSize = 512, bool readOnly = false)
     {
         if (blockSize is not (512 or 4096)) throw new ArgumentException($"block size must be 512 or 4096, not {blockSize}");
         if (sizeBytes == 0 || sizeBytes % blockSize != 0)
             throw new ArgumentException($"RAM disk size {sizeBytes} must be a positive multiple of the block size {blockSize}");
-        _memory = AnonymousMemory.Allocate(sizeBytes);
+        _memory = MappedMemory.MapAnonymous(sizeBytes);
         Info = new BlockDeviceInfo(sizeBytes, blockSize, readOnly, SupportsDiscard: true, SupportsWriteZeroes: true, HasVolatileCache: false);
     }
 
     public BlockDeviceInfo Info { get; }
 
-    internal AnonymousMemory Memory => _memory;
+    internal MappedMemory Memory => _memory;
 
     public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight) => new RamDiskChannel(this, sink);
 

@@ -1,5 +1,5 @@
 using BlkTarget.Storage;
-using BlkTarget.Vhost.Interop;
+using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Memory;
 using BlkTarget.Vhost.Queues;
 using Microsoft.Extensions.Logging;

@@ -1,4 +1,4 @@
-using BlkTarget.Vhost.Interop;
+using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Protocol;
 
 namespace BlkTarget.Vhost.Frontend;
@@ -19,7 +19,7 @@ public sealed unsafe class GuestMemoryArena : IDisposable
     public const ulong DefaultGuestPhysBase = 0x1_0000_0000;
     public const ulong PageSize = 4096;
 
-    private readonly FileDescriptor _memfd;
+    private readonly OwnedFd _memfd;
     private readonly MappedMemory _mapping;
     private readonly MemoryRegionDescription[] _regions;
     private readonly Lock _lock = new();
@@ -59,7 +59,7 @@ public sealed unsafe class GuestMemoryArena : IDisposable
     public byte* BasePointer => _mapping.Pointer;
 
     /// <summary>The memfd; send it with every region (the backend gets a descriptor per region).</summary>
-    public FileDescriptor MemoryFd => _memfd;
+    public OwnedFd MemoryFd => _memfd;
 
     /// <summary>How the memory is described to the backend (SET_MEM_TABLE / ADD_MEM_REG).</summary>
     public ReadOnlySpan<MemoryRegionDescription> Regions => _regions;

@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
-using BlkTarget.Vhost.Interop;
+using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Protocol;
 
 namespace BlkTarget.Vhost.Frontend;

@@ -1,4 +1,4 @@
-using BlkTarget.Vhost.Interop;
+using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Protocol;
 using BlkTarget.Vhost.Queues;
 
@@ -40,9 +40,9 @@ public sealed unsafe class VirtqueueDriver : IDisposable
     private readonly ushort[] _chainTail;
     private readonly ulong[] _tokens;
     private readonly bool[] _busy;
-    private readonly FileDescriptor _kick;
-    private readonly FileDescriptor _call;
-    private readonly FileDescriptor _epoll;
+    private readonly OwnedFd _kick;
+    private readonly OwnedFd _call;
+    private readonly OwnedFd _epoll;
     private ushort _freeHead;
     private int _numFree;
     private int _inFlight;

@@ -1,4 +1,4 @@
-using BlkTarget.Vhost.Interop;
+using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Protocol;
 
 namespace BlkTarget.Vhost.Memory;
@@ -30,7 +30,7 @@ public sealed unsafe class GuestRegion : IDisposable
     /// needs no alignment (hugetlbfs refuses unaligned offsets). Validates the description first: a region that
     /// wraps the 64-bit address space in either address space is refused.
     /// </summary>
-    public static GuestRegion Map(MemoryRegionDescription description, FileDescriptor fd)
+    public static GuestRegion Map(MemoryRegionDescription description, OwnedFd fd)
     {
         if (description.Size == 0) throw new ArgumentException("memory region of size 0");
         if (description.GuestPhysAddr + description.Size < description.GuestPhysAddr ||

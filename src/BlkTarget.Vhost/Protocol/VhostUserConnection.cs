@@ -1,5 +1,5 @@
 using System.Net.Sockets;
-using BlkTarget.Vhost.Interop;
+using BlkTarget.Storage.Interop;
 
 namespace BlkTarget.Vhost.Protocol;
 
@@ -12,9 +12,9 @@ public sealed class VhostUserProtocolException(string message) : Exception(messa
 /// </summary>
 public sealed class ReceivedMessage : IDisposable
 {
-    private readonly List<FileDescriptor> _fds;
+    private readonly List<OwnedFd> _fds;
 
-    internal ReceivedMessage(MessageHeader header, byte[] payload, List<FileDescriptor> fds)
+    internal ReceivedMessage(MessageHeader header, byte[] payload, List<OwnedFd> fds)
     {
         Header = header;
         Payload = payload;
@@ -27,10 +27,10 @@ public sealed class ReceivedMessage : IDisposable
     public int FdCount => _fds.Count;
 
     /// <summary>Transfers ownership of descriptor <paramref name="index"/> to the caller.</summary>
-    public FileDescriptor TakeFd(int index)
+    public OwnedFd TakeFd(int index)
     {
         var fd = _fds[index];
-        _fds[index] = FileDescriptor.Invalid;
+        _fds[index] = OwnedFd.Invalid;
         return fd;
     }
 
@@ -55,7 +55,7 @@ public sealed class VhostUserConnection(Socket socket) : IDisposable
     /// <summary>Receives one message; null when the peer closed the connection cleanly between messages.</summary>
     public ReceivedMessage? Receive()
     {
-        var fds = new List<FileDescriptor>();
+        var fds = new List<OwnedFd>();
         try
         {
             var first = UnixSocketFds.Receive(Socket, _header, fds);
@@ -100,7 +100,7 @@ public sealed class VhostUserConnection(Socket socket) : IDisposable
         Reply(request, p);
     }
 
-    private static void DisposeAll(List<FileDescriptor> fds)
+    private static void DisposeAll(List<OwnedFd> fds)
     {
         foreach (var fd in fds) fd.Dispose();
         fds.Clear();

@@ -1,6 +1,6 @@
 using System.Net.Sockets;
 using BlkTarget.Vhost.Device;
-using BlkTarget.Vhost.Interop;
+using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Reactor;
 using Microsoft.Extensions.Logging;
 

@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 using BlkTarget.Vhost.Device;
-using BlkTarget.Vhost.Interop;
+using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Memory;
 using BlkTarget.Vhost.Queues;
 using BlkTarget.Vhost.Reactor;
@@ -297,7 +297,7 @@ public sealed class VhostUserSession : IDisposable
     }
 
     /// <summary>Reads the queue index and takes the fd of SET_VRING_KICK/CALL/ERR (null with the no-fd bit).</summary>
-    private (VringSetup? Vring, int Index, FileDescriptor? Fd, bool Valid) TakeVringFd(ReceivedMessage message)
+    private (VringSetup? Vring, int Index, OwnedFd? Fd, bool Valid) TakeVringFd(ReceivedMessage message)
     {
         ulong payload = ReadU64(message);
         int index = (int)(payload & VringFdPayload.IndexMask);

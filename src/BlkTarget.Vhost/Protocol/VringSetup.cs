@@ -1,5 +1,5 @@
 using BlkTarget.Vhost.Device;
-using BlkTarget.Vhost.Interop;
+using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Queues;
 
 namespace BlkTarget.Vhost.Protocol;
@@ -13,9 +13,9 @@ internal sealed class VringSetup : IDisposable
     public uint Num = 0;
     public ushort Base;
     public VringAddress? Address;
-    public FileDescriptor? Kick;
-    public FileDescriptor? Call;
-    public FileDescriptor? Err;
+    public OwnedFd? Kick;
+    public OwnedFd? Call;
+    public OwnedFd? Err;
     /// <summary>SET_VRING_KICK arrived (with an fd or the no-fd bit): the ring is started.</summary>
     public bool Started;
     /// <summary>SET_VRING_ENABLE state; only consulted when protocol features were negotiated.</summary>
@@ -26,7 +26,7 @@ internal sealed class VringSetup : IDisposable
     public int KickFd => Kick?.Fd ?? -1;
     public int CallFd => Call?.Fd ?? -1;
 
-    public static void Replace(ref FileDescriptor? slot, FileDescriptor? value)
+    public static void Replace(ref OwnedFd? slot, OwnedFd? value)
     {
         slot?.Dispose();
         slot = value;

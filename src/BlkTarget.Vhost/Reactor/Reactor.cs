@@ -1,7 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using BlkTarget.Storage;
-using BlkTarget.Vhost.Interop;
+using BlkTarget.Storage.Interop;
 
 namespace BlkTarget.Vhost.Reactor;
 
@@ -17,8 +17,8 @@ public sealed class Reactor : IDisposable
     private const ulong IoTag = ulong.MaxValue - 1;
     private readonly List<IReactorQueue> _queues = [];
     private readonly ConcurrentQueue<Action> _mailbox = new();
-    private readonly FileDescriptor _epoll;
-    private readonly FileDescriptor _wake;
+    private readonly OwnedFd _epoll;
+    private readonly OwnedFd _wake;
     private readonly Thread _thread;
     private readonly int? _cpu;
     private readonly long _idleSpinTicks;

@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Numerics;
 using BlkTarget.Vhost.Blk;
 using BlkTarget.Vhost.Frontend;
-using BlkTarget.Vhost.Interop;
+using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Protocol;
 
 namespace BlkTarget.Bench;

@@ -25,6 +25,10 @@ public static class ServeCommand
     private static readonly Option<int?> IdlePollUs = new("--idle-poll-us") { Description = "Microseconds a reactor keeps polling when idle before it sleeps (default 200)" };
     private static readonly Option<string> LogLevel = new("--log-level") { Description = "verbose, debug, information, warning, error", DefaultValueFactory = _ => "information" };
 
+    /// <summary>Options that describe one device: with --config the file describes the devices, so these are refused
+    /// rather than silently ignored.</summary>
+    private static readonly Option[] PerDeviceOptions = [Kind, Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial];
+
     public static Command Create()
     {
         var command = new Command("serve", "Export block devices over vhost-user until SIGINT/SIGTERM")
@@ -92,8 +96,10 @@ public static class ServeCommand
     {
         if (parse.GetValue(Config) is { } configPath)
         {
-            if (parse.GetValue(Socket) is not null || parse.GetValue(Backend) is not null || parse.GetResult(Kind) is { Implicit: false })
-                throw new ConfigurationException("--config describes the devices; do not combine it with --socket/--backend/--kind");
+            // An option given on the command line has a non-implicit result; defaults (--kind blk, --queues 1) are implicit.
+            var given = PerDeviceOptions.Where(o => parse.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList();
+            if (given.Count > 0)
+                throw new ConfigurationException($"--config describes the devices; {string.Join(", ", given)} cannot be combined with it (set per-device options in the config file)");
             var fromFile = ConfigFile.Load(configPath);
             return ApplyCommonFlags(fromFile, parse);
         }

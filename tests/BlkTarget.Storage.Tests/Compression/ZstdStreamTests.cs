@@ -61,7 +61,8 @@ public sealed class ZstdStreamTests
     [Fact]
     public void The_system_zstd_tool_reads_what_we_write()
     {
-        if (!File.Exists("/usr/bin/zstd")) return;
+        // A missing tool fails the test: a skipped check must never look like a passed one.
+        Assert.True(File.Exists("/usr/bin/zstd"), "the zstd tool is required (Debian package zstd; tests/e2e/install-deps.sh installs it)");
         var data = Sample(1 << 20);
         string path = Path.Combine(Path.GetTempPath(), $"blkt-{Guid.NewGuid():N}.zst");
         try
@@ -96,14 +97,5 @@ public sealed class ZstdStreamTests
         var compressed = Compress(Sample(1 << 20), 65536);
         compressed[compressed.Length - 2] ^= 0xFF;   // inside zstd's content checksum
         Assert.Throws<ZstdException>(() => Decompress(compressed, 65536));
-    }
-
-    [Fact]
-    public void Crc32C_matches_the_header_checksum_and_the_standard_check_value()
-    {
-        Assert.Equal(0xE3069283u, Crc32C.Append(0, "123456789"u8));
-        var data = Sample(10_000);
-        Assert.Equal(ImageHeader.Crc32C(data), Crc32C.Append(0, data));
-        Assert.Equal(Crc32C.Append(0, data), Crc32C.Append(Crc32C.Append(0, data.AsSpan(0, 3333)), data.AsSpan(3333)));
     }
 }

@@ -77,6 +77,81 @@ public sealed class ExportImportTests : IDisposable
         Assert.True(new FileInfo(stream).Length < 6 * Cluster, $"stream is {new FileInfo(stream).Length} bytes");
     }
 
+    /// <summary>The decompressed stream of an empty 1 MiB image with 4 KiB clusters, as docs/image-format.md lays it out.</summary>
+    private static readonly byte[] EmptyHeader =
+    [
+        // magic "BLKTEXP\0", version 1, header size 64
+        0x42, 0x4C, 0x4B, 0x54, 0x45, 0x58, 0x50, 0x00, 0x01, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00,
+        // virtual size 1 MiB, cluster size 4096, flags 0
+        0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        // reserved
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        // reserved, header CRC-32C 0x6183F1E5
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xE5, 0xF1, 0x83, 0x61,
+    ];
+
+    /// <summary>The same image with one 4 KiB cluster of 0xAB at virtual offset 8192: header, one DATA record
+    /// (its 4096 bytes of 0xAB go between <see cref="OneClusterRecord"/> and <see cref="OneClusterEnd"/>), END.</summary>
+    private static readonly byte[] OneClusterRecord =
+    [
+        // "DATA", reserved, virtual offset 8192, length 4096
+        0x44, 0x41, 0x54, 0x41, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    ];
+
+    private static readonly byte[] OneClusterEnd =
+    [
+        // "END\0", reserved, 1 record, 4096 data bytes, CRC-32C of everything before: 0x8B1A255C
+        0x45, 0x4E, 0x44, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x5C, 0x25, 0x1A, 0x8B,
+    ];
+
+    private static byte[] OneClusterStream() =>
+        [.. EmptyHeader, .. OneClusterRecord, .. Enumerable.Repeat((byte)0xAB, 4096), .. OneClusterEnd];
+
+    [Fact]
+    public void An_image_with_one_cluster_exports_exactly_the_documented_bytes()
+    {
+        string image = _files.Image("one.bti", 1 << 20, 4096, (8192, Enumerable.Repeat((byte)0xAB, 4096).ToArray()));
+
+        var plain = Decompress(File.ReadAllBytes(Exported(image, "one.zst")));
+
+        Assert.Equal(OneClusterStream(), plain);
+    }
+
+    [Fact]
+    public void An_empty_image_exports_a_header_and_an_end_record_only()
+    {
+        string image = _files.PathFor("empty-golden.bti");
+        ImageFile.Create(image, 1 << 20, 4096);
+
+        var plain = Decompress(File.ReadAllBytes(Exported(image, "empty-golden.zst")));
+
+        byte[] end =
+        [
+            // "END\0", reserved, 0 records, 0 bytes, CRC-32C 0x0B3D67CA
+            0x45, 0x4E, 0x44, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xCA, 0x67, 0x3D, 0x0B,
+        ];
+        Assert.Equal([.. EmptyHeader, .. end], plain);
+    }
+
+    [Fact]
+    public void A_stream_written_out_by_hand_imports()
+    {
+        string input = _files.PathFor("by-hand.zst"), image = _files.PathFor("by-hand.bti");
+        File.WriteAllBytes(input, Compress(OneClusterStream()));
+
+        var summary = ExportStream.Import(input, image);
+
+        Assert.Equal(1UL << 20, summary.VirtualSize);
+        Assert.Equal(4096u, summary.ClusterSize);
+        Assert.Equal(1UL, summary.AllocatedClusters);
+        var expected = new byte[1 << 20];
+        expected.AsSpan(8192, 4096).Fill(0xAB);
+        Assert.Equal(expected, ImageTestFiles.Contents(image));
+    }
+
     [Fact]
     public void The_stream_is_plain_zstd_holding_header_records_and_an_end_record()
     {
@@ -85,19 +160,19 @@ public sealed class ExportImportTests : IDisposable
         Assert.True(plain.AsSpan(0, 8).SequenceEqual("BLKTEXP\0"u8));
         Assert.Equal(Size, BinaryPrimitives.ReadUInt64LittleEndian(plain.AsSpan(16)));
         Assert.Equal(Cluster, BinaryPrimitives.ReadUInt32LittleEndian(plain.AsSpan(24)));
-        int pos = ExportStream.HeaderLength;
+        int pos = 64;                                                   // header length
         var extents = new List<(ulong, ulong)>();
-        while (BinaryPrimitives.ReadUInt32LittleEndian(plain.AsSpan(pos)) == ExportStream.DataRecord)
+        while (plain.AsSpan(pos, 4).SequenceEqual("DATA"u8))
         {
             ulong offset = BinaryPrimitives.ReadUInt64LittleEndian(plain.AsSpan(pos + 8)), length = BinaryPrimitives.ReadUInt64LittleEndian(plain.AsSpan(pos + 16));
             extents.Add((offset, length));
-            pos += ExportStream.RecordHeaderLength + (int)length;
+            pos += 24 + (int)length;                                    // record header length + data
         }
         Assert.Equal([(0UL, (ulong)Cluster), (2UL * Cluster, 3UL * Cluster), (200UL * Cluster, 2UL * Cluster), (Size - Cluster, (ulong)Cluster)], extents);
-        Assert.Equal(ExportStream.EndRecord, BinaryPrimitives.ReadUInt32LittleEndian(plain.AsSpan(pos)));
+        Assert.True(plain.AsSpan(pos, 4).SequenceEqual("END\0"u8));
         Assert.Equal(4UL, BinaryPrimitives.ReadUInt64LittleEndian(plain.AsSpan(pos + 8)));
         Assert.Equal(7UL * Cluster, BinaryPrimitives.ReadUInt64LittleEndian(plain.AsSpan(pos + 16)));
-        pos += ExportStream.RecordHeaderLength;
+        pos += 24;
         Assert.Equal(Crc32C.Append(0, plain.AsSpan(0, pos)), BinaryPrimitives.ReadUInt32LittleEndian(plain.AsSpan(pos)));
         Assert.Equal(pos + 4, plain.Length);
     }

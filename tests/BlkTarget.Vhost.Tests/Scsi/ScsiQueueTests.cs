@@ -165,11 +165,11 @@ public sealed unsafe class ScsiQueueTests
     public void Swapping_the_call_fd_of_a_running_queue_signals_the_new_fd_once()
     {
         using var h = new ScsiHarness();
-        using var call = BlkTarget.Vhost.Interop.EventFd.Create();
+        using var call = BlkTarget.Storage.Interop.EventFd.Create();
         h.Queue.SetCallFd(call.Fd);
-        Assert.Equal(1UL, BlkTarget.Vhost.Interop.EventFd.Drain(call.Fd));
+        Assert.Equal(1UL, BlkTarget.Storage.Interop.EventFd.Drain(call.Fd));
         h.Queue.SetCallFd(-1);
-        Assert.Equal(0UL, BlkTarget.Vhost.Interop.EventFd.Drain(call.Fd));
+        Assert.Equal(0UL, BlkTarget.Storage.Interop.EventFd.Drain(call.Fd));
     }
 
     // ---- config space and device ----

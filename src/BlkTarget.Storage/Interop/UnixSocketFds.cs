@@ -1,7 +1,7 @@
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 
-namespace BlkTarget.Vhost.Interop;
+namespace BlkTarget.Storage.Interop;
 
 /// <summary>
 /// recvmsg/sendmsg with SCM_RIGHTS over a connected Unix stream socket: how vhost-user passes memory,
@@ -55,7 +55,7 @@ public static unsafe partial class UnixSocketFds
     /// are appended to <paramref name="fds"/>, each in its own owner, even when the caller will reject the
     /// message: the caller disposes what it does not keep.
     /// </summary>
-    public static ReceiveResult Receive(Socket socket, Span<byte> buffer, List<FileDescriptor> fds)
+    public static ReceiveResult Receive(Socket socket, Span<byte> buffer, List<OwnedFd> fds)
     {
         byte* control = stackalloc byte[ControlSize];
         new Span<byte>(control, ControlSize).Clear();
@@ -82,7 +82,7 @@ public static unsafe partial class UnixSocketFds
         }
     }
 
-    private static void CollectFds(byte* control, int controlLength, List<FileDescriptor> fds)
+    private static void CollectFds(byte* control, int controlLength, List<OwnedFd> fds)
     {
         int offset = 0;
         while (offset + CmsgHeaderSize <= controlLength)
@@ -94,7 +94,7 @@ public static unsafe partial class UnixSocketFds
             if (level == SOL_SOCKET && type == SCM_RIGHTS)
             {
                 int count = (int)(cmsgLen - CmsgHeaderSize) / 4;
-                for (int i = 0; i < count; i++) fds.Add(new FileDescriptor(*(int*)(control + offset + CmsgHeaderSize + i * 4)));
+                for (int i = 0; i < count; i++) fds.Add(new OwnedFd(*(int*)(control + offset + CmsgHeaderSize + i * 4)));
             }
             offset += (int)((cmsgLen + 7) & ~7UL);
         }

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace BlkTarget.Vhost.Interop;
+namespace BlkTarget.Storage.Interop;
 
 /// <summary>stat(2) file type checks .NET does not expose (is this path a socket?).</summary>
 public static unsafe partial class FileType

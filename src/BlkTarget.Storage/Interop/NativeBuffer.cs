@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace BlkTarget.Vhost.Interop;
+namespace BlkTarget.Storage.Interop;
 
 /// <summary>Owns a zeroed, aligned block of native memory allocated once (request slots, iovec arrays).</summary>
 public sealed unsafe class NativeBuffer : SafeHandle

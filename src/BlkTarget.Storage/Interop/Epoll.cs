@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace BlkTarget.Vhost.Interop;
+namespace BlkTarget.Storage.Interop;
 
 /// <summary>epoll(7): where an idle reactor sleeps on its kick eventfds and wake-up eventfd.</summary>
 public static unsafe partial class Epoll
@@ -27,23 +27,23 @@ public static unsafe partial class Epoll
     [LibraryImport("libc", SetLastError = true)]
     private static partial int epoll_wait(int epfd, Event* events, int maxevents, int timeout);
 
-    public static FileDescriptor Create() => FileDescriptor.FromResult(epoll_create1(EPOLL_CLOEXEC), "epoll_create1");
+    public static OwnedFd Create() => OwnedFd.FromResult(epoll_create1(EPOLL_CLOEXEC), "epoll_create1");
 
-    public static void Add(FileDescriptor epoll, int fd, ulong data)
+    public static void Add(OwnedFd epoll, int fd, ulong data)
     {
         var ev = new Event { Events = EPOLLIN, Data = data };
         if (epoll_ctl(epoll.Fd, EPOLL_CTL_ADD, fd, &ev) != 0) throw Errno.Exception("epoll_ctl(ADD)");
     }
 
     /// <summary>Removes an fd; failures are ignored because the fd may already be closed, which removes it too.</summary>
-    public static void Remove(FileDescriptor epoll, int fd)
+    public static void Remove(OwnedFd epoll, int fd)
     {
         var ev = default(Event);
         epoll_ctl(epoll.Fd, EPOLL_CTL_DEL, fd, &ev);
     }
 
     /// <summary>Waits for readiness; returns the number of events (0 on timeout or EINTR).</summary>
-    public static int Wait(FileDescriptor epoll, Span<Event> events, int timeoutMs)
+    public static int Wait(OwnedFd epoll, Span<Event> events, int timeoutMs)
     {
         fixed (Event* p = events)
         {

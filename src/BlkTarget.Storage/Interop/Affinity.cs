@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace BlkTarget.Vhost.Interop;
+namespace BlkTarget.Storage.Interop;
 
 /// <summary>sched_setaffinity(2) for pinning the calling reactor thread to one CPU.</summary>
 public static unsafe partial class Affinity
