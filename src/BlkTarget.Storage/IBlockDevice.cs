@@ -27,6 +27,11 @@ public sealed record BlockDeviceInfo(
     /// <summary>Longest range the medium zeroes in one request, in bytes (a multiple of <see cref="BlockSize"/>);
     /// 0: no limit of its own.</summary>
     public ulong MaxWriteZeroesBytes { get; init; }
+
+    /// <summary>WRITE_ZEROES with UNMAP may deallocate instead of writing zeros (thin backends; a block device with a
+    /// write-zeroes command). False: every zero is written, so a device model must not turn a mere deallocation hint
+    /// (SCSI UNMAP) into a write-zeroes, and must not tell the guest that write-zeroes may unmap.</summary>
+    public bool ZeroesCanUnmap { get; init; } = true;
 }
 
 /// <summary>Receives completions; called on the thread that polls (or submits to) the channel.</summary>

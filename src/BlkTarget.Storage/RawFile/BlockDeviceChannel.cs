@@ -32,7 +32,7 @@ internal sealed class BlockDeviceChannel : IoUringChannel
         : base(io, sink, maxInFlight, disk.Fd, disk.Info, disk.MemoryAlignment, disk.Log, disk.Options.Path)
     {
         _discardWorker = discardWorker;
-        _zeroesMayUnmap = disk.Info.MaxWriteZeroesBytes != 0;
+        _zeroesMayUnmap = disk.Info.ZeroesCanUnmap;
     }
 
     protected override bool FlushIsDataOnly => true;

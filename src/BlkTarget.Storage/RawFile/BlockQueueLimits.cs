@@ -38,7 +38,8 @@ internal readonly record struct BlockQueueLimits(ulong DiscardMaxBytes, uint Dis
     /// blocks (the kernel would refuse every range). Discard needs the device's discard; write-zeroes is offered on every
     /// device: the kernel's zero-out (fallocate ZERO_RANGE, i.e. BLKZEROOUT) uses the device's write-zeroes command
     /// where it has one and otherwise writes zero pages itself, so the range reads as zeros either way, and the guest
-    /// still saves sending the zeros (QEMU's file-posix offers write-zeroes on every block device too).
+    /// still saves sending the zeros (QEMU's file-posix offers write-zeroes on every block device too). Only a device with
+    /// a write-zeroes command may deallocate while zeroing (<see cref="BlockDeviceInfo.ZeroesCanUnmap"/>).
     /// </summary>
     public BlockDeviceInfo ApplyTo(BlockDeviceInfo info)
     {
@@ -52,6 +53,7 @@ internal readonly record struct BlockQueueLimits(ulong DiscardMaxBytes, uint Dis
             MaxDiscardBytes = discard ? DiscardMaxBytes / blockSize * blockSize : 0,
             DiscardGranularity = discard && DiscardGranularity > blockSize && DiscardGranularity % blockSize == 0 ? DiscardGranularity : 0,
             MaxWriteZeroesBytes = aligned && WriteZeroesMaxBytes >= blockSize ? WriteZeroesMaxBytes / blockSize * blockSize : 0,
+            ZeroesCanUnmap = aligned && WriteZeroesMaxBytes >= blockSize,
         };
     }
 

@@ -62,6 +62,7 @@ public sealed class BlockDeviceTests
         Assert.Equal(discardMax / 4096 * 4096, disk.Info.MaxDiscardBytes);
         Assert.Equal(granularity > 4096 ? (uint)granularity : 0u, disk.Info.DiscardGranularity);
         Assert.Equal(zeroesMax / 4096 * 4096, disk.Info.MaxWriteZeroesBytes);
+        Assert.Equal(zeroesMax > 0, disk.Info.ZeroesCanUnmap);
     }
 
     [Fact]
@@ -160,6 +161,7 @@ public sealed class BlockDeviceTests
         using var disk = Open(loop);
         Assert.False(disk.Info.SupportsDiscard);
         Assert.True(disk.Info.SupportsWriteZeroes);
+        Assert.False(disk.Info.ZeroesCanUnmap);
         using var driver = new ChannelDriver(disk);
         var data = Fill(driver);
 

@@ -56,6 +56,7 @@ public sealed class BlockQueueLimitsTests : IDisposable
         Assert.Equal(4294963200UL, info.MaxDiscardBytes);             // 0xFFFFFE00 down to a 4 KiB multiple
         Assert.Equal(0u, info.DiscardGranularity);                     // a granule is one block
         Assert.Equal(4294963200UL, info.MaxWriteZeroesBytes);
+        Assert.True(info.ZeroesCanUnmap);
 
         var small = new BlockQueueLimits(1 << 30, 65536, 0, 512).ApplyTo(Base);
         Assert.Equal(65536u, small.DiscardGranularity);
@@ -65,6 +66,7 @@ public sealed class BlockQueueLimitsTests : IDisposable
         Assert.Equal(0UL, none.MaxDiscardBytes);
         Assert.True(none.SupportsWriteZeroes);                         // the kernel writes zero pages
         Assert.Equal(0UL, none.MaxWriteZeroesBytes);
+        Assert.False(none.ZeroesCanUnmap);                             // every zero is written
     }
 
     [Fact]
