@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the host packages the e2e tests need (Debian 12, run as root).
+# Installs the host packages the e2e tests need (Debian 12, run as root), and losetup for the storage tests.
 #
 # Idempotent and fast: if every package is already installed we never touch apt
 # (no "apt-get update", no dpkg lock), so calling this from every CI run costs
@@ -19,8 +19,10 @@ set -euo pipefail
 #   cpio             builds the initramfs archives
 #   e2fsprogs        mke2fs / e2fsck copied into the guest
 #   gzip             compresses the initramfs
-PACKAGES=(qemu-system-x86 qemu-utils fio busybox-static kmod cpio e2fsprogs gzip)
-COMMANDS=(qemu-system-x86_64 qemu-storage-daemon qemu-img fio busybox depmod cpio mke2fs e2fsck gzip timeout flock)
+#   mount            losetup, mount, umount: the storage tests export real (loop) block devices; not in every
+#                    minimal image (Debian priority "required", not essential)
+PACKAGES=(qemu-system-x86 qemu-utils fio busybox-static kmod cpio e2fsprogs gzip mount)
+COMMANDS=(qemu-system-x86_64 qemu-storage-daemon qemu-img fio busybox depmod cpio mke2fs e2fsck gzip timeout flock losetup mount umount)
 
 check_only=0
 case "${1:-}" in
