@@ -5,7 +5,7 @@ namespace BlkTarget.Storage.RawFile;
 
 /// <summary>
 /// One reactor's path into a <see cref="FileDisk"/> that is a block device. Reads, writes and FLUSH go as for a file
-/// (<see cref="IoUringChannel"/>); DISCARD and WRITE_ZEROES use the block device's own operations, all asynchronous:
+/// (<see cref="RawChannel"/>); DISCARD and WRITE_ZEROES use the block device's own operations, all asynchronous:
 /// <list type="bullet">
 /// <item>DISCARD: BLOCK_URING_CMD_DISCARD through the ring (BLKDISCARD's io_uring form). When the kernel refuses it
 /// (before 6.12) the discard goes to the disk's <see cref="BlockDiscardWorker"/> (BLKDISCARD on its own thread).
@@ -20,50 +20,28 @@ namespace BlkTarget.Storage.RawFile;
 /// A discard is never emulated by a hole punch: on a block device that is a write-zeroes, and fails where the device
 /// has none.
 /// </summary>
-internal sealed class BlockDeviceChannel : IoUringChannel
+internal sealed class BlockDeviceChannel : RawChannel
 {
-    private const int ZeroRange = FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
-    private const int ZeroMayUnmap = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    /// <summary>On a block device PUNCH_HOLE is no hole punch but a write-zeroes that may deallocate.</summary>
+    private const int ZeroMayUnmap = PunchHole;
     private readonly BlockDiscardWorker? _discardWorker;
     // Cleared at the first EOPNOTSUPP of a may-unmap zeroing: the device has no write-zeroes command (any more).
     private bool _zeroesMayUnmap;
 
     public BlockDeviceChannel(FileDisk disk, BlockDiscardWorker? discardWorker, IoContext io, IBlockCompletionSink sink, int maxInFlight)
-        : base(io, sink, maxInFlight, disk.Fd, disk.Info, disk.MemoryAlignment, disk.Log, disk.Options.Path)
+        : base(disk, io, sink, maxInFlight)
     {
         _discardWorker = discardWorker;
         _zeroesMayUnmap = disk.Info.ZeroesCanUnmap;
     }
 
-    protected override bool FlushIsDataOnly => true;
-
-    protected override Piece MapPiece(int index, ref IoOperation op, out ulong fileOffset, out ulong length)
+    protected override void Deallocate(int index, ref IoOperation op)
     {
-        fileOffset = op.Cursor.Offset;
-        length = op.Cursor.Remaining;
-        return Piece.Data;
-    }
-
-    protected override void StartDeallocation(int index)
-    {
-        ref IoOperation op = ref Ops[index];
-        if (op.Cursor.Remaining == 0)
-        {
-            Finish(index, BlockStatus.Ok);
-            return;
-        }
-        op.PieceFileOffset = op.Cursor.Offset;
-        op.PieceLength = op.Cursor.Remaining;
-        if (op.Kind == BlockOperation.Discard)
-        {
-            // Validation let the discard through only if the disk can discard, and then it has a worker.
-            if (_discardWorker!.Preferred) DiscardOnWorker(index);
-            else IssueDiscard(index);
-            return;
-        }
-        op.FallocateMode = (op.Flags & BlockRequestFlags.Unmap) != 0 && _zeroesMayUnmap ? ZeroMayUnmap : ZeroRange;
-        op.Step = IoStep.Fallocate;
-        Issue(index);
+        if (op.Kind == BlockOperation.WriteZeroes)
+            IssueFallocate(index, (op.Flags & BlockRequestFlags.Unmap) != 0 && _zeroesMayUnmap ? ZeroMayUnmap : ZeroRange);
+        // Validation let the discard through only if the disk can discard, and then it has a worker.
+        else if (_discardWorker!.Preferred) DiscardOnWorker(index);
+        else IssueDiscard(index);
     }
 
     private void IssueDiscard(int index)

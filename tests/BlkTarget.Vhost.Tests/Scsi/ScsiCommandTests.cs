@@ -291,10 +291,10 @@ public sealed class ScsiCommandTests : IDisposable
         Assert.Equal(Pattern(512, 9), _h.Run(Cdbs.Rw10(ScsiOp.Read10, 0, 1), dataIn: 512).Data);
     }
 
-    /// <summary>Serves one LUN on a <see cref="ShapedDisk"/>: a medium that describes itself as <paramref name="shape"/> says.</summary>
-    private ShapedDisk UseShaped(Func<BlockDeviceInfo, BlockDeviceInfo> shape)
+    /// <summary>Serves one LUN on a <see cref="RecordingDisk"/> that describes itself as <paramref name="shape"/> says.</summary>
+    private RecordingDisk UseShaped(Func<BlockDeviceInfo, BlockDeviceInfo> shape)
     {
-        var disk = new ShapedDisk(ScsiHarness.DiskBytes, shape);
+        var disk = new RecordingDisk(ScsiHarness.DiskBytes, shape);
         Use(disks =>
         {
             disks.Add(disk);
@@ -315,7 +315,7 @@ public sealed class ScsiCommandTests : IDisposable
         _h.Run(Cdbs.Rw10(ScsiOp.Write10, 0, 2), dataOut: Pattern(1024, 5)).AssertGood();
         _h.Run(Cdbs.Rw16(ScsiOp.WriteSame16, 0, 2, flags: 0x08), dataOut: new byte[512]).AssertGood();    // UNMAP bit
         Assert.Equal(new byte[1024], _h.Run(Cdbs.Rw10(ScsiOp.Read10, 0, 2), dataIn: 1024).Data);
-        Assert.Equal(BlockRequestFlags.None, disk.Requests.Single(r => r.Operation == BlockOperation.WriteZeroes).Flags);
+        Assert.Equal(BlockRequestFlags.None, disk.Operations.Single(r => r.Operation == BlockOperation.WriteZeroes).Flags);
     }
 
     [Fact]
@@ -326,7 +326,7 @@ public sealed class ScsiCommandTests : IDisposable
         Assert.Equal(0xe0, _h.Run(Cdbs.Inquiry(true, 0xb2), dataIn: 255).Data[5]);               // LBPU, LBPWS, LBPWS10
         var p = Cdbs.UnmapParameters((2, 2), (8, 4));
         _h.Run(Cdbs.Unmap((ushort)p.Length), dataOut: p).AssertGood();
-        Assert.Equal([(BlockOperation.Discard, BlockRequestFlags.None), (BlockOperation.Discard, BlockRequestFlags.None)], disk.Requests);
+        Assert.Equal([(BlockOperation.Discard, BlockRequestFlags.None), (BlockOperation.Discard, BlockRequestFlags.None)], disk.Operations);
     }
 
     [Fact]
