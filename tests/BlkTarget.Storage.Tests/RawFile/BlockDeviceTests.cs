@@ -108,6 +108,18 @@ public sealed class BlockDeviceTests
     }
 
     [Fact]
+    public void A_device_that_stops_discarding_after_it_was_advertised_answers_unsupported_not_ok()
+    {
+        using var x = new ExportedLoop(Scratch);
+        Assert.True(x.Disk.Info.SupportsDiscard);
+        x.Loop.SetLimit("discard_max_bytes", 0);
+
+        // The ring's command is refused, the BLKDISCARD fallback is refused as well: the device, not the kernel.
+        Assert.Equal(BlockStatus.Unsupported, x.Run(BlockOperation.Discard, 0, Span));
+        Assert.False(x.Disk.DiscardWorker!.Preferred);
+    }
+
+    [Fact]
     public void A_device_that_can_neither_discard_nor_write_zeroes_offers_no_discard_and_zeroes_by_writing()
     {
         using var ramfs = new RamfsDirectory();
