@@ -1,6 +1,11 @@
 namespace BlkTarget.Storage;
 
-/// <summary>What a backend can do; the device models derive their advertised features from it.</summary>
+/// <summary>
+/// What a backend can do; the device models derive their advertised features and limits from it.
+/// <see cref="SupportsDiscard"/>: DISCARD may free space (a hint: the range's contents become undefined).
+/// <see cref="SupportsWriteZeroes"/>: WRITE_ZEROES always leaves the range reading as zeros, with UNMAP possibly by
+/// deallocating it.
+/// </summary>
 public sealed record BlockDeviceInfo(
     ulong SizeBytes,
     uint BlockSize,
@@ -10,6 +15,23 @@ public sealed record BlockDeviceInfo(
     bool HasVolatileCache)
 {
     public ulong BlockCount => SizeBytes / BlockSize;
+
+    /// <summary>Longest range the medium discards in one request, in bytes (a multiple of <see cref="BlockSize"/>);
+    /// 0: no limit of its own (the device model's applies). Longer ranges still work, they are split.</summary>
+    public ulong MaxDiscardBytes { get; init; }
+
+    /// <summary>The unit the medium deallocates in, in bytes (a multiple of <see cref="BlockSize"/>); 0: one block.
+    /// Discarding less than a granule may free nothing.</summary>
+    public uint DiscardGranularity { get; init; }
+
+    /// <summary>Longest range the medium zeroes in one request, in bytes (a multiple of <see cref="BlockSize"/>);
+    /// 0: no limit of its own.</summary>
+    public ulong MaxWriteZeroesBytes { get; init; }
+
+    /// <summary>WRITE_ZEROES with UNMAP may deallocate instead of writing zeros (thin backends; a block device with a
+    /// write-zeroes command). False: every zero is written, so a device model must not turn a mere deallocation hint
+    /// (SCSI UNMAP) into a write-zeroes, and must not tell the guest that write-zeroes may unmap.</summary>
+    public bool ZeroesCanUnmap { get; init; } = true;
 }
 
 /// <summary>Receives completions; called on the thread that polls (or submits to) the channel.</summary>

@@ -63,4 +63,34 @@ public class BlkConfigSpaceTests
         Assert.NotEqual(0UL, rw & (1UL << VirtioBlk.FeatureDiscard));
         Assert.NotEqual(0UL, rw & (1UL << 32));
     }
+
+    [Fact]
+    public void Range_limits_and_alignment_follow_the_medium_where_it_is_narrower()
+    {
+        var medium = Info with { BlockSize = 512, MaxDiscardBytes = 64 << 20, DiscardGranularity = 65536, MaxWriteZeroesBytes = 1UL << 32 };
+        var b = new byte[BlkConfigSpace.Size];
+        new BlkConfigSpace(medium, new BlkOptions()).Read(0, b);
+        Assert.Equal((64u << 20) / 512, BinaryPrimitives.ReadUInt32LittleEndian(b.AsSpan(36)));      // max_discard_sectors
+        Assert.Equal(65536u / 512, BinaryPrimitives.ReadUInt32LittleEndian(b.AsSpan(44)));         // discard_sector_alignment
+        Assert.Equal((1u << 30) / 512, BinaryPrimitives.ReadUInt32LittleEndian(b.AsSpan(48)));     // ours (1 GiB) is lower
+        Assert.Equal(1, b[56]);
+    }
+
+    [Fact]
+    public void A_medium_without_discard_offers_neither_discard_nor_unmapping_write_zeroes()
+    {
+        var medium = Info with { SupportsDiscard = false, ZeroesCanUnmap = false };
+        ulong features = VirtioBlkDevice.ComputeFeatures(medium, new BlkOptions());
+        Assert.Equal(0UL, features & (1UL << VirtioBlk.FeatureDiscard));
+        Assert.NotEqual(0UL, features & (1UL << VirtioBlk.FeatureWriteZeroes));
+        var b = new byte[BlkConfigSpace.Size];
+        new BlkConfigSpace(medium, new BlkOptions()).Read(0, b);
+        Assert.Equal(0u, BinaryPrimitives.ReadUInt32LittleEndian(b.AsSpan(36)));
+        Assert.Equal((1u << 30) / 512, BinaryPrimitives.ReadUInt32LittleEndian(b.AsSpan(48)));
+        Assert.Equal(0, b[56]);                                                                    // write_zeroes_may_unmap
+
+        // Discard, but zeroing writes every zero: write-zeroes must not claim it may unmap.
+        new BlkConfigSpace(Info with { ZeroesCanUnmap = false }, new BlkOptions()).Read(0, b);
+        Assert.Equal(0, b[56]);
+    }
 }

@@ -3,14 +3,21 @@ using BlkTarget.Storage.Ram;
 
 namespace BlkTarget.Vhost.Tests;
 
-/// <summary>A RAM disk that remembers the iovecs of every read and write it was handed.</summary>
-internal sealed unsafe class RecordingDisk(ulong size) : IBlockDevice
+/// <summary>
+/// A RAM disk that remembers the iovecs of every read and write and the operation and flags of every request it was
+/// handed. With <paramref name="shape"/> it describes itself as another medium would (no discard, limits, write-zeroes
+/// that cannot unmap: a block device's shape), so a device model's choices can be checked; the data still lives in
+/// the RAM disk, which accepts every operation.
+/// </summary>
+internal sealed unsafe class RecordingDisk(ulong size, Func<BlockDeviceInfo, BlockDeviceInfo>? shape = null) : IBlockDevice
 {
     private readonly RamDisk _inner = new(size);
 
     public List<(BlockOperation Operation, ulong Length, IoVec[] Iov)> Requests { get; } = [];
 
-    public BlockDeviceInfo Info => _inner.Info;
+    public List<(BlockOperation Operation, BlockRequestFlags Flags)> Operations { get; } = [];
+
+    public BlockDeviceInfo Info => shape is null ? _inner.Info : shape(_inner.Info);
 
     public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight) =>
         new Channel(this, _inner.OpenChannel(io, sink, maxInFlight));
@@ -23,6 +30,7 @@ internal sealed unsafe class RecordingDisk(ulong size) : IBlockDevice
 
         public void Submit(in BlockRequest request)
         {
+            disk.Operations.Add((request.Operation, request.Flags));
             if (request.Operation is BlockOperation.Read or BlockOperation.Write)
                 disk.Requests.Add((request.Operation, request.Length, new ReadOnlySpan<IoVec>(request.Iov, request.IovCount).ToArray()));
             inner.Submit(request);

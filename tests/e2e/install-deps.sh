@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the host packages the tests need (Debian 12, run as root): the e2e suite's, and the tools some
-# unit and integration tests call (zstd, qemu-storage-daemon).
+# unit and integration tests call (zstd, qemu-storage-daemon, losetup).
 #
 # Idempotent and fast: if every package is already installed we never touch apt
 # (no "apt-get update", no dpkg lock), so calling this from every CI run costs
@@ -22,8 +22,10 @@ set -euo pipefail
 #   gzip             compresses the initramfs
 #   zstd             the zstd tool the unit tests check our export streams with (and libzstd1, which
 #                    image export/import load)
-PACKAGES=(qemu-system-x86 qemu-utils fio busybox-static kmod cpio e2fsprogs gzip zstd)
-COMMANDS=(qemu-system-x86_64 qemu-storage-daemon qemu-img fio busybox depmod cpio mke2fs e2fsck gzip zstd timeout flock)
+#   mount            losetup, mount, umount: the storage tests export real (loop) block devices; not in every
+#                    minimal image (Debian priority "required", not essential)
+PACKAGES=(qemu-system-x86 qemu-utils fio busybox-static kmod cpio e2fsprogs gzip zstd mount)
+COMMANDS=(qemu-system-x86_64 qemu-storage-daemon qemu-img fio busybox depmod cpio mke2fs e2fsck gzip zstd timeout flock losetup mount umount)
 
 check_only=0
 case "${1:-}" in

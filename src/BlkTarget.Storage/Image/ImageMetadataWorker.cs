@@ -1,5 +1,4 @@
-using System.Collections.Concurrent;
-using BlkTarget.Storage.Interop;
+using BlkTarget.Storage.Offload;
 using Microsoft.Extensions.Logging;
 
 namespace BlkTarget.Storage.Image;
@@ -25,54 +24,39 @@ internal readonly record struct MetadataJob(MetadataJobKind Kind, IoContext Io, 
 /// lists need no lock. A deallocation first waits, without blocking other jobs, until no read or write on its
 /// clusters is in flight (<see cref="ClusterRangeLocks"/>).
 /// </summary>
-internal sealed class ImageMetadataWorker : IDisposable
+internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
 {
     private const int EIO = 5;
     private readonly ImageFile _image;
     private readonly ClusterRangeLocks _ranges;
     private readonly Action _rangesReleased;
     private readonly ILogger _log;
-    private readonly ConcurrentQueue<MetadataJob> _jobs = new();
-    private readonly OwnedFd _wake = EventFd.Create();
-    private readonly Thread _thread;
     // Worker thread only:
     private readonly List<(MetadataJob Job, int Handle)> _draining = [];
     private readonly Queue<MetadataJob> _waitingForRange = new();
-    private volatile bool _stopping;
 
     /// <param name="rangesReleased">Called on the worker after a deallocation ended: requests parked on its range may go on.</param>
-    public ImageMetadataWorker(ImageFile image, ClusterRangeLocks ranges, Action rangesReleased, ILogger log)
+    public ImageMetadataWorker(ImageFile image, ClusterRangeLocks ranges, Action rangesReleased, ILogger log) : base("image-metadata")
     {
         _image = image;
         _ranges = ranges;
         _rangesReleased = rangesReleased;
         _log = log;
-        _thread = new Thread(Run) { IsBackground = true, Name = "image-metadata" };
-        _thread.Start();
     }
 
-    /// <summary>Queues a job (any thread; no lock, no allocation once the queue has grown to its working size).</summary>
-    public void Enqueue(in MetadataJob job)
+    protected override void Handle(in MetadataJob job) => Accept(job);
+
+    /// <summary>While a deallocation waits for requests to leave its range, look again at least every millisecond
+    /// (requests also wake us when they leave a range).</summary>
+    protected override int AfterJobs()
     {
-        _jobs.Enqueue(job);
-        Wake();
+        FinishDrainedDeallocations();
+        return _draining.Count > 0 ? 1 : -1;
     }
 
-    /// <summary>Makes the worker look again (e.g. a request left a range a deallocation waits for).</summary>
-    public void Wake() => EventFd.Signal(_wake.Fd);
+    protected override bool HasPendingWork => _draining.Count > 0 || _waitingForRange.Count > 0;
 
-    private void Run()
-    {
-        while (true)
-        {
-            while (_jobs.TryDequeue(out var job)) Accept(job);
-            FinishDrainedDeallocations();
-            if (_stopping && _jobs.IsEmpty && _draining.Count == 0 && _waitingForRange.Count == 0) return;
-            // While a deallocation waits for requests to leave its range, look again at least every millisecond
-            // (requests also wake us when they leave a range).
-            EventFd.WaitFor(_wake.Fd, _draining.Count > 0 || _stopping ? 1 : -1);
-        }
-    }
+    protected override void OnStuck() => _log.LogError("{Path}: the metadata worker did not stop", _image.Path);
 
     private void Accept(in MetadataJob job)
     {
@@ -136,13 +120,4 @@ internal sealed class ImageMetadataWorker : IDisposable
     }
 
     private static void Complete(in MetadataJob job, int result) => job.Io.PostCompletion(job.Target, job.Tag, result);
-
-    /// <summary>Finishes the jobs already queued, then stops the thread.</summary>
-    public void Dispose()
-    {
-        _stopping = true;
-        Wake();
-        if (!_thread.Join(TimeSpan.FromSeconds(30))) _log.LogError("{Path}: the metadata worker did not stop", _image.Path);
-        _wake.Dispose();
-    }
 }

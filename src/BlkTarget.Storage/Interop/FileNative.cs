@@ -34,6 +34,8 @@ internal static unsafe partial class FileNative
     public const uint S_IFMT = 0xF000, S_IFREG = 0x8000, S_IFBLK = 0x6000;
     public const ulong BLKGETSIZE64 = 0x80081272;
     public const ulong BLKSSZGET = 0x1268;
+    /// <summary>_IO(0x12, 119): discard the byte range {start, length} (two u64) of a block device; blocks until done.</summary>
+    public const ulong BLKDISCARD = 0x1277;
     public const int FALLOC_FL_KEEP_SIZE = 0x01, FALLOC_FL_PUNCH_HOLE = 0x02, FALLOC_FL_ZERO_RANGE = 0x10;
     public const uint RWF_DSYNC = 0x2;
     public const int EWOULDBLOCK = Errno.EWOULDBLOCK, EINVAL = Errno.EINVAL, ENOSPC = Errno.ENOSPC, EOPNOTSUPP = Errno.EOPNOTSUPP;
@@ -110,8 +112,10 @@ internal static unsafe partial class FileNative
         }
     }
 
-    /// <summary>The statx fields the backend uses.</summary>
-    public readonly record struct Stat(uint Mode, ulong Size, uint DioMemAlign, uint DioOffsetAlign, bool HasDioAlign, ulong Blocks)
+    /// <summary>The statx fields the backend uses; <paramref name="RdevMajor"/>/<paramref name="RdevMinor"/> name a
+    /// device node's device (its sysfs entry is /sys/dev/block/MAJOR:MINOR).</summary>
+    public readonly record struct Stat(uint Mode, ulong Size, uint DioMemAlign, uint DioOffsetAlign, bool HasDioAlign, ulong Blocks,
+        uint RdevMajor, uint RdevMinor)
     {
         /// <summary>Bytes the file occupies on disk (st_blocks are 512-byte units).</summary>
         public ulong AllocatedBytes => Blocks * 512;
@@ -126,7 +130,8 @@ internal static unsafe partial class FileNative
         if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_MODE | STATX_SIZE | STATX_BLOCKS | STATX_DIOALIGN, buffer) != 0) return null;
         uint mask = *(uint*)buffer;
         return new Stat(*(ushort*)(buffer + 0x1C), *(ulong*)(buffer + 0x28), *(uint*)(buffer + 0x98), *(uint*)(buffer + 0x9C),
-            (mask & STATX_DIOALIGN) != 0 && *(uint*)(buffer + 0x98) != 0, *(ulong*)(buffer + 0x30));
+            (mask & STATX_DIOALIGN) != 0 && *(uint*)(buffer + 0x98) != 0, *(ulong*)(buffer + 0x30),
+            *(uint*)(buffer + 0x80), *(uint*)(buffer + 0x84));
     }
 
     /// <summary>

@@ -47,6 +47,12 @@ internal static unsafe partial class IoUringNative
     public const byte OpWritev = 2;
     public const byte OpFsync = 3;
     public const byte OpFallocate = 17;
+    /// <summary>A command of the file's own driver (5.19+); block devices know BlockUringCmdDiscard from 6.12.</summary>
+    public const byte OpUringCmd = 46;
+
+    // IORING_OP_URING_CMD commands of block devices (include/uapi/linux/blkdev.h)
+    /// <summary>_IO(0x12, 0): discard addr3 bytes at byte offset addr, asynchronously (BLKDISCARD without blocking).</summary>
+    public const uint BlockUringCmdDiscard = 0x1200;
 
     // sqe flags
     public const byte SqeFixedFile = 1 << 0;
@@ -85,6 +91,8 @@ internal static unsafe partial class IoUringNative
         [FieldOffset(2)] public ushort IoPrio;
         [FieldOffset(4)] public int Fd;
         [FieldOffset(8)] public ulong Offset;
+        /// <summary>IORING_OP_URING_CMD: the command (shares its place with the offset; the next 4 bytes must be 0).</summary>
+        [FieldOffset(8)] public uint CmdOp;
         [FieldOffset(16)] public ulong Addr;
         [FieldOffset(24)] public uint Len;
         [FieldOffset(28)] public uint OpFlags;

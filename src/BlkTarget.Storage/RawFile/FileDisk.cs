@@ -7,15 +7,19 @@ namespace BlkTarget.Storage.RawFile;
 /// <summary>
 /// A regular file or block device exported as a disk, read and written through the reactors' io_uring with
 /// iovecs that point straight into guest memory. Opened O_DIRECT by default; a lock (flock) keeps two exports
-/// from writing the same file.
+/// from writing the same file. A regular file always offers discard (hole punch) and write-zeroes; a block device
+/// offers what its queue limits in sysfs allow (<see cref="BlockQueueLimits"/>).
 /// </summary>
 public sealed class FileDisk : IBlockDevice
 {
     private readonly OwnedFd _fd;
+    private readonly BlockDiscardWorker? _discardWorker;
 
-    private FileDisk(OwnedFd fd, FileDiskOptions options, BlockDeviceInfo info, uint memoryAlignment, bool isBlockDevice, ILogger log)
+    private FileDisk(OwnedFd fd, FileDiskOptions options, BlockDeviceInfo info, uint memoryAlignment, bool isBlockDevice,
+        BlockDiscardWorker? discardWorker, ILogger log)
     {
         _fd = fd;
+        _discardWorker = discardWorker;
         Options = options;
         Info = info;
         MemoryAlignment = memoryAlignment;
@@ -29,6 +33,9 @@ public sealed class FileDisk : IBlockDevice
     public uint MemoryAlignment { get; }
     public bool IsBlockDevice { get; }
     internal int Fd => _fd.Fd;
+    /// <summary>The BLKDISCARD fallback of a writable block device that can discard (tests force it with
+    /// <see cref="BlockDiscardWorker.Preferred"/>); null otherwise.</summary>
+    internal BlockDiscardWorker? DiscardWorker => _discardWorker;
     internal ILogger Log { get; }
 
     /// <summary>Opens (or with CreateSize creates) the file; throws <see cref="IOException"/> with one clear sentence.</summary>
@@ -50,7 +57,13 @@ public sealed class FileDisk : IBlockDevice
                 throw new IOException($"{options.Path} needs {offsetAlign}-byte aligned O_DIRECT I/O: use a block size of at least {offsetAlign} or cache=writeback");
             var info = new BlockDeviceInfo(size, options.BlockSize, options.ReadOnly, SupportsDiscard: true, SupportsWriteZeroes: true,
                 HasVolatileCache: true);
-            return new FileDisk(fd, options, info, options.DirectIo ? memAlign : 1, stat.IsBlockDevice, log);
+            BlockDiscardWorker? discardWorker = null;
+            if (stat.IsBlockDevice)
+            {
+                info = BlockDeviceLimits(stat, offsetAlign, options, log).ApplyTo(info);
+                if (info.SupportsDiscard && !info.ReadOnly) discardWorker = new BlockDiscardWorker(fd.Fd, options.Path);
+            }
+            return new FileDisk(fd, options, info, options.DirectIo ? memAlign : 1, stat.IsBlockDevice, discardWorker, log);
         }
         catch
         {
@@ -92,6 +105,25 @@ public sealed class FileDisk : IBlockDevice
         throw new IOException($"{options.Path} is in use by another process (locked)");
     }
 
+    /// <summary>
+    /// The queue limits of a block device (sysfs), logged once: what the guest is offered depends on them. Without
+    /// sysfs nothing is known about discard, so none is offered; write-zeroes works on every block device.
+    /// </summary>
+    private static BlockQueueLimits BlockDeviceLimits(in Stat stat, uint logicalBlockSize, FileDiskOptions options, ILogger log)
+    {
+        var limits = BlockQueueLimits.Read(stat.RdevMajor, stat.RdevMinor);
+        if (limits is not { } known)
+        {
+            log.LogWarning("{Path}: no sysfs queue directory for block device {Major}:{Minor}; discard is not offered",
+                options.Path, stat.RdevMajor, stat.RdevMinor);
+            return new BlockQueueLimits(0, 0, 0, logicalBlockSize);
+        }
+        log.LogInformation("{Path}: block device {Major}:{Minor}, logical block {Logical} bytes, discard_max_bytes {DiscardMax} " +
+            "(granularity {Granularity}), write_zeroes_max_bytes {WriteZeroesMax}", options.Path, stat.RdevMajor, stat.RdevMinor,
+            known.LogicalBlockSize, known.DiscardMaxBytes, known.DiscardGranularity, known.WriteZeroesMaxBytes);
+        return known;
+    }
+
     private static unsafe ulong BlockDeviceSize(OwnedFd fd, string path)
     {
         ulong size;
@@ -99,7 +131,13 @@ public sealed class FileDisk : IBlockDevice
         return size;
     }
 
-    public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight) => new FileChannel(this, io, sink, maxInFlight);
+    public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight) => IsBlockDevice
+        ? new BlockDeviceChannel(this, _discardWorker, io, sink, maxInFlight)
+        : new FileChannel(this, io, sink, maxInFlight);
 
-    public void Dispose() => _fd.Dispose();
+    public void Dispose()
+    {
+        _discardWorker?.Dispose();      // borrows the fd: goes first
+        _fd.Dispose();
+    }
 }

@@ -11,8 +11,11 @@ internal enum IoStep : byte
     Flush,
     /// <summary>An fsync that makes a write-through (FUA) write's metadata durable before it completes.</summary>
     WriteThroughSync,
-    /// <summary>A fallocate (discard / write-zeroes of a raw file).</summary>
+    /// <summary>A fallocate (discard / write-zeroes of a raw file, write-zeroes of a block device).</summary>
     Fallocate,
+    /// <summary>A block device's discard through the ring (<see cref="IoOperation.PieceLength"/> bytes at
+    /// <see cref="IoOperation.PieceFileOffset"/>).</summary>
+    BlockDiscard,
     /// <summary>Work a helper thread does for the channel (image cluster allocation and deallocation).</summary>
     Helper,
     /// <summary>Parked in the channel until something it depends on is released (a cluster range).</summary>

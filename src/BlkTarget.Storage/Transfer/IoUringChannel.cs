@@ -25,7 +25,7 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
         Deferred,
     }
 
-    private const int EINTR = 4, EAGAIN = 11;
+    protected const int EINTR = 4, EAGAIN = 11;
 
     private readonly SlotStack _slots;
     private readonly BouncePool _bounce;
@@ -191,6 +191,9 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
             case IoStep.Fallocate:
                 IoUring.IoUring.PrepareFallocate(sqe, fd, op.FallocateMode, op.PieceFileOffset, op.PieceLength, userData, fixedFile);
                 break;
+            case IoStep.BlockDiscard:
+                IoUring.IoUring.PrepareBlockDiscard(sqe, fd, op.PieceFileOffset, op.PieceLength, userData, fixedFile);
+                break;
             default:
                 throw new InvalidOperationException($"operation in slot {index} has nothing to submit (step {op.Step})");
         }
@@ -250,6 +253,9 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
             case IoStep.Fallocate:
                 FallocateCompleted(index, result);
                 break;
+            case IoStep.BlockDiscard:
+                BlockDiscardCompleted(index, result);
+                break;
             case IoStep.Helper:
                 HelperCompleted(index, result);
                 break;
@@ -296,6 +302,9 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
         if (result < 0) Fail(index, -result);
         else Finish(index, BlockStatus.Ok);
     }
+
+    protected virtual void BlockDiscardCompleted(int index, int result) =>
+        throw new InvalidOperationException($"{GetType().Name} issues no block-device discards");
 
     protected virtual void HelperCompleted(int index, int result) =>
         throw new InvalidOperationException($"{GetType().Name} hands no work to helpers");

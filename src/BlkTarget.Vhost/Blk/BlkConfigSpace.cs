@@ -41,19 +41,24 @@ public sealed class BlkConfigSpace
         BinaryPrimitives.WriteUInt32LittleEndian(b[OffOptIoSize..], 0);
         b[OffWriteback] = options.WriteCache ? (byte)1 : (byte)0;
         BinaryPrimitives.WriteUInt16LittleEndian(b[OffNumQueues..], (ushort)options.Queues);
+        // Range limits: ours, narrowed to what the medium takes in one request; alignment: its deallocation unit.
         if (info.SupportsDiscard)
         {
-            BinaryPrimitives.WriteUInt32LittleEndian(b[OffMaxDiscardSectors..], options.MaxRangeSectors);
+            BinaryPrimitives.WriteUInt32LittleEndian(b[OffMaxDiscardSectors..], Narrow(options.MaxRangeSectors, info.MaxDiscardBytes));
             BinaryPrimitives.WriteUInt32LittleEndian(b[OffMaxDiscardSeg..], options.MaxRangeSegments);
-            BinaryPrimitives.WriteUInt32LittleEndian(b[OffDiscardSectorAlignment..], blockSize / VirtioBlk.SectorSize);
+            BinaryPrimitives.WriteUInt32LittleEndian(b[OffDiscardSectorAlignment..], Math.Max(blockSize, info.DiscardGranularity) / VirtioBlk.SectorSize);
         }
         if (info.SupportsWriteZeroes)
         {
-            BinaryPrimitives.WriteUInt32LittleEndian(b[OffMaxWriteZeroesSectors..], options.MaxRangeSectors);
+            BinaryPrimitives.WriteUInt32LittleEndian(b[OffMaxWriteZeroesSectors..], Narrow(options.MaxRangeSectors, info.MaxWriteZeroesBytes));
             BinaryPrimitives.WriteUInt32LittleEndian(b[OffMaxWriteZeroesSeg..], options.MaxRangeSegments);
-            b[OffWriteZeroesMayUnmap] = info.SupportsDiscard ? (byte)1 : (byte)0;
+            b[OffWriteZeroesMayUnmap] = info.SupportsDiscard && info.ZeroesCanUnmap ? (byte)1 : (byte)0;
         }
     }
+
+    /// <summary>Our sector limit, or the medium's (bytes; 0: none) where that is lower.</summary>
+    private static uint Narrow(uint sectors, ulong mediumBytes) =>
+        mediumBytes == 0 ? sectors : (uint)Math.Min(sectors, mediumBytes / VirtioBlk.SectorSize);
 
     /// <summary>Whether the guest currently has the write cache enabled (writeback).</summary>
     public bool WriteCacheEnabled => Volatile.Read(ref _bytes[OffWriteback]) != 0;

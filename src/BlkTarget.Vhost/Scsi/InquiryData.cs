@@ -71,7 +71,7 @@ public static class InquiryData
             case 0xb2:
                 if (lun.Provisioning)
                 {
-                    d[5] = 0x80 | 0x40 | 0x20 | 0x04;                       // LBPU, LBPWS, LBPWS10, LBPRZ
+                    d[5] = (byte)(0x80 | 0x40 | 0x20 | (lun.UnmapReadsZeros ? 0x04 : 0));   // LBPU, LBPWS, LBPWS10, LBPRZ
                     d[6] = 0x02;                                         // thin provisioned
                 }
                 return Page(d, code, 4);
@@ -107,7 +107,7 @@ public static class InquiryData
         {
             BinaryPrimitives.WriteUInt32BigEndian(d[16..], lun.Limits.MaxUnmapBlocks);
             BinaryPrimitives.WriteUInt32BigEndian(d[20..], lun.Limits.MaxUnmapDescriptors);
-            BinaryPrimitives.WriteUInt32BigEndian(d[24..], 1);            // optimal unmap granularity
+            BinaryPrimitives.WriteUInt32BigEndian(d[24..], lun.Limits.UnmapGranularityBlocks);
         }
         BinaryPrimitives.WriteUInt64BigEndian(d[32..], lun.Limits.MaxWriteSameBlocks);
     }

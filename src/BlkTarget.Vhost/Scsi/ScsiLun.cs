@@ -4,11 +4,27 @@ using BlkTarget.Storage;
 
 namespace BlkTarget.Vhost.Scsi;
 
-/// <summary>Per-command limits a LUN advertises in its block limits VPD page and enforces.</summary>
-public sealed record ScsiLimits(uint MaxTransferBlocks, uint MaxUnmapBlocks, uint MaxUnmapDescriptors, uint MaxWriteSameBlocks)
+/// <summary>Per-command limits a LUN advertises in its block limits VPD page and enforces (counts of logical blocks).</summary>
+public sealed record ScsiLimits(uint MaxTransferBlocks, uint MaxUnmapBlocks, uint MaxUnmapDescriptors, uint MaxWriteSameBlocks,
+    uint UnmapGranularityBlocks = 1)
 {
     public static ScsiLimits For(uint blockSize) =>
         new((8u << 20) / blockSize, (1u << 30) / blockSize, 32, (1u << 30) / blockSize);
+
+    /// <summary>Our limits for a LUN, narrowed to what its medium takes in one request and in the unit it deallocates.</summary>
+    public static ScsiLimits For(BlockDeviceInfo info)
+    {
+        var ours = For(info.BlockSize);
+        return ours with
+        {
+            MaxUnmapBlocks = Narrow(ours.MaxUnmapBlocks, info.MaxDiscardBytes / info.BlockSize),
+            MaxWriteSameBlocks = Narrow(ours.MaxWriteSameBlocks, info.MaxWriteZeroesBytes / info.BlockSize),
+            UnmapGranularityBlocks = Math.Max(1, info.DiscardGranularity / info.BlockSize),
+        };
+    }
+
+    /// <summary>The medium's limit where it has one (non-zero) and it is lower than ours.</summary>
+    private static uint Narrow(uint ours, ulong medium) => medium == 0 ? ours : (uint)Math.Min(ours, medium);
 }
 
 /// <summary>
@@ -33,8 +49,11 @@ public sealed class ScsiLun
         Serial = serial;
         DefaultWriteCache = writeCache;
         _writeCache = writeCache;
-        Limits = ScsiLimits.For(Info.BlockSize);
-        Provisioning = Info.SupportsWriteZeroes && !Info.ReadOnly;
+        Limits = ScsiLimits.For(Info);
+        // UNMAP exists to give space back: a medium that cannot deallocate gets no UNMAP at all, or a guest's fstrim
+        // would have it write zeros over all its free space.
+        Provisioning = Info.SupportsDiscard && !Info.ReadOnly;
+        UnmapReadsZeros = Provisioning && Info.SupportsWriteZeroes && Info.ZeroesCanUnmap;
         NaaIdentifier = MakeNaa($"{deviceName}/{serial}/{target}/{lun}");
         _inFlight = new long[Math.Max(1, requestQueues) * CounterStride];
     }
@@ -47,8 +66,12 @@ public sealed class ScsiLun
     public BlockDeviceInfo Info { get; }
     public string Serial { get; }
     public ScsiLimits Limits { get; }
-    /// <summary>Logical block provisioning: UNMAP and WRITE SAME with UNMAP deallocate, and such blocks read as zeros.</summary>
+    /// <summary>Logical block provisioning (LBPME): UNMAP and WRITE SAME with UNMAP may deallocate.</summary>
     public bool Provisioning { get; }
+    /// <summary>Unmapped blocks read as zeros (LBPRZ): UNMAP is a write-zeroes that may deallocate. Only where that
+    /// costs no written zeros; otherwise UNMAP is a plain discard, a hint after which the blocks' contents are
+    /// undefined.</summary>
+    public bool UnmapReadsZeros { get; }
     public bool ReadOnly => Info.ReadOnly;
     public ulong NaaIdentifier { get; }
     public bool DefaultWriteCache { get; }
@@ -280,7 +303,7 @@ public sealed class ScsiLun
         d[..32].Clear();
         BinaryPrimitives.WriteUInt64BigEndian(d, Info.BlockCount - 1);
         BinaryPrimitives.WriteUInt32BigEndian(d[8..], Info.BlockSize);
-        if (Provisioning) d[14] = 0x80 | 0x40;            // LBPME, LBPRZ
+        if (Provisioning) d[14] = (byte)(0x80 | (UnmapReadsZeros ? 0x40 : 0));    // LBPME, LBPRZ
         task.ReturnData(d[..32], Cdb.U32(task.Cdb, 10));
     }
 
@@ -300,7 +323,8 @@ public sealed class ScsiLun
     }
 
     /// <summary>UNMAP: every descriptor is checked before any is submitted; each range becomes a write-zeroes
-    /// with UNMAP (the backend may deallocate, and the range reads as zeros afterwards: LBPRZ).</summary>
+    /// with UNMAP (the backend may deallocate, and the range reads as zeros afterwards: LBPRZ), or a discard where
+    /// <see cref="UnmapReadsZeros"/> is off.</summary>
     private void Unmap(ref ScsiTask task)
     {
         var cdb = task.Cdb;
@@ -354,15 +378,15 @@ public sealed class ScsiLun
             }
         }
         task.Good();
-        task.Operation = BlockOperation.WriteZeroes;
+        task.Operation = UnmapReadsZeros ? BlockOperation.WriteZeroes : BlockOperation.Discard;
         for (int i = 0; i < count; i++)
         {
             uint blocks = Cdb.U32(p, 16 + i * 16);
             if (blocks == 0) continue;
             task.Submit(new BlockRequest
             {
-                Operation = BlockOperation.WriteZeroes,
-                Flags = BlockRequestFlags.Unmap,
+                Operation = task.Operation,
+                Flags = UnmapReadsZeros ? BlockRequestFlags.Unmap : BlockRequestFlags.None,
                 Offset = Cdb.U64(p, 8 + i * 16) * Info.BlockSize,
                 Length = (ulong)blocks * Info.BlockSize,
                 Tag = task.Tag,

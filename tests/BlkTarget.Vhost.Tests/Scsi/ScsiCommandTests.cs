@@ -251,6 +251,56 @@ public sealed class ScsiCommandTests : IDisposable
         Assert.Equal(Pattern(512, 9), _h.Run(Cdbs.Rw10(ScsiOp.Read10, 0, 1), dataIn: 512).Data);
     }
 
+    /// <summary>Serves one LUN on a <see cref="RecordingDisk"/> that describes itself as <paramref name="shape"/> says.</summary>
+    private RecordingDisk UseShaped(Func<BlockDeviceInfo, BlockDeviceInfo> shape)
+    {
+        var disk = new RecordingDisk(ScsiHarness.DiskBytes, shape);
+        Use(disks =>
+        {
+            disks.Add(disk);
+            return [new ScsiLunDefinition(0, 0, disk, "SERIAL-0")];
+        });
+        return disk;
+    }
+
+    [Fact]
+    public void A_lun_whose_medium_cannot_discard_is_not_thin_provisioned_but_still_zeroes()
+    {
+        var disk = UseShaped(info => info with { SupportsDiscard = false, ZeroesCanUnmap = false });
+        Assert.Equal(0, _h.Run(Cdbs.ReadCapacity16(), dataIn: 32).Data[14]);                     // no LBPME, no LBPRZ
+        Assert.Equal(0, _h.Run(Cdbs.Inquiry(true, 0xb2), dataIn: 255).Data[5]);                  // no LBPU, LBPWS
+        Assert.Equal(0u, BinaryPrimitives.ReadUInt32BigEndian(_h.Run(Cdbs.Inquiry(true, 0xb0), dataIn: 255).Data.AsSpan(20)));
+        _h.Run(Cdbs.Unmap(24), dataOut: Cdbs.UnmapParameters((0, 1))).AssertCheck(SenseCode.InvalidOpcode);
+
+        _h.Run(Cdbs.Rw10(ScsiOp.Write10, 0, 2), dataOut: Pattern(1024, 5)).AssertGood();
+        _h.Run(Cdbs.Rw16(ScsiOp.WriteSame16, 0, 2, flags: 0x08), dataOut: new byte[512]).AssertGood();    // UNMAP bit
+        Assert.Equal(new byte[1024], _h.Run(Cdbs.Rw10(ScsiOp.Read10, 0, 2), dataIn: 1024).Data);
+        Assert.Equal(BlockRequestFlags.None, disk.Operations.Single(r => r.Operation == BlockOperation.WriteZeroes).Flags);
+    }
+
+    [Fact]
+    public void Unmap_is_a_plain_discard_without_lbprz_where_zeroing_would_write_every_zero()
+    {
+        var disk = UseShaped(info => info with { ZeroesCanUnmap = false });
+        Assert.Equal(0x80, _h.Run(Cdbs.ReadCapacity16(), dataIn: 32).Data[14]);                  // LBPME only
+        Assert.Equal(0xe0, _h.Run(Cdbs.Inquiry(true, 0xb2), dataIn: 255).Data[5]);               // LBPU, LBPWS, LBPWS10
+        var p = Cdbs.UnmapParameters((2, 2), (8, 4));
+        _h.Run(Cdbs.Unmap((ushort)p.Length), dataOut: p).AssertGood();
+        Assert.Equal([(BlockOperation.Discard, BlockRequestFlags.None), (BlockOperation.Discard, BlockRequestFlags.None)], disk.Operations);
+    }
+
+    [Fact]
+    public void Block_limits_follow_the_medium_where_it_is_narrower()
+    {
+        UseShaped(info => info with { MaxDiscardBytes = 64 << 10, DiscardGranularity = 8192, MaxWriteZeroesBytes = 128 << 10 });
+        var limits = _h.Run(Cdbs.Inquiry(true, 0xb0), dataIn: 255).Data;
+        Assert.Equal((64u << 10) / 512, BinaryPrimitives.ReadUInt32BigEndian(limits.AsSpan(20)));   // maximum unmap LBA count
+        Assert.Equal(8192u / 512, BinaryPrimitives.ReadUInt32BigEndian(limits.AsSpan(28)));         // optimal unmap granularity
+        Assert.Equal((128UL << 10) / 512, BinaryPrimitives.ReadUInt64BigEndian(limits.AsSpan(36)));  // maximum write same length
+        var tooLong = Cdbs.UnmapParameters((0, (64u << 10) / 512 + 1));
+        _h.Run(Cdbs.Unmap((ushort)tooLong.Length), dataOut: tooLong).AssertCheck(SenseCode.InvalidFieldInParameterList);
+    }
+
     [Fact]
     public void Write_same_with_a_zero_block_zeroes_and_a_pattern_is_refused()
     {
