@@ -16,6 +16,7 @@ public sealed unsafe class BlkRequestTests : IDisposable
     private readonly TestRing _ring = new(size: 64);
     private readonly Storage.IoContext _io = new();
     private Storage.IBlockDevice _disk = new RamDisk(1 << 20);
+    private BlkDeviceContext _context = null!;
     private BlkQueue _queue;
     private ushort _nextDescriptor;
 
@@ -23,9 +24,9 @@ public sealed unsafe class BlkRequestTests : IDisposable
 
     private BlkQueue CreateQueue(Storage.IBlockDevice disk, BlkOptions options)
     {
-        var context = new BlkDeviceContext("test", disk, options);
+        _context = new BlkDeviceContext("test", disk, options);
         var start = new QueueStartInfo(0, _ring.CreateRing(), _ring.Memory.Memory, 0, -1, -1, _io);
-        return new BlkQueue(start, context, NullLogger.Instance);
+        return new BlkQueue(start, _context, NullLogger.Instance);
     }
 
     private void UseDisk(Storage.IBlockDevice disk, BlkOptions? options = null)
@@ -327,6 +328,23 @@ public sealed unsafe class BlkRequestTests : IDisposable
         _ring.MakeAvailable(4);
         _queue.Poll();
         Assert.Equal(1, _queue.LastAvailIdx);
+    }
+
+    [Fact]
+    public void Writes_carry_fua_exactly_while_the_guest_has_the_write_cache_off()
+    {
+        var disk = new RecordingDisk(1 << 20);
+        UseDisk(disk);
+        WriteSectors(0, new byte[512]);
+        Assert.True(_context.Config.Write(BlkConfigSpace.OffWriteback, [0]));
+        WriteSectors(0, new byte[512]);
+        ReadSectors(0, 512);
+        Assert.True(_context.Config.Write(BlkConfigSpace.OffWriteback, [1]));
+        WriteSectors(0, new byte[512]);
+        Assert.Equal(
+            [(BlockOperation.Write, BlockRequestFlags.None), (BlockOperation.Write, BlockRequestFlags.Fua),
+             (BlockOperation.Read, BlockRequestFlags.None), (BlockOperation.Write, BlockRequestFlags.None)],
+            disk.Requests.Select(r => (r.Operation, r.Flags)));
     }
 
     [Fact]

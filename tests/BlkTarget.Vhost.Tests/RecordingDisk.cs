@@ -3,12 +3,12 @@ using BlkTarget.Storage.Ram;
 
 namespace BlkTarget.Vhost.Tests;
 
-/// <summary>A RAM disk that remembers the iovecs of every read and write it was handed.</summary>
+/// <summary>A RAM disk that remembers the flags and iovecs of every read and write it was handed.</summary>
 internal sealed unsafe class RecordingDisk(ulong size) : IBlockDevice
 {
     private readonly RamDisk _inner = new(size);
 
-    public List<(BlockOperation Operation, ulong Length, IoVec[] Iov)> Requests { get; } = [];
+    public List<(BlockOperation Operation, ulong Length, IoVec[] Iov, BlockRequestFlags Flags)> Requests { get; } = [];
 
     public BlockDeviceInfo Info => _inner.Info;
 
@@ -24,7 +24,7 @@ internal sealed unsafe class RecordingDisk(ulong size) : IBlockDevice
         public void Submit(in BlockRequest request)
         {
             if (request.Operation is BlockOperation.Read or BlockOperation.Write)
-                disk.Requests.Add((request.Operation, request.Length, new ReadOnlySpan<IoVec>(request.Iov, request.IovCount).ToArray()));
+                disk.Requests.Add((request.Operation, request.Length, new ReadOnlySpan<IoVec>(request.Iov, request.IovCount).ToArray(), request.Flags));
             inner.Submit(request);
         }
 

@@ -52,6 +52,12 @@ public interface IVhostUserDevice
     /// <summary>Creates the runtime of one queue. Called on the reactor thread that will own it.</summary>
     IRunningQueue CreateQueue(QueueStartInfo start);
 
-    /// <summary>Called when the frontend resets the device (guest reboot, disconnect).</summary>
+    /// <summary>
+    /// Device reset, with no queue running: RESET_DEVICE/RESET_OWNER, or the end of the session (the next
+    /// frontend finds a fresh device). What the guest set (e.g. its write-cache choice) returns to the configured
+    /// defaults. Stopping and restarting the queues is no reset: QEMU does that when it pauses the VM too, and the
+    /// guest must keep the cache mode it chose (QEMU's vhost-user-blk even keeps serving the guest its own cached
+    /// copy of the writeback byte across a guest reboot).
+    /// </summary>
     void Reset();
 }

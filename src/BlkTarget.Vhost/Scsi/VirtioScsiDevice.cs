@@ -43,5 +43,5 @@ public sealed class VirtioScsiDevice : IVhostUserDevice
         _ => new ScsiRequestQueue(start, Context, _log),
     };
 
-    public void Reset() => Context.Config.Reset();
+    public void Reset() => Context.Reset();
 }

@@ -400,6 +400,23 @@ public sealed unsafe class ScsiQueueTests
     }
 
     [Fact]
+    public void A_device_reset_restores_each_luns_configured_write_cache()
+    {
+        using var cached = new RamDisk(1 << 20);
+        using var uncached = new RamDisk(1 << 20);
+        var device = new VirtioScsiDevice("test-scsi", [
+            new ScsiLunDefinition(0, 0, cached, "ON", WriteCache: true),
+            new ScsiLunDefinition(0, 1, uncached, "OFF", WriteCache: false),
+        ], new ScsiOptions(), NullLogger.Instance);
+        // What MODE SELECT does when the guest flips WCE.
+        device.Context.Luns[0].WriteCacheEnabled = false;
+        device.Context.Luns[1].WriteCacheEnabled = true;
+        device.Reset();
+        Assert.True(device.Context.Luns[0].WriteCacheEnabled);
+        Assert.False(device.Context.Luns[1].WriteCacheEnabled);
+    }
+
+    [Fact]
     public void The_event_queue_leaves_buffers_posted_and_stops_at_once()
     {
         using var ring = new TestRing(size: 8);
