@@ -16,6 +16,9 @@ public sealed record BlockDeviceInfo(
 public interface IBlockCompletionSink
 {
     void Complete(ulong tag, BlockStatus status);
+
+    /// <summary>The channel's completion handling threw <paramref name="error"/> (on the reactor thread): the channel calls <see cref="Complete"/> no more, and its <see cref="IBlockChannel.InFlight"/> still counts down to 0 as the kernel returns the operations it holds.</summary>
+    void ChannelFaulted(Exception error);
 }
 
 /// <summary>

@@ -68,4 +68,6 @@ sealed class Sink : IBlockCompletionSink
         Status = status;
         Done = true;
     }
+
+    public void ChannelFaulted(Exception error) => throw new InvalidOperationException("the image channel faulted", error);
 }

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using BlkTarget.Storage;
 using BlkTarget.Vhost.Interop;
+using Microsoft.Extensions.Logging;
 
 namespace BlkTarget.Vhost.Reactor;
 
@@ -9,13 +10,16 @@ namespace BlkTarget.Vhost.Reactor;
 /// One polling thread that owns a set of virtqueues. It spins over its queues while there is work, and after
 /// <see cref="IdleSpin"/> without any it re-enables guest notifications and blocks in epoll on the queues' kick
 /// eventfds, so an idle target uses no CPU. Other threads never touch its queues directly: they post
-/// actions with <see cref="Invoke"/>, which run between polling rounds.
+/// actions with <see cref="Invoke"/>, which run between polling rounds. A failure while serving one queue stops
+/// that queue only; a failure of the I/O engine is logged and the loop goes on serving the others.
 /// </summary>
 public sealed class Reactor : IDisposable
 {
     private const ulong WakeTag = ulong.MaxValue;
     private const ulong IoTag = ulong.MaxValue - 1;
     private readonly List<IReactorQueue> _queues = [];
+    /// <summary>Queues taken off the polling set whose backend still had operations in flight.</summary>
+    private readonly List<IReactorQueue> _retiring = [];
     private readonly ConcurrentQueue<Action> _mailbox = new();
     private readonly FileDescriptor _epoll;
     private readonly FileDescriptor _wake;
@@ -23,13 +27,18 @@ public sealed class Reactor : IDisposable
     private readonly int? _cpu;
     private readonly long _idleSpinTicks;
     private readonly long _yieldAfterTicks = Stopwatch.Frequency / 200_000;   // 5 us
+    private readonly ILogger _log;
+    private readonly FailureThrottle _ioFailures = new(TimeSpan.FromSeconds(1));
     private volatile bool _stopping;
     private volatile bool _sleeping;
 
-    public Reactor(int id, int? cpu, TimeSpan idleSpin)
+    /// <summary>Starts the reactor thread (pinned to <paramref name="cpu"/> when given). <paramref name="idleSpin"/>:
+    /// how long it polls without work before sleeping in epoll. <paramref name="log"/> gets its failures.</summary>
+    public Reactor(int id, int? cpu, TimeSpan idleSpin, ILogger log)
     {
         Id = id;
         _cpu = cpu;
+        _log = log;
         IdleSpin = idleSpin;
         _idleSpinTicks = (long)(idleSpin.TotalSeconds * Stopwatch.Frequency);
         _epoll = Epoll.Create();
@@ -88,12 +97,29 @@ public sealed class Reactor : IDisposable
         if (queue.KickFd >= 0) Epoll.Add(_epoll, queue.KickFd, (ulong)queue.KickFd);
     }
 
-    /// <summary>Removes a queue from the polling set (reactor thread only).</summary>
+    /// <summary>Removes a queue from the polling set (reactor thread only). Afterwards the reactor no longer reads
+    /// its kick eventfd, so the caller may close it.</summary>
     public void Detach(IReactorQueue queue)
     {
         Debug.Assert(IsReactorThread);
         if (_queues.Remove(queue) && queue.KickFd >= 0) Epoll.Remove(_epoll, queue.KickFd);
     }
+
+    /// <summary>
+    /// Takes a queue off the reactor for good although its backend still has operations in flight (reactor thread
+    /// only): it is never polled again, and it is disposed here once <see cref="IReactorQueue.BackendInFlight"/>
+    /// reaches 0. Disposing it earlier would free what the backend channel still routes completions to.
+    /// </summary>
+    public void Retire(IReactorQueue queue)
+    {
+        Debug.Assert(IsReactorThread);
+        Detach(queue);
+        _retiring.Add(queue);
+        DisposeIdleRetired();
+    }
+
+    /// <summary>Queues retired and not yet disposed (for tests).</summary>
+    public int RetiringCount => _retiring.Count;
 
     private void Run()
     {
@@ -105,7 +131,7 @@ public sealed class Reactor : IDisposable
         catch (Exception e)
         {
             Failure = e.ToString();
-            Console.Error.WriteLine($"reactor {Id} failed: {e}");
+            _log.LogCritical(e, "reactor {Reactor} failed and stopped; its queues are no longer served", Id);
         }
     }
 
@@ -120,7 +146,8 @@ public sealed class Reactor : IDisposable
             var queues = _queues;
             for (int i = 0; i < queues.Count; i++) work += PollOne(queues[i]);
             // One io_uring_enter for everything the queues submitted this round, and the completions so far.
-            work += Io.Poll();
+            work += PollIo();
+            if (_retiring.Count > 0) DisposeIdleRetired();
             if (work > 0)
             {
                 lastWork = Stopwatch.GetTimestamp();
@@ -152,10 +179,79 @@ public sealed class Reactor : IDisposable
         }
         catch (Exception e)
         {
-            Console.Error.WriteLine($"reactor {Id}: queue failed and was stopped: {e}");
-            queue.Fault(e);
-            Detach(queue);
+            StopFailedQueue(queue, e);
             return 1;
+        }
+    }
+
+    /// <summary>
+    /// A faulted queue stays in the polling set, where it only waits for its backend to return what it holds
+    /// (so that a stop can report drained). One that throws even then is taken off: nothing it does can be
+    /// trusted, and the session's drain timeout gives up on it.
+    /// </summary>
+    private void StopFailedQueue(IReactorQueue queue, Exception error)
+    {
+        try
+        {
+            if (queue.Faulted)
+            {
+                _log.LogError(error, "{Device} queue {Queue}: failed again after an internal error; reactor {Reactor} stops polling it",
+                    queue.DeviceName, queue.Index, Id);
+                Detach(queue);
+                return;
+            }
+            _log.LogError(error, "{Device} queue {Queue}: internal error, queue stopped (reactor {Reactor} serves its other queues)",
+                queue.DeviceName, queue.Index, Id);
+            queue.Fault(error);
+        }
+        catch (Exception e)
+        {
+            _log.LogError(e, "{Device} queue {Queue}: could not be stopped cleanly; reactor {Reactor} stops polling it", queue.DeviceName, queue.Index, Id);
+            Detach(queue);
+        }
+    }
+
+    /// <summary>
+    /// Submits and reaps the I/O engine's operations. An exception escaping it (a channel's completion handling, or
+    /// the ring itself) must not end the loop that serves every other queue: it is logged (at most once a second,
+    /// with a count of the ones left out) and counted as work, so completions still waiting in the ring are
+    /// reaped on the next round rather than after a sleep nothing would wake.
+    /// </summary>
+    private int PollIo()
+    {
+        try
+        {
+            return Io.Poll();
+        }
+        catch (Exception e)
+        {
+            if (_ioFailures.ShouldLog(out long suppressed))
+                _log.LogError(e, "reactor {Reactor}: I/O engine failed while dispatching completions; the reactor keeps serving its queues ({Suppressed} similar failure(s) since the last report)",
+                    Id, suppressed);
+            return 1;
+        }
+    }
+
+    /// <summary>Disposes the retired queues whose backend has nothing in flight any more.</summary>
+    private void DisposeIdleRetired()
+    {
+        for (int i = _retiring.Count - 1; i >= 0; i--)
+        {
+            var queue = _retiring[i];
+            try
+            {
+                if (queue.BackendInFlight != 0) continue;
+                _retiring.RemoveAt(i);
+                queue.Dispose();
+                _log.LogInformation("{Device} queue {Queue}: its backend finished the abandoned requests; queue released", queue.DeviceName, queue.Index);
+            }
+            catch (Exception e)
+            {
+                // Its state is unknown: keep nothing that could touch it again, and leak it rather than free buffers
+                // the backend may still use.
+                _retiring.Remove(queue);
+                _log.LogError(e, "{Device} queue {Queue}: failed while being released; left as it is", queue.DeviceName, queue.Index);
+            }
         }
     }
 
@@ -190,7 +286,9 @@ public sealed class Reactor : IDisposable
     {
         _stopping = true;
         EventFd.Signal(_wake.Fd);
-        if (!_thread.Join(TimeSpan.FromSeconds(10))) Console.Error.WriteLine($"reactor {Id} did not stop in time");
+        if (!_thread.Join(TimeSpan.FromSeconds(10))) _log.LogError("reactor {Reactor} did not stop in time", Id);
+        // Retired queues whose backend never finished stay undisposed: their buffers may still be in use.
+        if (_retiring.Count > 0) _log.LogWarning("reactor {Reactor}: {Count} retired queue(s) still had backend operations in flight at shutdown", Id, _retiring.Count);
         _epoll.Dispose();
         _wake.Dispose();
         Io.Dispose();

@@ -36,7 +36,8 @@ public sealed class TargetRuntime : IDisposable
     {
         var log = loggers.CreateLogger("blktarget");
         int maxQueues = settings.Devices.Max(d => d.Queues);
-        var reactors = new ReactorPool(settings.Cpus, DefaultReactorCount(maxQueues, Environment.ProcessorCount), settings.IdlePoll);
+        var reactors = new ReactorPool(settings.Cpus, DefaultReactorCount(maxQueues, Environment.ProcessorCount), settings.IdlePoll,
+            loggers.CreateLogger("reactor"));
         var runtime = new TargetRuntime(reactors, log);
         try
         {

@@ -20,7 +20,7 @@ internal sealed class ScsiTestTarget : IDisposable
     {
         Log = new TestLogger(output);
         SocketPath = $"/tmp/blkt-scsi-{Guid.NewGuid():N}.sock";
-        Reactors = new ReactorPool(null, 2, TimeSpan.FromMicroseconds(50));
+        Reactors = new ReactorPool(null, 2, TimeSpan.FromMicroseconds(50), Log);
         Disks = [new RamDisk(Lun0Bytes), new RamDisk(Lun1Bytes, 4096), new RamDisk(1 << 20, readOnly: true)];
         Device = new VirtioScsiDevice("scsi-it", [
             new ScsiLunDefinition(0, 0, Disks[0], "IT-LUN0"),

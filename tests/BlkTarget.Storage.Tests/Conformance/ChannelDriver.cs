@@ -23,6 +23,8 @@ internal sealed unsafe class ChannelDriver : IBlockCompletionSink, IDisposable
 
     public void Complete(ulong tag, BlockStatus status) => _done[tag] = status;
 
+    public void ChannelFaulted(Exception error) => throw new InvalidOperationException("the channel under test faulted", error);
+
     /// <summary>Runs one request without data buffers (flush, discard, write-zeroes) to completion.</summary>
     public BlockStatus Run(BlockOperation operation, ulong offset, ulong length, BlockRequestFlags flags = 0) =>
         RunWithBuffers(operation, offset, length, null, 0, flags);

@@ -400,6 +400,39 @@ public sealed unsafe class ScsiQueueTests
     }
 
     [Fact]
+    public void A_lun_channel_fault_stops_the_queue_and_its_commands_stop_counting_for_task_management_once_the_backend_is_idle()
+    {
+        var disk = new DeferredDisk(1 << 20);
+        var log = new BlkTarget.IntegrationTests.TestLogger(null);
+        using var h = new ScsiHarness(d => { d.Add(disk); return [new ScsiLunDefinition(0, 0, disk, "D")]; }, log: log);
+        for (uint lba = 0; lba < 2; lba++)
+        {
+            ulong req = h.Ring.Allocate(64);
+            var r = h.Ring.Bytes(req, 51);
+            r.Clear();
+            ScsiHarness.Lun(0, 0).CopyTo(r);
+            Cdbs.Rw10(ScsiOp.Read10, lba, 1).CopyTo(r[19..]);
+            ulong resp = h.Ring.Allocate(108 + 512);
+            Assert.False(h.Submit([(req, 51, false), (resp, 108, true), (resp + 108, 512, true)]).Completed);
+        }
+        Assert.Equal(2, h.Device.Luns[0].InFlight);
+        disk.ReleaseOneWithTag(90);
+        Assert.True(h.Queue.Faulted);
+        Assert.Contains(log.Lines, l => l.StartsWith("[Error] test-scsi queue 2: backend channel failed", StringComparison.Ordinal));
+        h.Queue.Poll();
+        // One read is still in the backend, which may write into its data-in buffer: task management must wait.
+        Assert.Equal(2, h.Device.Luns[0].InFlight);
+        bool drained = false;
+        h.Queue.BeginStop(() => drained = true);
+        Assert.False(drained);
+        disk.ReleaseCompletions();
+        h.Queue.Poll();
+        Assert.True(drained);
+        Assert.Equal(0, h.Device.Luns[0].InFlight);
+        Assert.Equal(0, h.Ring.UsedIdx);
+    }
+
+    [Fact]
     public void A_device_reset_restores_each_luns_configured_write_cache()
     {
         using var cached = new RamDisk(1 << 20);
@@ -421,7 +454,7 @@ public sealed unsafe class ScsiQueueTests
     {
         using var ring = new TestRing(size: 8);
         using var io = new IoContext();
-        var q = new ScsiEventQueue(new QueueStartInfo(VirtioScsi.EventQueue, ring.CreateRing(lastAvail: 3), ring.Memory.Memory, 0, 5, -1, io));
+        var q = new ScsiEventQueue(new QueueStartInfo(VirtioScsi.EventQueue, ring.CreateRing(lastAvail: 3), ring.Memory.Memory, 0, 5, -1, io), "test-scsi");
         ring.SetDescriptor(0, ring.Allocate(16), 16, VirtqDescriptor.FlagWrite);
         ring.MakeAvailable(0);
         Assert.Equal(0, q.Poll());
