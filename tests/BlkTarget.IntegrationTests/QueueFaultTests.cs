@@ -36,17 +36,25 @@ public sealed class QueueFaultTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>A started guest whose first request, a 4 KiB read (token 1), the backend holds.</summary>
+    private static TestGuest ConnectWithReadInBackend(TestTarget target, DeferredDisk disk)
+    {
+        var guest = TestGuest.Connect(target.SocketPath, queueSize: 32);
+        var blk = guest.Blk[0];
+        Assert.True(blk.TrySubmit(BlkRequestType.In, 0, [guest.Allocate(4096)], 1));
+        blk.Kick();
+        WaitUntil(() => OnReactor(target, () => disk.Held) == 1, "the read is in the backend");
+        return guest;
+    }
+
     [Fact]
     public void A_queue_stopped_by_an_internal_error_answers_get_vring_base_only_once_the_backend_returned_its_io()
     {
         var disk = new DeferredDisk(16 << 20);
         using var target = Target(output, () => disk, TimeSpan.FromSeconds(30));
-        using var guest = TestGuest.Connect(target.SocketPath, queueSize: 32);
+        using var guest = ConnectWithReadInBackend(target, disk);
         var blk = guest.Blk[0];
         var buffer = guest.Allocate(4096);
-        Assert.True(blk.TrySubmit(BlkRequestType.In, 0, [buffer], 1));
-        blk.Kick();
-        WaitUntil(() => OnReactor(target, () => disk.Held) == 1, "the read is in the backend");
 
         // The next request makes the queue's processing throw: the queue stops, the target keeps running.
         OnReactor(target, () => disk.ThrowOnSubmit = true);
@@ -83,12 +91,8 @@ public sealed class QueueFaultTests(ITestOutputHelper output)
         var disk = new DeferredDisk(16 << 20);
         using var target = Target(output, () => disk, ShortDrain);
         var reactor = target.Reactors.Reactors[0];
-        using var guest = TestGuest.Connect(target.SocketPath, queueSize: 32);
+        using var guest = ConnectWithReadInBackend(target, disk);
         var blk = guest.Blk[0];
-        var buffer = guest.Allocate(4096);
-        Assert.True(blk.TrySubmit(BlkRequestType.In, 0, [buffer], 1));
-        blk.Kick();
-        WaitUntil(() => OnReactor(target, () => disk.Held) == 1, "the read is in the backend");
 
         // The backend never answers within the drain timeout: GET_VRING_BASE gives up on the read.
         Assert.Equal([(ushort)1], guest.Stop());
