@@ -30,7 +30,9 @@ public sealed class VhostUserSession : IDisposable
     private GuestMemory _memory = GuestMemory.Empty;
     private ulong _ackedFeatures;
     private ProtocolFeatures _ackedProtocol;
-    /// <summary>Set when a queue was abandoned with requests in flight: its memory must never be unmapped.</summary>
+    /// <summary>Set when a queue was abandoned with requests in flight: this session never unmaps a region itself
+    /// any more. The abandoned queue, which its reactor keeps until the backend has returned every operation,
+    /// references the guest memory it used; only once nothing references a region does its SafeHandle unmap it.</summary>
     private bool _keepMappings;
 
     /// <summary>A session for one accepted connection; <paramref name="options"/> defaults to <see cref="VhostUserSessionOptions"/>'s

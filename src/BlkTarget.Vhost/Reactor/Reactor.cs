@@ -20,6 +20,9 @@ public sealed class Reactor : IDisposable
     private readonly List<IReactorQueue> _queues = [];
     /// <summary>Queues taken off the polling set whose backend still had operations in flight.</summary>
     private readonly List<IReactorQueue> _retiring = [];
+    /// <summary>Retired queues that failed while being released: kept referenced for good, so that nothing they hold
+    /// (guest memory mappings the backend may still write into) is ever finalized.</summary>
+    private readonly List<IReactorQueue> _leaked = [];
     private readonly ConcurrentQueue<Action> _mailbox = new();
     private readonly FileDescriptor _epoll;
     private readonly FileDescriptor _wake;
@@ -117,7 +120,8 @@ public sealed class Reactor : IDisposable
     /// <summary>
     /// Takes a queue off the reactor for good although its backend still has operations in flight (reactor thread
     /// only): it is never polled again, and it is disposed here once <see cref="IReactorQueue.BackendInFlight"/>
-    /// reaches 0. Disposing it earlier would free what the backend channel still routes completions to.
+    /// reaches 0. Disposing it earlier would free what the backend channel still routes completions to; and while
+    /// the reactor holds it, the guest memory it references stays reachable, hence mapped.
     /// </summary>
     public void Retire(IReactorQueue queue)
     {
@@ -259,9 +263,10 @@ public sealed class Reactor : IDisposable
             }
             catch (Exception e)
             {
-                // Its state is unknown: keep nothing that could touch it again, and leak it rather than free buffers
-                // the backend may still use.
+                // Its state is unknown: never touch it again, and leak it rather than free buffers the backend may
+                // still use.
                 _retiring.Remove(queue);
+                _leaked.Add(queue);
                 _log.LogError(e, "{Device} queue {Queue}: failed while being released; left as it is", queue.DeviceName, queue.Index);
             }
         }
