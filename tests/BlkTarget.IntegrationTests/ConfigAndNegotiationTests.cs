@@ -118,4 +118,27 @@ public sealed class ConfigAndNegotiationTests(ITestOutputHelper output)
         Assert.Throws<VhostUserFrontendException>(() => frontend.SetConfig(VirtioBlkConfig.WritebackOffset, [2]));
         Assert.Equal((16UL << 20) / 512, VirtioBlkConfig.Parse(frontend.GetConfig(0, VirtioBlkConfig.Length)).Capacity);
     }
+
+    [Fact]
+    public void AGuestsWritebackChoiceLastsUntilDeviceResetOrTheNextSession()
+    {
+        using var target = new TestTarget(output);
+        byte Writeback(VhostUserFrontend f) => VirtioBlkConfig.Parse(f.GetConfig(0, VirtioBlkConfig.Length)).Writeback;
+        using (var guest = TestGuest.Connect(target.SocketPath))
+        {
+            guest.Frontend.SetConfig(VirtioBlkConfig.WritebackOffset, [0]);
+            Assert.Equal(0, Writeback(guest.Frontend));
+            guest.Stop();
+            guest.ResetQueues();
+            guest.Start();
+            Assert.Equal(0, Writeback(guest.Frontend));              // a stop and restart is no reset
+            guest.Frontend.ResetDevice();
+            Assert.Equal(1, Writeback(guest.Frontend));
+            guest.Frontend.SetConfig(VirtioBlkConfig.WritebackOffset, [0]);
+        }
+        Assert.True(target.WaitForNoFrontend(TimeSpan.FromSeconds(10)));
+        using var next = VhostUserFrontend.Connect(target.SocketPath);
+        Assert.Equal(1, Writeback(next));
+        Assert.True(target.Device.Context.Config.WriteCacheEnabled);
+    }
 }

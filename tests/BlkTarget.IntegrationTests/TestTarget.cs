@@ -1,3 +1,4 @@
+using BlkTarget.Storage;
 using BlkTarget.Storage.Ram;
 using BlkTarget.Vhost.Blk;
 using BlkTarget.Vhost.Protocol;
@@ -15,11 +16,14 @@ internal sealed record TargetSpec
     public int Queues { get; init; } = 2;
     public int Reactors { get; init; } = 2;
     public string Serial { get; init; } = "blkt-integration";
+    /// <summary>The backend; null: a RAM disk of <see cref="SizeBytes"/>. The target disposes it.</summary>
+    public Func<IBlockDevice>? Backend { get; init; }
+    public VhostUserSessionOptions Session { get; init; } = new();
 }
 
 /// <summary>
-/// The real target, in process: reactors, a RAM disk, the virtio-blk device and the vhost-user server
-/// listening on a fresh Unix socket under /tmp.
+/// The real target, in process: reactors, a RAM disk (or the spec's backend), the virtio-blk device and the
+/// vhost-user server listening on a fresh Unix socket under /tmp.
 /// </summary>
 internal sealed class TestTarget : IDisposable
 {
@@ -28,17 +32,17 @@ internal sealed class TestTarget : IDisposable
         Spec = spec ?? new TargetSpec();
         Log = new TestLogger(output);
         SocketPath = $"/tmp/blkt-it-{Guid.NewGuid():N}.sock";
-        Reactors = new ReactorPool(null, Spec.Reactors, TimeSpan.FromMicroseconds(50));
-        Disk = new RamDisk(Spec.SizeBytes, Spec.BlockSize, Spec.ReadOnly);
+        Reactors = new ReactorPool(null, Spec.Reactors, TimeSpan.FromMicroseconds(50), Log);
+        Disk = Spec.Backend?.Invoke() ?? new RamDisk(Spec.SizeBytes, Spec.BlockSize, Spec.ReadOnly);
         Device = new VirtioBlkDevice("it0", Disk, new BlkOptions { Queues = Spec.Queues, Serial = Spec.Serial }, Log);
-        Server = VhostUserServer.Start(SocketPath, Device, Reactors, 0, Log);
+        Server = VhostUserServer.Start(SocketPath, Device, Reactors, 0, Log, Spec.Session);
     }
 
     public TargetSpec Spec { get; }
     public TestLogger Log { get; }
     public string SocketPath { get; }
     public ReactorPool Reactors { get; }
-    public RamDisk Disk { get; }
+    public IBlockDevice Disk { get; }
     public VirtioBlkDevice Device { get; }
     public VhostUserServer Server { get; }
 

@@ -13,7 +13,7 @@ public sealed unsafe class RamDiskTests : IDisposable
     {
         public readonly List<(ulong Tag, BlockStatus Status)> Seen = [];
         public void Complete(ulong tag, BlockStatus status) => Seen.Add((tag, status));
-        public void ChannelFaulted(Exception error) => throw new InvalidOperationException("channel faulted", error);
+        public void ChannelFaulted(Exception error) => throw new InvalidOperationException("the channel under test faulted", error);
     }
 
     private static BlockStatus Do(IBlockChannel channel, Completions sink, BlockOperation op, ulong offset, byte[]? buffer, ulong length = 0, BlockRequestFlags flags = 0)

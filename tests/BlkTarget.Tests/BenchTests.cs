@@ -105,7 +105,7 @@ public class BenchTests
     public void A_verifying_job_against_the_real_target_moves_every_byte_and_finds_no_mismatch(RwMode rw, int queues, uint bs)
     {
         string socket = $"/tmp/blkt-bench-test-{Guid.NewGuid():N}.sock";
-        using var reactors = new ReactorPool(null, 2, TimeSpan.FromMicroseconds(50));
+        using var reactors = new ReactorPool(null, 2, TimeSpan.FromMicroseconds(50), NullLogger.Instance);
         using var disk = new RamDisk(32 << 20);
         var device = new VirtioBlkDevice("bench-test", disk, new BlkOptions { Queues = 2 }, NullLogger.Instance);
         using var server = VhostUserServer.Start(socket, device, reactors, 0, NullLogger.Instance);

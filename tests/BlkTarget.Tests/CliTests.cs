@@ -15,6 +15,7 @@ public sealed class CliTests : IDisposable
     [InlineData("serve", "--socket", "/tmp/x.sock", "--backend", "ram:1G", "--queues", "0")]
     [InlineData("serve", "--socket", "/tmp/x.sock", "--backend", "ram:1G", "--block-size", "1024")]
     [InlineData("serve", "--socket", "/tmp/x.sock", "--backend", "ram:1G", "--cpus", "999")]
+    [InlineData("serve", "--socket", "/tmp/x.sock", "--backend", "ram:1G", "--drain-timeout-s", "0")]
     [InlineData("serve", "--bogus")]
     [InlineData("serve", "--config", "/nonexistent/config.json")]
     public void Bad_arguments_exit_non_zero_with_one_line_on_stderr(params string[] args)

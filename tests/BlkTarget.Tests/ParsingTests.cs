@@ -69,6 +69,7 @@ public sealed class ConfigFileTests : IDisposable
               // two disks for one VM
               "cpus": "0-1",
               "idlePollMicroseconds": 50,
+              "drainTimeoutSeconds": 5,
               "devices": [
                 { "name": "os", "socket": "/tmp/os.sock", "backend": "ram:1G", "queues": 2, "serial": "OS-1" },
                 { "name": "data", "socket": "/tmp/data.sock", "backend": "ram:512M", "blockSize": 4096, "readOnly": true, },
@@ -78,6 +79,7 @@ public sealed class ConfigFileTests : IDisposable
         Assert.Equal(2, settings.Devices.Count);
         Assert.Equal([0, 1], settings.Cpus);
         Assert.Equal(TimeSpan.FromMicroseconds(50), settings.IdlePoll);
+        Assert.Equal(TimeSpan.FromSeconds(5), settings.DrainTimeout);
         Assert.Equal("OS-1", settings.Devices[0].Serial);
         Assert.Equal(2, settings.Devices[0].Queues);
         Assert.Equal(4096u, settings.Devices[1].BlockSize);
@@ -109,6 +111,8 @@ public sealed class ConfigFileTests : IDisposable
         Assert.Throws<ConfigurationException>(() => SettingsValidator.Validate(new TargetSettings { Devices = [device with { Socket = "/nonexistent-dir/x.sock" }] }, 2));
         Assert.Throws<ConfigurationException>(() => SettingsValidator.Validate(new TargetSettings { Devices = [device], Cpus = [7] }, 2));
         Assert.Throws<ConfigurationException>(() => SettingsValidator.Validate(new TargetSettings { Devices = [device with { Backend = new BackendSpec("ram", 1000) }] }, 2));
+        Assert.Throws<ConfigurationException>(() => SettingsValidator.Validate(new TargetSettings { Devices = [device], DrainTimeout = TimeSpan.Zero }, 2));
+        Assert.Throws<ConfigurationException>(() => SettingsValidator.Validate(new TargetSettings { Devices = [device], DrainTimeout = TimeSpan.FromDays(2) }, 2));
     }
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);

@@ -1,6 +1,8 @@
 using System.Buffers.Binary;
 using BlkTarget.Storage;
+using BlkTarget.Storage.Ram;
 using BlkTarget.Vhost.Blk;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace BlkTarget.Vhost.Tests;
 
@@ -49,6 +51,22 @@ public class BlkConfigSpaceTests
         Assert.False(config.WriteCacheEnabled);
         Assert.False(config.Write(0, [1, 2, 3, 4]));
         Assert.False(config.Write(32, [7]));
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void A_device_reset_restores_the_configured_write_cache_setting(bool configured)
+    {
+        using var disk = new RamDisk(1 << 20);
+        var device = new VirtioBlkDevice("test", disk, new BlkOptions { WriteCache = configured }, NullLogger.Instance);
+        Assert.True(device.WriteConfig(BlkConfigSpace.OffWriteback, [configured ? (byte)0 : (byte)1]));
+        Assert.Equal(!configured, device.Context.Config.WriteCacheEnabled);
+        device.Reset();
+        Assert.Equal(configured, device.Context.Config.WriteCacheEnabled);
+        var writeback = new byte[1];
+        device.ReadConfig(BlkConfigSpace.OffWriteback, writeback);
+        Assert.Equal(configured ? 1 : 0, writeback[0]);
     }
 
     [Fact]

@@ -4,6 +4,8 @@ using BlkTarget.Storage.Ram;
 using BlkTarget.Vhost.Blk;
 using BlkTarget.Vhost.Device;
 using BlkTarget.Vhost.Queues;
+using BlkTarget.IntegrationTests;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace BlkTarget.Vhost.Tests;
@@ -16,6 +18,8 @@ public sealed unsafe class BlkRequestTests : IDisposable
     private readonly TestRing _ring = new(size: 64);
     private readonly Storage.IoContext _io = new();
     private Storage.IBlockDevice _disk = new RamDisk(1 << 20);
+    private BlkDeviceContext _context = null!;
+    private ILogger _log = NullLogger.Instance;
     private BlkQueue _queue;
     private ushort _nextDescriptor;
 
@@ -23,9 +27,9 @@ public sealed unsafe class BlkRequestTests : IDisposable
 
     private BlkQueue CreateQueue(Storage.IBlockDevice disk, BlkOptions options)
     {
-        var context = new BlkDeviceContext("test", disk, options);
+        _context = new BlkDeviceContext("test", disk, options);
         var start = new QueueStartInfo(0, _ring.CreateRing(), _ring.Memory.Memory, 0, -1, -1, _io);
-        return new BlkQueue(start, context, NullLogger.Instance);
+        return new BlkQueue(start, _context, _log);
     }
 
     private void UseDisk(Storage.IBlockDevice disk, BlkOptions? options = null)
@@ -327,6 +331,81 @@ public sealed unsafe class BlkRequestTests : IDisposable
         _ring.MakeAvailable(4);
         _queue.Poll();
         Assert.Equal(1, _queue.LastAvailIdx);
+    }
+
+    [Fact]
+    public void A_queue_stopped_by_an_internal_error_drains_only_when_its_backend_has_nothing_in_flight()
+    {
+        var disk = new DeferredDisk(1 << 20);
+        UseDisk(disk);
+        FlushRequestAt(0);
+        _ring.MakeAvailable(0);
+        _queue.Poll();
+        _queue.Fault(new InvalidOperationException("injected"));
+        Assert.Contains("internal error", _queue.BrokenReason);
+        bool drained = false;
+        _queue.BeginStop(() => drained = true);
+        _queue.Poll();
+        // The backend may still write into the request's buffers: guest memory must stay mapped until it is done.
+        Assert.False(drained);
+        FlushRequestAt(4);
+        _ring.MakeAvailable(4);
+        _queue.Poll();
+        Assert.Equal(1, _queue.LastAvailIdx);
+        disk.ReleaseCompletions();
+        _queue.Poll();
+        Assert.True(drained);
+        // The late completion is counted, not returned to the guest through a ring the queue no longer trusts.
+        Assert.Equal(0, _ring.UsedIdx);
+    }
+
+    [Fact]
+    public void A_backend_channel_fault_stops_the_queue_is_logged_with_the_device_name_and_drains_once_the_backend_is_idle()
+    {
+        var disk = new DeferredDisk(1 << 20);
+        var log = new TestLogger(null);
+        _log = log;
+        UseDisk(disk);
+        for (ushort head = 0; head < 6; head += 2)
+        {
+            FlushRequestAt(head);
+            _ring.MakeAvailable(head);
+        }
+        _queue.Poll();
+        Assert.Equal(3, disk.Held);
+        // A backend bug: a completion for a request that is not in flight. The queue's completion handling throws,
+        // the channel reports it faulted and stops delivering.
+        disk.ReleaseOneWithTag(40);
+        Assert.True(_queue.Faulted);
+        Assert.Contains("backend channel", _queue.BrokenReason);
+        Assert.Contains(log.Lines, l => l.StartsWith("[Error] test queue 0: backend channel failed", StringComparison.Ordinal));
+        bool drained = false;
+        _queue.BeginStop(() => drained = true);
+        _queue.Poll();
+        Assert.False(drained);                                   // two operations still in the backend
+        disk.ReleaseCompletions();
+        Assert.Equal(0, disk.Held);
+        _queue.Poll();
+        Assert.True(drained);
+        Assert.Equal(0, _ring.UsedIdx);
+        Assert.False(_queue.PrepareToSleep());
+    }
+
+    [Fact]
+    public void Writes_carry_fua_exactly_while_the_guest_has_the_write_cache_off()
+    {
+        var disk = new RecordingDisk(1 << 20);
+        UseDisk(disk);
+        WriteSectors(0, new byte[512]);
+        Assert.True(_context.Config.Write(BlkConfigSpace.OffWriteback, [0]));
+        WriteSectors(0, new byte[512]);
+        ReadSectors(0, 512);
+        Assert.True(_context.Config.Write(BlkConfigSpace.OffWriteback, [1]));
+        WriteSectors(0, new byte[512]);
+        Assert.Equal(
+            [(BlockOperation.Write, BlockRequestFlags.None), (BlockOperation.Write, BlockRequestFlags.Fua),
+             (BlockOperation.Read, BlockRequestFlags.None), (BlockOperation.Write, BlockRequestFlags.None)],
+            disk.Requests.Select(r => (r.Operation, r.Flags)));
     }
 
     [Fact]

@@ -13,7 +13,7 @@ internal sealed unsafe class RecordingDisk(ulong size, Func<BlockDeviceInfo, Blo
 {
     private readonly RamDisk _inner = new(size);
 
-    public List<(BlockOperation Operation, ulong Length, IoVec[] Iov)> Requests { get; } = [];
+    public List<(BlockOperation Operation, ulong Length, IoVec[] Iov, BlockRequestFlags Flags)> Requests { get; } = [];
 
     public List<(BlockOperation Operation, BlockRequestFlags Flags)> Operations { get; } = [];
 
@@ -32,7 +32,7 @@ internal sealed unsafe class RecordingDisk(ulong size, Func<BlockDeviceInfo, Blo
         {
             disk.Operations.Add((request.Operation, request.Flags));
             if (request.Operation is BlockOperation.Read or BlockOperation.Write)
-                disk.Requests.Add((request.Operation, request.Length, new ReadOnlySpan<IoVec>(request.Iov, request.IovCount).ToArray()));
+                disk.Requests.Add((request.Operation, request.Length, new ReadOnlySpan<IoVec>(request.Iov, request.IovCount).ToArray(), request.Flags));
             inner.Submit(request);
         }
 

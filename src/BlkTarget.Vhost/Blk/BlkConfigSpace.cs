@@ -27,6 +27,7 @@ public sealed class BlkConfigSpace
     private const int OffWriteZeroesMayUnmap = 56;
 
     private readonly byte[] _bytes = new byte[Size];
+    private readonly byte _defaultWriteback;
 
     public BlkConfigSpace(BlockDeviceInfo info, BlkOptions options)
     {
@@ -39,7 +40,8 @@ public sealed class BlkConfigSpace
         b[OffPhysicalBlockExp] = 0;                             // physical block = logical block
         BinaryPrimitives.WriteUInt16LittleEndian(b[OffMinIoSize..], 1);   // in logical blocks
         BinaryPrimitives.WriteUInt32LittleEndian(b[OffOptIoSize..], 0);
-        b[OffWriteback] = options.WriteCache ? (byte)1 : (byte)0;
+        _defaultWriteback = options.WriteCache ? (byte)1 : (byte)0;
+        b[OffWriteback] = _defaultWriteback;
         BinaryPrimitives.WriteUInt16LittleEndian(b[OffNumQueues..], (ushort)options.Queues);
         // Range limits: ours, narrowed to what the medium takes in one request; alignment: its deallocation unit.
         if (info.SupportsDiscard)
@@ -79,4 +81,7 @@ public sealed class BlkConfigSpace
         Volatile.Write(ref _bytes[OffWriteback], data[0]);
         return true;
     }
+
+    /// <summary>Device reset: the guest's writeback choice lasts until then, afterwards the configured default applies.</summary>
+    public void Reset() => Volatile.Write(ref _bytes[OffWriteback], _defaultWriteback);
 }

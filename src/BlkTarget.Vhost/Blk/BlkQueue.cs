@@ -150,16 +150,22 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         return VirtioBlk.StatusOk;
     }
 
+    public override int BackendInFlight => _channel.InFlight;
+
     public void Complete(ulong tag, BlockStatus status)
     {
+        // A faulted queue writes nothing into guest memory any more: the completion only ends the backend's use of
+        // the buffers, and the channel counts that.
+        if (Faulted) return;
+        // A completion for a request not in flight is a backend bug: it would write a stale status byte into memory
+        // the guest may have reused. Throwing faults this queue (the caller reports it) instead.
+        if (tag >= (ulong)_slots.Length || _slots[(int)tag].Pending <= 0)
+            throw new InvalidOperationException($"backend completed tag {tag}, which is not in flight");
         ref Slot slot = ref _slots[(int)tag];
         if (status != BlockStatus.Ok && slot.Result == VirtioBlk.StatusOk)
             slot.Result = status == BlockStatus.Unsupported ? VirtioBlk.StatusUnsupported : VirtioBlk.StatusIoErr;
         CompleteSlot((ushort)tag, ref slot);
     }
-
-    /// <summary>The backend channel's completion handling threw: stop this queue (internal error).</summary>
-    public void ChannelFaulted(Exception error) => Fault(error);
 
     private void CompleteSlot(ushort head, ref Slot slot)
     {

@@ -47,5 +47,5 @@ public sealed class VirtioBlkDevice : IVhostUserDevice
 
     public IRunningQueue CreateQueue(QueueStartInfo start) => new BlkQueue(start, Context, _log);
 
-    public void Reset() { }
+    public void Reset() => Context.Config.Reset();
 }

@@ -14,19 +14,28 @@ public sealed record QueueStartInfo(int Index, IVirtqueue Ring, GuestMemory Memo
 /// A virtqueue while it runs on a reactor. Everything except construction and Dispose is called on the
 /// owning reactor's thread.
 /// </summary>
-public interface IRunningQueue : IReactorQueue, IDisposable
+public interface IRunningQueue : IReactorQueue
 {
     /// <summary>Replaces the call eventfd (-1: do not signal). The caller keeps ownership of the fd.</summary>
     void SetCallFd(int fd);
 
     /// <summary>Stops taking new requests; <paramref name="onDrained"/> runs (on the reactor thread) once every
-    /// request already taken has completed and its used entry is published.</summary>
+    /// request already taken has completed and its used entry is published, or, for a queue stopped by an internal
+    /// error, once its backend has no operation in flight.</summary>
     void BeginStop(Action onDrained);
+
+    /// <summary>
+    /// Gives up on the requests still in flight (the stop timed out). From this call on the queue never touches its
+    /// ring, kick or call eventfd again (the session closes them next) and publishes no completion; the pending
+    /// <see cref="BeginStop"/> callback never runs. The caller then retires it from its reactor, which disposes it
+    /// once <see cref="Reactor.IReactorQueue.BackendInFlight"/> is 0.
+    /// </summary>
+    void AbandonInFlight();
 
     /// <summary>The next avail index to process: what GET_VRING_BASE reports.</summary>
     ushort LastAvailIdx { get; }
 
-    /// <summary>Why the queue stopped processing after a guest error, or null while healthy.</summary>
+    /// <summary>Why the queue stopped processing (a guest error, or an internal one), or null while healthy.</summary>
     string? BrokenReason { get; }
 }
 
@@ -52,6 +61,12 @@ public interface IVhostUserDevice
     /// <summary>Creates the runtime of one queue. Called on the reactor thread that will own it.</summary>
     IRunningQueue CreateQueue(QueueStartInfo start);
 
-    /// <summary>Called when the frontend resets the device (guest reboot, disconnect).</summary>
+    /// <summary>
+    /// Device reset, with no queue running: RESET_DEVICE/RESET_OWNER, or the end of the session (the next
+    /// frontend finds a fresh device). What the guest set (e.g. its write-cache choice) returns to the configured
+    /// defaults. Stopping and restarting the queues is no reset: QEMU does that when it pauses the VM too, and the
+    /// guest must keep the cache mode it chose (QEMU's vhost-user-blk even keeps serving the guest its own cached
+    /// copy of the writeback byte across a guest reboot).
+    /// </summary>
     void Reset();
 }

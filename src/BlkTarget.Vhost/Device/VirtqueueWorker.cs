@@ -11,6 +11,15 @@ namespace BlkTarget.Vhost.Device;
 /// each one a slot (indexed by its head descriptor, unique while in flight, allocated once at queue start),
 /// publish used entries once per poll and signal the guest only when it asked, stop after draining, and
 /// refuse further work once the guest broke the ring. Device models implement <see cref="Process"/>.
+/// <para>
+/// After an internal error (<see cref="Fault"/>: the queue's own code threw; <see cref="ChannelFaulted"/>: its
+/// backend channel's completion handling threw) the queue is faulted: it takes no new chains, and it publishes
+/// nothing more, neither used entries nor status bytes nor interrupts, because its slots and ring state may be
+/// inconsistent and a wrong used entry would hand the guest a buffer the backend still writes into. Completions
+/// that still arrive only end the backend's use of their buffers. The queue counts as drained once its backend
+/// has nothing in flight (<see cref="BackendInFlight"/>): until then the kernel may write into guest memory, which
+/// therefore must stay mapped. Its requests are lost to the guest, which needs a device reset anyway.
+/// </para>
 /// </summary>
 public abstract unsafe class VirtqueueWorker : IRunningQueue
 {
@@ -30,6 +39,9 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     private bool _usedPending;
     private Action? _onDrained;
     private bool _stopping;
+    private bool _faulted;
+    /// <summary>Faulted, and the backend has returned every operation since.</summary>
+    private bool _settled;
 
     protected VirtqueueWorker(QueueStartInfo start, string deviceName, ILogger log)
     {
@@ -48,13 +60,19 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     }
 
     public int Index { get; }
+    public string DeviceName => _deviceName;
     protected IVirtqueue Ring { get; }
     protected GuestMemory Memory { get; }
     protected ILogger Log { get; }
     public int KickFd => _kickFd;
     public ushort LastAvailIdx => Ring.LastAvailIdx;
     public string? BrokenReason { get; private set; }
+    /// <summary>Requests taken from the ring and not completed yet.</summary>
     public int InFlight => _inFlight;
+    public bool Faulted => _faulted;
+
+    /// <summary>Operations the device model's backend channels hold (0 for models without a backend).</summary>
+    public virtual int BackendInFlight => 0;
 
     /// <summary>
     /// Handles the request whose chain starts at <paramref name="head"/>; its buffers are already in the slot
@@ -69,6 +87,10 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
 
     /// <summary>Called on every poll (also while stopping) to finish deferred work; returns how much happened.</summary>
     protected virtual int PollDeferred() => 0;
+
+    /// <summary>Called once when a faulted queue's backend has returned every operation: the requests it will never
+    /// complete can no longer be touched by anyone.</summary>
+    protected virtual void OnFaultSettled() { }
 
     /// <summary>Returns request <paramref name="head"/> to the guest; published at the end of this poll.</summary>
     protected void CompleteRequest(ushort head, uint usedLength)
@@ -93,18 +115,25 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         // A completion published just before the swap was signalled on the old fd, which the frontend may no
         // longer watch (QEMU replaces its notifiers when the guest reprograms MSI-X while the ring already runs):
         // a spurious interrupt is harmless, a lost one leaves the guest waiting forever.
-        if (fd >= 0) EventFd.Signal(fd);
+        if (fd >= 0 && !_faulted) EventFd.Signal(fd);
     }
 
     public void BeginStop(Action onDrained)
     {
         _stopping = true;
         _onDrained = onDrained;
+        if (_faulted) Settle();
         CheckDrained();
     }
 
     public int Poll()
     {
+        if (_faulted)
+        {
+            // Only waits for the backend; the ring and the call fd are left alone.
+            if (Settle()) CheckDrained();
+            return 0;
+        }
         int work = PollDeferred();
         if (!_stopping && BrokenReason is null)
         {
@@ -140,15 +169,51 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         Process(head, ref chain);
     }
 
-    public void Fault(Exception error)
+    public void Fault(Exception error) => EnterFault($"internal error: {error.Message}");
+
+    /// <summary>
+    /// <see cref="IBlockCompletionSink.ChannelFaulted"/> for device models whose queue is the sink: the I/O engine
+    /// caught an exception from the channel's completion handling (on this reactor thread). Logged with the device
+    /// name; the queue is faulted like after <see cref="Fault"/>.
+    /// </summary>
+    public void ChannelFaulted(Exception error)
     {
-        Break($"internal error: {error.Message}");
-        _inFlight = 0;
+        Log.LogError(error, "{Device} queue {Queue}: backend channel failed while completing requests; queue stopped", _deviceName, Index);
+        EnterFault($"internal error in the backend channel: {error.Message}");
+    }
+
+    public void AbandonInFlight()
+    {
+        EnterFault("abandoned with requests in flight");
+        _onDrained = null;
+        _callFd = -1;
+    }
+
+    private void EnterFault(string reason)
+    {
+        if (_faulted) return;
+        _faulted = true;
+        BrokenReason = reason;
+        _usedPending = false;
+        Settle();
         CheckDrained();
+    }
+
+    /// <summary>True once a faulted queue's backend holds nothing; runs <see cref="OnFaultSettled"/> the first time.</summary>
+    private bool Settle()
+    {
+        if (!_settled && BackendInFlight == 0)
+        {
+            _settled = true;
+            OnFaultSettled();
+        }
+        return _settled;
     }
 
     public bool PrepareToSleep()
     {
+        // A faulted queue waits for backend completions, which wake the reactor through the I/O engine's eventfd.
+        if (_faulted) return false;
         // Requests in flight do not keep the reactor awake: the I/O engine's eventfd wakes it on completion.
         if (_usedPending || HasDeferredWork) return true;
         if (_stopping || BrokenReason is not null) return false;
@@ -171,7 +236,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
 
     private void CheckDrained()
     {
-        if (_inFlight != 0 || _onDrained is null) return;
+        if (_onDrained is null || (_faulted ? !_settled : _inFlight != 0)) return;
         var done = _onDrained;
         _onDrained = null;
         done();

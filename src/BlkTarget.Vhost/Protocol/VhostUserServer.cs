@@ -16,15 +16,18 @@ public sealed class VhostUserServer : IDisposable
     private readonly ReactorPool _reactors;
     private readonly int _deviceOffset;
     private readonly ILogger _log;
+    private readonly VhostUserSessionOptions _sessionOptions;
     private readonly Socket _listener;
     private readonly Thread _thread;
     private volatile VhostUserConnection? _current;
     private volatile bool _stopping;
     private int _sessions;
 
-    private VhostUserServer(string socketPath, IVhostUserDevice device, ReactorPool reactors, int deviceOffset, ILogger log, Socket listener)
+    private VhostUserServer(string socketPath, IVhostUserDevice device, ReactorPool reactors, int deviceOffset, ILogger log,
+        VhostUserSessionOptions sessionOptions, Socket listener)
     {
         SocketPath = socketPath;
+        _sessionOptions = sessionOptions;
         _device = device;
         _reactors = reactors;
         _deviceOffset = deviceOffset;
@@ -40,9 +43,14 @@ public sealed class VhostUserServer : IDisposable
     /// <summary>
     /// Binds the socket and starts accepting. A leftover socket file nobody listens on is replaced; a path
     /// where another process listens, or that is not a socket, is refused with <see cref="IOException"/>.
+    /// <paramref name="sessionOptions"/> (default: the defaults) apply to every session; invalid ones throw
+    /// <see cref="ArgumentOutOfRangeException"/>.
     /// </summary>
-    public static VhostUserServer Start(string socketPath, IVhostUserDevice device, ReactorPool reactors, int deviceOffset, ILogger log)
+    public static VhostUserServer Start(string socketPath, IVhostUserDevice device, ReactorPool reactors, int deviceOffset, ILogger log,
+        VhostUserSessionOptions? sessionOptions = null)
     {
+        sessionOptions ??= new VhostUserSessionOptions();
+        sessionOptions.Validate();
         PrepareSocketPath(socketPath);
         var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
@@ -55,7 +63,7 @@ public sealed class VhostUserServer : IDisposable
             listener.Dispose();
             throw new IOException($"cannot listen on {socketPath}: {e.Message}", e);
         }
-        var server = new VhostUserServer(socketPath, device, reactors, deviceOffset, log, listener);
+        var server = new VhostUserServer(socketPath, device, reactors, deviceOffset, log, sessionOptions, listener);
         server._thread.Start();
         log.LogInformation("{Device}: listening on {Socket}", device.Name, socketPath);
         return server;
@@ -103,7 +111,7 @@ public sealed class VhostUserServer : IDisposable
         using var connection = new VhostUserConnection(client);
         _current = connection;
         _log.LogInformation("{Device}: frontend connected (session {Session})", _device.Name, number);
-        var session = new VhostUserSession(_device, connection, _reactors, _deviceOffset, _log);
+        var session = new VhostUserSession(_device, connection, _reactors, _deviceOffset, _log, _sessionOptions);
         try
         {
             if (!_stopping) session.Run();

@@ -18,24 +18,30 @@ public sealed class VhostUserSession : IDisposable
     public const ProtocolFeatures SupportedProtocolFeatures =
         ProtocolFeatures.Mq | ProtocolFeatures.ReplyAck | ProtocolFeatures.Config | ProtocolFeatures.ConfigureMemSlots;
     public const int MaxMemSlots = 32;
-    /// <summary>How long GET_VRING_BASE waits for in-flight requests before giving up on them.</summary>
-    public static readonly TimeSpan DrainTimeout = TimeSpan.FromSeconds(30);
 
     private readonly IVhostUserDevice _device;
     private readonly VhostUserConnection _connection;
     private readonly ReactorPool _reactors;
     private readonly int _deviceOffset;
     private readonly ILogger _log;
+    private readonly VhostUserSessionOptions _options;
     private readonly VringSetup[] _vrings;
     private readonly List<GuestRegion> _regions = [];
     private GuestMemory _memory = GuestMemory.Empty;
     private ulong _ackedFeatures;
     private ProtocolFeatures _ackedProtocol;
-    /// <summary>Set when a queue was abandoned with requests in flight: its memory must never be unmapped.</summary>
+    /// <summary>Set when a queue was abandoned with requests in flight: this session never unmaps a region itself
+    /// any more. The abandoned queue, which its reactor keeps until the backend has returned every operation,
+    /// references the guest memory it used; only once nothing references a region does its SafeHandle unmap it.</summary>
     private bool _keepMappings;
 
-    public VhostUserSession(IVhostUserDevice device, VhostUserConnection connection, ReactorPool reactors, int deviceOffset, ILogger log)
+    /// <summary>A session for one accepted connection; <paramref name="options"/> defaults to <see cref="VhostUserSessionOptions"/>'s
+    /// defaults. Throws <see cref="ArgumentOutOfRangeException"/> for invalid options.</summary>
+    public VhostUserSession(IVhostUserDevice device, VhostUserConnection connection, ReactorPool reactors, int deviceOffset, ILogger log,
+        VhostUserSessionOptions? options = null)
     {
+        _options = options ?? new VhostUserSessionOptions();
+        _options.Validate();
         _device = device;
         _connection = connection;
         _reactors = reactors;
@@ -420,44 +426,49 @@ public sealed class VhostUserSession : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// Stops a running queue and takes it off its reactor. When it stops, the reactor neither polls it nor reads its
+    /// kick fd nor signals its call fd any more, so the caller may close them. Waits up to the drain timeout for the
+    /// requests in flight; past it the queue is abandoned: retired from its reactor (disposed there once its
+    /// backend has returned everything) and this session's guest memory kept mapped for good.
+    /// </summary>
     private void StopQueue(int index)
     {
         var vring = _vrings[index];
         if (vring.Running is not { } queue || vring.Reactor is not { } reactor) return;
-        var drained = new ManualResetEventSlim();
-        int state = 0;   // 0 waiting, 1 drained, 2 abandoned
-        reactor.Invoke(() => queue.BeginStop(() =>
+        using var drained = new ManualResetEventSlim();
+        reactor.Invoke(() => queue.BeginStop(drained.Set));
+        bool abandoned = false;
+        if (!drained.Wait(_options.DrainTimeout))
         {
-            if (Interlocked.CompareExchange(ref state, 1, 0) == 0)
+            // Decided on the reactor, where the queue runs: it may have drained since the wait ended.
+            reactor.Invoke(() =>
             {
-                drained.Set();
-                return;
-            }
-            // Abandoned after the timeout: it drained at last, so it can go now (we are on its reactor).
-            reactor.Detach(queue);
-            queue.Dispose();
-        }));
-        if (!drained.Wait(DrainTimeout) && Interlocked.CompareExchange(ref state, 2, 0) == 0)
-        {
-            // Requests the backend never finished may still write into guest memory: keep the queue polling and
-            // every mapping alive rather than free memory the kernel may still DMA into.
-            _log.LogError("{Device}: queue {Index}: in-flight requests did not complete within {Timeout}; the queue is abandoned and this session's guest memory stays mapped",
-                _device.Name, index, DrainTimeout);
-            _keepMappings = true;
-            vring.Base = queue.LastAvailIdx;
-            vring.Running = null;
-            vring.Reactor = null;
-            return;
+                if (drained.IsSet) return;
+                abandoned = true;
+                queue.AbandonInFlight();
+                reactor.Retire(queue);
+            });
         }
-        drained.Dispose();
-        reactor.Invoke(() =>
+        if (abandoned)
         {
-            reactor.Detach(queue);
-            queue.Dispose();
-        });
+            // Requests the backend never finished may still write into guest memory: keep every mapping alive rather
+            // than free memory the kernel may still write into.
+            _keepMappings = true;
+            _log.LogError("{Device}: queue {Index}: in-flight requests did not complete within {Timeout}; the queue is abandoned and this session's guest memory stays mapped",
+                _device.Name, index, _options.DrainTimeout);
+        }
+        else
+        {
+            reactor.Invoke(() =>
+            {
+                reactor.Detach(queue);
+                queue.Dispose();
+            });
+        }
         vring.Base = queue.LastAvailIdx;
         _log.LogDebug("{Device}: queue {Index} stopped at avail index {Base}", _device.Name, index, vring.Base);
-        if (queue.BrokenReason is { } reason) _log.LogWarning("{Device}: queue {Index} stopped after guest error: {Reason}", _device.Name, index, reason);
+        if (queue.BrokenReason is { } reason && !abandoned) _log.LogWarning("{Device}: queue {Index} had stopped processing: {Reason}", _device.Name, index, reason);
         vring.Running = null;
         vring.Reactor = null;
     }

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using BlkTarget.Storage;
 using BlkTarget.Storage.Interop;
+using Microsoft.Extensions.Logging;
 
 namespace BlkTarget.Vhost.Reactor;
 
@@ -9,13 +10,19 @@ namespace BlkTarget.Vhost.Reactor;
 /// One polling thread that owns a set of virtqueues. It spins over its queues while there is work, and after
 /// <see cref="IdleSpin"/> without any it re-enables guest notifications and blocks in epoll on the queues' kick
 /// eventfds, so an idle target uses no CPU. Other threads never touch its queues directly: they post
-/// actions with <see cref="Invoke"/>, which run between polling rounds.
+/// actions with <see cref="Invoke"/>, which run between polling rounds. A failure while serving one queue stops
+/// that queue only; a failure of the I/O engine is logged and the loop goes on serving the others.
 /// </summary>
 public sealed class Reactor : IDisposable
 {
     private const ulong WakeTag = ulong.MaxValue;
     private const ulong IoTag = ulong.MaxValue - 1;
     private readonly List<IReactorQueue> _queues = [];
+    /// <summary>Queues taken off the polling set whose backend still had operations in flight.</summary>
+    private readonly List<IReactorQueue> _retiring = [];
+    /// <summary>Retired queues that failed while being released: kept referenced for good, so that nothing they hold
+    /// (guest memory mappings the backend may still write into) is ever finalized.</summary>
+    private readonly List<IReactorQueue> _leaked = [];
     private readonly ConcurrentQueue<Action> _mailbox = new();
     private readonly OwnedFd _epoll;
     private readonly OwnedFd _wake;
@@ -23,19 +30,25 @@ public sealed class Reactor : IDisposable
     private readonly int? _cpu;
     private readonly long _idleSpinTicks;
     private readonly long _yieldAfterTicks = Stopwatch.Frequency / 200_000;   // 5 us
+    private readonly ILogger _log;
+    private readonly FailureThrottle _ioFailures = new(TimeSpan.FromSeconds(1));
+    private long _allocatedBytes;
     private volatile bool _stopping;
     private volatile bool _sleeping;
 
-    public Reactor(int id, int? cpu, TimeSpan idleSpin)
+    /// <summary>Starts the reactor thread (pinned to <paramref name="cpu"/> when given). <paramref name="idleSpin"/>:
+    /// how long it polls without work before sleeping in epoll. <paramref name="log"/> gets its failures.</summary>
+    public Reactor(int id, int? cpu, TimeSpan idleSpin, ILogger log)
     {
         Id = id;
         _cpu = cpu;
+        _log = log;
         IdleSpin = idleSpin;
         _idleSpinTicks = (long)(idleSpin.TotalSeconds * Stopwatch.Frequency);
         _epoll = Epoll.Create();
         _wake = EventFd.Create();
         Epoll.Add(_epoll, _wake.Fd, WakeTag);
-        Io = new IoContext();
+        Io = new IoContext(log: log);
         Epoll.Add(_epoll, Io.WakeFd, IoTag);
         _thread = new Thread(Run) { IsBackground = true, Name = cpu is int c ? $"reactor{id}/cpu{c}" : $"reactor{id}" };
         _thread.Start();
@@ -49,6 +62,14 @@ public sealed class Reactor : IDisposable
     public int QueueCount => _queues.Count;
     /// <summary>Set when the reactor ended because its loop threw; the message says why.</summary>
     public string? Failure { get; private set; }
+
+    /// <summary>
+    /// Bytes the reactor thread has allocated on the managed heap since it started
+    /// (<see cref="GC.GetAllocatedBytesForCurrentThread"/>), as published at the start of its latest loop round and
+    /// just before it sleeps. Lets tests prove that the data path allocates nothing per request on the thread that
+    /// actually runs it.
+    /// </summary>
+    public long AllocatedBytes => Volatile.Read(ref _allocatedBytes);
 
     public bool IsReactorThread => Thread.CurrentThread == _thread;
 
@@ -88,12 +109,30 @@ public sealed class Reactor : IDisposable
         if (queue.KickFd >= 0) Epoll.Add(_epoll, queue.KickFd, (ulong)queue.KickFd);
     }
 
-    /// <summary>Removes a queue from the polling set (reactor thread only).</summary>
+    /// <summary>Removes a queue from the polling set (reactor thread only). Afterwards the reactor no longer reads
+    /// its kick eventfd, so the caller may close it.</summary>
     public void Detach(IReactorQueue queue)
     {
         Debug.Assert(IsReactorThread);
         if (_queues.Remove(queue) && queue.KickFd >= 0) Epoll.Remove(_epoll, queue.KickFd);
     }
+
+    /// <summary>
+    /// Takes a queue off the reactor for good although its backend still has operations in flight (reactor thread
+    /// only): it is never polled again, and it is disposed here once <see cref="IReactorQueue.BackendInFlight"/>
+    /// reaches 0. Disposing it earlier would free what the backend channel still routes completions to; and while
+    /// the reactor holds it, the guest memory it references stays reachable, hence mapped.
+    /// </summary>
+    public void Retire(IReactorQueue queue)
+    {
+        Debug.Assert(IsReactorThread);
+        Detach(queue);
+        _retiring.Add(queue);
+        DisposeIdleRetired();
+    }
+
+    /// <summary>Queues retired and not yet disposed (for tests).</summary>
+    public int RetiringCount => _retiring.Count;
 
     private void Run()
     {
@@ -105,7 +144,7 @@ public sealed class Reactor : IDisposable
         catch (Exception e)
         {
             Failure = e.ToString();
-            Console.Error.WriteLine($"reactor {Id} failed: {e}");
+            _log.LogCritical(e, "reactor {Reactor} failed and stopped; its queues are no longer served", Id);
         }
     }
 
@@ -115,12 +154,14 @@ public sealed class Reactor : IDisposable
         long lastWork = Stopwatch.GetTimestamp();
         while (!_stopping)
         {
+            PublishAllocatedBytes();
             RunMailbox();
             int work = 0;
             var queues = _queues;
             for (int i = 0; i < queues.Count; i++) work += PollOne(queues[i]);
             // One io_uring_enter for everything the queues submitted this round, and the completions so far.
-            work += Io.Poll();
+            work += PollIo();
+            if (_retiring.Count > 0) DisposeIdleRetired();
             if (work > 0)
             {
                 lastWork = Stopwatch.GetTimestamp();
@@ -143,6 +184,8 @@ public sealed class Reactor : IDisposable
         RunMailbox();
     }
 
+    private void PublishAllocatedBytes() => Volatile.Write(ref _allocatedBytes, GC.GetAllocatedBytesForCurrentThread());
+
     /// <summary>Polls one queue; an exception (a bug, never guest input) stops that queue only.</summary>
     private int PollOne(IReactorQueue queue)
     {
@@ -152,10 +195,80 @@ public sealed class Reactor : IDisposable
         }
         catch (Exception e)
         {
-            Console.Error.WriteLine($"reactor {Id}: queue failed and was stopped: {e}");
-            queue.Fault(e);
-            Detach(queue);
+            StopFailedQueue(queue, e);
             return 1;
+        }
+    }
+
+    /// <summary>
+    /// A faulted queue stays in the polling set, where it only waits for its backend to return what it holds
+    /// (so that a stop can report drained). One that throws even then is taken off: nothing it does can be
+    /// trusted, and the session's drain timeout gives up on it.
+    /// </summary>
+    private void StopFailedQueue(IReactorQueue queue, Exception error)
+    {
+        try
+        {
+            if (queue.Faulted)
+            {
+                _log.LogError(error, "{Device} queue {Queue}: failed again after an internal error; reactor {Reactor} stops polling it",
+                    queue.DeviceName, queue.Index, Id);
+                Detach(queue);
+                return;
+            }
+            _log.LogError(error, "{Device} queue {Queue}: internal error, queue stopped (reactor {Reactor} serves its other queues)",
+                queue.DeviceName, queue.Index, Id);
+            queue.Fault(error);
+        }
+        catch (Exception e)
+        {
+            _log.LogError(e, "{Device} queue {Queue}: could not be stopped cleanly; reactor {Reactor} stops polling it", queue.DeviceName, queue.Index, Id);
+            Detach(queue);
+        }
+    }
+
+    /// <summary>
+    /// Submits and reaps the I/O engine's operations. An exception escaping it (a channel's completion handling, or
+    /// the ring itself) must not end the loop that serves every other queue: it is logged (at most once a second,
+    /// with a count of the ones left out) and counted as work, so completions still waiting in the ring are
+    /// reaped on the next round rather than after a sleep nothing would wake.
+    /// </summary>
+    private int PollIo()
+    {
+        try
+        {
+            return Io.Poll();
+        }
+        catch (Exception e)
+        {
+            if (_ioFailures.ShouldLog(out long suppressed))
+                _log.LogError(e, "reactor {Reactor}: I/O engine failed while dispatching completions; the reactor keeps serving its queues ({Suppressed} similar failure(s) since the last report)",
+                    Id, suppressed);
+            return 1;
+        }
+    }
+
+    /// <summary>Disposes the retired queues whose backend has nothing in flight any more.</summary>
+    private void DisposeIdleRetired()
+    {
+        for (int i = _retiring.Count - 1; i >= 0; i--)
+        {
+            var queue = _retiring[i];
+            try
+            {
+                if (queue.BackendInFlight != 0) continue;
+                _retiring.RemoveAt(i);
+                queue.Dispose();
+                _log.LogInformation("{Device} queue {Queue}: its backend finished the abandoned requests; queue released", queue.DeviceName, queue.Index);
+            }
+            catch (Exception e)
+            {
+                // Its state is unknown: never touch it again, and leak it rather than free buffers the backend may
+                // still use.
+                _retiring.Remove(queue);
+                _leaked.Add(queue);
+                _log.LogError(e, "{Device} queue {Queue}: failed while being released; left as it is", queue.DeviceName, queue.Index);
+            }
         }
     }
 
@@ -165,6 +278,7 @@ public sealed class Reactor : IDisposable
         foreach (var queue in _queues) stayAwake |= queue.PrepareToSleep();
         if (!stayAwake)
         {
+            PublishAllocatedBytes();
             _sleeping = true;
             int n = Epoll.Wait(_epoll, events, -1);
             _sleeping = false;
@@ -190,7 +304,9 @@ public sealed class Reactor : IDisposable
     {
         _stopping = true;
         EventFd.Signal(_wake.Fd);
-        if (!_thread.Join(TimeSpan.FromSeconds(10))) Console.Error.WriteLine($"reactor {Id} did not stop in time");
+        if (!_thread.Join(TimeSpan.FromSeconds(10))) _log.LogError("reactor {Reactor} did not stop in time", Id);
+        // Retired queues whose backend never finished stay undisposed: their buffers may still be in use.
+        if (_retiring.Count > 0) _log.LogWarning("reactor {Reactor}: {Count} retired queue(s) still had backend operations in flight at shutdown", Id, _retiring.Count);
         _epoll.Dispose();
         _wake.Dispose();
         Io.Dispose();

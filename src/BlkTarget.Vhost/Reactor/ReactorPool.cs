@@ -1,3 +1,5 @@
+using Microsoft.Extensions.Logging;
+
 namespace BlkTarget.Vhost.Reactor;
 
 /// <summary>
@@ -8,12 +10,14 @@ public sealed class ReactorPool : IDisposable
 {
     private readonly Reactor[] _reactors;
 
-    public ReactorPool(IReadOnlyList<int>? cpus, int unpinnedCount, TimeSpan idleSpin)
+    /// <summary>One pinned reactor per CPU in <paramref name="cpus"/>, or (none given) <paramref name="unpinnedCount"/>
+    /// unpinned ones (at least one). <paramref name="log"/> receives what goes wrong on the reactor threads.</summary>
+    public ReactorPool(IReadOnlyList<int>? cpus, int unpinnedCount, TimeSpan idleSpin, ILogger log)
     {
         if (cpus is { Count: > 0 })
-            _reactors = cpus.Select((cpu, i) => new Reactor(i, cpu, idleSpin)).ToArray();
+            _reactors = cpus.Select((cpu, i) => new Reactor(i, cpu, idleSpin, log)).ToArray();
         else
-            _reactors = Enumerable.Range(0, Math.Max(1, unpinnedCount)).Select(i => new Reactor(i, null, idleSpin)).ToArray();
+            _reactors = Enumerable.Range(0, Math.Max(1, unpinnedCount)).Select(i => new Reactor(i, null, idleSpin, log)).ToArray();
     }
 
     public static TimeSpan DefaultIdleSpin => TimeSpan.FromMicroseconds(200);

@@ -36,4 +36,12 @@ public sealed class ScsiDeviceContext
     public int ScratchSize { get; }
 
     public ScsiTargetNode? FindTarget(byte target) => _targets[target];
+
+    /// <summary>Device reset (no queue running): what the guest changed (sense/CDB sizes, each LUN's WCE) returns
+    /// to the configured defaults.</summary>
+    public void Reset()
+    {
+        Config.Reset();
+        foreach (var lun in Luns) lun.ResetWriteCache();
+    }
 }

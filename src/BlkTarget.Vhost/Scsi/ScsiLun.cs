@@ -76,12 +76,16 @@ public sealed class ScsiLun
     public ulong NaaIdentifier { get; }
     public bool DefaultWriteCache { get; }
 
-    /// <summary>WCE of the caching mode page: off makes every write FUA.</summary>
+    /// <summary>WCE of the caching mode page: off makes every write FUA. The guest's MODE SELECT choice lasts
+    /// until <see cref="ResetWriteCache"/> (device reset).</summary>
     public bool WriteCacheEnabled
     {
         get => _writeCache;
         set => _writeCache = value;
     }
+
+    /// <summary>Back to the configured WCE (<see cref="DefaultWriteCache"/>), as after a device reset.</summary>
+    public void ResetWriteCache() => _writeCache = DefaultWriteCache;
 
     /// <summary>NAA 3 (locally assigned) identifier: 60 bits of a 64-bit FNV-1a hash of the device name, serial
     /// and address, so it is the same every time the same export is served.</summary>

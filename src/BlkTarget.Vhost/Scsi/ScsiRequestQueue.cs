@@ -184,11 +184,25 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         channel.Submit(request);
     }
 
-    /// <summary>A LUN's backend channel's completion handling threw: stop this queue (internal error).</summary>
-    public void ChannelFaulted(Exception error) => Fault(error);
+    public override int BackendInFlight
+    {
+        get
+        {
+            int sum = 0;
+            foreach (var channel in _channels) sum += channel.InFlight;
+            return sum;
+        }
+    }
 
     public void Complete(ulong tag, BlockStatus status)
     {
+        // A faulted queue writes nothing into guest memory any more: the completion only ends the backend's use of
+        // the buffers, and the channel counts that.
+        if (Faulted) return;
+        // A completion for a command not in flight is a backend bug: it would write a stale response into memory
+        // the guest may have reused. Throwing faults this queue (the caller reports it) instead.
+        if (tag >= (ulong)_slots.Length || _slots[(int)tag].Pending <= 0)
+            throw new InvalidOperationException($"backend completed tag {tag}, which is not in flight");
         ref Slot slot = ref _slots[(int)tag];
         if (status != BlockStatus.Ok && slot.Status == ScsiStatus.Good)
         {
@@ -244,8 +258,27 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         response.Slice(at, rest).CopyTo(new Span<byte>(slot.RespLastBase, rest));
     }
 
+    protected override void OnFaultSettled() => ReleaseUnfinished();
+
+    /// <summary>
+    /// Commands this queue will never complete (it faulted, or its stop was abandoned) stop counting as in flight
+    /// on their LUN, which task management waits for; called only once no backend operation can touch their
+    /// buffers any more. Idempotent.
+    /// </summary>
+    private void ReleaseUnfinished()
+    {
+        for (int i = 0; i < _slots.Length; i++)
+        {
+            ref Slot slot = ref _slots[i];
+            if (slot.Pending <= 0) continue;
+            slot.Pending = 0;
+            if (slot.Lun >= 0) _device.Luns[slot.Lun].AddInFlight(_queue, -1);
+        }
+    }
+
     public override void Dispose()
     {
+        ReleaseUnfinished();
         foreach (var channel in _channels) channel?.Dispose();
         base.Dispose();
     }

@@ -39,9 +39,9 @@ public sealed class VirtioScsiDevice : IVhostUserDevice
     public IRunningQueue CreateQueue(QueueStartInfo start) => start.Index switch
     {
         VirtioScsi.ControlQueue => new ScsiControlQueue(start, Context, _log),
-        VirtioScsi.EventQueue => new ScsiEventQueue(start),
+        VirtioScsi.EventQueue => new ScsiEventQueue(start, Context.Name),
         _ => new ScsiRequestQueue(start, Context, _log),
     };
 
-    public void Reset() => Context.Config.Reset();
+    public void Reset() => Context.Reset();
 }

@@ -23,6 +23,7 @@ public static class ServeCommand
     private static readonly Option<string?> Cpus = new("--cpus") { Description = "CPUs to run reactors on, one pinned reactor each (e.g. 0,1 or 0-3)" };
     private static readonly Option<string?> Config = new("--config") { Description = "JSON config file describing several devices (see config/)" };
     private static readonly Option<int?> IdlePollUs = new("--idle-poll-us") { Description = "Microseconds a reactor keeps polling when idle before it sleeps (default 200)" };
+    private static readonly Option<int?> DrainTimeoutS = new("--drain-timeout-s") { Description = "Seconds a queue stop waits for in-flight requests before abandoning them (default 30)" };
     private static readonly Option<string> LogLevel = new("--log-level") { Description = "verbose, debug, information, warning, error", DefaultValueFactory = _ => "information" };
 
     /// <summary>Options that describe one device: with --config the file describes the devices, so these are refused
@@ -33,7 +34,7 @@ public static class ServeCommand
     {
         var command = new Command("serve", "Export block devices over vhost-user until SIGINT/SIGTERM")
         {
-            Kind, Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, IdlePollUs, LogLevel,
+            Kind, Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, IdlePollUs, DrainTimeoutS, LogLevel,
         };
         command.SetAction(Run);
         return command;
@@ -155,6 +156,7 @@ public static class ServeCommand
             settings = settings with { Cpus = cpus };
         }
         if (parse.GetValue(IdlePollUs) is int us) settings = settings with { IdlePoll = TimeSpan.FromMicroseconds(us) };
+        if (parse.GetValue(DrainTimeoutS) is int seconds) settings = settings with { DrainTimeout = TimeSpan.FromSeconds(seconds) };
         return settings;
     }
 }

@@ -45,6 +45,7 @@ public sealed class ConfigFile
 
     public string? Cpus { get; set; }
     public int? IdlePollMicroseconds { get; set; }
+    public int? DrainTimeoutSeconds { get; set; }
     public List<DeviceEntry>? Devices { get; set; }
 
     private static readonly JsonSerializerOptions Options = new()
@@ -171,6 +172,7 @@ public sealed class ConfigFile
             Devices = devices,
             Cpus = cpus,
             IdlePoll = IdlePollMicroseconds is int us ? TimeSpan.FromMicroseconds(us) : new TargetSettings { Devices = [] }.IdlePoll,
+            DrainTimeout = DrainTimeoutSeconds is int s ? TimeSpan.FromSeconds(s) : new TargetSettings { Devices = [] }.DrainTimeout,
         };
     }
 }

@@ -12,6 +12,8 @@ public static class SettingsValidator
                 throw new ConfigurationException($"cpu {cpu} is not available (this machine has CPUs 0-{processorCount - 1})");
         if (settings.IdlePoll < TimeSpan.Zero || settings.IdlePoll > TimeSpan.FromSeconds(1))
             throw new ConfigurationException("idle poll time must be between 0 and 1000000 microseconds");
+        if (settings.DrainTimeout < TimeSpan.FromSeconds(1) || settings.DrainTimeout > TimeSpan.FromHours(24))
+            throw new ConfigurationException("drain timeout must be between 1 and 86400 seconds");
         var sockets = new HashSet<string>();
         var names = new HashSet<string>();
         foreach (var d in settings.Devices)

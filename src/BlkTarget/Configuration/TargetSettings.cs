@@ -42,4 +42,6 @@ public sealed record TargetSettings
     public IReadOnlyList<int> Cpus { get; init; } = [];
     /// <summary>How long a reactor keeps polling with nothing to do before it sleeps on the kick eventfds.</summary>
     public TimeSpan IdlePoll { get; init; } = TimeSpan.FromMicroseconds(200);
+    /// <summary>How long stopping a queue waits for its in-flight requests before abandoning them (1 s to 24 h).</summary>
+    public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(30);
 }

@@ -19,13 +19,15 @@ namespace BlkTarget.Hosting;
 public sealed class TargetRuntime : IDisposable
 {
     private readonly ReactorPool _reactors;
+    private readonly VhostUserSessionOptions _sessionOptions;
     private readonly List<IBlockDevice> _backends = [];
     private readonly List<VhostUserServer> _servers = [];
     private readonly ILogger _log;
 
-    private TargetRuntime(ReactorPool reactors, ILogger log)
+    private TargetRuntime(ReactorPool reactors, VhostUserSessionOptions sessionOptions, ILogger log)
     {
         _reactors = reactors;
+        _sessionOptions = sessionOptions;
         _log = log;
     }
 
@@ -36,8 +38,9 @@ public sealed class TargetRuntime : IDisposable
     {
         var log = loggers.CreateLogger("blktarget");
         int maxQueues = settings.Devices.Max(d => d.Queues);
-        var reactors = new ReactorPool(settings.Cpus, DefaultReactorCount(maxQueues, Environment.ProcessorCount), settings.IdlePoll);
-        var runtime = new TargetRuntime(reactors, log);
+        var reactors = new ReactorPool(settings.Cpus, DefaultReactorCount(maxQueues, Environment.ProcessorCount), settings.IdlePoll,
+            loggers.CreateLogger("reactor"));
+        var runtime = new TargetRuntime(reactors, new VhostUserSessionOptions { DrainTimeout = settings.DrainTimeout }, log);
         try
         {
             int offset = 0;
@@ -98,7 +101,7 @@ public sealed class TargetRuntime : IDisposable
         }
         try
         {
-            _servers.Add(VhostUserServer.Start(device.Socket, model, _reactors, offset, log));
+            _servers.Add(VhostUserServer.Start(device.Socket, model, _reactors, offset, log, _sessionOptions));
         }
         catch (IOException e)
         {

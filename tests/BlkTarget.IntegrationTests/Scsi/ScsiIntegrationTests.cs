@@ -20,7 +20,7 @@ internal sealed class ScsiTestTarget : IDisposable
     {
         Log = new TestLogger(output);
         SocketPath = $"/tmp/blkt-scsi-{Guid.NewGuid():N}.sock";
-        Reactors = new ReactorPool(null, 2, TimeSpan.FromMicroseconds(50));
+        Reactors = new ReactorPool(null, 2, TimeSpan.FromMicroseconds(50), Log);
         Disks = [new RamDisk(Lun0Bytes), new RamDisk(Lun1Bytes, 4096), new RamDisk(1 << 20, readOnly: true)];
         Device = new VirtioScsiDevice("scsi-it", [
             new ScsiLunDefinition(0, 0, Disks[0], "IT-LUN0"),
@@ -184,5 +184,46 @@ public sealed class ScsiIntegrationTests(ITestOutputHelper output)
         Assert.True(q.Execute(0, 0, Rw10(ScsiOp.Read10, 100, 8), dataIn: [back]).IsGood);
         Assert.Equal(data.Span.ToArray(), back.Span.ToArray());
         Assert.False(events.HasUsed);
+    }
+
+    /// <summary>WCE of LUN 0's caching page as MODE SENSE(6) reports it.</summary>
+    private static bool WriteCache(TestGuest guest, ScsiCommandQueue q)
+    {
+        var page = guest.Allocate(64);
+        Assert.True(q.Execute(0, 0, [ScsiOp.ModeSense6, 0x08, ModePages.CachingPage, 0, 64, 0], dataIn: [page]).IsGood);
+        return (page.Span[4 + 2] & 0x04) != 0;
+    }
+
+    private static void SetWriteCache(TestGuest guest, ScsiCommandQueue q, bool enabled)
+    {
+        var list = guest.Allocate(24);
+        list.Span.Clear();
+        list.Span[4] = ModePages.CachingPage;
+        list.Span[5] = 0x12;
+        list.Span[6] = enabled ? (byte)0x04 : (byte)0;
+        Assert.True(q.Execute(0, 0, [ScsiOp.ModeSelect6, 0x10, 0, 0, 24, 0], dataOut: [list]).IsGood);
+    }
+
+    [Fact]
+    public void A_guests_write_cache_choice_lasts_until_device_reset_or_the_next_session()
+    {
+        using var target = new ScsiTestTarget(output);
+        using (var guest = Connect(target))
+        {
+            var q = new ScsiCommandQueue(guest.Queues[2], guest.Arena);
+            SetWriteCache(guest, q, enabled: false);
+            Assert.False(WriteCache(guest, q));
+            guest.Stop();
+            guest.ResetQueues();
+            guest.Start();
+            Assert.False(WriteCache(guest, q));                      // a stop and restart is no reset
+            guest.Frontend.ResetDevice();
+            guest.ResetQueues();
+            guest.Start();
+            Assert.True(WriteCache(guest, q));
+            SetWriteCache(guest, q, enabled: false);
+        }
+        using var next = Connect(target);
+        Assert.True(WriteCache(next, new ScsiCommandQueue(next.Queues[2], next.Arena)));
     }
 }

@@ -387,6 +387,24 @@ public sealed class ScsiCommandTests : IDisposable
     }
 
     [Fact]
+    public void Writes_are_fua_while_the_write_cache_is_off_or_when_the_cdb_asks()
+    {
+        var disk = new RecordingDisk(ScsiHarness.DiskBytes);
+        Use(d => { d.Add(disk); return [new ScsiLunDefinition(0, 0, disk, "REC")]; });
+        _h.Run(Cdbs.Rw10(ScsiOp.Write10, 0, 1), dataOut: new byte[512]).AssertGood();
+        _h.Run(Cdbs.Rw10(ScsiOp.Write10, 0, 1, flags: 0x08), dataOut: new byte[512]).AssertGood();
+        _h.Run(ModeSelect10(28), dataOut: CachingSelectList(wce: false)).AssertGood();
+        _h.Run(Cdbs.Rw10(ScsiOp.Write10, 0, 1), dataOut: new byte[512]).AssertGood();
+        _h.Run(Cdbs.Rw16(ScsiOp.Write16, 0, 1), dataOut: new byte[512]).AssertGood();
+        _h.Run(Cdbs.Rw10(ScsiOp.Read10, 0, 1), dataIn: 512).AssertGood();
+        Assert.Equal(
+            [(BlockOperation.Write, BlockRequestFlags.None), (BlockOperation.Write, BlockRequestFlags.Fua),
+             (BlockOperation.Write, BlockRequestFlags.Fua), (BlockOperation.Write, BlockRequestFlags.Fua),
+             (BlockOperation.Read, BlockRequestFlags.None)],
+            disk.Requests.Select(r => (r.Operation, r.Flags)));
+    }
+
+    [Fact]
     public void Mode_select_refuses_changes_to_fixed_fields_saving_and_bad_lists()
     {
         _h.Run(ModeSelect10(28), dataOut: CachingSelectList(false, otherByte: 0x80)).AssertCheck(SenseCode.InvalidFieldInParameterList);

@@ -4,6 +4,7 @@ using BlkTarget.Storage.Ram;
 using BlkTarget.Vhost.Device;
 using BlkTarget.Vhost.Queues;
 using BlkTarget.Vhost.Scsi;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace BlkTarget.Vhost.Tests.Scsi;
@@ -43,11 +44,12 @@ internal sealed unsafe class ScsiHarness : IDisposable
     public readonly ScsiRequestQueue Queue;
     private ushort _next;
 
-    public ScsiHarness(Func<List<IBlockDevice>, IReadOnlyList<ScsiLunDefinition>>? luns = null, int requestQueues = 1)
+    public ScsiHarness(Func<List<IBlockDevice>, IReadOnlyList<ScsiLunDefinition>>? luns = null, int requestQueues = 1, ILogger? log = null)
     {
         var definitions = luns?.Invoke(Disks) ?? DefaultLuns(Disks);
         Device = new ScsiDeviceContext("test-scsi", definitions, new ScsiOptions { RequestQueues = requestQueues });
-        Queue = new ScsiRequestQueue(new QueueStartInfo(VirtioScsi.FirstRequestQueue, Ring.CreateRing(), Ring.Memory.Memory, 0, -1, -1, Io), Device, NullLogger.Instance);
+        Queue = new ScsiRequestQueue(new QueueStartInfo(VirtioScsi.FirstRequestQueue, Ring.CreateRing(), Ring.Memory.Memory, 0, -1, -1, Io), Device,
+            log ?? NullLogger.Instance);
     }
 
     public const ulong DiskBytes = 1 << 20;

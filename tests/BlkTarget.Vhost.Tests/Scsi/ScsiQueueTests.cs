@@ -340,20 +340,41 @@ public sealed unsafe class ScsiQueueTests
         Assert.NotNull(c.Queue.BrokenReason);
     }
 
+    /// <summary>Submits a one-block READ(10) or WRITE(10) to LUN 0 that the harness's deferred backend holds;
+    /// returns the response buffer (the data buffer follows it).</summary>
+    private static ulong SubmitHeld(ScsiHarness h, byte opcode, uint lba)
+    {
+        ulong req = h.Ring.Allocate(64);
+        var r = h.Ring.Bytes(req, 51);
+        r.Clear();
+        ScsiHarness.Lun(0, 0).CopyTo(r);
+        Cdbs.Rw10(opcode, lba, 1).CopyTo(r[19..]);
+        ulong resp = h.Ring.Allocate(108 + 512);
+        List<(ulong, uint, bool)> chain = opcode == ScsiOp.Read10
+            ? [(req, 51, false), (resp, 108, true), (resp + 108, 512, true)]
+            : [(req, 51, false), (resp + 108, 512, false), (resp, 108, true)];
+        Assert.False(h.Submit(chain).Completed);
+        return resp;
+    }
+
+    /// <summary>Stops the request queue: it reports drained only after the backend's held completions came back.</summary>
+    private static void StopDrainsOnlyAfterRelease(ScsiHarness h, DeferredDisk disk)
+    {
+        bool drained = false;
+        h.Queue.BeginStop(() => drained = true);
+        Assert.False(drained);
+        disk.ReleaseCompletions();
+        h.Queue.Poll();
+        Assert.True(drained);
+    }
+
     [Fact]
     public void A_lun_reset_with_io_in_flight_completes_only_after_that_io()
     {
         var disk = new DeferredDisk(1 << 20);
         using var h = new ScsiHarness(d => { d.Add(disk); return [new ScsiLunDefinition(0, 0, disk, "D")]; });
         using var c = new ControlHarness(h.Device, h.Io);
-        // A read that the backend holds.
-        ulong req = h.Ring.Allocate(64);
-        var r = h.Ring.Bytes(req, 51);
-        r.Clear();
-        ScsiHarness.Lun(0, 0).CopyTo(r);
-        Cdbs.Rw10(ScsiOp.Read10, 0, 1).CopyTo(r[19..]);
-        ulong resp = h.Ring.Allocate(108 + 512);
-        Assert.False(h.Submit([(req, 51, false), (resp, 108, true), (resp + 108, 512, true)]).Completed);
+        SubmitHeld(h, ScsiOp.Read10, 0);
         Assert.Equal(1, h.Device.Luns[0].InFlight);
 
         ulong tmf = c.Post(Tmf(VirtioScsi.TmfLogicalUnitReset), 1);
@@ -382,21 +403,46 @@ public sealed unsafe class ScsiQueueTests
     {
         var disk = new DeferredDisk(1 << 20);
         using var h = new ScsiHarness(d => { d.Add(disk); return [new ScsiLunDefinition(0, 0, disk, "D")]; });
-        ulong req = h.Ring.Allocate(64);
-        var r = h.Ring.Bytes(req, 51);
-        r.Clear();
-        ScsiHarness.Lun(0, 0).CopyTo(r);
-        Cdbs.Rw10(ScsiOp.Write10, 0, 1).CopyTo(r[19..]);
-        ulong data = h.Ring.Allocate(512);
-        ulong resp = h.Ring.Allocate(108);
-        Assert.False(h.Submit([(req, 51, false), (data, 512, false), (resp, 108, true)]).Completed);
-        bool drained = false;
-        h.Queue.BeginStop(() => drained = true);
-        Assert.False(drained);
-        disk.ReleaseCompletions();
-        h.Queue.Poll();
-        Assert.True(drained);
+        ulong resp = SubmitHeld(h, ScsiOp.Write10, 0);
+        StopDrainsOnlyAfterRelease(h, disk);
         Assert.Equal(ScsiStatus.Good, h.Ring.Bytes(resp, 12)[10]);
+    }
+
+    [Fact]
+    public void A_lun_channel_fault_stops_the_queue_and_its_commands_stop_counting_for_task_management_once_the_backend_is_idle()
+    {
+        var disk = new DeferredDisk(1 << 20);
+        var log = new BlkTarget.IntegrationTests.TestLogger(null);
+        using var h = new ScsiHarness(d => { d.Add(disk); return [new ScsiLunDefinition(0, 0, disk, "D")]; }, log: log);
+        SubmitHeld(h, ScsiOp.Read10, 0);
+        SubmitHeld(h, ScsiOp.Read10, 1);
+        Assert.Equal(2, h.Device.Luns[0].InFlight);
+        disk.ReleaseOneWithTag(90);
+        Assert.True(h.Queue.Faulted);
+        Assert.Contains(log.Lines, l => l.StartsWith("[Error] test-scsi queue 2: backend channel failed", StringComparison.Ordinal));
+        h.Queue.Poll();
+        // One read is still in the backend, which may write into its data-in buffer: task management must wait.
+        Assert.Equal(2, h.Device.Luns[0].InFlight);
+        StopDrainsOnlyAfterRelease(h, disk);
+        Assert.Equal(0, h.Device.Luns[0].InFlight);
+        Assert.Equal(0, h.Ring.UsedIdx);
+    }
+
+    [Fact]
+    public void A_device_reset_restores_each_luns_configured_write_cache()
+    {
+        using var cached = new RamDisk(1 << 20);
+        using var uncached = new RamDisk(1 << 20);
+        var device = new VirtioScsiDevice("test-scsi", [
+            new ScsiLunDefinition(0, 0, cached, "ON", WriteCache: true),
+            new ScsiLunDefinition(0, 1, uncached, "OFF", WriteCache: false),
+        ], new ScsiOptions(), NullLogger.Instance);
+        // What MODE SELECT does when the guest flips WCE.
+        device.Context.Luns[0].WriteCacheEnabled = false;
+        device.Context.Luns[1].WriteCacheEnabled = true;
+        device.Reset();
+        Assert.True(device.Context.Luns[0].WriteCacheEnabled);
+        Assert.False(device.Context.Luns[1].WriteCacheEnabled);
     }
 
     [Fact]
@@ -404,7 +450,7 @@ public sealed unsafe class ScsiQueueTests
     {
         using var ring = new TestRing(size: 8);
         using var io = new IoContext();
-        var q = new ScsiEventQueue(new QueueStartInfo(VirtioScsi.EventQueue, ring.CreateRing(lastAvail: 3), ring.Memory.Memory, 0, 5, -1, io));
+        var q = new ScsiEventQueue(new QueueStartInfo(VirtioScsi.EventQueue, ring.CreateRing(lastAvail: 3), ring.Memory.Memory, 0, 5, -1, io), "test-scsi");
         ring.SetDescriptor(0, ring.Allocate(16), 16, VirtqDescriptor.FlagWrite);
         ring.MakeAvailable(0);
         Assert.Equal(0, q.Poll());
