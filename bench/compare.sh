@@ -155,6 +155,7 @@ JOBS=(
     "4k randwrite QD32|--rw randwrite --bs 4k --iodepth 32"
     "128k read QD8|--rw read --bs 128k --iodepth 8"
     "128k write QD8|--rw write --bs 128k --iodepth 8"
+    "257.5k randrw 515 segs QD4|--rw randrw --bs 263680 --segments 515 --iodepth 4"
 )
 bench_cpus=()
 [[ $pin -eq 1 ]] && bench_cpus=(--cpus 0)

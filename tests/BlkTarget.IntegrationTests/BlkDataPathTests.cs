@@ -259,7 +259,7 @@ public sealed class BlkDataPathTests(ITestOutputHelper output)
         var bytes = Encoding.ASCII.GetBytes(serial);
         bytes.AsSpan(0, Math.Min(20, bytes.Length)).CopyTo(expected);
         Assert.Equal(expected, id.Span.ToArray());
-        Assert.Equal((uint)Math.Min(20, bytes.Length) + 1, completion.UsedLength);
+        Assert.Equal(21u, completion.UsedLength);   // the whole NUL-padded field, then the status byte
     }
 
     [Theory]
@@ -435,23 +435,6 @@ public sealed class BlkDataPathTests(ITestOutputHelper output)
         Assert.Equal(4097u, length);
         Assert.Equal(Ok, readBack.Span[4096]);
         Assert.Equal(write.Span[16..].ToArray(), readBack.Span[..4096].ToArray());
-    }
-
-    [Fact]
-    public void RequestWithMoreSegmentsThanTheTargetTracksFailsWithIoErr()
-    {
-        using var target = Target();
-        using var guest = TestGuest.Connect(target.SocketPath, maxIndirect: 512);
-        var blk = guest.Blk[0];
-        var data = guest.Allocate(300 * 512);
-        Fill(data.Span, seed: 4);
-        var pieces = Enumerable.Range(0, 300).Select(i => data.Slice((uint)i * 512, 512)).ToArray();
-        Assert.Equal(IoErr, blk.Execute(BlkRequestType.Out, 0, pieces, indirect: true).Status);
-        // Within the limit the same data goes through, and the queue still works.
-        Assert.Equal(Ok, blk.Execute(BlkRequestType.Out, 0, pieces[..120], indirect: true).Status);
-        var back = guest.Allocate(120 * 512);
-        Assert.Equal(Ok, blk.Execute(BlkRequestType.In, 0, [back]).Status);
-        Assert.Equal(data.Span[..(120 * 512)].ToArray(), back.Span.ToArray());
     }
 
     [Fact]

@@ -14,7 +14,9 @@ public sealed class BlkDeviceContext
         Info = backend.Info;
         Config = new BlkConfigSpace(Info, options);
         var serial = Encoding.ASCII.GetBytes(options.Serial);
-        SerialBytes = serial.Length > VirtioBlk.IdLength ? serial[..VirtioBlk.IdLength] : serial;
+        // The whole 20-byte field, NUL-padded: a driver may have filled its buffer with anything beforehand.
+        SerialBytes = new byte[VirtioBlk.IdLength];
+        serial.AsSpan(0, Math.Min(serial.Length, VirtioBlk.IdLength)).CopyTo(SerialBytes);
         _sectorsPerBlock = Info.BlockSize / VirtioBlk.SectorSize;
         _capacitySectors = Info.SizeBytes / VirtioBlk.SectorSize;
     }
@@ -27,8 +29,8 @@ public sealed class BlkDeviceContext
     public BlockDeviceInfo Info { get; }
     public BlkOptions Options { get; }
     public BlkConfigSpace Config { get; }
-    /// <summary>GET_ID answer: the serial, at most 20 bytes, NUL-terminated only when shorter (the buffer is
-    /// zero-filled by the driver, so sending the bytes alone is enough).</summary>
+    /// <summary>GET_ID answer (virtio 1.2 5.2.6): the serial as a NUL-padded 20-byte string (no terminator only when
+    /// it is 20 bytes long). The device writes the whole field, or as much of it as the driver's buffer holds.</summary>
     public byte[] SerialBytes { get; }
 
     /// <summary>

@@ -23,12 +23,14 @@ namespace BlkTarget.Vhost.Device;
 /// </summary>
 public abstract unsafe class VirtqueueWorker : IRunningQueue
 {
-    /// <summary>Buffers per request we track: seg_max data segments, headers, status, and room for splits.</summary>
-    public const int SegmentsPerSlot = 256;
+    /// <summary>Segments a slot holds beyond one per descriptor: a buffer that spans two guest memory regions
+    /// becomes two segments.</summary>
+    public const int RegionSplitAllowance = 16;
     /// <summary>Requests taken per poll before completions get a turn, to keep latency fair.</summary>
     private const int PopBudget = 64;
 
-    private readonly NativeBuffer _segmentBuffer;
+    private readonly MappedMemory _segmentBuffer;
+    private readonly int _segmentsPerSlot;
     private readonly IoVec* _segments;
     private readonly IoVec* _scratch;
     private readonly bool[] _busy;
@@ -53,10 +55,15 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         _kickFd = start.KickFd;
         _callFd = start.CallFd;
         _busy = new bool[Ring.Size];
-        // One extra slot's worth at the end is the scratch space chains are walked into.
-        _segmentBuffer = new NativeBuffer((nuint)((Ring.Size + 1) * SegmentsPerSlot * sizeof(IoVec)));
+        // Every chain the walker accepts fits its slot: a direct chain holds at most queue-size descriptors, an
+        // indirect table at most 1024 (virtio 1.2 2.7.5.3.1 allows queue-size; QEMU accepts 1024 whatever the queue
+        // size), whatever seg_max says (Windows' drivers ignore it). The memory is an anonymous mapping, so only the
+        // pages long chains really touch are ever committed. One extra slot's worth at the end is the scratch space
+        // chains are walked into.
+        _segmentsPerSlot = (int)Math.Max(Ring.Size, (uint)DescriptorChainWalker.MaxIndirectEntries) + RegionSplitAllowance;
+        _segmentBuffer = MappedMemory.MapAnonymous((ulong)(Ring.Size + 1) * (ulong)_segmentsPerSlot * (ulong)sizeof(IoVec));
         _segments = (IoVec*)_segmentBuffer.Pointer;
-        _scratch = _segments + Ring.Size * SegmentsPerSlot;
+        _scratch = _segments + (long)Ring.Size * _segmentsPerSlot;
     }
 
     public int Index { get; }
@@ -140,7 +147,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
             for (int i = 0; i < PopBudget && BrokenReason is null; i++)
             {
                 // The chain is walked into scratch space first: the head (and so the slot) is known only after the pop.
-                var chain = new ChainBuffers(_scratch, SegmentsPerSlot);
+                var chain = new ChainBuffers(_scratch, _segmentsPerSlot);
                 var status = Ring.TryPopChain(Memory, ref chain, out ushort head, out string? error);
                 if (status == PopStatus.Empty) break;
                 work++;
@@ -161,8 +168,8 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
             return;
         }
         // Move the walked buffers into the slot: they must stay valid while the backend works on them.
-        IoVec* segments = _segments + head * SegmentsPerSlot;
-        Buffer.MemoryCopy(_scratch, segments, SegmentsPerSlot * sizeof(IoVec), chain.Count * sizeof(IoVec));
+        IoVec* segments = _segments + head * _segmentsPerSlot;
+        Buffer.MemoryCopy(_scratch, segments, (long)_segmentsPerSlot * sizeof(IoVec), (long)chain.Count * sizeof(IoVec));
         chain.Segments = segments;
         _busy[head] = true;
         _inFlight++;

@@ -27,13 +27,14 @@ public static class BenchCommand
     private static readonly Option<int> QueueSize = new("--queue-size") { Description = "Virtqueue size (power of two); default fits the depth" };
     private static readonly Option<int> IdlePollUs = new("--idle-poll-us") { Description = "Microseconds a driver thread polls without completions before it sleeps on the call eventfd; -1 polls only", DefaultValueFactory = _ => 100 };
     private static readonly Option<string?> Cpus = new("--cpus") { Description = "CPUs to pin the driver threads to, round-robin (e.g. 0 or 0-1)" };
+    private static readonly Option<int> Segments = new("--segments") { Description = "Data segments per request (e.g. 515 small ones, as Windows guests send); default: as few as the device's size_max allows" };
     private static readonly Option<ulong?> Seed = new("--seed") { Description = "Seed for offsets and verify patterns" };
 
     public static Command Create()
     {
         var command = new Command("bench", "Drive a vhost-user-blk socket with a fio-like job and report IOPS, bandwidth and latency")
         {
-            Socket, Rw, RwMixRead, Bs, IoDepth, Queues, Runtime, Size, Ramp, OffsetRange, Verify, Json, TargetPid, QueueSize, IdlePollUs, Cpus, Seed,
+            Socket, Rw, RwMixRead, Bs, IoDepth, Queues, Runtime, Size, Ramp, OffsetRange, Verify, Json, TargetPid, QueueSize, IdlePollUs, Cpus, Seed, Segments,
         };
         command.SetAction(Run);
         return command;
@@ -116,6 +117,7 @@ public static class BenchCommand
             Json = parse.GetValue(Json),
             TargetPid = parse.GetValue(TargetPid),
             QueueSize = parse.GetValue(QueueSize),
+            Segments = parse.GetValue(Segments),
             IdlePollMicroseconds = parse.GetValue(IdlePollUs),
             Cpus = cpus,
         };

@@ -39,6 +39,9 @@ public sealed record BenchOptions
     public int? TargetPid { get; init; }
     /// <summary>Virtqueue size; 0 picks one that fits the depth (at least 128).</summary>
     public int QueueSize { get; init; }
+    /// <summary>Data segments per request (0: as few as size_max allows). Many small segments test what Windows
+    /// drivers send (they ignore seg_max); the device's seg_max is then not enforced.</summary>
+    public int Segments { get; init; }
     /// <summary>How long a driver thread polls the used ring without a completion before it enables interrupts
     /// and sleeps on the call eventfd; negative: poll only (never sleep).</summary>
     public int IdlePollMicroseconds { get; init; } = 100;
@@ -92,6 +95,8 @@ public sealed record BenchOptions
         if (QueueSize != 0 && (QueueSize is < 8 or > 32768 || (QueueSize & (QueueSize - 1)) != 0))
             throw new ArgumentException("--queue-size must be a power of two, 8..32768");
         if (TargetPid is { } pid && pid <= 0) throw new ArgumentException("--target-pid must be a process id");
+        if (Segments is < 0 or > BlkTarget.Vhost.Frontend.BlkRequestQueue.MaxDataBuffers) throw new ArgumentException($"--segments must be 1..{BlkTarget.Vhost.Frontend.BlkRequestQueue.MaxDataBuffers}");
+        if (Segments > 0 && (uint)Segments > BlockSize) throw new ArgumentException("--segments: more segments than bytes in a request");
     }
 
     public string Describe()
@@ -99,6 +104,6 @@ public sealed record BenchOptions
         string amount = SizeBytes is { } s ? $"size={Units.Bytes(s)}" + (Runtime is { } rt ? $" runtime={rt.TotalSeconds:0.###}s" : "")
             : $"runtime={EffectiveRuntime.TotalSeconds:0.###}s ramp={EffectiveRamp.TotalSeconds:0.###}s";
         string mix = Rw == RwMode.RandRw ? $" rwmixread={RwMixRead}" : "";
-        return $"rw={Name(Rw)}{mix} bs={Units.Bytes(BlockSize)} iodepth={IoDepth} queues={Queues} {amount}{(Verify ? " verify" : "")}";
+        return $"rw={Name(Rw)}{mix} bs={Units.Bytes(BlockSize)} iodepth={IoDepth} queues={Queues}{(Segments > 0 ? $" segments={Segments}" : "")} {amount}{(Verify ? " verify" : "")}";
     }
 }

@@ -53,8 +53,16 @@ public static class BenchRunner
         // Split each request's buffer to what one descriptor may carry (size_max) and check seg_max.
         uint maxSegment = Offered(VirtioBlk.FeatureSizeMax) && config.SizeMax >= 512 ? Math.Min(config.SizeMax, options.BlockSize) : options.BlockSize;
         maxSegment &= ~511u;
+        if (options.Segments > 0)
+        {
+            // As many segments as asked for (the last one takes the rest), however small: seg_max is a hint.
+            uint wanted = (options.BlockSize + (uint)options.Segments - 1) / (uint)options.Segments;
+            if (wanted > maxSegment)
+                throw new BenchSetupException($"--segments {options.Segments}: segments of {wanted} bytes exceed the device's size_max of {maxSegment}");
+            maxSegment = wanted;
+        }
         int pieces = (int)((options.BlockSize + maxSegment - 1) / maxSegment);
-        if (Offered(VirtioBlk.FeatureSegMax) && config.SegMax != 0 && pieces > config.SegMax)
+        if (options.Segments == 0 && Offered(VirtioBlk.FeatureSegMax) && config.SegMax != 0 && pieces > config.SegMax)
             throw new BenchSetupException($"--bs {options.BlockSize} needs {pieces} segments of at most {maxSegment} bytes; the device allows {config.SegMax}");
 
         // Size the ring for the depth: direct chains while they fit in 1024 entries, indirect tables beyond.

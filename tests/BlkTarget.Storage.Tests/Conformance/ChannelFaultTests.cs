@@ -37,33 +37,20 @@ public sealed unsafe class ChannelFaultTests : IDisposable
         using var io = new IoContext(64);
         var sink = new ThrowingSink();
         var channel = device.OpenChannel(io, sink, Requests);
-        byte* buffers = (byte*)NativeMemory.AlignedAlloc(Requests * 4096, 4096);
-        var iovs = (IoVec*)NativeMemory.Alloc(Requests, (nuint)sizeof(IoVec));
-        try
+        using var buffers = new Buffers();
+        buffers.SubmitAll(channel, BlockOperation.Write);
+        for (int round = 0; round < 100_000 && (channel.InFlight > 0 || io.InFlight > 0); round++)
         {
-            for (int i = 0; i < Requests; i++)
-            {
-                iovs[i] = new IoVec(buffers + i * 4096, 4096);
-                channel.Submit(new BlockRequest { Operation = BlockOperation.Write, Offset = (ulong)i * 4096, Length = 4096, Iov = iovs + i, IovCount = 1, Tag = (ulong)i });
-            }
-            for (int round = 0; round < 100_000 && (channel.InFlight > 0 || io.InFlight > 0); round++)
-            {
-                io.Poll();
-                Assert.True(channel.InFlight >= io.InFlight, $"the channel let go of slots while the kernel still holds {io.InFlight} of its operations");
-            }
-            Assert.NotNull(sink.Fault);
-            Assert.Equal(0, sink.CompletedAfterFault);
-            Assert.Equal(0, channel.InFlight);
-            channel.Dispose();
-            // The I/O context keeps serving other channels.
-            using var driver = new ChannelDriver(device);
-            Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Read, 0, new byte[4096]));
+            io.Poll();
+            Assert.True(channel.InFlight >= io.InFlight, $"the channel let go of slots while the kernel still holds {io.InFlight} of its operations");
         }
-        finally
-        {
-            NativeMemory.AlignedFree(buffers);
-            NativeMemory.Free(iovs);
-        }
+        Assert.NotNull(sink.Fault);
+        Assert.Equal(0, sink.CompletedAfterFault);
+        Assert.Equal(0, channel.InFlight);
+        channel.Dispose();
+        // The I/O context keeps serving other channels.
+        using var driver = new ChannelDriver(device);
+        Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Read, 0, new byte[4096]));
     }
 
     [Theory]
@@ -75,31 +62,41 @@ public sealed unsafe class ChannelFaultTests : IDisposable
         using var io = new IoContext(64);
         var sink = new ThrowingSink { Completed = 1 };
         var channel = device.OpenChannel(io, sink, Requests);
-        byte* buffers = (byte*)NativeMemory.AlignedAlloc(Requests * 4096, 4096);
-        var iovs = (IoVec*)NativeMemory.Alloc(Requests, (nuint)sizeof(IoVec));
-        try
+        using var buffers = new Buffers();
+        buffers.SubmitAll(channel, BlockOperation.Read);
+        io.Poll();   // submitted to the kernel
+        channel.Dispose();
+        for (int round = 0; round < 100_000 && io.InFlight > 0; round++) io.Poll();
+        Assert.Equal(0, io.InFlight);
+        Assert.Equal(0, channel.InFlight);
+        // Its index is free again only now; a new channel works on the same context.
+        var next = new Recorder();
+        using var other = device.OpenChannel(io, next, 4);
+        other.Submit(new BlockRequest { Operation = BlockOperation.Read, Offset = 0, Length = 4096, Iov = buffers.Iovs, IovCount = 1, Tag = 42 });
+        for (int round = 0; round < 100_000 && next.Seen.Count == 0; round++) io.Poll();
+        Assert.Equal([(42UL, BlockStatus.Ok)], next.Seen);
+    }
+
+    /// <summary>One aligned 4 KiB buffer and iovec per request.</summary>
+    private sealed class Buffers : IDisposable
+    {
+        private readonly byte* _data = (byte*)NativeMemory.AlignedAlloc(Requests * 4096, 4096);
+        public readonly IoVec* Iovs = (IoVec*)NativeMemory.Alloc(Requests, (nuint)sizeof(IoVec));
+
+        /// <summary>Submits <see cref="Requests"/> requests of one block each, request i at block i, tag i.</summary>
+        public void SubmitAll(IBlockChannel channel, BlockOperation operation)
         {
             for (int i = 0; i < Requests; i++)
             {
-                iovs[i] = new IoVec(buffers + i * 4096, 4096);
-                channel.Submit(new BlockRequest { Operation = BlockOperation.Read, Offset = (ulong)i * 4096, Length = 4096, Iov = iovs + i, IovCount = 1, Tag = (ulong)i });
+                Iovs[i] = new IoVec(_data + i * 4096, 4096);
+                channel.Submit(new BlockRequest { Operation = operation, Offset = (ulong)i * 4096, Length = 4096, Iov = Iovs + i, IovCount = 1, Tag = (ulong)i });
             }
-            io.Poll();   // submitted to the kernel
-            channel.Dispose();
-            for (int round = 0; round < 100_000 && io.InFlight > 0; round++) io.Poll();
-            Assert.Equal(0, io.InFlight);
-            Assert.Equal(0, channel.InFlight);
-            // Its index is free again only now; a new channel works on the same context.
-            var next = new Recorder();
-            using var other = device.OpenChannel(io, next, 4);
-            other.Submit(new BlockRequest { Operation = BlockOperation.Read, Offset = 0, Length = 4096, Iov = iovs, IovCount = 1, Tag = 42 });
-            for (int round = 0; round < 100_000 && next.Seen.Count == 0; round++) io.Poll();
-            Assert.Equal([(42UL, BlockStatus.Ok)], next.Seen);
         }
-        finally
+
+        public void Dispose()
         {
-            NativeMemory.AlignedFree(buffers);
-            NativeMemory.Free(iovs);
+            NativeMemory.AlignedFree(_data);
+            NativeMemory.Free(Iovs);
         }
     }
 
