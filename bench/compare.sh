@@ -23,7 +23,8 @@
 #   --report-only DIR  only write the report from the JSON a --keep-raw run left in DIR (give the same
 #               --rounds/--runtime/--ramp/--pin so the header says what was run)
 #
-# The matrix: 4k randread QD1 and QD32, 4k randwrite QD32, 128k sequential read and write QD8, for each
+# The matrix: 4k randread QD1 and QD32, 4k randwrite QD32, 128k sequential read and write QD8, a 257.5k random
+# read/write of 515 small segments (as Windows guests send) at QD4, for each
 # queue count. Requires qemu-storage-daemon (Debian: qemu-system-common), python3, the .NET SDK.
 # A full run (3 rounds, ram+file) takes about 12-14 minutes; --quick about 2.
 set -euo pipefail
@@ -243,7 +244,7 @@ def ratio(a, b): return "-" if not a or not b else f"{a/b:.2f}x"
 case_names = {"ram": "RAM-backed (qsd: file in /dev/shm, cache.direct=off; ours: ram:1G)",
               "file": "File on /var/tmp, O_DIRECT (qsd: aio=io_uring, cache.direct=on; ours: file:, io_uring)",
               "null": "Protocol overhead (qsd: null-co, no data; ours: ram:1G)"}
-job_order = ["4k_randread_QD1", "4k_randread_QD32", "4k_randwrite_QD32", "128k_read_QD8", "128k_write_QD8"]
+job_order = ["4k_randread_QD1", "4k_randread_QD32", "4k_randwrite_QD32", "128k_read_QD8", "128k_write_QD8", "257.5k_randrw_515_segs_QD4"]
 lines = []
 def sh(cmd):
     try: return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()

@@ -27,18 +27,18 @@ public sealed class LongChainTests(ITestOutputHelper output) : IDisposable
         SizeBytes = DiskBytes,
         Queues = 1,
         Reactors = 1,
-        Backend = backend switch
-        {
-            "ram" => null,
-            "file" => () => FileDisk.Open(new FileDiskOptions { Path = Path.Combine(_dir, "disk.img"), CreateSize = DiskBytes, DirectIo = true }, NullLogger.Instance),
-            _ => () =>
-            {
-                string path = Path.Combine(_dir, "disk.bti");
-                ImageFile.Create(path, DiskBytes, 65536);
-                return ImageDisk.Open(path, readOnly: false, 512, directIo: true, NullLogger.Instance);
-            },
-        },
+        Backend = backend == "ram" ? null : () => Disk(backend, DiskBytes),
     });
+
+    /// <summary>A raw file (O_DIRECT) or a fresh image of <paramref name="size"/> bytes in the test's folder.</summary>
+    private IBlockDevice Disk(string backend, ulong size)
+    {
+        if (backend == "file")
+            return FileDisk.Open(new FileDiskOptions { Path = Path.Combine(_dir, "disk.img"), CreateSize = size, DirectIo = true }, NullLogger.Instance);
+        string path = Path.Combine(_dir, "disk.bti");
+        ImageFile.Create(path, size, 65536);
+        return ImageDisk.Open(path, readOnly: false, 512, directIo: true, NullLogger.Instance);
+    }
 
     private static TestGuest Connect(string socket, int queues = 1) =>
         TestGuest.Connect(socket, queues: queues, queueSize: 1024, maxIndirect: 1024, arenaBytes: (ulong)queues * (16 << 20) + (24 << 20));
@@ -98,11 +98,14 @@ public sealed class LongChainTests(ITestOutputHelper output) : IDisposable
     }
 
     [Theory]
-    [InlineData(255)]
-    [InlineData(513)]
-    public void Scsi_reads_and_writes_with_hundreds_of_segments_round_trip(int segments)
+    [InlineData("ram", 255)]
+    [InlineData("ram", 513)]
+    [InlineData("file", 513)]
+    [InlineData("image", 255)]
+    [InlineData("image", 513)]
+    public void Scsi_reads_and_writes_with_hundreds_of_segments_round_trip(string backend, int segments)
     {
-        using var target = new ScsiTestTarget(output);
+        using var target = new ScsiTestTarget(output, backend == "ram" ? null : Disk(backend, ScsiTestTarget.Lun0Bytes));
         using var guest = TestGuest.Connect(target.SocketPath, queues: 4, queueSize: 1024, maxIndirect: 1024, arenaBytes: 4 * (16 << 20) + (24 << 20),
             options: new VhostUserFrontendOptions { ConfigSize = ScsiConfigSpace.Size });
         var q = new ScsiCommandQueue(guest.Queues[2], guest.Arena);

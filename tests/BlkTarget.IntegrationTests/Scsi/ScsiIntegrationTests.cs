@@ -1,3 +1,4 @@
+using BlkTarget.Storage;
 using System.Buffers.Binary;
 using BlkTarget.Storage.Ram;
 using BlkTarget.Vhost.Frontend;
@@ -9,19 +10,20 @@ using static BlkTarget.IntegrationTests.TestData;
 
 namespace BlkTarget.IntegrationTests.Scsi;
 
-/// <summary>The real target with a virtio-scsi device in process: target 0 LUN 0 (512-byte blocks) and
-/// LUN 1 (4 KiB blocks), target 2 LUN 0 read-only; two request queues.</summary>
+/// <summary>The real target with a virtio-scsi device in process: target 0 LUN 0 (512-byte blocks; a RAM disk
+/// unless <c>lun0</c> gives another backend of <see cref="Lun0Bytes"/>) and LUN 1 (4 KiB blocks), target 2 LUN 0
+/// read-only; two request queues.</summary>
 internal sealed class ScsiTestTarget : IDisposable
 {
     public const ulong Lun0Bytes = 16 << 20;
     public const ulong Lun1Bytes = 8 << 20;
 
-    public ScsiTestTarget(ITestOutputHelper output)
+    public ScsiTestTarget(ITestOutputHelper output, IBlockDevice? lun0 = null)
     {
         Log = new TestLogger(output);
         SocketPath = $"/tmp/blkt-scsi-{Guid.NewGuid():N}.sock";
         Reactors = new ReactorPool(null, 2, TimeSpan.FromMicroseconds(50), Log);
-        Disks = [new RamDisk(Lun0Bytes), new RamDisk(Lun1Bytes, 4096), new RamDisk(1 << 20, readOnly: true)];
+        Disks = [lun0 ?? new RamDisk(Lun0Bytes), new RamDisk(Lun1Bytes, 4096), new RamDisk(1 << 20, readOnly: true)];
         Device = new VirtioScsiDevice("scsi-it", [
             new ScsiLunDefinition(0, 0, Disks[0], "IT-LUN0"),
             new ScsiLunDefinition(0, 1, Disks[1], "IT-LUN1"),
@@ -33,7 +35,7 @@ internal sealed class ScsiTestTarget : IDisposable
     public TestLogger Log { get; }
     public string SocketPath { get; }
     public ReactorPool Reactors { get; }
-    public RamDisk[] Disks { get; }
+    public IBlockDevice[] Disks { get; }
     public VirtioScsiDevice Device { get; }
     public VhostUserServer Server { get; }
 
