@@ -48,6 +48,20 @@ public class ParsingTests
         Assert.False(BackendSpec.TryParse("tape:/dev/st0", out _, out var error));
         Assert.Contains("unknown kind", error);
     }
+
+    [Fact]
+    public void Ram_backends_take_transparent_huge_pages_by_default_and_hugepages_on_or_off()
+    {
+        Assert.True(BackendSpec.TryParse("ram:1G", out var spec, out _));
+        Assert.Equal(Storage.Ram.RamDiskPages.Transparent, spec!.Pages);
+        Assert.True(BackendSpec.TryParse("ram:1G,hugepages=on", out spec, out _));
+        Assert.Equal(Storage.Ram.RamDiskPages.Hugetlb, spec!.Pages);
+        Assert.Equal("ram:1 GiB,hugepages=on", spec.ToString());
+        Assert.True(BackendSpec.TryParse("ram:512M,hugepages=off", out spec, out _));
+        Assert.Equal(Storage.Ram.RamDiskPages.Small, spec!.Pages);
+        Assert.False(BackendSpec.TryParse("ram:1G,hugepages=maybe", out _, out var error));
+        Assert.Contains("unknown option 'hugepages=maybe'", error);
+    }
 }
 
 public sealed class ConfigFileTests : IDisposable

@@ -1,17 +1,21 @@
+using BlkTarget.Storage.Ram;
+
 namespace BlkTarget.Configuration;
 
 /// <summary>
 /// A parsed --backend value:
 /// <list type="bullet">
-/// <item><c>ram:SIZE</c>: a RAM disk.</item>
+/// <item><c>ram:SIZE[,hugepages=on|off]</c>: a RAM disk; in transparent huge pages by default, in reserved
+/// hugetlb pages with hugepages=on, in plain 4 KiB pages with hugepages=off.</item>
 /// <item><c>file:PATH[,cache=none|writeback]</c>: a regular file or block device through io_uring; O_DIRECT
 /// (cache=none) unless cache=writeback.</item>
 /// <item><c>image:PATH[,cache=none|writeback]</c>: a thin-provisioned BlkTarget image (docs/image-format.md).</item>
 /// </list>
 /// </summary>
-public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path = null, bool DirectIo = true)
+public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path = null, bool DirectIo = true,
+    RamDiskPages Pages = RamDiskPages.Transparent)
 {
-    public const string Usage = "ram:SIZE, file:PATH[,cache=none|writeback] or image:PATH[,cache=none|writeback]";
+    public const string Usage = "ram:SIZE[,hugepages=on|off], file:PATH[,cache=none|writeback] or image:PATH[,cache=none|writeback]";
 
     public static bool TryParse(string text, out BackendSpec? spec, out string? error)
     {
@@ -23,13 +27,28 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path 
         switch (kind)
         {
             case "ram":
-                if (!SizeParser.TryParse(argument, out ulong size) || size == 0)
+            {
+                var parts = argument.Split(',');
+                if (!SizeParser.TryParse(parts[0], out ulong size) || size == 0)
                 {
                     error = $"backend '{text}': expected ram:SIZE, e.g. ram:1G";
                     return false;
                 }
-                spec = new BackendSpec("ram", size);
+                var pages = RamDiskPages.Transparent;
+                foreach (var option in parts.Skip(1))
+                {
+                    switch (option)
+                    {
+                        case "hugepages=on": pages = RamDiskPages.Hugetlb; break;
+                        case "hugepages=off": pages = RamDiskPages.Small; break;
+                        default:
+                            error = $"backend '{text}': unknown option '{option}' (supported: hugepages=on, hugepages=off)";
+                            return false;
+                    }
+                }
+                spec = new BackendSpec("ram", size, Pages: pages);
                 return true;
+            }
             case "file":
             case "image":
                 return TryParsePath(kind, text, argument, out spec, out error);
@@ -67,7 +86,7 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path 
 
     public override string ToString() => Kind switch
     {
-        "ram" => $"ram:{SizeParser.Format(SizeBytes)}",
+        "ram" => $"ram:{SizeParser.Format(SizeBytes)}{Pages switch { RamDiskPages.Hugetlb => ",hugepages=on", RamDiskPages.Small => ",hugepages=off", _ => "" }}",
         _ => $"{Kind}:{Path}{(DirectIo ? "" : ",cache=writeback")}",
     };
 }

@@ -131,7 +131,7 @@ public sealed class TargetRuntime : IDisposable
         {
             backend = spec.Kind switch
             {
-                "ram" => new RamDisk(spec.SizeBytes, blockSize, readOnly),
+                "ram" => new RamDisk(spec.SizeBytes, blockSize, readOnly, spec.Pages),
                 "file" => FileDisk.Open(new FileDiskOptions
                 {
                     Path = spec.Path!,
