@@ -82,9 +82,20 @@ cleanup() {
     rm -f /dev/shm/blktarget-compare-"$$".img
     rm -f /var/tmp/blktarget-compare-"$$".img
     rm -rf "$WORK"
+    [[ -n "${hugepages_before:-}" ]] && echo "$hugepages_before" > /proc/sys/vm/nr_hugepages 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# RAM cases drive both targets from hugetlb "guest RAM", as a VM with memory-backend-memfd,hugetlb=on would:
+# reserve 64 huge pages (128 MiB) for the load generator while the script runs (root), give them back at exit.
+hugepages_before="" ram_bench_args=()
+if [[ -w /proc/sys/vm/nr_hugepages ]]; then
+    hugepages_before=$(cat /proc/sys/vm/nr_hugepages)
+    echo $(( hugepages_before + 64 )) > /proc/sys/vm/nr_hugepages
+    free=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
+    if (( free >= 64 )); then ram_bench_args=(--hugepages); else echo "compare: only $free huge pages free; RAM jobs use 4 KiB guest pages" >&2; fi
+fi
 
 bench_pin=() target_pin=() ours_cpus=()
 if [[ $pin -eq 1 ]]; then
@@ -196,8 +207,10 @@ for case in ${cases//,/ }; do
                     if [[ $t == qsd ]]; then sock=$QSD_SOCK pid=$QSD_PID; else sock=$OURS_SOCK pid=$OURS_PID; fi
                     file="$RAW/$case--$t--q$q--${name// /_}--r$round.json"
                     # shellcheck disable=SC2086  # args is a word list on purpose
+                    extra=()
+                    [[ $case != file ]] && extra=("${ram_bench_args[@]}")
                     if ! bench --socket "$sock" $args --queues "$q" --runtime "$runtime" --ramp "$ramp" \
-                            --target-pid "$pid" "${bench_cpus[@]}" --json >"$file" 2>"$file.err"; then
+                            --target-pid "$pid" "${bench_cpus[@]}" "${extra[@]}" --json >"$file" 2>"$file.err"; then
                         log "job failed: $case $t q=$q $name: $(cat "$file.err")"
                         rm -f "$file"
                     fi

@@ -73,6 +73,8 @@ public class BenchTests
     [InlineData("--iodepth", "0")]
     [InlineData("--rwmixread", "101")]
     [InlineData("--offset-range", "1:2:3")]
+    [InlineData("--segments", "1023")]
+    [InlineData("--segments", "-1")]
     public void Bad_job_options_are_refused(string option, string value)
     {
         var parse = BenchCommand.Create().Parse(["--socket", "/tmp/x.sock", option, value]);
@@ -96,6 +98,18 @@ public class BenchTests
         Assert.Equal(64UL << 20, o.RangeLength);
         Assert.True(o.Verify);
         Assert.Equal(TimeSpan.Zero, o.EffectiveRamp);   // a sized job counts every byte
+    }
+
+    [Fact]
+    public void Segments_hugepages_and_prefill_parse_and_show_in_the_job_line()
+    {
+        var parse = BenchCommand.Create().Parse(["--socket", "/tmp/x.sock", "--bs", "263680", "--segments", "515", "--hugepages", "--prefill"]);
+        var o = BenchCommand.Build(parse);
+        o.Validate();
+        Assert.Equal(515, o.Segments);
+        Assert.True(o.HugePages);
+        Assert.True(o.Prefill);
+        Assert.Equal("rw=randread bs=263680 iodepth=1 queues=1 segments=515 runtime=10s ramp=1s hugepages prefill", o.Describe());
     }
 
     [Theory]

@@ -28,15 +28,22 @@ public sealed unsafe class GuestMemoryArena : IDisposable
     /// <param name="size">Bytes of guest RAM (rounded up to whole pages per region).</param>
     /// <param name="regionCount">How many adjacent memory regions to describe it as (1..8).</param>
     /// <param name="guestPhysBase">Guest-physical address of the first byte.</param>
-    public GuestMemoryArena(ulong size, int regionCount = 1, ulong guestPhysBase = DefaultGuestPhysBase, string name = "blktarget-guest-ram")
+    /// <param name="hugePages">Back it with 2 MiB hugetlb pages (QEMU's memory-backend-memfd,hugetlb=on); regions
+    /// are then whole huge pages.</param>
+    /// <exception cref="IOException">memory cannot be had; with huge pages, one line saying how many are needed.</exception>
+    public GuestMemoryArena(ulong size, int regionCount = 1, ulong guestPhysBase = DefaultGuestPhysBase, string name = "blktarget-guest-ram",
+        bool hugePages = false)
     {
         if (size == 0) throw new ArgumentOutOfRangeException(nameof(size));
         if (regionCount is < 1 or > MemoryTablePayload.MaxRegions) throw new ArgumentOutOfRangeException(nameof(regionCount));
+        ulong page = hugePages ? MappedMemory.HugePageSize : PageSize;
         ulong regionSize = (size + (ulong)regionCount - 1) / (ulong)regionCount;
-        regionSize = (regionSize + PageSize - 1) & ~(PageSize - 1);
+        regionSize = (regionSize + page - 1) & ~(page - 1);
         Size = regionSize * (ulong)regionCount;
         GuestPhysBase = guestPhysBase;
-        _memfd = MemFd.Create(name, checked((long)Size));
+        if (hugePages && MappedMemory.FreeHugePages() < Size / page)
+            throw new IOException($"--hugepages: {Size / page} huge pages of 2 MiB are needed, {MappedMemory.FreeHugePages()} are free (reserve more: echo N > /proc/sys/vm/nr_hugepages)");
+        _memfd = MemFd.Create(name, checked((long)Size), hugePages);
         try
         {
             _mapping = MappedMemory.MapShared(_memfd.Fd, Size);

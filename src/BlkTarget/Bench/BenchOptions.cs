@@ -34,6 +34,12 @@ public sealed record BenchOptions
     public ulong? RangeLength { get; init; }
     /// <summary>Stamp written blocks and check what is read back (queues get disjoint slices of the range).</summary>
     public bool Verify { get; init; }
+    /// <summary>The load generator's "guest RAM" in 2 MiB hugetlb pages, as QEMU's
+    /// memory-backend-memfd,hugetlb=on gives a real VM (needs reserved pages: /proc/sys/vm/nr_hugepages).</summary>
+    public bool HugePages { get; init; }
+    /// <summary>Write the whole range once before a job that reads, so reads hit written data (a RAM disk's
+    /// never-written pages are the kernel's zero page, which stays in cache and flatters every read figure).</summary>
+    public bool Prefill { get; init; }
     public bool Json { get; init; }
     /// <summary>Process whose CPU time over the measured window is reported (the target).</summary>
     public int? TargetPid { get; init; }
@@ -104,6 +110,6 @@ public sealed record BenchOptions
         string amount = SizeBytes is { } s ? $"size={Units.Bytes(s)}" + (Runtime is { } rt ? $" runtime={rt.TotalSeconds:0.###}s" : "")
             : $"runtime={EffectiveRuntime.TotalSeconds:0.###}s ramp={EffectiveRamp.TotalSeconds:0.###}s";
         string mix = Rw == RwMode.RandRw ? $" rwmixread={RwMixRead}" : "";
-        return $"rw={Name(Rw)}{mix} bs={Units.Bytes(BlockSize)} iodepth={IoDepth} queues={Queues}{(Segments > 0 ? $" segments={Segments}" : "")} {amount}{(Verify ? " verify" : "")}";
+        return $"rw={Name(Rw)}{mix} bs={Units.Bytes(BlockSize)} iodepth={IoDepth} queues={Queues}{(Segments > 0 ? $" segments={Segments}" : "")} {amount}{(Verify ? " verify" : "")}{(HugePages ? " hugepages" : "")}{(Prefill ? " prefill" : "")}";
     }
 }

@@ -28,6 +28,7 @@ public static class BenchRunner
     {
         options.Validate();
         stop ??= new StopSignal();
+        if (options.Prefill && options.Reads) PrefillRange(options, stop);
         using var frontend = Connect(options);
         var config = frontend.Config ?? throw new BenchSetupException("the backend did not negotiate VHOST_USER_PROTOCOL_F_CONFIG: device size unknown");
         ulong offered = frontend.FeaturesToAck;
@@ -87,7 +88,7 @@ public static class BenchRunner
         ulong perQueueBytes = 16UL * (ulong)queueSize + 4096 + 6 + 2UL * (ulong)queueSize + 64 + 6 + 8UL * (ulong)queueSize + 4096
             + (ulong)queueSize * (ulong)maxIndirect * 16 + 64 + 32UL * (ulong)queueSize + 64
             + (ulong)options.IoDepth * ((ulong)options.BlockSize + 4096);
-        using var arena = new GuestMemoryArena(perQueueBytes * (ulong)options.Queues + (2UL << 20), name: "blktarget-bench");
+        using var arena = new GuestMemoryArena(perQueueBytes * (ulong)options.Queues + (2UL << 20), name: "blktarget-bench", hugePages: options.HugePages);
         var drivers = new List<VirtqueueDriver>();
         try
         {
@@ -110,6 +111,37 @@ public static class BenchRunner
         {
             foreach (var d in drivers) d.Dispose();
         }
+    }
+
+    /// <summary>
+    /// Writes the job's whole range once, sequentially in 1 MiB requests on one queue (a separate connection, as
+    /// targets serve one frontend at a time), so the job's reads hit written data.
+    /// </summary>
+    private static void PrefillRange(BenchOptions options, StopSignal stop)
+    {
+        ulong capacity;
+        using (var probe = Connect(options))
+            capacity = (probe.Config ?? throw new BenchSetupException("the backend did not negotiate VHOST_USER_PROTOCOL_F_CONFIG: device size unknown")).CapacityBytes;
+        ulong length = options.RangeLength ?? (capacity > options.RangeOffset ? capacity - options.RangeOffset : 0);
+        uint bs = (uint)Math.Min(1UL << 20, length) & ~511u;
+        if (bs == 0 || length % bs != 0) bs = 512;
+        var fill = options with
+        {
+            Rw = RwMode.Write,
+            BlockSize = bs,
+            IoDepth = 4,
+            Queues = 1,
+            SizeBytes = length,
+            Runtime = null,
+            Ramp = TimeSpan.Zero,
+            RangeLength = length,
+            Verify = false,
+            Prefill = false,
+            Segments = 0,
+            TargetPid = null,
+        };
+        var result = Run(fill, stop);
+        if (result.Failed) throw new BenchSetupException("--prefill: writing the range failed");
     }
 
     private static VhostUserFrontend Connect(BenchOptions options)
