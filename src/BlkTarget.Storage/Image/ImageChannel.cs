@@ -176,7 +176,9 @@ internal sealed class ImageChannel : IoUringChannel
             int index = _retrying[i];
             ref IoOperation op = ref Ops[index];
             if (!op.InUse || op.Step != IoStep.Parked) continue;   // released by a fault or shutdown meanwhile
-            if (!_ranges.TryEnter(op.RangeFirst, op.RangeLast))
+            // Look before counting: a retry that counts itself in and out on every poll would keep the bucket the
+            // deallocation waits for busy.
+            if (_ranges.Overlaps(op.RangeFirst, op.RangeLast) || !_ranges.TryEnter(op.RangeFirst, op.RangeLast))
             {
                 Park(index);
                 continue;
@@ -185,6 +187,19 @@ internal sealed class ImageChannel : IoUringChannel
             op.Step = IoStep.None;
             started++;
             Continue(index);
+        }
+        // A deallocation may have ended between our look and the flag Park set: the worker then may not have seen
+        // the flag. The flag is written before this fence and the worker clears its range before reading the flag,
+        // so one of us sees the other: if a range is free now, report work, and the reactor polls again at once
+        // instead of sleeping.
+        if (_parkedCount > 0)
+        {
+            Interlocked.MemoryBarrier();
+            for (int i = 0; i < _parkedCount; i++)
+            {
+                ref IoOperation op = ref Ops[_parked[i]];
+                if (!_ranges.Overlaps(op.RangeFirst, op.RangeLast)) return started + 1;
+            }
         }
         return started;
     }
