@@ -159,6 +159,7 @@ public sealed unsafe class ImageFile : IDisposable
                 if (problems.Count > 0 && !allowCorruptMap)
                     throw new ImageFormatException($"{path}: corrupt allocation map ({problems[0]}{(problems.Count > 1 ? $", and {problems.Count - 1} more" : "")}); run 'blktarget image check --repair'");
                 image.BuildFreeSpace(stat.Size);
+                if (!readOnly && !allowCorruptMap) image.ClearFreeClusters();
                 return image;
             }
             catch
@@ -247,6 +248,32 @@ public sealed unsafe class ImageFile : IDisposable
             if (!used.Contains(p)) _free.Push(p);
     }
 
+    /// <summary>
+    /// Punches every free cluster and syncs, before a writable image is served. A free cluster may still hold data
+    /// (leaked by an earlier power loss); reusing it punches it again, but nothing orders that punch before the new
+    /// map write, so a second power loss could keep the map write and lose the punch, showing the old data in
+    /// another block. Punching now and syncing once makes every free cluster durably a hole first.
+    /// </summary>
+    private void ClearFreeClusters()
+    {
+        var free = _free.ToArray();
+        Array.Sort(free);
+        bool punched = false;
+        for (int i = 0; i < free.Length;)
+        {
+            int j = i + 1;
+            while (j < free.Length && free[j] == free[j - 1] + 1) j++;
+            ulong offset = free[i] << Header.ClusterShift, length = (ulong)(j - i) << Header.ClusterShift;
+            if (lseek(Fd, (long)offset, SEEK_DATA) is long data && data >= 0 && (ulong)data < offset + length)
+            {
+                Punch(offset, length);
+                punched = true;
+            }
+            i = j;
+        }
+        if (punched) Sync();
+    }
+
     /// <summary>Clusters free for reuse now: the free list and deallocated clusters whose unmapping is durable.</summary>
     public ulong FreeClusters
     {
@@ -268,6 +295,7 @@ public sealed unsafe class ImageFile : IDisposable
     {
         ulong end = Math.Min(first + count, Header.MapEntries);
         var assigned = new List<ulong>();
+        ulong attemptedBlocks = 0;   // map blocks from assigned[0]'s on that we tried to write
         try
         {
             for (ulong v = first; v < end; v++)
@@ -277,14 +305,22 @@ public sealed unsafe class ImageFile : IDisposable
                 assigned.Add(v);
             }
             if (assigned.Count == 0) return Entry(first);
-            for (ulong block = assigned[0] / EntriesPerBlock; block <= assigned[^1] / EntriesPerBlock; block++) WriteMapBlock(block * EntriesPerBlock);
+            for (ulong block = assigned[0] / EntriesPerBlock; block <= assigned[^1] / EntriesPerBlock; block++)
+            {
+                attemptedBlocks++;
+                WriteMapBlock(block * EntriesPerBlock);
+            }
             Interlocked.Increment(ref _version);
         }
         catch
         {
+            // Undo in memory. A cluster whose map block was written (or may be, in part: the failed write) can be
+            // named on disk now, so it must never be handed out again this session: leave it out of the free
+            // list (a leak at worst; it is a hole, and reopening the image finds it free or mapped as on disk).
+            ulong firstUntouched = assigned.Count == 0 ? 0 : assigned[0] / EntriesPerBlock + attemptedBlocks;
             foreach (ulong v in assigned)
             {
-                _free.Push(Entry(v));
+                if (v / EntriesPerBlock >= firstUntouched) _free.Push(Entry(v));
                 SetEntry(v, 0);
             }
             throw;

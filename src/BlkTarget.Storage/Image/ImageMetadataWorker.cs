@@ -112,9 +112,11 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
             if (job.Durable) _image.Sync();
             return 0;
         }
-        catch (Exception e) when (e is IOException or InvalidOperationException)
+        catch (Exception e)
         {
-            _log.LogError("{Path}: {Kind} of {Count} at {First} failed: {Error}", _image.Path, job.Kind, job.Count, job.First, e.Message);
+            // Anything: an exception escaping this thread would end the process and every other device with it.
+            if (e is IOException) _log.LogError("{Path}: {Kind} of {Count} at {First} failed: {Error}", _image.Path, job.Kind, job.Count, job.First, e.Message);
+            else _log.LogError(e, "{Path}: {Kind} of {Count} at {First} failed unexpectedly", _image.Path, job.Kind, job.Count, job.First);
             return -EIO;
         }
     }

@@ -91,6 +91,53 @@ public sealed unsafe class ImageDurabilityTests : IDisposable
         NativeMemory.AlignedFree((void*)buffer);
     }
 
+    [Fact]
+    public void An_allocation_whose_second_map_block_cannot_be_written_never_leaves_a_cluster_named_twice()
+    {
+        // A small tmpfs: the map area is a hole, so writing a map block needs space; fill the file system, then
+        // allocate clusters 511 and 512 (map blocks 0 and 1): block 0 is written, block 1 fails with ENOSPC.
+        string mount = Path.Combine(_dir, "tmpfs");
+        Directory.CreateDirectory(mount);
+        Run("mount", $"-t tmpfs -o size=2m tmpfs {mount}");
+        try
+        {
+            string path = Path.Combine(mount, "disk.bti");
+            ImageFile.Create(path, 4 << 20, 4096);
+            using (var disk = ImageDisk.Open(path, readOnly: false, 512, directIo: false, NullLogger.Instance))
+            using (var driver = new ChannelDriver(disk))
+            {
+                var block = new byte[8192];
+                block.AsSpan().Fill(0x11);
+                Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Write, 0, block.AsSpan(0, 4096)));
+                string filler = Path.Combine(mount, "filler");
+                using (var f = File.Create(filler))
+                {
+                    var chunk = new byte[4096];
+                    try { while (true) f.Write(chunk); }
+                    catch (IOException) { }
+                }
+                Assert.NotEqual(BlockStatus.Ok, driver.Transfer(BlockOperation.Write, 511 * 4096, block));
+                File.Delete(filler);
+                // Clusters the failed allocation took must not be reused for another map block's entry.
+                Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Write, 600 * 4096, block));
+                Assert.Equal(BlockStatus.Ok, driver.Run(BlockOperation.Flush, 0, 0));
+            }
+            var check = ImageChecker.Check(path);
+            Assert.False(check.HasCorruption, string.Join("; ", check.Remaining.Select(p => p.Message)));
+        }
+        finally
+        {
+            Run("umount", mount);
+        }
+    }
+
+    private static void Run(string command, string arguments)
+    {
+        using var process = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo(command, arguments) { RedirectStandardError = true })!;
+        process.WaitForExit();
+        Assert.True(process.ExitCode == 0, $"{command} {arguments}: {process.StandardError.ReadToEnd()}");
+    }
+
     private static BlockStatus Write(ChannelDriver driver, ulong offset, byte[] data, BlockRequestFlags flags)
     {
         ulong tag = Begin(driver, BlockOperation.Write, offset, data, out nint buffer, flags);
