@@ -54,7 +54,7 @@ internal sealed class ImageChannel : IoUringChannel
         ref IoOperation op = ref Ops[index];
         op.RangeFirst = op.Cursor.Offset >> _shift;
         op.RangeLast = (op.Cursor.Offset + op.Cursor.Remaining - 1) >> _shift;
-        if (!_ranges.TryEnter(op.RangeFirst, op.RangeLast))
+        if (!_ranges.TryEnter(op.RangeFirst, op.RangeLast, out op.RangeEpoch))
         {
             Park(index);
             return;
@@ -143,7 +143,7 @@ internal sealed class ImageChannel : IoUringChannel
     protected override void OnReleasing(int index, ref IoOperation op)
     {
         if (!op.HoldsRange) return;
-        _ranges.Exit(op.RangeFirst, op.RangeLast);
+        _ranges.Exit(op.RangeFirst, op.RangeLast, op.RangeEpoch);
         op.HoldsRange = false;
         // A deallocation may be waiting for exactly this request.
         if (_ranges.DeallocationInProgress) _disk.Worker.Wake();
@@ -178,7 +178,7 @@ internal sealed class ImageChannel : IoUringChannel
             if (!op.InUse || op.Step != IoStep.Parked) continue;   // released by a fault or shutdown meanwhile
             // Look before counting: a retry that counts itself in and out on every poll would keep the bucket the
             // deallocation waits for busy.
-            if (_ranges.Overlaps(op.RangeFirst, op.RangeLast) || !_ranges.TryEnter(op.RangeFirst, op.RangeLast))
+            if (_ranges.Overlaps(op.RangeFirst, op.RangeLast) || !_ranges.TryEnter(op.RangeFirst, op.RangeLast, out op.RangeEpoch))
             {
                 Park(index);
                 continue;

@@ -51,7 +51,7 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
     protected override int AfterJobs()
     {
         FinishDrainedDeallocations();
-        return _draining.Count > 0 ? 1 : -1;
+        return _draining.Count > 0 || _waitingForRange.Count > 0 ? 1 : -1;
     }
 
     protected override bool HasPendingWork => _draining.Count > 0 || _waitingForRange.Count > 0;
@@ -70,32 +70,43 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
             Complete(job, 0);
             return;
         }
-        if (_waitingForRange.Count > 0 || !TryPublish(job)) _waitingForRange.Enqueue(job);
+        _waitingForRange.Enqueue(job);   // published with the next drain (AfterJobs)
     }
 
-    private bool TryPublish(in MetadataJob job)
-    {
-        int shift = _image.Header.ClusterShift;
-        int handle = _ranges.Publish(job.First >> shift, (job.First + job.Count - 1) >> shift);
-        if (handle < 0) return false;
-        _draining.Add((job, handle));
-        return true;
-    }
-
+    /// <summary>
+    /// Runs the deallocation drains: publishes the waiting ranges (as many as fit) and begins a drain, finishes
+    /// every deallocation whose range has drained, and when a drain is over starts the next one.
+    /// </summary>
     private void FinishDrainedDeallocations()
     {
         bool released = false;
-        for (int i = 0; i < _draining.Count; i++)
+        while (true)
         {
-            var (job, handle) = _draining[i];
-            if (!_ranges.IsDrained(handle)) continue;
-            int result = Execute(job);
-            _ranges.Release(handle);
-            _draining.RemoveAt(i--);
-            released = true;
-            Complete(job, result);
+            if (!_ranges.Draining && _waitingForRange.Count > 0 && _ranges.CanBeginDrain())
+            {
+                int shift = _image.Header.ClusterShift;
+                while (_waitingForRange.TryPeek(out var next))
+                {
+                    int handle = _ranges.Publish(next.First >> shift, (next.First + next.Count - 1) >> shift);
+                    if (handle < 0) break;
+                    _draining.Add((_waitingForRange.Dequeue(), handle));
+                }
+                _ranges.BeginDrain();
+            }
+            for (int i = 0; i < _draining.Count; i++)
+            {
+                var (job, handle) = _draining[i];
+                if (!_ranges.IsDrained(handle)) continue;
+                int result = Execute(job);
+                _ranges.Release(handle);
+                _draining.RemoveAt(i--);
+                released = true;
+                Complete(job, result);
+            }
+            if (!_ranges.Draining || _draining.Count > 0) break;
+            _ranges.EndDrain();
+            if (_waitingForRange.Count == 0 || !_ranges.CanBeginDrain()) break;
         }
-        while (_waitingForRange.TryPeek(out var next) && TryPublish(next)) _waitingForRange.Dequeue();
         if (released) _rangesReleased();
     }
 

@@ -54,4 +54,5 @@ internal struct IoOperation
     public ulong RangeFirst;
     public ulong RangeLast;
     public bool HoldsRange;
+    public int RangeEpoch;
 }
