@@ -76,4 +76,13 @@ public interface IBlockChannel : IDisposable
 
     /// <summary>Requests submitted and not yet completed.</summary>
     int InFlight { get; }
+
+    /// <summary>
+    /// Stops the channel for good (its queue faulted or was abandoned): nothing new is issued for requests in
+    /// flight (no next piece, no write after an allocation, no retry), nothing more is completed, and
+    /// <see cref="InFlight"/> counts down as the kernel or a helper returns what it holds. Without this, work the
+    /// guest no longer waits for could still reach the disk after the guest rewrote the same blocks. Channels that
+    /// complete inline have nothing to stop.
+    /// </summary>
+    void Cancel() { }
 }

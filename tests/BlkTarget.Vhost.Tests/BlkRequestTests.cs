@@ -25,19 +25,22 @@ public sealed unsafe class BlkRequestTests : IDisposable
 
     public BlkRequestTests() => _queue = CreateQueue(_disk, new BlkOptions());
 
-    private BlkQueue CreateQueue(Storage.IBlockDevice disk, BlkOptions options)
+    /// <summary>What a Linux guest acks: FLUSH and CONFIG_WCE (a volatile write cache it flushes).</summary>
+    private const ulong GuestFeatures = (1UL << VirtioBlk.FeatureFlush) | (1UL << VirtioBlk.FeatureConfigWce);
+
+    private BlkQueue CreateQueue(Storage.IBlockDevice disk, BlkOptions options, ulong features = GuestFeatures)
     {
         _context = new BlkDeviceContext("test", disk, options);
-        var start = new QueueStartInfo(0, _ring.CreateRing(), _ring.Memory.Memory, 0, -1, -1, _io);
+        var start = new QueueStartInfo(0, _ring.CreateRing(), _ring.Memory.Memory, features, -1, -1, _io);
         return new BlkQueue(start, _context, _log);
     }
 
-    private void UseDisk(Storage.IBlockDevice disk, BlkOptions? options = null)
+    private void UseDisk(Storage.IBlockDevice disk, BlkOptions? options = null, ulong features = GuestFeatures)
     {
         _queue.Dispose();
         _disk.Dispose();
         _disk = disk;
-        _queue = CreateQueue(disk, options ?? new BlkOptions());
+        _queue = CreateQueue(disk, options ?? new BlkOptions(), features);
     }
 
     private ulong Header(uint type, ulong sector)
@@ -406,6 +409,29 @@ public sealed unsafe class BlkRequestTests : IDisposable
             [(BlockOperation.Write, BlockRequestFlags.None), (BlockOperation.Write, BlockRequestFlags.Fua),
              (BlockOperation.Read, BlockRequestFlags.None), (BlockOperation.Write, BlockRequestFlags.None)],
             disk.Requests.Select(r => (r.Operation, r.Flags)));
+    }
+
+    [Fact]
+    public void A_guest_that_did_not_negotiate_flush_gets_every_write_and_write_zeroes_durable()
+    {
+        var disk = new RecordingDisk(1 << 20);
+        UseDisk(disk, features: 0);
+        WriteSectors(0, new byte[512]);
+        Assert.Equal(VirtioBlk.StatusOk, Run((Header(VirtioBlk.TypeWriteZeroes, 0), 16, false), (Ranges((8, 8, 0)), 16, false), (_ring.Allocate(1), 1, true)).Status);
+        Assert.Equal(VirtioBlk.StatusOk, Run((Header(VirtioBlk.TypeDiscard, 0), 16, false), (Ranges((16, 8, 0)), 16, false), (_ring.Allocate(1), 1, true)).Status);
+        Assert.Equal(
+            [(BlockOperation.Write, BlockRequestFlags.Fua), (BlockOperation.WriteZeroes, BlockRequestFlags.Fua), (BlockOperation.Discard, BlockRequestFlags.None)],
+            disk.Operations);
+    }
+
+    [Fact]
+    public void Write_zeroes_carries_fua_while_the_write_cache_is_off()
+    {
+        var disk = new RecordingDisk(1 << 20);
+        UseDisk(disk);
+        Assert.True(_context.Config.Write(BlkConfigSpace.OffWriteback, [0]));
+        Assert.Equal(VirtioBlk.StatusOk, Run((Header(VirtioBlk.TypeWriteZeroes, 0), 16, false), (Ranges((8, 8, VirtioBlk.RangeFlagUnmap)), 16, false), (_ring.Allocate(1), 1, true)).Status);
+        Assert.Equal([(BlockOperation.WriteZeroes, BlockRequestFlags.Unmap | BlockRequestFlags.Fua)], disk.Operations);
     }
 
     [Theory]

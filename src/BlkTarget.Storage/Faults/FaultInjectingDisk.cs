@@ -60,6 +60,8 @@ public sealed class FaultInjectingDisk(IBlockDevice inner, IEnumerable<FaultRule
             else inner.Submit(request);
         }
 
+        public void Cancel() => inner.Cancel();
+
         public void Dispose() => inner.Dispose();
     }
 }

@@ -299,8 +299,19 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
 
     protected virtual void FallocateCompleted(int index, int result)
     {
-        if (result < 0) Fail(index, -result);
-        else Finish(index, BlockStatus.Ok);
+        if (result < 0)
+        {
+            Fail(index, -result);
+            return;
+        }
+        if ((Ops[index].Flags & BlockRequestFlags.Fua) != 0)
+        {
+            // Write-through zeroing (the guest's write cache is off): the new extents must be durable first.
+            Ops[index].Step = IoStep.WriteThroughSync;
+            Issue(index);
+            return;
+        }
+        Finish(index, BlockStatus.Ok);
     }
 
     protected virtual void BlockDiscardCompleted(int index, int result) =>
@@ -339,6 +350,13 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
 
     /// <summary>Lets a subclass give back what the operation holds (a cluster range) whenever its slot is freed.</summary>
     protected virtual void OnReleasing(int index, ref IoOperation op) { }
+
+    public void Cancel()
+    {
+        if (Faulted) return;
+        Faulted = true;
+        ReleaseIdleSlots();
+    }
 
     public void OnFault(Exception error)
     {

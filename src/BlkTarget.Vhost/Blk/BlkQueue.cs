@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using BlkTarget.Storage;
 using BlkTarget.Vhost.Device;
+using BlkTarget.Vhost.Protocol;
 using BlkTarget.Vhost.Queues;
 using Microsoft.Extensions.Logging;
 
@@ -24,10 +25,14 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
     private readonly BlkDeviceContext _device;
     private readonly IBlockChannel _channel;
     private readonly Slot[] _slots;
+    /// <summary>FLUSH was not negotiated: the driver never flushes (Linux then assumes write-through), so every
+    /// write must be durable when it completes.</summary>
+    private readonly bool _noFlush;
 
     public BlkQueue(QueueStartInfo start, BlkDeviceContext device, ILogger log) : base(start, device.Name, log)
     {
         _device = device;
+        _noFlush = (start.AckedFeatures & VirtioFeatures.Bit(VirtioBlk.FeatureFlush)) == 0;
         _slots = new Slot[Ring.Size];
         _channel = device.Backend.OpenChannel(start.Io, this, (int)Ring.Size * (int)Math.Max(1, device.Options.MaxRangeSegments));
     }
@@ -93,10 +98,13 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         }
     }
 
+    /// <summary>The guest sees no volatile write cache: it turned it off (CONFIG_WCE) or cannot flush at all.</summary>
+    private bool WriteThrough => _noFlush || !_device.Config.WriteCacheEnabled;
+
     private byte SubmitData(ushort head, BlockOperation operation, ulong sector, ulong length, IoVec* data, int dataCount)
     {
         if (!_device.TryByteRange(sector, length, out ulong offset)) return VirtioBlk.StatusIoErr;
-        var flags = operation == BlockOperation.Write && !_device.Config.WriteCacheEnabled ? BlockRequestFlags.Fua : BlockRequestFlags.None;
+        var flags = operation == BlockOperation.Write && WriteThrough ? BlockRequestFlags.Fua : BlockRequestFlags.None;
         return Submit(head, new BlockRequest
         {
             Operation = operation,
@@ -131,7 +139,9 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
             ranges[i] = new BlockRequest
             {
                 Operation = discard ? BlockOperation.Discard : BlockOperation.WriteZeroes,
-                Flags = (flags & VirtioBlk.RangeFlagUnmap) != 0 ? BlockRequestFlags.Unmap : BlockRequestFlags.None,
+                // With the write cache off, zeroing is a write like any other: durable when it completes.
+                Flags = ((flags & VirtioBlk.RangeFlagUnmap) != 0 ? BlockRequestFlags.Unmap : BlockRequestFlags.None)
+                    | (!discard && WriteThrough ? BlockRequestFlags.Fua : BlockRequestFlags.None),
                 Offset = offset,
                 Length = (ulong)sectors << VirtioBlk.SectorShift,
                 Tag = head,
@@ -174,6 +184,8 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         *slot.Status = slot.Result;
         CompleteRequest(head, slot.Result == VirtioBlk.StatusOk ? slot.UsedLength : 1);
     }
+
+    protected override void CancelBackend() => _channel.Cancel();
 
     public override void Dispose()
     {

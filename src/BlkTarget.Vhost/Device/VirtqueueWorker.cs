@@ -202,9 +202,14 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         _faulted = true;
         BrokenReason = reason;
         _usedPending = false;
+        CancelBackend();
         Settle();
         CheckDrained();
     }
+
+    /// <summary>Stops the device model's backend channels (<see cref="IBlockChannel.Cancel"/>): a faulted queue's
+    /// requests must not reach the disk any more.</summary>
+    protected virtual void CancelBackend() { }
 
     /// <summary>True once a faulted queue's backend holds nothing; runs <see cref="OnFaultSettled"/> the first time.</summary>
     private bool Settle()

@@ -184,6 +184,11 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         channel.Submit(request);
     }
 
+    protected override void CancelBackend()
+    {
+        foreach (var channel in _channels) channel.Cancel();
+    }
+
     public override int BackendInFlight
     {
         get

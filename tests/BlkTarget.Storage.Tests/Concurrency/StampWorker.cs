@@ -110,6 +110,7 @@ internal sealed unsafe class StampWorker : IBlockCompletionSink
         }
         if (slot.Operation is BlockOperation.Discard or BlockOperation.WriteZeroes) _ledger.MarkZeroing(slot.OpId);
         if (slot.Operation == BlockOperation.WriteZeroes && _random.Next(2) == 0) flags |= BlockRequestFlags.Unmap;
+        if (slot.Operation == BlockOperation.WriteZeroes && _random.Next(4) == 0) flags |= BlockRequestFlags.Fua;   // write cache off
         // Data in two iovecs split at a block boundary when there are several blocks.
         int split = blocks > 1 ? _random.Next(1, blocks) * BlockSize : blocks * BlockSize;
         slot.Iov[0] = new IoVec(slot.Buffer, (nuint)split);

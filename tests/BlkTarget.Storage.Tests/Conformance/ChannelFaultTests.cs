@@ -77,10 +77,43 @@ public sealed unsafe class ChannelFaultTests : IDisposable
         Assert.Equal([(42UL, BlockStatus.Ok)], next.Seen);
     }
 
+    [Fact]
+    public void A_cancelled_channel_issues_nothing_more_for_its_requests()
+    {
+        // A write to unallocated clusters waits for the (held) metadata thread; the queue gives up on it; once the
+        // allocation is done the data must not be written after all.
+        using var device = (Storage.Image.ImageDisk)_factory.Create("image-direct");
+        using var gate = new ManualResetEventSlim();
+        device.Worker.BeforeJob = () => gate.Wait(TimeSpan.FromSeconds(20));
+        using var io = new IoContext(64);
+        var sink = new ThrowingSink { Completed = 1 };
+        var channel = device.OpenChannel(io, sink, Requests);
+        using var buffers = new Buffers();
+        buffers.SubmitAll(channel, BlockOperation.Write);
+        io.Poll();
+        channel.Cancel();
+        gate.Set();
+        for (int round = 0; round < 100_000 && (channel.InFlight > 0 || io.InFlight > 0); round++) io.Poll();
+        Assert.Equal(0, channel.InFlight);
+        Assert.Equal(1, sink.Completed);   // nothing completed after the cancel
+        channel.Dispose();
+        device.Worker.BeforeJob = null;
+        using var driver = new ChannelDriver(device);
+        var back = new byte[Requests * 4096];
+        Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Read, 0, back));
+        Assert.True(back.AsSpan().IndexOfAnyExcept((byte)0) < 0, "a cancelled write reached the disk");
+    }
+
     /// <summary>One aligned 4 KiB buffer and iovec per request.</summary>
     private sealed class Buffers : IDisposable
     {
-        private readonly byte* _data = (byte*)NativeMemory.AlignedAlloc(Requests * 4096, 4096);
+        private readonly byte* _data = Fill((byte*)NativeMemory.AlignedAlloc(Requests * 4096, 4096));
+
+        private static byte* Fill(byte* p)
+        {
+            new Span<byte>(p, Requests * 4096).Fill(0xC3);
+            return p;
+        }
         public readonly IoVec* Iovs = (IoVec*)NativeMemory.Alloc(Requests, (nuint)sizeof(IoVec));
 
         /// <summary>Submits <see cref="Requests"/> requests of one block each, request i at block i, tag i.</summary>
