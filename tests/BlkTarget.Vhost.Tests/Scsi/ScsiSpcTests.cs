@@ -73,6 +73,9 @@ public sealed class ScsiSpcTests : IDisposable
     private static byte[] StartStop(byte byte4, bool immediate = false) =>
         Cdbs.Make(6, ScsiOp.StartStopUnit, c => { c[1] = immediate ? (byte)1 : (byte)0; c[4] = byte4; });
 
+    /// <summary>NOT READY, LOGICAL UNIT NOT READY, INITIALIZING COMMAND REQUIRED.</summary>
+    private static readonly SenseCode NotReady = new(0x02, 0x04, 0x02);
+
     private static readonly byte[] NotReadySense =
         [0x70, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x0A, 0x00, 0x00, 0x00, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00, 0x00];
 
@@ -94,12 +97,12 @@ public sealed class ScsiSpcTests : IDisposable
         foreach (var cdb in media)
         {
             var r = _h.Run(cdb, dataOut: cdb[0] == ScsiOp.Unmap ? Cdbs.UnmapParameters((3, 1)) : null, dataIn: 512);
-            r.AssertCheck(SenseCode.NotReadyInitializingCommandRequired);
+            r.AssertCheck(NotReady);
             Assert.Equal(NotReadySense, r.Sense[..18]);
         }
-        _h.Run(Cdbs.Rw10(ScsiOp.Write10, 3, 1), dataOut: new byte[512]).AssertCheck(SenseCode.NotReadyInitializingCommandRequired);
-        _h.Run(Cdbs.Rw16(ScsiOp.WriteSame16, 3, 1), dataOut: new byte[512]).AssertCheck(SenseCode.NotReadyInitializingCommandRequired);
-        _h.Run(Cdbs.Make(10, ScsiOp.WriteSame10, c => c[8] = 1), dataOut: new byte[512]).AssertCheck(SenseCode.NotReadyInitializingCommandRequired);
+        _h.Run(Cdbs.Rw10(ScsiOp.Write10, 3, 1), dataOut: new byte[512]).AssertCheck(NotReady);
+        _h.Run(Cdbs.Rw16(ScsiOp.WriteSame16, 3, 1), dataOut: new byte[512]).AssertCheck(NotReady);
+        _h.Run(Cdbs.Make(10, ScsiOp.WriteSame10, c => c[8] = 1), dataOut: new byte[512]).AssertCheck(NotReady);
 
         // What the standards let through a stopped LU.
         _h.Run(Cdbs.Inquiry(), dataIn: 96).AssertGood();
@@ -127,14 +130,14 @@ public sealed class ScsiSpcTests : IDisposable
     public void Start_stop_unit_with_immed_no_flush_and_power_conditions()
     {
         _h.Run(StartStop(0x00, immediate: true)).AssertGood();
-        _h.Run(Cdbs.Make(6, ScsiOp.TestUnitReady)).AssertCheck(SenseCode.NotReadyInitializingCommandRequired);
+        _h.Run(Cdbs.Make(6, ScsiOp.TestUnitReady)).AssertCheck(NotReady);
         _h.Run(StartStop(0x01, immediate: true)).AssertGood();
         _h.Run(Cdbs.Make(6, ScsiOp.TestUnitReady)).AssertGood();
         _h.Run(StartStop(0x04)).AssertGood();                                             // STOP, NO_FLUSH
-        _h.Run(Cdbs.Make(6, ScsiOp.TestUnitReady)).AssertCheck(SenseCode.NotReadyInitializingCommandRequired);
+        _h.Run(Cdbs.Make(6, ScsiOp.TestUnitReady)).AssertCheck(NotReady);
         // A power condition ignores START and LOEJ (SBC-3 5.25): STANDBY with START 1 does not start the LU.
         _h.Run(StartStop(0x31)).AssertGood();
-        _h.Run(Cdbs.Make(6, ScsiOp.TestUnitReady)).AssertCheck(SenseCode.NotReadyInitializingCommandRequired);
+        _h.Run(Cdbs.Make(6, ScsiOp.TestUnitReady)).AssertCheck(NotReady);
         _h.Run(StartStop(0x12)).AssertGood();                                             // ACTIVE, LOEJ ignored
         _h.Run(StartStop(0x41)).AssertCheck(SenseCode.InvalidFieldInCdb);                 // reserved power condition
         _h.Run(StartStop(0x03)).AssertCheck(SenseCode.InvalidFieldInCdb);                 // load: no removable medium
@@ -147,10 +150,8 @@ public sealed class ScsiSpcTests : IDisposable
     public void A_device_reset_starts_a_stopped_lun_again()
     {
         _h.Run(StartStop(0x00)).AssertGood();
-        var lun = _h.Device.Luns[0];
-        Assert.True(lun.Stopped);
+        _h.Run(Cdbs.Make(6, ScsiOp.TestUnitReady)).AssertCheck(NotReady);
         _h.Device.Reset();
-        Assert.False(lun.Stopped);
         _h.Run(Cdbs.Make(6, ScsiOp.TestUnitReady)).AssertGood();
     }
 }
