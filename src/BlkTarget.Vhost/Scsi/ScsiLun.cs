@@ -458,9 +458,11 @@ public sealed class ScsiLun
     }
 
     /// <summary>
-    /// WRITE SAME(10/16) with a zero data block (or NDOB): a write-zeroes of the range, deallocating with the
-    /// UNMAP bit. A non-zero pattern is refused (ILLEGAL REQUEST, INVALID FIELD IN CDB): we never replicate
-    /// patterns, and Linux uses WRITE SAME only to zero or unmap.
+    /// WRITE SAME(10/16) (SBC-3 5.42, 5.43): the single Data-Out block is written to every LBA of the range. A zero
+    /// block (or NDOB) is a write-zeroes of the range, deallocating with the UNMAP bit (LBPWS); a non-zero block is
+    /// written, also with UNMAP set (the device writes rather than unmaps: 4.7.3.3, unmapping could not leave the
+    /// pattern). Where the medium cannot write zeroes, zeros are written as a pattern. At most
+    /// <see cref="ScsiLimits.MaxWriteSameBlocks"/> (VPD B0h MAXIMUM WRITE SAME LENGTH), else INVALID FIELD IN CDB.
     /// </summary>
     private void WriteSame(ref ScsiTask task, bool sixteen)
     {
@@ -491,18 +493,22 @@ public sealed class ScsiLun
             task.Fail(SenseCode.WriteProtected);
             return;
         }
-        if (!noDataBuffer)
+        ReadOnlySpan<byte> pattern;
+        if (noDataBuffer)
         {
-            if (!task.TryReadParameters(Info.BlockSize, out var pattern)) return;
-            if (pattern.IndexOfAnyExcept((byte)0) >= 0)
-            {
-                task.Fail(SenseCode.InvalidFieldInCdb);
-                return;
-            }
+            task.Scratch[..(int)Info.BlockSize].Clear();
+            pattern = task.Scratch[..(int)Info.BlockSize];
         }
-        if (!Info.SupportsWriteZeroes)
+        else if (!task.TryReadParameters(Info.BlockSize, out pattern))
         {
-            task.Fail(SenseCode.InvalidFieldInCdb);
+            return;
+        }
+        ulong offset = lba * Info.BlockSize;
+        ulong length = (ulong)blocks * Info.BlockSize;
+        if (pattern.IndexOfAnyExcept((byte)0) >= 0 || !Info.SupportsWriteZeroes)
+        {
+            task.Good();
+            task.SubmitRepeated(pattern, offset, length, _writeCache ? BlockRequestFlags.None : BlockRequestFlags.Fua);
             return;
         }
         task.Good();
@@ -511,8 +517,8 @@ public sealed class ScsiLun
         {
             Operation = BlockOperation.WriteZeroes,
             Flags = unmap && Provisioning ? BlockRequestFlags.Unmap : BlockRequestFlags.None,
-            Offset = lba * Info.BlockSize,
-            Length = (ulong)blocks * Info.BlockSize,
+            Offset = offset,
+            Length = length,
             Tag = task.Tag,
         });
     }
