@@ -88,10 +88,10 @@ public static class InquiryData
 
     /// <summary>
     /// Extended INQUIRY Data (SPC-4 7.8.7), payload offsets = page offsets - 4. Only what the device server really
-    /// does, the same for every LUN: no protection information (SPT, GRD_CHK, APP_CHK, REF_CHK 0), task attributes SIMPLE only (SIMPSUP;
-    /// HEADSUP and ORDSUP 0: a HEAD OF QUEUE or ORDERED task is run as a SIMPLE one), V_SUP where the LUN offers a
+    /// does, the same for every LUN: no protection information (SPT, GRD_CHK, APP_CHK, REF_CHK 0); task attributes
+    /// SIMPLE only (SIMPSUP; HEADSUP and ORDSUP 0: a HEAD OF QUEUE or ORDERED task runs as a SIMPLE one); V_SUP, a
     /// volatile write cache (the caching mode page's WCE is there, changeable, on every LUN; SYNCHRONIZE CACHE
-    /// flushes it), no non-volatile cache, no grouping, no priority, no microcode download.
+    /// flushes it); no non-volatile cache, no grouping, no priority, no microcode download.
     /// </summary>
     private static void ExtendedInquiry(Span<byte> d)
     {
