@@ -10,7 +10,10 @@ public static class InquiryData
     public const string Product = "BlkTarget disk";   // padded to 16 bytes
     public const string Revision = "0001";
     public const int StandardLength = 96;
-    public static ReadOnlySpan<byte> SupportedPages => [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2];
+    public static ReadOnlySpan<byte> SupportedPages => [0x00, 0x80, 0x83, 0x86, 0xb0, 0xb1, 0xb2];
+    /// <summary>Relative target port identifier of the one target port every LUN is reached through (SPC-4 7.8.6.6:
+    /// 0 is reserved; 1 is port A).</summary>
+    public const ushort RelativeTargetPort = 1;
 
     private static void Ascii(Span<byte> destination, string text)
     {
@@ -62,6 +65,9 @@ public static class InquiryData
             }
             case 0x83:
                 return Page(d, code, DeviceIdentification(d[4..], lun));
+            case 0x86:
+                ExtendedInquiry(d[4..]);
+                return Page(d, code, 0x3c);
             case 0xb0:
                 BlockLimits(d[4..], lun);
                 return Page(d, code, 0x3c);
@@ -80,7 +86,22 @@ public static class InquiryData
         }
     }
 
-    /// <summary>Page 83h designators: NAA 3 (locally assigned, 8 bytes) and T10 vendor ID (vendor + serial).</summary>
+    /// <summary>
+    /// Extended INQUIRY Data (SPC-4 7.8.7), payload offsets = page offsets - 4. Only what the device server really
+    /// does, the same for every LUN: no protection information (SPT, GRD_CHK, APP_CHK, REF_CHK 0); task attributes
+    /// SIMPLE only (SIMPSUP; HEADSUP and ORDSUP 0: a HEAD OF QUEUE or ORDERED task runs as a SIMPLE one); V_SUP, a
+    /// volatile write cache (the caching mode page's WCE is there, changeable, on every LUN; SYNCHRONIZE CACHE
+    /// flushes it); no non-volatile cache, no grouping, no priority, no microcode download.
+    /// </summary>
+    private static void ExtendedInquiry(Span<byte> d)
+    {
+        d[1] = 0x01;                                                      // SIMPSUP
+        d[2] = 0x01;                                                      // V_SUP
+    }
+
+    /// <summary>Page 83h designators (SPC-4 7.8.6): NAA 3 (locally assigned, 8 bytes) and T10 vendor ID (vendor +
+    /// serial), both associated with the LU, then the relative target port identifier (7.8.6.6, association
+    /// 01b: the target port the command came through).</summary>
     private static int DeviceIdentification(Span<byte> d, ScsiLun lun)
     {
         d[0] = 0x01;                 // protocol 0, code set binary
@@ -94,7 +115,13 @@ public static class InquiryData
         Ascii(d.Slice(at + 4, 8), Vendor);
         int n = Encoding.ASCII.GetBytes(serial, d[(at + 12)..]);
         d[at + 3] = (byte)(8 + n);
-        return at + 12 + n;
+        at += 12 + n;
+        d[at..(at + 8)].Clear();
+        d[at] = 0x01;                // protocol 0 (PIV 0), code set binary
+        d[at + 1] = 0x14;            // PIV 0, association target port, type 4h relative target port identifier
+        d[at + 3] = 4;
+        BinaryPrimitives.WriteUInt16BigEndian(d[(at + 6)..], RelativeTargetPort);
+        return at + 8;
     }
 
     private static void BlockLimits(Span<byte> d, ScsiLun lun)

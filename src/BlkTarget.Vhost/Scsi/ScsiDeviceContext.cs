@@ -37,11 +37,15 @@ public sealed class ScsiDeviceContext
 
     public ScsiTargetNode? FindTarget(byte target) => _targets[target];
 
-    /// <summary>Device reset (no queue running): what the guest changed (sense/CDB sizes, each LUN's WCE) returns
-    /// to the configured defaults.</summary>
+    /// <summary>Device reset (no queue running): what the guest changed (sense/CDB sizes, each LUN's WCE, a stopped
+    /// LUN) returns to the configured defaults.</summary>
     public void Reset()
     {
         Config.Reset();
-        foreach (var lun in Luns) lun.ResetWriteCache();
+        foreach (var lun in Luns)
+        {
+            lun.ResetWriteCache();
+            lun.Stopped = false;
+        }
     }
 }

@@ -38,6 +38,11 @@ public sealed class ScsiLun
     private const int CounterStride = 16;
     private readonly long[] _inFlight;
     private volatile bool _writeCache;
+    /// <summary>Stopped by START STOP UNIT (SBC-3 5.25, 4.19): read on every queue's reactor, written by the command.
+    /// Volatile is enough: a command the guest sends after it saw the STOP (or START) complete reads the new value
+    /// (the completion is published after the write, the next request read after the guest's), and commands that
+    /// race with it are unordered anyway (SAM-5: SIMPLE tasks).</summary>
+    private volatile bool _stopped;
 
     public ScsiLun(int index, byte target, ushort lun, IBlockDevice backend, string deviceName, string serial, bool writeCache, int requestQueues)
     {
@@ -86,6 +91,22 @@ public sealed class ScsiLun
 
     /// <summary>Back to the configured WCE (<see cref="DefaultWriteCache"/>), as after a device reset.</summary>
     public void ResetWriteCache() => _writeCache = DefaultWriteCache;
+
+    /// <summary>Whether START STOP UNIT stopped the LUN: media access then ends in NOT READY, LOGICAL UNIT NOT
+    /// READY, INITIALIZING COMMAND REQUIRED until a START. A device reset (power on) starts it again.</summary>
+    public bool Stopped
+    {
+        get => _stopped;
+        set => _stopped = value;
+    }
+
+    /// <summary>Commands that access the medium, refused while the LUN is stopped (SBC-3 4.19: the LU is not
+    /// ready; SPC-4 5.12 lets INQUIRY, REPORT LUNS, REQUEST SENSE, MODE SENSE/SELECT, READ CAPACITY, START STOP
+    /// UNIT, REPORT SUPPORTED OPERATION CODES and PERSISTENT RESERVE IN/OUT through).</summary>
+    public static bool AccessesMedium(byte opcode) => opcode is ScsiOp.TestUnitReady
+        or ScsiOp.Read6 or ScsiOp.Read10 or ScsiOp.Read12 or ScsiOp.Read16
+        or ScsiOp.Write6 or ScsiOp.Write10 or ScsiOp.Write12 or ScsiOp.Write16
+        or ScsiOp.SynchronizeCache10 or ScsiOp.SynchronizeCache16 or ScsiOp.WriteSame10 or ScsiOp.WriteSame16 or ScsiOp.Unmap;
 
     /// <summary>NAA 3 (locally assigned) identifier: 60 bits of a 64-bit FNV-1a hash of the device name, serial
     /// and address, so it is the same every time the same export is served.</summary>
@@ -137,6 +158,11 @@ public sealed class ScsiLun
             task.Fail(SenseCode.InvalidFieldInCdb);
             return;
         }
+        if (_stopped && AccessesMedium(opcode))
+        {
+            task.Fail(SenseCode.NotReadyInitializingCommandRequired);
+            return;
+        }
         switch (opcode)
         {
             case ScsiOp.Read6: case ScsiOp.Read10: case ScsiOp.Read12: case ScsiOp.Read16:
@@ -150,7 +176,8 @@ public sealed class ScsiLun
                 Inquiry(ref task);
                 return;
             case ScsiOp.RequestSense:
-                RequestSense(ref task, SenseCode.None);
+                // SPC-4 6.39: with no pending sense, the sense data describe the LU's current state.
+                RequestSense(ref task, _stopped ? SenseCode.NotReadyInitializingCommandRequired : SenseCode.None);
                 return;
             case ScsiOp.ReportLuns:
                 target.ReportLuns(ref task);
@@ -182,9 +209,7 @@ public sealed class ScsiLun
                 ModePages.Select(ref task, this, opcode == ScsiOp.ModeSelect10);
                 return;
             case ScsiOp.StartStopUnit:
-                // Power conditions and START are accepted (nothing to spin); there is no medium to load or eject.
-                if ((cdb[4] & 0x02) != 0) task.Fail(SenseCode.InvalidFieldInCdb);
-                else task.Good();
+                StartStopUnit(ref task);
                 return;
             case ScsiOp.MaintenanceIn:
                 if ((cdb[1] & 0x1f) != ScsiOp.SaReportSupportedOpcodes) task.Fail(SenseCode.InvalidFieldInCdb);
@@ -200,6 +225,40 @@ public sealed class ScsiLun
                 task.Fail(SenseCode.InvalidOpcode);
                 return;
         }
+    }
+
+    /// <summary>
+    /// START STOP UNIT (SBC-3 5.25). POWER CONDITION 0h: START 1 starts the LU, START 0 stops it (media access
+    /// then fails NOT READY until a START), after synchronizing the cache unless NO_FLUSH; LOEJ (load or eject) is
+    /// refused, there is no removable medium. The power conditions ACTIVE, IDLE, STANDBY, LU_CONTROL,
+    /// FORCE_IDLE_0 and FORCE_STANDBY_0 are accepted and change nothing (nothing spins; START and LOEJ are
+    /// ignored with them, as the standard says); other values are reserved. IMMED 1: status as soon as the CDB is
+    /// validated, so a stop then does not wait for the cache (nothing is lost: the cache is the host's and
+    /// survives the stop); IMMED 0: after the synchronization.
+    /// </summary>
+    private void StartStopUnit(ref ScsiTask task)
+    {
+        var cdb = task.Cdb;
+        bool immediate = (cdb[1] & 0x01) != 0;
+        int powerCondition = cdb[4] >> 4;
+        bool noFlush = (cdb[4] & 0x04) != 0;
+        bool loadEject = (cdb[4] & 0x02) != 0;
+        bool start = (cdb[4] & 0x01) != 0;
+        if (powerCondition is 0x1 or 0x2 or 0x3 or 0x7 or 0xa or 0xb)
+        {
+            task.Good();
+            return;
+        }
+        if (powerCondition != 0 || loadEject)
+        {
+            task.Fail(SenseCode.InvalidFieldInCdb);
+            return;
+        }
+        _stopped = !start;
+        task.Good();
+        if (start || noFlush || immediate) return;
+        task.Operation = BlockOperation.Flush;
+        task.Submit(new BlockRequest { Operation = BlockOperation.Flush, Tag = task.Tag });
     }
 
     private bool InRange(ulong lba, ulong blocks)
@@ -399,9 +458,11 @@ public sealed class ScsiLun
     }
 
     /// <summary>
-    /// WRITE SAME(10/16) with a zero data block (or NDOB): a write-zeroes of the range, deallocating with the
-    /// UNMAP bit. A non-zero pattern is refused (ILLEGAL REQUEST, INVALID FIELD IN CDB): we never replicate
-    /// patterns, and Linux uses WRITE SAME only to zero or unmap.
+    /// WRITE SAME(10/16) (SBC-3 5.42, 5.43): the single Data-Out block is written to every LBA of the range. A zero
+    /// block (or NDOB) is a write-zeroes of the range, deallocating with the UNMAP bit (LBPWS); a non-zero block is
+    /// written, also with UNMAP set (the device writes rather than unmaps: 4.7.3.3, unmapping could not leave the
+    /// pattern). Where the medium cannot write zeroes, zeros are written as a pattern. At most
+    /// <see cref="ScsiLimits.MaxWriteSameBlocks"/> (VPD B0h MAXIMUM WRITE SAME LENGTH), else INVALID FIELD IN CDB.
     /// </summary>
     private void WriteSame(ref ScsiTask task, bool sixteen)
     {
@@ -432,18 +493,22 @@ public sealed class ScsiLun
             task.Fail(SenseCode.WriteProtected);
             return;
         }
-        if (!noDataBuffer)
+        ReadOnlySpan<byte> pattern;
+        if (noDataBuffer)
         {
-            if (!task.TryReadParameters(Info.BlockSize, out var pattern)) return;
-            if (pattern.IndexOfAnyExcept((byte)0) >= 0)
-            {
-                task.Fail(SenseCode.InvalidFieldInCdb);
-                return;
-            }
+            task.Scratch[..(int)Info.BlockSize].Clear();
+            pattern = task.Scratch[..(int)Info.BlockSize];
         }
-        if (!Info.SupportsWriteZeroes)
+        else if (!task.TryReadParameters(Info.BlockSize, out pattern))
         {
-            task.Fail(SenseCode.InvalidFieldInCdb);
+            return;
+        }
+        ulong offset = lba * Info.BlockSize;
+        ulong length = (ulong)blocks * Info.BlockSize;
+        if (pattern.IndexOfAnyExcept((byte)0) >= 0 || !Info.SupportsWriteZeroes)
+        {
+            task.Good();
+            task.SubmitRepeated(pattern, offset, length, _writeCache ? BlockRequestFlags.None : BlockRequestFlags.Fua);
             return;
         }
         task.Good();
@@ -452,8 +517,8 @@ public sealed class ScsiLun
         {
             Operation = BlockOperation.WriteZeroes,
             Flags = unmap && Provisioning ? BlockRequestFlags.Unmap : BlockRequestFlags.None,
-            Offset = lba * Info.BlockSize,
-            Length = (ulong)blocks * Info.BlockSize,
+            Offset = offset,
+            Length = length,
             Tag = task.Tag,
         });
     }

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using BlkTarget.Storage;
+using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Blk;
 using BlkTarget.Vhost.Device;
 using BlkTarget.Vhost.Queues;
@@ -37,13 +38,32 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         public ulong DataInWritten;
         public ulong DataOutBytes;
         public ulong DataOutConsumed;
+        // WRITE SAME with a pattern: the rest of the range, written one piece at a time from the slot's pattern page.
+        public IBlockChannel? PatternChannel;
+        public ulong PatternOffset;
+        public ulong PatternRemaining;
+        /// <summary>Bytes of the pattern page one iovec covers (whole blocks).</summary>
+        public uint PatternUnit;
+        public BlockRequestFlags PatternFlags;
+        /// <summary>Inside <see cref="Pump"/>'s submit: a completion there only marks the piece done.</summary>
+        public bool Pumping;
+        public bool PieceDone;
     }
+
+    /// <summary>Iovecs of one WRITE SAME piece, each pointing at the slot's pattern page.</summary>
+    private const int PieceIovecs = 256;
 
     private readonly ScsiDeviceContext _device;
     private readonly int _queue;
     private readonly Slot[] _slots;
     private readonly IBlockChannel[] _channels;
     private readonly byte[] _scratch;
+    /// <summary>Per slot: a page the WRITE SAME block is repeated in (page aligned, so O_DIRECT needs no bounce),
+    /// then <see cref="PieceIovecs"/> iovecs. Reserved up front and committed by the kernel only where a slot
+    /// ever writes a pattern.</summary>
+    private readonly MappedMemory _patterns;
+    private readonly int _patternBytes;
+    private readonly nuint _patternStride;
 
     public ScsiRequestQueue(QueueStartInfo start, ScsiDeviceContext device, ILogger log) : base(start, device.Name, log)
     {
@@ -52,6 +72,10 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         _slots = new Slot[Ring.Size];
         _scratch = new byte[device.ScratchSize];
         _channels = new IBlockChannel[device.Luns.Count];
+        // One page holds a whole number of blocks of every LUN (512 or 4096; larger blocks get a page each).
+        _patternBytes = (int)Math.Max(4096u, device.Luns.Max(l => l.Info.BlockSize));
+        _patternStride = (nuint)((_patternBytes + PieceIovecs * sizeof(IoVec) + 4095) & ~4095);
+        _patterns = MappedMemory.MapAnonymous((ulong)Ring.Size * _patternStride);
         try
         {
             int capacity = (int)Ring.Size * (int)Math.Max(1u, ScsiLimits.For(512).MaxUnmapDescriptors);
@@ -60,6 +84,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         catch
         {
             foreach (var c in _channels) c?.Dispose();
+            _patterns.Dispose();
             base.Dispose();
             throw;
         }
@@ -189,6 +214,59 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         foreach (var channel in _channels) channel.Cancel();
     }
 
+    public void SubmitRepeated(ushort tag, IBlockChannel channel, ReadOnlySpan<byte> block, ulong offset, ulong length, BlockRequestFlags flags)
+    {
+        ref Slot slot = ref _slots[tag];
+        byte* page = PatternPage(tag);
+        int copies = _patternBytes / block.Length;
+        for (int i = 0; i < copies; i++) block.CopyTo(new Span<byte>(page + i * block.Length, block.Length));
+        slot.PatternChannel = channel;
+        slot.PatternUnit = (uint)(copies * block.Length);
+        slot.PatternOffset = offset;
+        slot.PatternRemaining = length;
+        slot.PatternFlags = flags;
+        slot.Operation = BlockOperation.Write;
+        Pump(tag, ref slot);
+    }
+
+    private byte* PatternPage(ushort tag) => (byte*)_patterns.Pointer + tag * _patternStride;
+
+    /// <summary>
+    /// Submits the next pieces of a WRITE SAME with a pattern: one write of up to <see cref="PieceIovecs"/> iovecs
+    /// over the pattern page at a time, the next when it completes (a backend that completes inside Submit is
+    /// served by the loop, not by recursion). Bounded memory per slot, whatever the length of the range.
+    /// </summary>
+    private void Pump(ushort tag, ref Slot slot)
+    {
+        byte* page = PatternPage(tag);
+        var iov = (IoVec*)(page + _patternBytes);
+        while (slot.PatternRemaining > 0)
+        {
+            ulong piece = Math.Min(slot.PatternRemaining, (ulong)slot.PatternUnit * PieceIovecs);
+            int count = 0;
+            for (ulong at = 0; at < piece; at += slot.PatternUnit)
+                iov[count++] = new IoVec(page, (nuint)Math.Min(slot.PatternUnit, piece - at));
+            var request = new BlockRequest
+            {
+                Operation = BlockOperation.Write,
+                Flags = slot.PatternFlags,
+                Offset = slot.PatternOffset,
+                Length = piece,
+                Iov = iov,
+                IovCount = count,
+                Tag = tag,
+            };
+            slot.PatternOffset += piece;
+            slot.PatternRemaining -= piece;
+            slot.Pending++;
+            slot.Pumping = true;
+            slot.PieceDone = false;
+            slot.PatternChannel!.Submit(request);
+            slot.Pumping = false;
+            if (!slot.PieceDone) return;
+        }
+    }
+
     public override int BackendInFlight
     {
         get
@@ -214,6 +292,9 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
             slot.Status = ScsiStatus.CheckCondition;
             slot.Sense = SenseFor(status, slot.Operation);
         }
+        if (status != BlockStatus.Ok) slot.PatternRemaining = 0;
+        if (slot.Pumping) slot.PieceDone = true;
+        else if (slot.PatternRemaining > 0) Pump((ushort)tag, ref slot);
         CompleteSlot((ushort)tag, ref slot);
     }
 
@@ -285,6 +366,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
     {
         ReleaseUnfinished();
         foreach (var channel in _channels) channel?.Dispose();
+        _patterns.Dispose();
         base.Dispose();
     }
 }

@@ -7,6 +7,11 @@ namespace BlkTarget.Vhost.Scsi;
 public interface IScsiBlockSubmitter
 {
     void Submit(ushort tag, IBlockChannel channel, in BlockRequest request);
+
+    /// <summary>Writes <paramref name="block"/> (one logical block, copied before this returns) to every block of
+    /// [<paramref name="offset"/>, +<paramref name="length"/>) on <paramref name="channel"/>, in as many write
+    /// requests as it takes; the command finishes when the last one completes or one fails.</summary>
+    void SubmitRepeated(ushort tag, IBlockChannel channel, ReadOnlySpan<byte> block, ulong offset, ulong length, BlockRequestFlags flags);
 }
 
 /// <summary>
@@ -107,6 +112,14 @@ public unsafe ref struct ScsiTask
     {
         Submitted++;
         Submitter!.Submit(Tag, Channel!, request);
+    }
+
+    /// <summary>WRITE SAME with a pattern: <paramref name="block"/> written to every block of the range.</summary>
+    public void SubmitRepeated(ReadOnlySpan<byte> block, ulong offset, ulong length, BlockRequestFlags flags)
+    {
+        Submitted++;
+        Operation = BlockOperation.Write;
+        Submitter!.SubmitRepeated(Tag, Channel!, block, offset, length, flags);
     }
 
     /// <summary>Cuts an iovec run to exactly <paramref name="bytes"/> (which must not exceed its total); returns

@@ -11,6 +11,8 @@ public readonly record struct SenseCode(byte Key, byte Asc, byte Ascq)
     public static readonly SenseCode InvalidFieldInParameterList = new(SenseKey.IllegalRequest, 0x26, 0x00);
     public static readonly SenseCode ParameterListLengthError = new(SenseKey.IllegalRequest, 0x1a, 0x00);
     public static readonly SenseCode SavingParametersNotSupported = new(SenseKey.IllegalRequest, 0x39, 0x00);
+    /// <summary>NOT READY, LOGICAL UNIT NOT READY, INITIALIZING COMMAND REQUIRED: stopped by START STOP UNIT.</summary>
+    public static readonly SenseCode NotReadyInitializingCommandRequired = new(SenseKey.NotReady, 0x04, 0x02);
     public static readonly SenseCode WriteProtected = new(SenseKey.DataProtect, 0x27, 0x00);
     public static readonly SenseCode SpaceAllocationFailed = new(SenseKey.DataProtect, 0x27, 0x07);
     public static readonly SenseCode UnrecoveredReadError = new(SenseKey.MediumError, 0x11, 0x00);

@@ -5,46 +5,61 @@ namespace BlkTarget.Vhost.Scsi;
 /// <summary>The commands a LUN supports, and REPORT SUPPORTED OPERATION CODES over them (SPC-4 6.35).</summary>
 public static class SupportedOpcodes
 {
-    private readonly record struct Command(byte Opcode, ushort ServiceAction, bool HasServiceAction, byte CdbLength);
+    /// <summary>A supported command and its CDB usage data (SPC-4 6.35.3, table 257): the operation code (and
+    /// service action), then a bit set exactly where the device server evaluates that bit of the CDB (a field it
+    /// uses, or one it checks and refuses when set); reserved and ignored bits 0. The control byte is 04h: NACA is
+    /// checked (a CDB with NACA 1 is refused), LINK is obsolete.</summary>
+    private readonly record struct Command(byte Opcode, ushort ServiceAction, bool HasServiceAction, byte[] Usage)
+    {
+        public byte CdbLength => (byte)Usage.Length;
+    }
 
+    private static Command Plain(params byte[] usage) => new(usage[0], 0, false, usage);
+
+    private static Command WithAction(ushort action, params byte[] usage) => new(usage[0], action, true, usage);
+
+    // Per command, what Execute and its helpers read: RDPROTECT/WRPROTECT (checked: must be 0), FUA of writes, LBA,
+    // length; DPO, RARC, FUA of reads, GROUP NUMBER and IMMED of SYNCHRONIZE CACHE are ignored.
     private static readonly Command[] Commands =
     [
-        new(ScsiOp.TestUnitReady, 0, false, 6),
-        new(ScsiOp.RequestSense, 0, false, 6),
-        new(ScsiOp.Read6, 0, false, 6),
-        new(ScsiOp.Write6, 0, false, 6),
-        new(ScsiOp.Inquiry, 0, false, 6),
-        new(ScsiOp.ModeSelect6, 0, false, 6),
-        new(ScsiOp.ModeSense6, 0, false, 6),
-        new(ScsiOp.StartStopUnit, 0, false, 6),
-        new(ScsiOp.ReadCapacity10, 0, false, 10),
-        new(ScsiOp.Read10, 0, false, 10),
-        new(ScsiOp.Write10, 0, false, 10),
-        new(ScsiOp.SynchronizeCache10, 0, false, 10),
-        new(ScsiOp.WriteSame10, 0, false, 10),
-        new(ScsiOp.Unmap, 0, false, 10),
-        new(ScsiOp.ModeSelect10, 0, false, 10),
-        new(ScsiOp.ModeSense10, 0, false, 10),
-        new(ScsiOp.PersistentReserveIn, 0, true, 10),
-        new(ScsiOp.PersistentReserveIn, 1, true, 10),
-        new(ScsiOp.PersistentReserveIn, 2, true, 10),
-        new(ScsiOp.PersistentReserveIn, 3, true, 10),
-        new(ScsiOp.PersistentReserveOut, 0, true, 10),
-        new(ScsiOp.PersistentReserveOut, 1, true, 10),
-        new(ScsiOp.PersistentReserveOut, 2, true, 10),
-        new(ScsiOp.PersistentReserveOut, 3, true, 10),
-        new(ScsiOp.PersistentReserveOut, 4, true, 10),
-        new(ScsiOp.PersistentReserveOut, 5, true, 10),
-        new(ScsiOp.PersistentReserveOut, 6, true, 10),
-        new(ScsiOp.Read16, 0, false, 16),
-        new(ScsiOp.Write16, 0, false, 16),
-        new(ScsiOp.SynchronizeCache16, 0, false, 16),
-        new(ScsiOp.WriteSame16, 0, false, 16),
-        new(ScsiOp.ServiceActionIn16, ScsiOp.SaReadCapacity16, true, 16),
-        new(ScsiOp.ReportLuns, 0, false, 12),
-        new(ScsiOp.MaintenanceIn, ScsiOp.SaReportSupportedOpcodes, true, 12),
-        new(ScsiOp.Read12, 0, false, 12),
-        new(ScsiOp.Write12, 0, false, 12),
+        Plain(ScsiOp.TestUnitReady, 0x00, 0x00, 0x00, 0x00, 0x04),
+        Plain(ScsiOp.RequestSense, 0x01, 0x00, 0x00, 0xff, 0x04),                 // DESC, allocation length
+        Plain(ScsiOp.Read6, 0x1f, 0xff, 0xff, 0xff, 0x04),
+        Plain(ScsiOp.Write6, 0x1f, 0xff, 0xff, 0xff, 0x04),
+        Plain(ScsiOp.Inquiry, 0x03, 0xff, 0xff, 0xff, 0x04),                      // CMDDT, EVPD, page, allocation
+        Plain(ScsiOp.ModeSelect6, 0x01, 0x00, 0x00, 0xff, 0x04),                  // SP, parameter list length
+        Plain(ScsiOp.ModeSense6, 0x08, 0xff, 0xff, 0xff, 0x04),                   // DBD, PC + page, subpage, allocation
+        Plain(ScsiOp.StartStopUnit, 0x01, 0x00, 0x00, 0xf7, 0x04),                // IMMED; POWER CONDITION, NO_FLUSH, LOEJ, START
+        Plain(ScsiOp.ReadCapacity10, 0x00, 0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x01, 0x04),   // LBA (0 unless PMI), PMI
+        Plain(ScsiOp.Read10, 0xe0, 0xff, 0xff, 0xff, 0xff, 0x00, 0xff, 0xff, 0x04),
+        Plain(ScsiOp.Write10, 0xe8, 0xff, 0xff, 0xff, 0xff, 0x00, 0xff, 0xff, 0x04),
+        Plain(ScsiOp.SynchronizeCache10, 0x00, 0xff, 0xff, 0xff, 0xff, 0x00, 0xff, 0xff, 0x04),
+        Plain(ScsiOp.WriteSame10, 0xfe, 0xff, 0xff, 0xff, 0xff, 0x00, 0xff, 0xff, 0x04),      // WRPROTECT, ANCHOR, UNMAP, PBDATA, LBDATA
+        Plain(ScsiOp.Unmap, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x04),            // ANCHOR, parameter list length
+        Plain(ScsiOp.ModeSelect10, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x04),
+        Plain(ScsiOp.ModeSense10, 0x18, 0xff, 0xff, 0x00, 0x00, 0x00, 0xff, 0xff, 0x04),      // LLBAA, DBD
+        WithAction(0, ScsiOp.PersistentReserveIn, 0x1f, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x04),
+        WithAction(1, ScsiOp.PersistentReserveIn, 0x1f, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x04),
+        WithAction(2, ScsiOp.PersistentReserveIn, 0x1f, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x04),
+        WithAction(3, ScsiOp.PersistentReserveIn, 0x1f, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x04),
+        WithAction(0, ScsiOp.PersistentReserveOut, 0x1f, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x04),
+        WithAction(1, ScsiOp.PersistentReserveOut, 0x1f, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x04),
+        WithAction(2, ScsiOp.PersistentReserveOut, 0x1f, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x04),
+        WithAction(3, ScsiOp.PersistentReserveOut, 0x1f, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x04),
+        WithAction(4, ScsiOp.PersistentReserveOut, 0x1f, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x04),
+        WithAction(5, ScsiOp.PersistentReserveOut, 0x1f, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x04),
+        WithAction(6, ScsiOp.PersistentReserveOut, 0x1f, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x04),
+        Plain(ScsiOp.Read16, 0xe0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00, 0x04),
+        Plain(ScsiOp.Write16, 0xe8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00, 0x04),
+        Plain(ScsiOp.SynchronizeCache16, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00, 0x04),
+        Plain(ScsiOp.WriteSame16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00, 0x04),   // + NDOB
+        WithAction(ScsiOp.SaReadCapacity16, ScsiOp.ServiceActionIn16, 0x1f, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0xff, 0xff, 0xff, 0xff, 0x00, 0x04),                                  // service action, allocation length
+        Plain(ScsiOp.ReportLuns, 0x00, 0xff, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x00, 0x04),   // SELECT REPORT, allocation
+        WithAction(ScsiOp.SaReportSupportedOpcodes, ScsiOp.MaintenanceIn, 0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x00, 0x04),                                                          // RCTD, REPORTING OPTIONS, opcode, action, allocation
+        Plain(ScsiOp.Read12, 0xe0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00, 0x04),
+        Plain(ScsiOp.Write12, 0xe8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00, 0x04),
     ];
 
     public static int Count => Commands.Length;
@@ -99,11 +114,7 @@ public static class SupportedOpcodes
             {
                 d[1] = (byte)((timeouts ? 0x80 : 0) | 0x03);           // supported, as the standard says
                 BinaryPrimitives.WriteUInt16BigEndian(d[2..], m.CdbLength);
-                // CDB usage data: the operation code, then every bit of the other bytes (control byte: none,
-                // since NACA is not supported). Conservative: we check the fields we care about ourselves.
-                d[4] = m.Opcode;
-                d.Slice(5, m.CdbLength - 2).Fill(0xff);
-                d[4 + m.CdbLength - 1] = 0x00;
+                m.Usage.CopyTo(d[4..]);
                 length = 4 + m.CdbLength;
                 if (timeouts) length += Timeouts(d[length..]);
             }

@@ -72,7 +72,7 @@ public sealed class InquiryGoldenTests : IDisposable
     [Fact]
     public void Vpd_00_supported_pages()
     {
-        byte[] expected = [0x00, 0x00, 0x00, 0x06, 0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2];
+        byte[] expected = [0x00, 0x00, 0x00, 0x07, 0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
         Assert.Equal(expected, Returned(Thin(Cdbs.Inquiry(evpd: true, page: 0x00))));
     }
 
@@ -88,12 +88,15 @@ public sealed class InquiryGoldenTests : IDisposable
     {
         byte[] expected =
         [
-            0x00, 0x83, 0x00, 0x20,
+            0x00, 0x83, 0x00, 0x28,
             // NAA designator: code set binary, association LU, type 3h NAA, length 8;
             // NAA 3h (locally assigned) 0x30C04B283DA09275
             0x01, 0x03, 0x00, 0x08, 0x30, 0xC0, 0x4B, 0x28, 0x3D, 0xA0, 0x92, 0x75,
             // T10 vendor ID designator: code set ASCII, association LU, type 1h, length 16: vendor + serial
             0x02, 0x01, 0x00, 0x10, .. "BLKTARGT"u8, .. "VM1-DATA"u8,
+            // relative target port identifier: code set binary, PIV 0, association 01b (target port), type 4h,
+            // length 4: reserved, port 1
+            0x01, 0x14, 0x00, 0x04, 0x00, 0x00, 0x00, 0x01,
         ];
         Assert.Equal(expected, Returned(Thin(Cdbs.Inquiry(evpd: true, page: 0x83))));
     }
@@ -103,11 +106,28 @@ public sealed class InquiryGoldenTests : IDisposable
     {
         byte[] expected =
         [
-            0x00, 0x83, 0x00, 0x1F,
+            0x00, 0x83, 0x00, 0x27,
             0x01, 0x03, 0x00, 0x08, 0x38, 0x34, 0x5C, 0xCB, 0xD7, 0xE2, 0x2C, 0x9E,   // NAA 0x38345CCBD7E22C9E
             0x02, 0x01, 0x00, 0x0F, .. "BLKTARGT"u8, .. "RO-DISK"u8,
+            0x01, 0x14, 0x00, 0x04, 0x00, 0x00, 0x00, 0x01,
         ];
         Assert.Equal(expected, Returned(ReadOnly(Cdbs.Inquiry(evpd: true, page: 0x83))));
+    }
+
+    [Fact]
+    public void Vpd_86_extended_inquiry_data_claims_simple_tasks_and_a_volatile_cache_only()
+    {
+        byte[] expected =
+        [
+            0x00, 0x86, 0x00, 0x3C,
+            0x00,                   // ACTIVATE MICROCODE 0, SPT 0, GRD_CHK/APP_CHK/REF_CHK 0: no protection
+            0x01,                   // UASK_SUP 0, GROUP_SUP 0, PRIOR_SUP 0, HEADSUP 0, ORDSUP 0, SIMPSUP 1
+            0x01,                   // WU_SUP 0, CRD_SUP 0, NV_SUP 0, V_SUP 1
+            0x00,                   // P_I_I_SUP 0, LUICLR 0
+            .. new byte[56],        // 8-63: no microcode download, no self-test, no policy, sense length not reported
+        ];
+        Assert.Equal(expected, Returned(Thin(Cdbs.Inquiry(evpd: true, page: 0x86))));
+        Assert.Equal(expected, Returned(ReadOnly(Cdbs.Inquiry(evpd: true, page: 0x86))));
     }
 
     [Fact]

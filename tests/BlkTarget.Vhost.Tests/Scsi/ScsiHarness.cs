@@ -44,6 +44,9 @@ internal sealed unsafe class ScsiHarness : IDisposable
     public readonly ScsiRequestQueue Queue;
     private ushort _next;
 
+    /// <summary>Completes one request a deferring backend holds; false when it holds none.</summary>
+    public Func<bool>? Settle;
+
     public ScsiHarness(Func<List<IBlockDevice>, IReadOnlyList<ScsiLunDefinition>>? luns = null, int requestQueues = 1, ILogger? log = null)
     {
         var definitions = luns?.Invoke(Disks) ?? DefaultLuns(Disks);
@@ -147,6 +150,8 @@ internal sealed unsafe class ScsiHarness : IDisposable
         ushort usedBefore = Ring.UsedIdx;
         Ring.MakeAvailable(head);
         Queue.Poll();
+        // Backends that complete later: let them complete one request at a time, polling after each.
+        while (Ring.UsedIdx == usedBefore && Settle is { } settle && settle()) Queue.Poll();
         if (Ring.UsedIdx == usedBefore) return (false, 0);
         var element = Ring.Used(usedBefore);
         Assert.Equal(head, (ushort)element.Id);

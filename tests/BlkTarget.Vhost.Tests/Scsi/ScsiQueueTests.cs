@@ -124,15 +124,23 @@ public sealed unsafe class ScsiQueueTests
     [Theory]
     [InlineData(ScsiOp.Read10)]
     [InlineData(ScsiOp.Write10)]
+    [InlineData(ScsiOp.WriteSame16)]
     public void Reads_and_writes_allocate_nothing_per_request(byte opcode)
     {
-        using var h = new ScsiHarness();
+        // WRITE SAME(16) with a pattern: 5000 blocks from LBA 1 of a 4 MiB LUN, three pieces.
+        using var h = new ScsiHarness(disks =>
+        {
+            var disk = new RamDisk(4 << 20);
+            disks.Add(disk);
+            return [new ScsiLunDefinition(0, 0, disk, "SERIAL-0")];
+        });
         ulong req = h.Ring.Allocate(64);
         var r = h.Ring.Bytes(req, 51);
         r.Clear();
         ScsiHarness.Lun(0, 0).CopyTo(r);
-        Cdbs.Rw10(opcode, 8, 8).CopyTo(r[19..]);
+        (opcode == ScsiOp.WriteSame16 ? Cdbs.Rw16(opcode, 1, 5000) : Cdbs.Rw10(opcode, 8, 8)).CopyTo(r[19..]);
         ulong data = h.Ring.Allocate(4096);
+        h.Ring.Bytes(data, 4096).Fill(0xA5);
         ulong resp = h.Ring.Allocate(108);
         bool read = opcode == ScsiOp.Read10;
         const ushort head = 100;
