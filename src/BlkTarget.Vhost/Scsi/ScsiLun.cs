@@ -449,7 +449,8 @@ public sealed class ScsiLun
             task.Submit(new BlockRequest
             {
                 Operation = task.Operation,
-                Flags = UnmapReadsZeros ? BlockRequestFlags.Unmap : BlockRequestFlags.None,
+                // LBPRZ makes UNMAP a zeroing write: durable when it completes while the write cache is off.
+                Flags = UnmapReadsZeros ? BlockRequestFlags.Unmap | (_writeCache ? 0 : BlockRequestFlags.Fua) : BlockRequestFlags.None,
                 Offset = Cdb.U64(p, 8 + i * 16) * Info.BlockSize,
                 Length = (ulong)blocks * Info.BlockSize,
                 Tag = task.Tag,
@@ -516,7 +517,7 @@ public sealed class ScsiLun
         task.Submit(new BlockRequest
         {
             Operation = BlockOperation.WriteZeroes,
-            Flags = unmap && Provisioning ? BlockRequestFlags.Unmap : BlockRequestFlags.None,
+            Flags = (unmap && Provisioning ? BlockRequestFlags.Unmap : BlockRequestFlags.None) | (_writeCache ? 0 : BlockRequestFlags.Fua),
             Offset = offset,
             Length = length,
             Tag = task.Tag,

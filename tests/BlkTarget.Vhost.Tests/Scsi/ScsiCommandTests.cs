@@ -402,6 +402,19 @@ public sealed class ScsiCommandTests : IDisposable
     }
 
     [Fact]
+    public void Zeroing_write_same_is_fua_while_the_write_cache_is_off()
+    {
+        var disk = new RecordingDisk(ScsiHarness.DiskBytes);
+        Use(d => { d.Add(disk); return [new ScsiLunDefinition(0, 0, disk, "REC")]; });
+        _h.Run(Cdbs.Rw16(ScsiOp.WriteSame16, 0, 2), dataOut: new byte[512]).AssertGood();
+        _h.Run(ModeSelect10(28), dataOut: CachingSelectList(wce: false)).AssertGood();
+        _h.Run(Cdbs.Rw16(ScsiOp.WriteSame16, 0, 2), dataOut: new byte[512]).AssertGood();
+        Assert.Equal(
+            [(BlockOperation.WriteZeroes, BlockRequestFlags.None), (BlockOperation.WriteZeroes, BlockRequestFlags.Fua)],
+            disk.Operations.Where(o => o.Operation == BlockOperation.WriteZeroes));
+    }
+
+    [Fact]
     public void Mode_select_refuses_changes_to_fixed_fields_saving_and_bad_lists()
     {
         _h.Run(ModeSelect10(28), dataOut: CachingSelectList(false, otherByte: 0x80)).AssertCheck(SenseCode.InvalidFieldInParameterList);
