@@ -88,7 +88,11 @@ public sealed class ConfigFileTests : IDisposable
     }
 
     [Theory]
-    [InlineData("""{ "devices": [] }""", "no devices")]
+    [InlineData("""null""", "empty")]
+    [InlineData("""{ "disks": [ { "backend": "ram:1G" } ] }""", "disks[0]: 'name' is required")]
+    [InlineData("""{ "disks": [ { "name": "d", "backend": "ram:1G", "sharde": true } ] }""", "sharde")]
+    [InlineData("""{ "exports": [ { "name": "e", "socket": "/tmp/e.sock" } ] }""", "exports[0]: 'disk' is required")]
+    [InlineData("""{ "exports": [ { "name": "e", "socket": "/tmp/e.sock", "disk": "d", "luns": [] } ] }""", "'luns' applies only to kind scsi")]
     [InlineData("""{ "devices": [ { "backend": "ram:1G" } ] }""", "'socket' is required")]
     [InlineData("""{ "devices": [ { "socket": "/tmp/a.sock", "backend": "ram:1G", "queus": 2 } ] }""", "queus")]
     [InlineData("""{ "devices": [ { "socket": "/tmp/a.sock", "backend": "disk:1G" } ] }""", "unknown kind")]

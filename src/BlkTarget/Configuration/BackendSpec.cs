@@ -65,6 +65,21 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path 
         return true;
     }
 
+    /// <summary>The spec as `--backend` takes it back (ram sizes in the largest whole binary unit: ram:64M), for
+    /// saved configs and listings.</summary>
+    public string ToSpec() => Kind switch
+    {
+        "ram" => $"ram:{CompactSize(SizeBytes)}",
+        _ => ToString(),
+    };
+
+    private static string CompactSize(ulong bytes)
+    {
+        foreach (var (unit, factor) in new[] { ("T", 1UL << 40), ("G", 1UL << 30), ("M", 1UL << 20), ("K", 1UL << 10) })
+            if (bytes % factor == 0) return $"{bytes / factor}{unit}";
+        return bytes.ToString(System.Globalization.CultureInfo.InvariantCulture);
+    }
+
     public override string ToString() => Kind switch
     {
         "ram" => $"ram:{SizeParser.Format(SizeBytes)}",
