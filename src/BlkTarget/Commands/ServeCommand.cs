@@ -86,6 +86,7 @@ public static class ServeCommand
                 RpcSocket = rpcSocket ?? RpcSocketPath.Default(),
                 RpcSocketIsDefault = rpcSocket is null,
                 PersistPath = parse.GetValue(ConfigOut) ?? parse.GetValue(Config),
+                SaveAtStart = parse.GetValue(ConfigOut) is not null,
             });
         }
         catch (ConfigurationException e)

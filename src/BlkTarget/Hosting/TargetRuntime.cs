@@ -16,6 +16,9 @@ public sealed record ManagementSettings
     public bool RpcSocketIsDefault { get; init; }
     /// <summary>The config file every successful change is written to; null: changes are not persisted.</summary>
     public string? PersistPath { get; init; }
+    /// <summary>Write <see cref="PersistPath"/> once at start too (--config-out: the file describes the target from
+    /// the start, not only after the first change).</summary>
+    public bool SaveAtStart { get; init; }
 }
 
 /// <summary>
@@ -55,6 +58,7 @@ public sealed class TargetRuntime : IDisposable
         {
             foreach (var disk in plan.Disks) model.CreateDisk(disk);
             foreach (var export in plan.Exports) model.CreateExport(export);
+            if (management.SaveAtStart) runtime.Management.SaveConfig(null);
             if (management.RpcSocket is { } rpcSocket)
             {
                 try
