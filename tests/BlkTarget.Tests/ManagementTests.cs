@@ -50,6 +50,16 @@ public sealed class ManagementTests : IDisposable
     }
 
     [Fact]
+    public void A_file_backs_one_disk()
+    {
+        string image = Path.Combine(_dir, "one.img");
+        Assert.Null(Call("disk_create", $$"""{"name":"a","backend":"file:{{image}}","create":"1M"}""")["error"]);
+        var twice = Call("disk_create", $$"""{"name":"b","backend":"file:{{_dir}}/./one.img,cache=writeback"}""");
+        Assert.Equal((int)RpcErrorCode.AlreadyExists, ErrorCode(twice));
+        Assert.Equal(["a"], _model.Disks.Select(d => d.Spec.Name));
+    }
+
+    [Fact]
     public void Json_rpc_framing_errors_use_the_standard_codes_and_notifications_get_no_answer()
     {
         Assert.Equal((int)RpcErrorCode.ParseError, ErrorCode(Reply("{nope")));

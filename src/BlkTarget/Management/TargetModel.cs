@@ -53,7 +53,8 @@ public sealed class TargetModel : IDisposable
         lock (_gate) return change();
     }
 
-    /// <summary>Opens a disk. Errors: InvalidParams (bad name/spec), AlreadyExists, ResourceError (open failed).</summary>
+    /// <summary>Opens a disk. Errors: InvalidParams (bad name/spec), AlreadyExists (name, or a file another disk
+    /// has open), ResourceError (open failed).</summary>
     public ManagedDisk CreateDisk(DiskSpec spec)
     {
         lock (_gate)
@@ -61,6 +62,9 @@ public sealed class TargetModel : IDisposable
             ValidateName("disk", spec.Name);
             if (_disks.ContainsKey(spec.Name)) throw new ManagementException(RpcErrorCode.AlreadyExists, $"disk {spec.Name} exists");
             ValidateDisk(spec);
+            if (spec.Backend.Path is { } path
+                && _disks.Values.FirstOrDefault(d => d.Spec.Backend.Path is { } p && Path.GetFullPath(p) == Path.GetFullPath(path)) is { } same)
+                throw new ManagementException(RpcErrorCode.AlreadyExists, $"{path} is disk {same.Spec.Name}'s; a file backs one disk (create that disk shared to export it twice)");
             var backend = DiskOpener.Open(spec, _loggers.CreateLogger($"disk.{spec.Name}"));
             var disk = new ManagedDisk(spec, backend);
             _disks.Add(spec.Name, disk);
