@@ -52,6 +52,43 @@ public sealed class ManagementRpcTests : IDisposable
     }
 
     [Fact]
+    public void A_scsi_export_created_over_rpc_serves_its_luns()
+    {
+        using var runtime = Start();
+        Call("disk_create", new JsonObject { ["name"] = "l0", ["backend"] = "ram:8M" });
+        Call("disk_create", new JsonObject { ["name"] = "l1", ["backend"] = "ram:8M" });
+        string socket = Path.Combine(_dir, "s1.sock");
+        Call("export_create_scsi", new JsonObject
+        {
+            ["name"] = "s1", ["socket"] = socket, ["queues"] = 1,
+            ["luns"] = new JsonArray(new JsonObject { ["disk"] = "l0" }, new JsonObject { ["lun"] = 1, ["disk"] = "l1" }),
+        });
+        using var guest = TestGuest.Connect(socket, queues: 3, options: new VhostUserFrontendOptions { ConfigSize = BlkTarget.Vhost.Scsi.ScsiConfigSpace.Size });
+        var queue = new ScsiCommandQueue(guest.Queues[2], guest.Arena);
+        for (ushort lun = 0; lun < 2; lun++)
+        {
+            var data = guest.Allocate(4096);
+            Fill(data.Span, seed: 10 + lun);
+            Assert.True(queue.Execute(0, lun, Rw10(0x2a, 8, 8), dataOut: [data]).IsGood);
+        }
+        for (ushort lun = 0; lun < 2; lun++)
+        {
+            var back = guest.Allocate(4096);
+            Assert.True(queue.Execute(0, lun, Rw10(0x28, 8, 8), dataIn: [back]).IsGood);
+            Assert.Equal(Random(4096, seed: 10 + lun), back.Span.ToArray());
+        }
+    }
+
+    private static byte[] Rw10(byte opcode, uint lba, ushort blocks)
+    {
+        var c = new byte[10];
+        c[0] = opcode;
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(c.AsSpan(2), lba);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(c.AsSpan(7), blocks);
+        return c;
+    }
+
+    [Fact]
     public void Deleting_an_export_drains_and_disconnects_its_frontend_and_frees_the_disk()
     {
         using var runtime = Start();

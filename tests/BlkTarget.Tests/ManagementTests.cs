@@ -50,6 +50,25 @@ public sealed class ManagementTests : IDisposable
     }
 
     [Fact]
+    public void A_scsi_export_names_its_lun_disks_and_is_persisted()
+    {
+        Call("disk_create", """{"name":"l0","backend":"ram:1M"}""");
+        Call("disk_create", """{"name":"l1","backend":"ram:2M","block_size":4096}""");
+        var bad = Call("export_create_scsi", $$"""{"name":"s","socket":"{{_dir}}/s.sock","luns":[{"disk":"l0","lnu":1}]}""");
+        Assert.Equal((int)RpcErrorCode.InvalidParams, ErrorCode(bad));
+        var twice = Call("export_create_scsi", $$"""{"name":"s","socket":"{{_dir}}/s.sock","luns":[{"disk":"l0"},{"disk":"l1"}]}""");
+        Assert.Contains("defined twice", (string)twice["error"]!["message"]!);
+        Assert.False(File.Exists(Path.Combine(_dir, "s.sock")));
+        var made = Call("export_create_scsi", $$"""{"name":"s","socket":"{{_dir}}/s.sock","queues":2,"luns":[{"disk":"l0"},{"target":1,"lun":3,"disk":"l1","serial":"L1"}]}""");
+        Assert.Null(made["error"]);
+        Assert.Equal(4, made["result"]!["queue_reactors"]!.AsArray().Count);   // control, event and 2 request queues
+        Assert.Equal((int)RpcErrorCode.InUse, ErrorCode(Call("disk_delete", """{"name":"l1"}""")));
+        var export = ModelPlan.From(ConfigFile.Load(Path.Combine(_dir, "target.json"))).Exports.Single();
+        Assert.Equal(_model.Exports.Single().Spec.Luns, export.Luns);
+        Assert.Equal(("scsi", 2), (export.Kind, export.Queues));
+    }
+
+    [Fact]
     public void A_file_backs_one_disk()
     {
         string image = Path.Combine(_dir, "one.img");

@@ -61,9 +61,25 @@ public static class ManagementCommands
                 ["write_cache"] = parse.GetValue(noWriteCache) ? false : null,
             },
             (_, r) => $"export {r!["name"]}: vhost-user-blk on {r["socket"]}, disk {r["disk"]}, {r["queues"]} queue(s)");
+        var scsiName = new Option<string?>("--name") { Description = "Export name (letters, digits, . _ -)" };
+        var scsiSocket = new Option<string?>("--socket") { Description = "Unix socket QEMU connects to" };
+        var lun = new Option<string[]>("--lun") { Description = "TARGET:LUN=DISK (repeat for more LUNs), e.g. 0:0=d1", AllowMultipleArgumentsPerToken = false };
+        var scsiQueues = new Option<int?>("--queues") { Description = "Request queues (1-254, default 1)" };
+        var scsiSerial = new Option<string?>("--serial") { Description = "Serial the LUNs' serials derive from (default the name)" };
+        var createScsi = Client("create-scsi", "Serve disks as LUNs of a vhost-user-scsi device on a socket", "export_create_scsi",
+            [scsiName, scsiSocket, lun, scsiQueues, scsiSerial],
+            parse => new JsonObject
+            {
+                ["name"] = Required(parse, scsiName), ["socket"] = Required(parse, scsiSocket),
+                ["luns"] = new JsonArray((parse.GetValue(lun) ?? []).Select(l => (JsonNode?)ParseLun(l)).ToArray()),
+                ["queues"] = parse.GetValue(scsiQueues), ["serial"] = parse.GetValue(scsiSerial),
+            },
+            (_, r) => $"export {r!["name"]}: vhost-user-scsi on {r["socket"]}, LUNs "
+                + string.Join(", ", r["luns"]!.AsArray().Select(l => $"{l!["target"]}:{l["lun"]}={l["disk"]}")) + $", {r["queues"]} request queue(s)");
         return new Command("export", "Manage exports (vhost-user devices) of a running target")
         {
             createBlk,
+            createScsi,
             NameCommand("delete", "Stop an export (a connected frontend is drained and disconnected)", "export_delete", n => $"export {n} deleted"),
             ListCommand("list", "List exports", "export_list", ["NAME", "KIND", "SOCKET", "DISK", "QUEUES", "CONNECTED"], e =>
             [
@@ -135,6 +151,15 @@ public static class ManagementCommands
             }
         });
         return command;
+    }
+
+    private static JsonObject ParseLun(string text)
+    {
+        int colon = text.IndexOf(':'), equals = text.IndexOf('=');
+        if (colon < 0 || equals < colon || !int.TryParse(text[..colon], out int target) || !int.TryParse(text[(colon + 1)..equals], out int lunId)
+            || equals == text.Length - 1)
+            throw new ConfigurationException($"--lun: '{text}' is not TARGET:LUN=DISK, e.g. 0:0=d1");
+        return new JsonObject { ["target"] = target, ["lun"] = lunId, ["disk"] = text[(equals + 1)..] };
     }
 
     private static string Required(ParseResult parse, Option<string?> option) =>

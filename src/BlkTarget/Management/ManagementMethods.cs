@@ -10,6 +10,7 @@ namespace BlkTarget.Management;
 /// <item><c>disk_delete {name}</c> → true (InUse while an export uses it)</item>
 /// <item><c>disk_list {name?}</c> → [disk]; disk = {name, backend, size_bytes, block_size, read_only, shared, exports: [name]}</item>
 /// <item><c>export_create_blk {name, socket, disk, queues?=1, serial?=name, write_cache?=true}</c> → export</item>
+/// <item><c>export_create_scsi {name, socket, luns: [{target?=0, lun?=0, disk, serial?, write_cache?=true}], queues?=1, serial?=name}</c> → export</item>
 /// <item><c>export_delete {name}</c> → true (a connected frontend is drained, then disconnected)</item>
 /// <item><c>export_list {name?}</c> → [export]; export = {name, kind, socket, disk | luns, queues, serial, connected,
 /// sessions, queue_reactors: [reactor index per queue]}</item>
@@ -26,6 +27,7 @@ public sealed class ManagementMethods(ManagementService service)
         "disk_delete" => Done(p, () => service.DeleteDisk(p.RequiredString("name"))),
         "disk_list" => DiskList(p),
         "export_create_blk" => ExportCreateBlk(p),
+        "export_create_scsi" => ExportCreateScsi(p),
         "export_delete" => Done(p, () => service.DeleteExport(p.RequiredString("name"))),
         "export_list" => ExportList(p),
         "config_save" => ConfigSave(p),
@@ -85,6 +87,31 @@ public sealed class ManagementMethods(ManagementService service)
             Queues = p.Int("queues", 1),
             Serial = p.OptionalString("serial") ?? "",
             WriteCache = p.Bool("write_cache", true),
+        };
+        p.RejectUnknown();
+        return Describe(service.CreateExport(spec));
+    }
+
+    private JsonNode ExportCreateScsi(RpcParams p)
+    {
+        var luns = p.Objects("luns").Select(l =>
+        {
+            var lun = new ScsiLunSpec
+            {
+                Target = l.Int("target", 0), Lun = l.Int("lun", 0), Disk = l.RequiredString("disk"),
+                Serial = l.OptionalString("serial") ?? "", WriteCache = l.Bool("write_cache", true),
+            };
+            l.RejectUnknown();
+            return lun;
+        }).ToList();
+        var spec = new ExportSpec
+        {
+            Name = p.RequiredString("name"),
+            Kind = "scsi",
+            Socket = p.RequiredString("socket"),
+            Queues = p.Int("queues", 1),
+            Serial = p.OptionalString("serial") ?? "",
+            Luns = luns,
         };
         p.RejectUnknown();
         return Describe(service.CreateExport(spec));

@@ -51,6 +51,15 @@ public sealed class RpcParams
         _ => throw Invalid($"parameter '{name}' must be an integer"),
     };
 
+    /// <summary>An array of objects, each read as its own parameter set (checked for unknown names by the caller).</summary>
+    public IReadOnlyList<RpcParams> Objects(string name)
+    {
+        var value = Get(name) ?? throw Invalid($"parameter '{name}' is required");
+        if (value.ValueKind != JsonValueKind.Array) throw Invalid($"parameter '{name}' must be an array of objects");
+        return value.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.Object ? new RpcParams(e)
+            : throw Invalid($"parameter '{name}' must be an array of objects")).ToList();
+    }
+
     /// <summary>Throws InvalidParams naming the first parameter no getter asked for.</summary>
     public void RejectUnknown()
     {
