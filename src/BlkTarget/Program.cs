@@ -13,6 +13,9 @@ public static class Program
             ServeCommand.Create(),
             ImageCommand.Create(),
             BenchCommand.Create(),
+            ManagementCommands.Disk(),
+            ManagementCommands.Export(),
+            ManagementCommands.Config(),
         };
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

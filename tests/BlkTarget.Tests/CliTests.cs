@@ -9,7 +9,7 @@ public sealed class CliTests : IDisposable
     private string SocketPath(string name) => Path.Combine(_dir, name);
 
     [Theory]
-    [InlineData("serve")]
+    [InlineData("serve", "--queues", "2")]
     [InlineData("serve", "--socket", "/tmp/x.sock")]
     [InlineData("serve", "--socket", "/tmp/x.sock", "--backend", "ram:0")]
     [InlineData("serve", "--socket", "/tmp/x.sock", "--backend", "ram:1G", "--queues", "0")]

@@ -57,6 +57,7 @@ public class ParsingTests
         Assert.True(BackendSpec.TryParse("ram:1G,hugepages=on", out spec, out _));
         Assert.Equal(Storage.Ram.RamDiskPages.Hugetlb, spec!.Pages);
         Assert.Equal("ram:1 GiB,hugepages=on", spec.ToString());
+        Assert.Equal("ram:1G,hugepages=on", spec.ToSpec());   // what a saved config file holds
         Assert.True(BackendSpec.TryParse("ram:512M,hugepages=off", out spec, out _));
         Assert.Equal(Storage.Ram.RamDiskPages.Small, spec!.Pages);
         Assert.False(BackendSpec.TryParse("ram:1G,hugepages=maybe", out _, out var error));
@@ -102,7 +103,11 @@ public sealed class ConfigFileTests : IDisposable
     }
 
     [Theory]
-    [InlineData("""{ "devices": [] }""", "no devices")]
+    [InlineData("""null""", "empty")]
+    [InlineData("""{ "disks": [ { "backend": "ram:1G" } ] }""", "disks[0]: 'name' is required")]
+    [InlineData("""{ "disks": [ { "name": "d", "backend": "ram:1G", "sharde": true } ] }""", "sharde")]
+    [InlineData("""{ "exports": [ { "name": "e", "socket": "/tmp/e.sock" } ] }""", "exports[0]: 'disk' is required")]
+    [InlineData("""{ "exports": [ { "name": "e", "socket": "/tmp/e.sock", "disk": "d", "luns": [] } ] }""", "'luns' applies only to kind scsi")]
     [InlineData("""{ "devices": [ { "backend": "ram:1G" } ] }""", "'socket' is required")]
     [InlineData("""{ "devices": [ { "socket": "/tmp/a.sock", "backend": "ram:1G", "queus": 2 } ] }""", "queus")]
     [InlineData("""{ "devices": [ { "socket": "/tmp/a.sock", "backend": "disk:1G" } ] }""", "unknown kind")]

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using BlkTarget.Configuration;
 using BlkTarget.Hosting;
+using BlkTarget.Management;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -9,7 +10,7 @@ using Serilog.Events;
 
 namespace BlkTarget.Commands;
 
-/// <summary>`blktarget serve`: one device from flags, or several from --config.</summary>
+/// <summary>`blktarget serve`: one device from flags, several from --config, or none (added later over RPC).</summary>
 public static class ServeCommand
 {
     private static readonly Option<string> Kind = new("--kind") { Description = "Device type: blk (vhost-user-blk, default) or scsi (vhost-user-scsi, one LUN: target 0, LUN 0)", DefaultValueFactory = _ => "blk" };
@@ -24,6 +25,8 @@ public static class ServeCommand
     private static readonly Option<string?> Config = new("--config") { Description = "JSON config file describing several devices (see config/)" };
     private static readonly Option<int?> IdlePollUs = new("--idle-poll-us") { Description = "Microseconds a reactor keeps polling when idle before it sleeps (default 200)" };
     private static readonly Option<int?> DrainTimeoutS = new("--drain-timeout-s") { Description = "Seconds a queue stop waits for in-flight requests before abandoning them (default 30)" };
+    private static readonly Option<string?> ConfigOut = new("--config-out") { Description = "Save every disk/export change to this config file (default: the --config file; without either, changes are not saved)" };
+    internal static readonly Option<string?> RpcSocket = new("--rpc-socket") { Description = "JSON-RPC management socket (default: " + "/run/blktarget/rpc.sock as root, else $XDG_RUNTIME_DIR/blktarget/rpc.sock)" };
     private static readonly Option<string> LogLevel = new("--log-level") { Description = "verbose, debug, information, warning, error", DefaultValueFactory = _ => "information" };
 
     /// <summary>Options that describe one device: with --config the file describes the devices, so these are refused
@@ -34,7 +37,7 @@ public static class ServeCommand
     {
         var command = new Command("serve", "Export block devices over vhost-user until SIGINT/SIGTERM")
         {
-            Kind, Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, IdlePollUs, DrainTimeoutS, LogLevel,
+            Kind, Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, ConfigOut, RpcSocket, IdlePollUs, DrainTimeoutS, LogLevel,
         };
         command.SetAction(Run);
         return command;
@@ -77,7 +80,14 @@ public static class ServeCommand
         TargetRuntime runtime;
         try
         {
-            runtime = TargetRuntime.Start(settings, loggers);
+            string? rpcSocket = parse.GetValue(RpcSocket);
+            runtime = TargetRuntime.Start(settings, loggers, new ManagementSettings
+            {
+                RpcSocket = rpcSocket ?? RpcSocketPath.Default(),
+                RpcSocketIsDefault = rpcSocket is null,
+                PersistPath = parse.GetValue(ConfigOut) ?? parse.GetValue(Config),
+                SaveAtStart = parse.GetValue(ConfigOut) is not null,
+            });
         }
         catch (ConfigurationException e)
         {
@@ -103,6 +113,13 @@ public static class ServeCommand
                 throw new ConfigurationException($"--config describes the devices; {string.Join(", ", given)} cannot be combined with it (set per-device options in the config file)");
             var fromFile = ConfigFile.Load(configPath);
             return ApplyCommonFlags(fromFile, parse);
+        }
+        if (parse.GetValue(Socket) is null && parse.GetValue(Backend) is null)
+        {
+            // Neither a device nor a config file: an empty target, managed over the RPC socket.
+            var given = PerDeviceOptions.Where(o => parse.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList();
+            if (given.Count > 0) throw new ConfigurationException($"{given[0]} needs --socket and --backend");
+            return ApplyCommonFlags(new TargetSettings { Devices = [] }, parse);
         }
         string socket = parse.GetValue(Socket) ?? throw new ConfigurationException("--socket is required (or --config FILE)");
         string backendText = parse.GetValue(Backend) ?? throw new ConfigurationException("--backend is required, e.g. --backend ram:1G or --backend file:/var/lib/vm1.img");

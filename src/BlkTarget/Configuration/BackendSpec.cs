@@ -84,9 +84,27 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path 
         return true;
     }
 
+    /// <summary>The spec as `--backend` takes it back (ram sizes in the largest whole binary unit: ram:64M), for
+    /// saved configs and listings.</summary>
+    public string ToSpec() => Kind switch
+    {
+        "ram" => $"ram:{CompactSize(SizeBytes)}{PagesOption}",
+        _ => ToString(),
+    };
+
+    /// <summary>The ram: option that selects <see cref="Pages"/> ("" for the default, transparent huge pages).</summary>
+    private string PagesOption => Pages switch { RamDiskPages.Hugetlb => ",hugepages=on", RamDiskPages.Small => ",hugepages=off", _ => "" };
+
+    private static string CompactSize(ulong bytes)
+    {
+        foreach (var (unit, factor) in new[] { ("T", 1UL << 40), ("G", 1UL << 30), ("M", 1UL << 20), ("K", 1UL << 10) })
+            if (bytes % factor == 0) return $"{bytes / factor}{unit}";
+        return bytes.ToString(System.Globalization.CultureInfo.InvariantCulture);
+    }
+
     public override string ToString() => Kind switch
     {
-        "ram" => $"ram:{SizeParser.Format(SizeBytes)}{Pages switch { RamDiskPages.Hugetlb => ",hugepages=on", RamDiskPages.Small => ",hugepages=off", _ => "" }}",
+        "ram" => $"ram:{SizeParser.Format(SizeBytes)}{PagesOption}",
         _ => $"{Kind}:{Path}{(DirectIo ? "" : ",cache=writeback")}",
     };
 }

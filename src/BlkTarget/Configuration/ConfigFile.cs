@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using BlkTarget.Management;
 
 namespace BlkTarget.Configuration;
 
@@ -7,7 +8,7 @@ namespace BlkTarget.Configuration;
 /// The JSON config file of `blktarget serve --config FILE` (comments and trailing commas allowed; unknown keys
 /// are errors so a typo never silently falls back to a default). Documented in README.md and config/.
 /// </summary>
-public sealed class ConfigFile
+public sealed partial class ConfigFile
 {
     public sealed class DeviceEntry
     {
@@ -43,13 +44,50 @@ public sealed class ConfigFile
         public bool? WriteCache { get; set; }
     }
 
+    /// <summary>A named disk (the model's schema; see Management/DiskSpec).</summary>
+    public sealed class DiskEntry
+    {
+        public string? Name { get; set; }
+        public string? Backend { get; set; }
+        public string? Create { get; set; }
+        public uint? BlockSize { get; set; }
+        public bool? ReadOnly { get; set; }
+        public bool? Shared { get; set; }
+    }
+
+    /// <summary>An export naming its disk(s) (the model's schema; see Management/ExportSpec).</summary>
+    public sealed class ExportEntry
+    {
+        public string? Name { get; set; }
+        public string? Kind { get; set; }
+        public string? Socket { get; set; }
+        public string? Disk { get; set; }
+        public int? Queues { get; set; }
+        public string? Serial { get; set; }
+        public bool? WriteCache { get; set; }
+        public List<ExportLunEntry>? Luns { get; set; }
+    }
+
+    public sealed class ExportLunEntry
+    {
+        public int? Target { get; set; }
+        public int? Lun { get; set; }
+        public string? Disk { get; set; }
+        public string? Serial { get; set; }
+        public bool? WriteCache { get; set; }
+    }
+
     public string? Cpus { get; set; }
     public int? IdlePollMicroseconds { get; set; }
     public int? DrainTimeoutSeconds { get; set; }
     public List<DeviceEntry>? Devices { get; set; }
+    public List<DiskEntry>? Disks { get; set; }
+    public List<ExportEntry>? Exports { get; set; }
 
-    private static readonly JsonSerializerOptions Options = new()
+    internal static readonly JsonSerializerOptions Options = new()
     {
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        WriteIndented = true,
         ReadCommentHandling = JsonCommentHandling.Skip,
         AllowTrailingCommas = true,
         PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
@@ -77,7 +115,7 @@ public sealed class ConfigFile
         {
             throw new ConfigurationException($"config file {path}: {e.Message}");
         }
-        if (file?.Devices is not { Count: > 0 }) throw new ConfigurationException($"config file {path}: no devices");
+        if (file is null) throw new ConfigurationException($"config file {path}: empty (write {{}} for a target without disks)");
         return file.ToSettings(path);
     }
 
@@ -91,9 +129,9 @@ public sealed class ConfigFile
     private TargetSettings ToSettings(string path)
     {
         var devices = new List<DeviceSettings>();
-        for (int i = 0; i < Devices!.Count; i++)
+        for (int i = 0; i < (Devices?.Count ?? 0); i++)
         {
-            var d = Devices[i];
+            var d = Devices![i];
             string where = $"config file {path}: devices[{i}]";
             if (string.IsNullOrWhiteSpace(d.Socket)) throw new ConfigurationException($"{where}: 'socket' is required");
             string kind = d.Kind ?? "blk";
@@ -170,9 +208,58 @@ public sealed class ConfigFile
         return new TargetSettings
         {
             Devices = devices,
+            Disks = (Disks ?? []).Select((d, i) => ToDisk(d, $"config file {path}: disks[{i}]")).ToList(),
+            Exports = (Exports ?? []).Select((e, i) => ToExport(e, $"config file {path}: exports[{i}]")).ToList(),
             Cpus = cpus,
             IdlePoll = IdlePollMicroseconds is int us ? TimeSpan.FromMicroseconds(us) : new TargetSettings { Devices = [] }.IdlePoll,
             DrainTimeout = DrainTimeoutSeconds is int s ? TimeSpan.FromSeconds(s) : new TargetSettings { Devices = [] }.DrainTimeout,
+        };
+    }
+}
+
+public sealed partial class ConfigFile
+{
+    private static DiskSpec ToDisk(DiskEntry d, string where)
+    {
+        if (string.IsNullOrWhiteSpace(d.Name)) throw new ConfigurationException($"{where}: 'name' is required");
+        if (string.IsNullOrWhiteSpace(d.Backend)) throw new ConfigurationException($"{where}: 'backend' is required");
+        if (!BackendSpec.TryParse(d.Backend, out var backend, out var error)) throw new ConfigurationException($"{where}: {error}");
+        return new DiskSpec
+        {
+            Name = d.Name,
+            Backend = backend!,
+            CreateSize = ParseCreate(d.Create, where),
+            BlockSize = d.BlockSize ?? 512,
+            ReadOnly = d.ReadOnly ?? false,
+            Shared = d.Shared ?? false,
+        };
+    }
+
+    private static ExportSpec ToExport(ExportEntry e, string where)
+    {
+        if (string.IsNullOrWhiteSpace(e.Name)) throw new ConfigurationException($"{where}: 'name' is required");
+        if (string.IsNullOrWhiteSpace(e.Socket)) throw new ConfigurationException($"{where}: 'socket' is required");
+        string kind = e.Kind ?? "blk";
+        if (kind == "blk" && string.IsNullOrWhiteSpace(e.Disk)) throw new ConfigurationException($"{where}: 'disk' is required");
+        if (kind == "scsi" && e.Disk is not null) throw new ConfigurationException($"{where}: a scsi export lists 'luns', not 'disk'");
+        if (kind == "blk" && e.Luns is not null) throw new ConfigurationException($"{where}: 'luns' applies only to kind scsi");
+        var luns = new List<ScsiLunSpec>();
+        for (int i = 0; i < (e.Luns?.Count ?? 0); i++)
+        {
+            var l = e.Luns![i];
+            if (string.IsNullOrWhiteSpace(l.Disk)) throw new ConfigurationException($"{where}.luns[{i}]: 'disk' is required");
+            luns.Add(new ScsiLunSpec { Target = l.Target ?? 0, Lun = l.Lun ?? 0, Disk = l.Disk, Serial = l.Serial ?? "", WriteCache = l.WriteCache ?? true });
+        }
+        return new ExportSpec
+        {
+            Name = e.Name,
+            Kind = kind,
+            Socket = e.Socket,
+            Disk = e.Disk,
+            Queues = e.Queues ?? 1,
+            Serial = e.Serial ?? "",
+            WriteCache = e.WriteCache ?? true,
+            Luns = luns,
         };
     }
 }

@@ -1,3 +1,5 @@
+using BlkTarget.Management;
+
 namespace BlkTarget.Configuration;
 
 /// <summary>One LUN of a SCSI device: its address and the backend behind it.</summary>
@@ -37,7 +39,12 @@ public sealed record DeviceSettings
 /// <summary>Everything `blktarget serve` runs, whether it came from flags or from a config file.</summary>
 public sealed record TargetSettings
 {
+    /// <summary>Devices in the original schema (each becomes disks and one export, see Management/ModelPlan).</summary>
     public required IReadOnlyList<DeviceSettings> Devices { get; init; }
+    /// <summary>Disks in the model's schema, opened before any export.</summary>
+    public IReadOnlyList<DiskSpec> Disks { get; init; } = [];
+    /// <summary>Exports in the model's schema.</summary>
+    public IReadOnlyList<ExportSpec> Exports { get; init; } = [];
     /// <summary>CPUs to pin one reactor each to; empty = unpinned reactors, one per queue up to half the CPUs.</summary>
     public IReadOnlyList<int> Cpus { get; init; } = [];
     /// <summary>How long a reactor keeps polling with nothing to do before it sleeps on the kick eventfds.</summary>

@@ -1,53 +1,85 @@
 using BlkTarget.Configuration;
-using BlkTarget.Storage;
-using BlkTarget.Storage.Image;
-using BlkTarget.Storage.RawFile;
-using BlkTarget.Storage.Ram;
-using BlkTarget.Vhost.Blk;
-using BlkTarget.Vhost.Device;
+using BlkTarget.Management;
 using BlkTarget.Vhost.Protocol;
 using BlkTarget.Vhost.Reactor;
-using BlkTarget.Vhost.Scsi;
 using Microsoft.Extensions.Logging;
 
 namespace BlkTarget.Hosting;
 
+/// <summary>How `serve` exposes management: the RPC socket and where changes are persisted.</summary>
+public sealed record ManagementSettings
+{
+    /// <summary>The JSON-RPC socket path; null: no RPC socket.</summary>
+    public string? RpcSocket { get; init; }
+    /// <summary>The path is the default one (not given): if another target listens there, serve without RPC
+    /// (logged) instead of failing.</summary>
+    public bool RpcSocketIsDefault { get; init; }
+    /// <summary>The config file every successful change is written to; null: changes are not persisted.</summary>
+    public string? PersistPath { get; init; }
+    /// <summary>Write <see cref="PersistPath"/> once at start too (--config-out: the file describes the target from
+    /// the start, not only after the first change).</summary>
+    public bool SaveAtStart { get; init; }
+}
+
 /// <summary>
-/// The running target: reactors, one backend + device model + socket server per export. Start either brings
-/// everything up or releases what it had started and throws one clear error.
+/// The running target: reactors, the model (disks and exports) built from the settings, and the management
+/// socket. Start either brings everything up or releases what it had started and throws one clear error.
 /// </summary>
 public sealed class TargetRuntime : IDisposable
 {
     private readonly ReactorPool _reactors;
-    private readonly VhostUserSessionOptions _sessionOptions;
-    private readonly List<IBlockDevice> _backends = [];
-    private readonly List<VhostUserServer> _servers = [];
-    private readonly ILogger _log;
+    private readonly TargetModel _model;
+    private JsonRpcServer? _rpc;
 
-    private TargetRuntime(ReactorPool reactors, VhostUserSessionOptions sessionOptions, ILogger log)
+    private TargetRuntime(ReactorPool reactors, TargetModel model, ManagementService management)
     {
         _reactors = reactors;
-        _sessionOptions = sessionOptions;
-        _log = log;
+        _model = model;
+        Management = management;
     }
 
-    public IReadOnlyList<VhostUserServer> Servers => _servers;
+    public TargetModel Model => _model;
+    public ManagementService Management { get; }
     public ReactorPool Reactors => _reactors;
+    /// <summary>The RPC socket being served, or null.</summary>
+    public string? RpcSocket => _rpc?.SocketPath;
 
-    public static TargetRuntime Start(TargetSettings settings, ILoggerFactory loggers)
+    public static TargetRuntime Start(TargetSettings settings, ILoggerFactory loggers, ManagementSettings? management = null)
     {
+        management ??= new ManagementSettings();
         var log = loggers.CreateLogger("blktarget");
-        int maxQueues = settings.Devices.Max(d => d.Queues);
+        var plan = ModelPlan.From(settings);
+        int maxQueues = plan.Exports.Select(e => e.Queues).DefaultIfEmpty(1).Max();
         var reactors = new ReactorPool(settings.Cpus, DefaultReactorCount(maxQueues, Environment.ProcessorCount), settings.IdlePoll,
             loggers.CreateLogger("reactor"));
-        var runtime = new TargetRuntime(reactors, new VhostUserSessionOptions { DrainTimeout = settings.DrainTimeout }, log);
+        var model = new TargetModel(reactors, new VhostUserSessionOptions { DrainTimeout = settings.DrainTimeout }, loggers);
+        var runtime = new TargetRuntime(reactors, model, new ManagementService(model, new ConfigStore(settings), management.PersistPath));
         try
         {
-            int offset = 0;
-            foreach (var device in settings.Devices)
+            foreach (var disk in plan.Disks) model.CreateDisk(disk);
+            foreach (var export in plan.Exports) model.CreateExport(export);
+            if (management.SaveAtStart) runtime.Management.SaveConfig(null);
+            if (management.RpcSocket is { } rpcSocket)
             {
-                offset += runtime.StartDevice(device, offset, loggers.CreateLogger($"device.{device.Name}"));
+                try
+                {
+                    runtime._rpc = JsonRpcServer.Start(rpcSocket, new ManagementMethods(runtime.Management), loggers.CreateLogger("rpc"));
+                }
+                catch (IOException e) when (management.RpcSocketIsDefault)
+                {
+                    log.LogWarning("{Error}; serving without management (give --rpc-socket PATH)", e.Message);
+                }
             }
+        }
+        catch (ManagementException e)
+        {
+            runtime.Dispose();
+            throw new ConfigurationException(e.Message);
+        }
+        catch (IOException e)
+        {
+            runtime.Dispose();
+            throw new ConfigurationException(e.Message);
         }
         catch
         {
@@ -56,6 +88,7 @@ public sealed class TargetRuntime : IDisposable
         }
         log.LogInformation("reactors: {Count} ({Placement})", reactors.Reactors.Count,
             settings.Cpus.Count > 0 ? "pinned to CPUs " + string.Join(",", settings.Cpus) : "unpinned");
+        if (management.PersistPath is { } persist) log.LogInformation("changes are saved to {Config}", persist);
         return runtime;
     }
 
@@ -66,110 +99,13 @@ public sealed class TargetRuntime : IDisposable
     /// </summary>
     public static int DefaultReactorCount(int maxQueues, int processorCount) => Math.Max(1, Math.Min(maxQueues, processorCount / 2));
 
-    private int StartDevice(DeviceSettings device, int offset, ILogger log)
-    {
-        IVhostUserDevice model;
-        if (device.Kind == "scsi")
-        {
-            var luns = new List<ScsiLunDefinition>();
-            foreach (var lun in device.Luns)
-            {
-                var backend = OpenBackend($"device {device.Name} target {lun.Target} LUN {lun.Lun}", lun.Backend, lun.BlockSize, lun.ReadOnly, lun.CreateSize, log);
-                string serial = lun.Serial.Length > 0 ? lun.Serial
-                    : device.Luns.Count == 1 ? DeviceSerial(device) : $"{DeviceSerial(device)}-{lun.Target}-{lun.Lun}";
-                luns.Add(new ScsiLunDefinition((byte)lun.Target, (ushort)lun.Lun, backend, serial, lun.WriteCache));
-            }
-            try
-            {
-                model = new VirtioScsiDevice(device.Name, luns, new ScsiOptions { RequestQueues = device.Queues }, log);
-            }
-            catch (ArgumentException e)
-            {
-                throw new ConfigurationException($"device {device.Name}: {e.Message}");
-            }
-        }
-        else
-        {
-            var backend = OpenBackend($"device {device.Name}", device.Backend, device.BlockSize, device.ReadOnly, device.CreateSize, log);
-            var options = new BlkOptions
-            {
-                Queues = device.Queues,
-                Serial = DeviceSerial(device),
-                WriteCache = device.WriteCache,
-            };
-            model = new VirtioBlkDevice(device.Name, backend, options, log);
-        }
-        try
-        {
-            _servers.Add(VhostUserServer.Start(device.Socket, model, _reactors, offset, log, _sessionOptions));
-        }
-        catch (IOException e)
-        {
-            throw new ConfigurationException($"device {device.Name}: {e.Message}");
-        }
-        if (device.Kind == "scsi")
-        {
-            _log.LogInformation("device {Name}: vhost-user-scsi on {Socket}, {Queues} request queue(s), {Luns} LUN(s)", device.Name, device.Socket, device.Queues, device.Luns.Count);
-            foreach (var lun in device.Luns)
-                _log.LogInformation("device {Name}: target {Target} LUN {Lun}: backend {Backend}, block size {BlockSize}{ReadOnly}",
-                    device.Name, lun.Target, lun.Lun, lun.Backend, lun.BlockSize, lun.ReadOnly ? ", read-only" : "");
-        }
-        else
-        {
-            _log.LogInformation("device {Name}: vhost-user-blk on {Socket}, backend {Backend}, {Queues} queue(s), block size {BlockSize}{ReadOnly}",
-                device.Name, device.Socket, device.Backend, device.Queues, device.BlockSize, device.ReadOnly ? ", read-only" : "");
-        }
-        return model.QueueCount;
-    }
-
-    private static string DeviceSerial(DeviceSettings device) => device.Serial.Length > 0 ? device.Serial : device.Name;
-
-    private IBlockDevice OpenBackend(string what, BackendSpec spec, uint blockSize, bool readOnly, ulong? createSize, ILogger log)
-    {
-        IBlockDevice backend;
-        try
-        {
-            backend = spec.Kind switch
-            {
-                "ram" => new RamDisk(spec.SizeBytes, blockSize, readOnly, spec.Pages),
-                "file" => FileDisk.Open(new FileDiskOptions
-                {
-                    Path = spec.Path!,
-                    DirectIo = spec.DirectIo,
-                    ReadOnly = readOnly,
-                    BlockSize = blockSize,
-                    CreateSize = createSize,
-                }, log),
-                "image" => OpenImage(spec, blockSize, readOnly, createSize, log),
-                _ => throw new ConfigurationException($"{what}: backend kind {spec.Kind} is not supported"),
-            };
-        }
-        catch (Exception e) when (e is IOException or ArgumentException)
-        {
-            throw new ConfigurationException($"{what}: {e.Message}");
-        }
-        _backends.Add(backend);
-        return backend;
-    }
-
-    private static ImageDisk OpenImage(BackendSpec spec, uint blockSize, bool readOnly, ulong? createSize, ILogger log)
-    {
-        if (createSize is ulong size)
-        {
-            if (readOnly) throw new IOException("--create makes no sense for a read-only export");
-            ImageFile.Create(spec.Path!, size);
-        }
-        return ImageDisk.Open(spec.Path!, readOnly, blockSize, spec.DirectIo, log);
-    }
-
-    /// <summary>Stops accepting, lets each session drain its in-flight requests, removes the sockets, then
-    /// stops the reactors and frees the backends.</summary>
+    /// <summary>Closes the management socket, stops every export (sessions drain their in-flight requests, sockets
+    /// are removed), then stops the reactors and closes the disks.</summary>
     public void Dispose()
     {
-        foreach (var server in _servers) server.Dispose();
-        _servers.Clear();
+        _rpc?.Dispose();
+        _model.StopExports();
         _reactors.Dispose();
-        foreach (var backend in _backends) backend.Dispose();
-        _backends.Clear();
+        _model.Dispose();
     }
 }

@@ -1,0 +1,167 @@
+using System.CommandLine;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using BlkTarget.Configuration;
+using BlkTarget.Management;
+
+namespace BlkTarget.Commands;
+
+/// <summary>
+/// The RPC client commands: `blktarget disk create|delete|list`, `blktarget export create-blk|delete|list`,
+/// `blktarget config save`. Each calls one method on the target at --rpc-socket (same default as serve) and
+/// prints a table or a line (or the JSON result with --json). Errors: one line `blktarget: ...` on stderr, exit 1.
+/// </summary>
+public static class ManagementCommands
+{
+    private static Option<string?> RpcSocketOption() => new("--rpc-socket") { Description = "The target's management socket (default as for serve)" };
+    private static Option<bool> JsonOption() => new("--json") { Description = "Print the JSON result" };
+
+    public static Command Disk()
+    {
+        var name = new Option<string?>("--name") { Description = "Disk name (letters, digits, . _ -)" };
+        var backend = new Option<string?>("--backend") { Description = "Backend: " + BackendSpec.Usage };
+        var create = new Option<string?>("--create") { Description = "With file:/image:, create it with this size first (e.g. 10G)" };
+        var blockSize = new Option<int?>("--block-size") { Description = "Logical block size: 512 (default) or 4096" };
+        var readOnly = new Option<bool>("--read-only") { Description = "Open read-only" };
+        var shared = new Option<bool>("--shared") { Description = "May be attached writable to several exports (live migration)" };
+        var createCommand = Client("create", "Open a backend as a named disk", "disk_create", [name, backend, create, blockSize, readOnly, shared],
+            parse => new JsonObject
+            {
+                ["name"] = Required(parse, name), ["backend"] = Required(parse, backend), ["create"] = parse.GetValue(create),
+                ["block_size"] = parse.GetValue(blockSize), ["read_only"] = parse.GetValue(readOnly), ["shared"] = parse.GetValue(shared),
+            },
+            (_, r) => $"disk {r!["name"]}: {r["backend"]}, {r["size_bytes"]} bytes");
+        return new Command("disk", "Manage disks of a running target")
+        {
+            createCommand,
+            NameCommand("delete", "Close a disk (refused while an export uses it)", "disk_delete", n => $"disk {n} deleted"),
+            ListCommand("list", "List disks", "disk_list", ["NAME", "BACKEND", "SIZE", "BLOCK", "MODE", "EXPORTS"], d =>
+            [
+                (string)d["name"]!, (string)d["backend"]!, SizeParser.Format((ulong)d["size_bytes"]!), d["block_size"]!.ToString(),
+                ((bool)d["read_only"]! ? "ro" : "rw") + ((bool)d["shared"]! ? ",shared" : ""),
+                string.Join(",", d["exports"]!.AsArray().Select(e => (string)e!)) is { Length: > 0 } s ? s : "-",
+            ]),
+        };
+    }
+
+    public static Command Export()
+    {
+        var name = new Option<string?>("--name") { Description = "Export name (letters, digits, . _ -)" };
+        var socket = new Option<string?>("--socket") { Description = "Unix socket QEMU connects to" };
+        var disk = new Option<string?>("--disk") { Description = "The disk to export" };
+        var queues = new Option<int?>("--queues") { Description = "Virtqueues (1-256, default 1)" };
+        var serial = new Option<string?>("--serial") { Description = "Serial the guest sees (at most 20 characters; default the name)" };
+        var noWriteCache = new Option<bool>("--no-write-cache") { Description = "The guest sees no volatile write cache" };
+        var createBlk = Client("create-blk", "Serve a disk as a vhost-user-blk device on a socket", "export_create_blk",
+            [name, socket, disk, queues, serial, noWriteCache],
+            parse => new JsonObject
+            {
+                ["name"] = Required(parse, name), ["socket"] = Required(parse, socket), ["disk"] = Required(parse, disk),
+                ["queues"] = parse.GetValue(queues), ["serial"] = parse.GetValue(serial),
+                ["write_cache"] = parse.GetValue(noWriteCache) ? false : null,
+            },
+            (_, r) => $"export {r!["name"]}: vhost-user-blk on {r["socket"]}, disk {r["disk"]}, {r["queues"]} queue(s)");
+        var scsiName = new Option<string?>("--name") { Description = "Export name (letters, digits, . _ -)" };
+        var scsiSocket = new Option<string?>("--socket") { Description = "Unix socket QEMU connects to" };
+        var lun = new Option<string[]>("--lun") { Description = "TARGET:LUN=DISK (repeat for more LUNs), e.g. 0:0=d1", AllowMultipleArgumentsPerToken = false };
+        var scsiQueues = new Option<int?>("--queues") { Description = "Request queues (1-254, default 1)" };
+        var scsiSerial = new Option<string?>("--serial") { Description = "Serial the LUNs' serials derive from (default the name)" };
+        var createScsi = Client("create-scsi", "Serve disks as LUNs of a vhost-user-scsi device on a socket", "export_create_scsi",
+            [scsiName, scsiSocket, lun, scsiQueues, scsiSerial],
+            parse => new JsonObject
+            {
+                ["name"] = Required(parse, scsiName), ["socket"] = Required(parse, scsiSocket),
+                ["luns"] = new JsonArray((parse.GetValue(lun) ?? []).Select(l => (JsonNode?)ParseLun(l)).ToArray()),
+                ["queues"] = parse.GetValue(scsiQueues), ["serial"] = parse.GetValue(scsiSerial),
+            },
+            (_, r) => $"export {r!["name"]}: vhost-user-scsi on {r["socket"]}, LUNs "
+                + string.Join(", ", r["luns"]!.AsArray().Select(l => $"{l!["target"]}:{l["lun"]}={l["disk"]}")) + $", {r["queues"]} request queue(s)");
+        return new Command("export", "Manage exports (vhost-user devices) of a running target")
+        {
+            createBlk,
+            createScsi,
+            NameCommand("delete", "Stop an export (a connected frontend is drained and disconnected)", "export_delete", n => $"export {n} deleted"),
+            ListCommand("list", "List exports", "export_list", ["NAME", "KIND", "SOCKET", "DISK", "QUEUES", "CONNECTED"], e =>
+            [
+                (string)e["name"]!, (string)e["kind"]!, (string)e["socket"]!,
+                e["disk"] is { } d ? (string)d! : string.Join(",", e["luns"]!.AsArray().Select(l => $"{l!["target"]}:{l["lun"]}={l["disk"]}")),
+                e["queues"]!.ToString(), (bool)e["connected"]! ? "yes" : "no",
+            ]),
+        };
+    }
+
+    public static Command Config()
+    {
+        var path = new Argument<string?>("PATH") { Description = "Where to write (default: the file the target persists to)", Arity = ArgumentArity.ZeroOrOne };
+        var save = Client("save", "Write the target's disks and exports to a config file", "config_save", [path],
+            parse => new JsonObject { ["path"] = parse.GetValue(path) is { } p ? Path.GetFullPath(p) : null },
+            (_, r) => $"saved {r!["path"]}");
+        return new Command("config", "The running target's configuration") { save };
+    }
+
+    private static Command NameCommand(string verb, string description, string method, Func<string, string> done)
+    {
+        var name = new Argument<string>("NAME") { Description = "The name" };
+        return Client(verb, description, method, [name], parse => new JsonObject { ["name"] = parse.GetValue(name) }, (parse, _) => done(parse.GetValue(name)!));
+    }
+
+    private static Command ListCommand(string verb, string description, string method, string[] header, Func<JsonNode, string[]> row)
+    {
+        var name = new Argument<string?>("NAME") { Description = "Only this one", Arity = ArgumentArity.ZeroOrOne };
+        var command = Client(verb, description, method, [name], parse => new JsonObject { ["name"] = parse.GetValue(name) },
+            (_, result) => Table.Render(header, result!.AsArray().Select(n => (IReadOnlyList<string>)row(n!))).TrimEnd('\n'));
+        return command;
+    }
+
+    private static Command Client(string verb, string description, string method, Symbol[] symbols, Func<ParseResult, JsonObject> parameters,
+        Func<ParseResult, JsonNode?, string> human)
+    {
+        var rpcSocket = RpcSocketOption();
+        var json = JsonOption();
+        var command = new Command(verb, description) { rpcSocket, json };
+        foreach (var symbol in symbols)
+        {
+            if (symbol is Option o) command.Options.Add(o);
+            else if (symbol is Argument a) command.Arguments.Add(a);
+        }
+        command.SetAction(parse =>
+        {
+            try
+            {
+                var p = parameters(parse);
+                foreach (var key in p.Where(kv => kv.Value is null).Select(kv => kv.Key).ToList()) p.Remove(key);
+                var result = RpcClient.Call(parse.GetValue(rpcSocket) ?? RpcSocketPath.Default(), method, p);
+                if (parse.GetValue(json))
+                    Console.WriteLine(result?.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) ?? "null");
+                else
+                    Console.WriteLine(human(parse, result));
+                return 0;
+            }
+            catch (ManagementException e)
+            {
+                return Program.Fail(e.Message);
+            }
+            catch (IOException e)
+            {
+                return Program.Fail(e.Message);
+            }
+            catch (ConfigurationException e)
+            {
+                return Program.Fail(e.Message);
+            }
+        });
+        return command;
+    }
+
+    private static JsonObject ParseLun(string text)
+    {
+        int colon = text.IndexOf(':'), equals = text.IndexOf('=');
+        if (colon < 0 || equals < colon || !int.TryParse(text[..colon], out int target) || !int.TryParse(text[(colon + 1)..equals], out int lunId)
+            || equals == text.Length - 1)
+            throw new ConfigurationException($"--lun: '{text}' is not TARGET:LUN=DISK, e.g. 0:0=d1");
+        return new JsonObject { ["target"] = target, ["lun"] = lunId, ["disk"] = text[(equals + 1)..] };
+    }
+
+    private static string Required(ParseResult parse, Option<string?> option) =>
+        parse.GetValue(option) ?? throw new ConfigurationException($"{option.Name} is required");
+}

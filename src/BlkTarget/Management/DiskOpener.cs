@@ -1,0 +1,61 @@
+using BlkTarget.Storage;
+using BlkTarget.Storage.Image;
+using BlkTarget.Storage.RawFile;
+using BlkTarget.Storage.Ram;
+using Microsoft.Extensions.Logging;
+
+namespace BlkTarget.Management;
+
+/// <summary>Opens the backend a <see cref="DiskSpec"/> describes. A file it created for a failed open is removed again.</summary>
+public static class DiskOpener
+{
+    /// <summary>Opens (and with <see cref="DiskSpec.CreateSize"/>, first creates) the backend; throws
+    /// <see cref="ManagementException"/> <see cref="RpcErrorCode.ResourceError"/> with one line on failure.</summary>
+    public static IBlockDevice Open(DiskSpec spec, ILogger log)
+    {
+        var backend = spec.Backend;
+        bool created = false;
+        try
+        {
+            switch (backend.Kind)
+            {
+                case "ram":
+                    return new RamDisk(backend.SizeBytes, spec.BlockSize, spec.ReadOnly, backend.Pages);
+                case "file":
+                    created = spec.CreateSize is not null && !File.Exists(backend.Path);
+                    return FileDisk.Open(new FileDiskOptions
+                    {
+                        Path = backend.Path!,
+                        DirectIo = backend.DirectIo,
+                        ReadOnly = spec.ReadOnly,
+                        BlockSize = spec.BlockSize,
+                        CreateSize = spec.CreateSize,
+                    }, log);
+                case "image":
+                    if (spec.CreateSize is ulong size)
+                    {
+                        if (spec.ReadOnly) throw new IOException("--create makes no sense for a read-only disk");
+                        if (File.Exists(backend.Path)) throw new IOException($"{backend.Path} exists; --create creates a new image");
+                        ImageFile.Create(backend.Path!, size);
+                        created = true;
+                    }
+                    return ImageDisk.Open(backend.Path!, spec.ReadOnly, spec.BlockSize, backend.DirectIo, log);
+                default:
+                    throw new ManagementException(RpcErrorCode.InvalidParams, $"disk {spec.Name}: backend kind {backend.Kind} is not supported");
+            }
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException)
+        {
+            if (created) RemoveCreated(spec);
+            throw new ManagementException(RpcErrorCode.ResourceError, $"disk {spec.Name}: {e.Message}");
+        }
+    }
+
+    /// <summary>Removes the file a create made (rollback of a change that failed later).</summary>
+    public static void RemoveCreated(DiskSpec spec)
+    {
+        if (spec.CreateSize is null || spec.Backend.Path is null) return;
+        try { File.Delete(spec.Backend.Path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+    }
+}

@@ -1,0 +1,12 @@
+using BlkTarget.Storage;
+
+namespace BlkTarget.Management;
+
+/// <summary>A disk the target holds open: its spec, its backend and the exports that use it.</summary>
+public sealed class ManagedDisk(DiskSpec spec, IBlockDevice backend)
+{
+    public DiskSpec Spec { get; } = spec;
+    public IBlockDevice Backend { get; } = backend;
+    /// <summary>Names of the exports using this disk, in attach order.</summary>
+    public List<string> AttachedTo { get; } = [];
+}

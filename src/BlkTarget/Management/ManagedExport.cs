@@ -1,0 +1,14 @@
+using BlkTarget.Vhost.Device;
+using BlkTarget.Vhost.Protocol;
+
+namespace BlkTarget.Management;
+
+/// <summary>An export being served: its spec, device model and the socket server frontends connect to.</summary>
+public sealed class ManagedExport(ExportSpec spec, IVhostUserDevice device, VhostUserServer server, int reactorOffset)
+{
+    public ExportSpec Spec { get; } = spec;
+    public IVhostUserDevice Device { get; } = device;
+    public VhostUserServer Server { get; } = server;
+    /// <summary>Where this export's queues start in the reactor round-robin.</summary>
+    public int ReactorOffset { get; } = reactorOffset;
+}

@@ -1,0 +1,167 @@
+using System.Text.Json.Nodes;
+using BlkTarget.Configuration;
+
+namespace BlkTarget.Management;
+
+/// <summary>
+/// The JSON-RPC methods (names in SPDK's style, parameters and results in snake_case). Shapes:
+/// <list type="bullet">
+/// <item><c>disk_create {name, backend, create?, block_size?=512, read_only?=false, shared?=false}</c> → disk</item>
+/// <item><c>disk_delete {name}</c> → true (InUse while an export uses it)</item>
+/// <item><c>disk_list {name?}</c> → [disk]; disk = {name, backend, size_bytes, block_size, read_only, shared, exports: [name]}</item>
+/// <item><c>export_create_blk {name, socket, disk, queues?=1, serial?=name, write_cache?=true}</c> → export</item>
+/// <item><c>export_create_scsi {name, socket, luns: [{target?=0, lun?=0, disk, serial?, write_cache?=true}], queues?=1, serial?=name}</c> → export</item>
+/// <item><c>export_delete {name}</c> → true (a connected frontend is drained, then disconnected)</item>
+/// <item><c>export_list {name?}</c> → [export]; export = {name, kind, socket, disk | luns, queues, serial, connected,
+/// sessions, queue_reactors: [reactor index per queue]}</item>
+/// <item><c>config_save {path?}</c> → {path} (default: the file changes are persisted to)</item>
+/// </list>
+/// Sizes are bytes, or strings with binary units ("10G"). Errors: <see cref="RpcErrorCode"/>.
+/// </summary>
+public sealed class ManagementMethods(ManagementService service)
+{
+    /// <summary>Runs <paramref name="method"/>; throws <see cref="ManagementException"/> (MethodNotFound for an unknown name).</summary>
+    public JsonNode? Invoke(string method, RpcParams p) => method switch
+    {
+        "disk_create" => DiskCreate(p),
+        "disk_delete" => Done(p, () => service.DeleteDisk(p.RequiredString("name"))),
+        "disk_list" => DiskList(p),
+        "export_create_blk" => ExportCreateBlk(p),
+        "export_create_scsi" => ExportCreateScsi(p),
+        "export_delete" => Done(p, () => service.DeleteExport(p.RequiredString("name"))),
+        "export_list" => ExportList(p),
+        "config_save" => ConfigSave(p),
+        _ => throw new ManagementException(RpcErrorCode.MethodNotFound, $"no method {method}"),
+    };
+
+    private static JsonNode Done(RpcParams p, Action action)
+    {
+        p.RequiredString("name");
+        p.RejectUnknown();
+        action();
+        return JsonValue.Create(true);
+    }
+
+    private JsonNode DiskCreate(RpcParams p)
+    {
+        string name = p.RequiredString("name");
+        string backendText = p.RequiredString("backend");
+        string? create = p.OptionalString("create");
+        int blockSize = p.Int("block_size", 512);
+        bool readOnly = p.Bool("read_only", false);
+        bool shared = p.Bool("shared", false);
+        p.RejectUnknown();
+        if (!BackendSpec.TryParse(backendText, out var backend, out var error)) throw new ManagementException(RpcErrorCode.InvalidParams, error!);
+        ulong? createSize = null;
+        if (create is not null)
+        {
+            if (!SizeParser.TryParse(create, out ulong size) || size == 0)
+                throw new ManagementException(RpcErrorCode.InvalidParams, $"create: '{create}' is not a size such as 10G");
+            createSize = size;
+        }
+        if (blockSize < 0) throw new ManagementException(RpcErrorCode.InvalidParams, $"block size must be 512 or 4096, not {blockSize}");
+        var disk = service.CreateDisk(new DiskSpec
+        {
+            Name = name, Backend = backend!, CreateSize = createSize, BlockSize = (uint)blockSize, ReadOnly = readOnly, Shared = shared,
+        });
+        return Describe(disk);
+    }
+
+    private JsonNode DiskList(RpcParams p)
+    {
+        string? name = p.OptionalString("name");
+        p.RejectUnknown();
+        var disks = service.Model.Disks.Where(d => name is null || d.Spec.Name == name).ToList();
+        if (name is not null && disks.Count == 0) throw new ManagementException(RpcErrorCode.NotFound, $"no disk {name}");
+        return new JsonArray(disks.Select(d => (JsonNode?)Describe(d)).ToArray());
+    }
+
+    private JsonNode ExportCreateBlk(RpcParams p)
+    {
+        var spec = new ExportSpec
+        {
+            Name = p.RequiredString("name"),
+            Kind = "blk",
+            Socket = p.RequiredString("socket"),
+            Disk = p.RequiredString("disk"),
+            Queues = p.Int("queues", 1),
+            Serial = p.OptionalString("serial") ?? "",
+            WriteCache = p.Bool("write_cache", true),
+        };
+        p.RejectUnknown();
+        return Describe(service.CreateExport(spec));
+    }
+
+    private JsonNode ExportCreateScsi(RpcParams p)
+    {
+        var luns = p.Objects("luns").Select(l =>
+        {
+            var lun = new ScsiLunSpec
+            {
+                Target = l.Int("target", 0), Lun = l.Int("lun", 0), Disk = l.RequiredString("disk"),
+                Serial = l.OptionalString("serial") ?? "", WriteCache = l.Bool("write_cache", true),
+            };
+            l.RejectUnknown();
+            return lun;
+        }).ToList();
+        var spec = new ExportSpec
+        {
+            Name = p.RequiredString("name"),
+            Kind = "scsi",
+            Socket = p.RequiredString("socket"),
+            Queues = p.Int("queues", 1),
+            Serial = p.OptionalString("serial") ?? "",
+            Luns = luns,
+        };
+        p.RejectUnknown();
+        return Describe(service.CreateExport(spec));
+    }
+
+    private JsonNode ExportList(RpcParams p)
+    {
+        string? name = p.OptionalString("name");
+        p.RejectUnknown();
+        var exports = service.Model.Exports.Where(e => name is null || e.Spec.Name == name).ToList();
+        if (name is not null && exports.Count == 0) throw new ManagementException(RpcErrorCode.NotFound, $"no export {name}");
+        return new JsonArray(exports.Select(e => (JsonNode?)Describe(e)).ToArray());
+    }
+
+    private JsonNode ConfigSave(RpcParams p)
+    {
+        string? path = p.OptionalString("path");
+        p.RejectUnknown();
+        return new JsonObject { ["path"] = service.SaveConfig(path) };
+    }
+
+    private JsonObject Describe(ManagedDisk d) => new()
+    {
+        ["name"] = d.Spec.Name,
+        ["backend"] = d.Spec.Backend.ToSpec(),
+        ["size_bytes"] = d.Backend.Info.SizeBytes,
+        ["block_size"] = d.Spec.BlockSize,
+        ["read_only"] = d.Spec.ReadOnly,
+        ["shared"] = d.Spec.Shared,
+        ["exports"] = new JsonArray(service.Model.Serialised(() => d.AttachedTo.ToArray()).Select(n => (JsonNode?)n).ToArray()),
+    };
+
+    private JsonObject Describe(ManagedExport e)
+    {
+        int reactors = service.Model.Reactors.Reactors.Count;
+        var o = new JsonObject
+        {
+            ["name"] = e.Spec.Name,
+            ["kind"] = e.Spec.Kind,
+            ["socket"] = e.Spec.Socket,
+        };
+        if (e.Spec.Kind == "scsi")
+            o["luns"] = new JsonArray(e.Spec.Luns.Select(l => (JsonNode?)new JsonObject { ["target"] = l.Target, ["lun"] = l.Lun, ["disk"] = l.Disk }).ToArray());
+        else
+            o["disk"] = e.Spec.Disk;
+        o["queues"] = e.Spec.Queues;
+        o["serial"] = e.Spec.EffectiveSerial;
+        o["connected"] = e.Server.HasFrontend;
+        o["sessions"] = e.Server.SessionsServed;
+        o["queue_reactors"] = new JsonArray(Enumerable.Range(0, e.Device.QueueCount).Select(q => (JsonNode?)((e.ReactorOffset + q) % reactors)).ToArray());
+        return o;
+    }
+}

@@ -1,0 +1,71 @@
+namespace BlkTarget.Management;
+
+/// <summary>
+/// The model plus persistence: every successful change is written to <see cref="PersistPath"/> (when there is
+/// one) before the call returns; a change whose write fails is undone (creates) or never made (deletes: the file
+/// is written first), and reported as <see cref="RpcErrorCode.PersistFailed"/>. One change at a time.
+/// </summary>
+public sealed class ManagementService(TargetModel model, ConfigStore store, string? persistPath)
+{
+    public TargetModel Model { get; } = model;
+
+    /// <summary>The config file changes are written to: the --config file, or --config-out; null: none.</summary>
+    public string? PersistPath { get; } = persistPath;
+
+    public ManagedDisk CreateDisk(DiskSpec spec) => Model.Serialised(() =>
+    {
+        var disk = Model.CreateDisk(spec);
+        try
+        {
+            Persist();
+        }
+        catch
+        {
+            Model.DeleteDisk(spec.Name, removeCreatedFile: true);
+            throw;
+        }
+        return disk;
+    });
+
+    public void DeleteDisk(string name) => Model.Serialised(() =>
+    {
+        Model.DeleteDisk(name, commit: () => Persist(withoutDisk: name));
+        return 0;
+    });
+
+    public ManagedExport CreateExport(ExportSpec spec) => Model.Serialised(() =>
+    {
+        var export = Model.CreateExport(spec);
+        try
+        {
+            Persist();
+        }
+        catch
+        {
+            Model.DeleteExport(spec.Name);
+            throw;
+        }
+        return export;
+    });
+
+    public void DeleteExport(string name) => Model.Serialised(() =>
+    {
+        Model.DeleteExport(name, commit: () => Persist(withoutExport: name));
+        return 0;
+    });
+
+    /// <summary>Writes the configuration to <paramref name="path"/>, or to <see cref="PersistPath"/> when null;
+    /// returns the path written. Errors: InvalidParams (no path anywhere), PersistFailed.</summary>
+    public string SaveConfig(string? path) => Model.Serialised(() =>
+    {
+        string target = path ?? PersistPath
+            ?? throw new ManagementException(RpcErrorCode.InvalidParams, "the target was started without --config or --config-out: give a path");
+        store.Save(Model, target);
+        return Path.GetFullPath(target);
+    });
+
+    private void Persist(string? withoutDisk = null, string? withoutExport = null)
+    {
+        if (PersistPath is not null) store.Save(Model, PersistPath, withoutDisk, withoutExport);
+    }
+}
