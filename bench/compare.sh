@@ -188,6 +188,15 @@ for case in ${cases//,/ }; do
     fi
     start_qsd "$case"
     start_ours "$case"
+    # The first second after start, before any other I/O: what a user sees who starts the target and runs fio at
+    # once (JIT warm-up). Random writes, so the figure does not depend on what the disk holds; the report sets it
+    # against the same job's steady-state median.
+    for t in qsd ours; do
+        [[ $case == null && $t == qsd ]] && continue
+        if [[ $t == qsd ]]; then sock=$QSD_SOCK; else sock=$OURS_SOCK; fi
+        bench --socket "$sock" --rw randwrite --bs 4k --iodepth 32 --runtime 1 --ramp 0 "${bench_cpus[@]}" --json \
+            >"$RAW/$case--$t--q1--first_second--r0.json" 2>/dev/null || rm -f "$RAW/$case--$t--q1--first_second--r0.json"
+    done
     # Fill both devices once so reads hit written data (not holes or the zero page); the file is shared.
     for t in qsd ours; do
         [[ $case == null && $t == qsd ]] && continue
@@ -302,6 +311,16 @@ for case in ["ram", "null", "file"]:
             lines.append(f"| {name.replace('_', ' ')} | {q[1:]} | {fmt_iops(a['iops'])} | {fmt_iops(b['iops'])} | {ratio(b['iops'], a['iops'])} | "
                          f"{fmt_us(a['lat'])} | {fmt_us(b['lat'])} | {lat_ratio} | {fmt_mib(a['bw'])} | {fmt_mib(b['bw'])} | "
                          f"{fmt_cpu(a['cpu'])} | {fmt_cpu(b['cpu'])} | {a['n']}/{b['n']} |")
+    # The first second after start against the steady state of the same job (4k randwrite QD32, 1 queue).
+    first = runs.get((case, "q1", "first_second"), {})
+    if first:
+        parts = []
+        for t in ("qsd", "ours"):
+            f = med([r["all"]["iops"] for r in first.get(t, [])])
+            steady = med([r["all"]["iops"] for r in runs.get((case, "q1", "4k_randwrite_QD32"), {}).get(t, [])])
+            parts.append(f"{t} {fmt_iops(f)}" + (f" ({100 * f / steady:.0f}% of its steady {fmt_iops(steady)})" if f and steady else ""))
+        lines.append("")
+        lines.append("First second after start (4k randwrite QD32, 1 queue, no ramp, before any other I/O): " + ", ".join(parts))
     # 2 queues vs 1 for ours and qsd.
     if {"q1", "q2"} <= {k[1] for k in keys}:
         lines.append("")
