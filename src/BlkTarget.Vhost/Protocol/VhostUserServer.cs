@@ -51,7 +51,7 @@ public sealed class VhostUserServer : IDisposable
     {
         sessionOptions ??= new VhostUserSessionOptions();
         sessionOptions.Validate();
-        PrepareSocketPath(socketPath);
+        UnixSocketPath.PrepareForBind(socketPath, "socket path");
         var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
@@ -67,24 +67,6 @@ public sealed class VhostUserServer : IDisposable
         server._thread.Start();
         log.LogInformation("{Device}: listening on {Socket}", device.Name, socketPath);
         return server;
-    }
-
-    private static void PrepareSocketPath(string path)
-    {
-        if (!File.Exists(path) && !Directory.Exists(path)) return;
-        if (!FileType.IsSocket(path))
-            throw new IOException($"socket path {path} exists and is not a socket");
-        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
-        {
-            probe.Connect(new UnixDomainSocketEndPoint(path));
-        }
-        catch (SocketException)
-        {
-            File.Delete(path);   // stale: left behind by a process that died
-            return;
-        }
-        throw new IOException($"socket path {path} is in use by another process");
     }
 
     private void AcceptLoop()

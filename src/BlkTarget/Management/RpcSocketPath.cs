@@ -1,5 +1,4 @@
-using System.Net.Sockets;
-using BlkTarget.Storage.Interop;
+using BlkTarget.Vhost.Protocol;
 
 namespace BlkTarget.Management;
 
@@ -17,20 +16,7 @@ public static class RpcSocketPath
     }
 
     /// <summary>True when a process accepts connections on <paramref name="path"/>.</summary>
-    public static bool IsListening(string path)
-    {
-        if (!File.Exists(path) || !FileType.IsSocket(path)) return false;
-        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-        try
-        {
-            probe.Connect(new UnixDomainSocketEndPoint(path));
-            return true;
-        }
-        catch (SocketException)
-        {
-            return false;
-        }
-    }
+    public static bool IsListening(string path) => UnixSocketPath.IsListening(path);
 
     /// <summary>Creates the socket's directory (mode 0700 when it is new) and removes a stale socket file there.
     /// Throws <see cref="IOException"/> if another process listens there or the path is not a socket.</summary>
@@ -39,9 +25,6 @@ public static class RpcSocketPath
         string directory = Path.GetDirectoryName(Path.GetFullPath(path))!;
         if (!Directory.Exists(directory) && !OperatingSystem.IsWindows())
             Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        if (!File.Exists(path) && !Directory.Exists(path)) return;
-        if (!FileType.IsSocket(path)) throw new IOException($"rpc socket path {path} exists and is not a socket");
-        if (IsListening(path)) throw new IOException($"rpc socket {path} is in use by another process (another target?)");
-        File.Delete(path);
+        UnixSocketPath.PrepareForBind(path, "rpc socket");
     }
 }
