@@ -121,9 +121,6 @@ public sealed unsafe class IoContext : IDisposable
         _targets[index] = null;
     }
 
-    /// <summary>Operations of target <paramref name="index"/> in the kernel or with a helper thread.</summary>
-    internal int Outstanding(int index) => _outstanding[index];
-
     /// <summary>Have <see cref="IIoCompletionTarget.OnPoll"/> called on every <see cref="Poll"/> (until <see cref="StopPolling"/>).</summary>
     internal void RequestPolling(IIoCompletionTarget target)
     {

@@ -461,9 +461,6 @@ public sealed unsafe class ImageFile : IDisposable
     /// <summary>…or when the oldest has waited this long (milliseconds) for a flush.</summary>
     internal long ReclaimSyncAfterMs { get; set; } = 2000;
 
-    /// <summary>Number of clusters waiting for a flush before they can be reused.</summary>
-    public int PendingFreeCount => _freeAfterFlush.Count;
-
     /// <summary>Count of completed metadata changes (allocations and deallocations whose map blocks were
     /// written). A flush reads it before its fsync starts: everything up to that version is covered.</summary>
     public long MetadataVersion => Volatile.Read(ref _version);

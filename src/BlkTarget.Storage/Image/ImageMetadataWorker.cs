@@ -1,4 +1,5 @@
 using BlkTarget.Storage.Offload;
+using BlkTarget.Storage.Interop;
 using Microsoft.Extensions.Logging;
 
 namespace BlkTarget.Storage.Image;
@@ -26,7 +27,6 @@ internal readonly record struct MetadataJob(MetadataJobKind Kind, IoContext Io, 
 /// </summary>
 internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
 {
-    private const int EIO = 5;
     private readonly ImageFile _image;
     private readonly ClusterRangeLocks _ranges;
     private readonly Action _rangesReleased;
@@ -128,7 +128,7 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
             // Anything: an exception escaping this thread would end the process and every other device with it.
             if (e is IOException) _log.LogError("{Path}: {Kind} of {Count} at {First} failed: {Error}", _image.Path, job.Kind, job.Count, job.First, e.Message);
             else _log.LogError(e, "{Path}: {Kind} of {Count} at {First} failed unexpectedly", _image.Path, job.Kind, job.Count, job.First);
-            return -EIO;
+            return -Errno.EIO;
         }
     }
 

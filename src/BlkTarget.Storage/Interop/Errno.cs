@@ -6,6 +6,7 @@ namespace BlkTarget.Storage.Interop;
 public static class Errno
 {
     public const int EINTR = 4;
+    public const int EIO = 5;
     public const int ENXIO = 6;
     public const int EBADF = 9;
     public const int EAGAIN = 11;

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using BlkTarget.Storage.Interop;
 using Microsoft.Extensions.Logging;
 using static BlkTarget.Storage.Interop.FileNative;
 
@@ -25,7 +26,7 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
         Deferred,
     }
 
-    protected const int EINTR = 4, EAGAIN = 11;
+    protected const int EINTR = Errno.EINTR, EAGAIN = Errno.EAGAIN;
 
     private readonly SlotStack _slots;
     private readonly BouncePool _bounce;
@@ -358,11 +359,11 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
         ReleaseIdleSlots();
     }
 
+    /// <summary>A handler threw: stop like <see cref="Cancel"/>, and tell the sink (its queue stops too).</summary>
     public void OnFault(Exception error)
     {
         if (Faulted) return;
-        Faulted = true;
-        ReleaseIdleSlots();
+        Cancel();
         Sink.ChannelFaulted(error);
     }
 

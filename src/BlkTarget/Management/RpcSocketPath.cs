@@ -15,9 +15,6 @@ public static class RpcSocketPath
         return $"/tmp/blktarget-{Environment.UserName}/rpc.sock";
     }
 
-    /// <summary>True when a process accepts connections on <paramref name="path"/>.</summary>
-    public static bool IsListening(string path) => UnixSocketPath.IsListening(path);
-
     /// <summary>Creates the socket's directory (mode 0700 when it is new) and removes a stale socket file there.
     /// Throws <see cref="IOException"/> if another process listens there or the path is not a socket.</summary>
     public static void Prepare(string path)
