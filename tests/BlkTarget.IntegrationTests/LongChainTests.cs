@@ -123,14 +123,6 @@ public sealed class LongChainTests(ITestOutputHelper output) : IDisposable
         Assert.True(q.Execute(0, 0, [0x00, 0, 0, 0, 0, 0]).IsGood);
     }
 
-    private static byte[] Rw10(byte opcode, uint lba, ushort blocks)
-    {
-        var c = new byte[10];
-        c[0] = opcode;
-        BinaryPrimitives.WriteUInt32BigEndian(c.AsSpan(2), lba);
-        BinaryPrimitives.WriteUInt16BigEndian(c.AsSpan(7), blocks);
-        return c;
-    }
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 }

@@ -79,14 +79,6 @@ public sealed class ManagementRpcTests : IDisposable
         }
     }
 
-    private static byte[] Rw10(byte opcode, uint lba, ushort blocks)
-    {
-        var c = new byte[10];
-        c[0] = opcode;
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(c.AsSpan(2), lba);
-        System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(c.AsSpan(7), blocks);
-        return c;
-    }
 
     [Fact]
     public void Deleting_an_export_drains_and_disconnects_its_frontend_and_frees_the_disk()

@@ -9,6 +9,16 @@ internal static class TestData
     public const byte IoErr = 1;
     public const byte Unsupp = 2;
 
+    /// <summary>A READ(10)/WRITE(10)-shaped CDB (SBC-3 5.11/5.32): opcode, LBA (big-endian), transfer length.</summary>
+    public static byte[] Rw10(byte opcode, uint lba, ushort blocks)
+    {
+        var c = new byte[10];
+        c[0] = opcode;
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(c.AsSpan(2), lba);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(c.AsSpan(7), blocks);
+        return c;
+    }
+
     public static void Fill(Span<byte> destination, int seed) => new Random(seed).NextBytes(destination);
 
     public static byte[] Random(int length, int seed)

@@ -51,14 +51,6 @@ internal sealed class ScsiTestTarget : IDisposable
 /// both request queues and several LUNs, the control and event queues, stop and restart.</summary>
 public sealed class ScsiIntegrationTests(ITestOutputHelper output)
 {
-    private static byte[] Rw10(byte opcode, uint lba, ushort blocks)
-    {
-        var c = new byte[10];
-        c[0] = opcode;
-        BinaryPrimitives.WriteUInt32BigEndian(c.AsSpan(2), lba);
-        BinaryPrimitives.WriteUInt16BigEndian(c.AsSpan(7), blocks);
-        return c;
-    }
 
     private static TestGuest Connect(ScsiTestTarget target) =>
         TestGuest.Connect(target.SocketPath, queues: 4, options: new VhostUserFrontendOptions { ConfigSize = ScsiConfigSpace.Size });
