@@ -53,7 +53,21 @@ public interface IBlockCompletionSink
 /// </summary>
 public interface IBlockDevice : IDisposable
 {
+    /// <summary>What the device is now: a volatile read of an immutable description, replaced (never changed) when
+    /// <see cref="Resize"/> grows the device. Channels read it per request, so they see a new size from their next
+    /// request on.</summary>
     BlockDeviceInfo Info { get; }
+
+    /// <summary>
+    /// Grows the device online to <paramref name="newSizeBytes"/> (bytes, a multiple of the block size, larger than
+    /// now): the medium is grown first, then the new <see cref="Info"/> is published. Called off the reactors (the
+    /// management thread), at most one at a time per device.
+    /// </summary>
+    /// <exception cref="ArgumentException">not larger than now, not a multiple of the block size, or past what the
+    /// medium allows.</exception>
+    /// <exception cref="NotSupportedException">this backend cannot grow.</exception>
+    /// <exception cref="IOException">the medium could not be grown (nothing changed).</exception>
+    void Resize(ulong newSizeBytes) => throw new NotSupportedException("this kind of disk cannot be resized");
 
     /// <summary>
     /// Opens a channel on the calling reactor thread. The channel accepts up to <paramref name="maxInFlight"/>

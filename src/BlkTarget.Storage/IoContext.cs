@@ -203,8 +203,9 @@ public sealed unsafe class IoContext : IDisposable
         Wake();
     }
 
-    /// <summary>Wakes the reactor if it sleeps (any thread); it then polls, which runs deferred work.</summary>
-    internal void Wake()
+    /// <summary>Wakes the reactor if it sleeps (any thread); it then polls its queues and this engine, which runs
+    /// deferred work.</summary>
+    public void Wake()
     {
         if (!_disposed) EventFd.Signal(_wake.Fd);
     }

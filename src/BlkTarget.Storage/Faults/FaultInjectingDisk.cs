@@ -29,6 +29,8 @@ public sealed class FaultInjectingDisk(IBlockDevice inner, IEnumerable<FaultRule
 
     public BlockDeviceInfo Info => inner.Info;
 
+    public void Resize(ulong newSizeBytes) => inner.Resize(newSizeBytes);
+
     /// <summary>How many requests the rules have failed so far.</summary>
     public int Injected => _fired.Sum();
 

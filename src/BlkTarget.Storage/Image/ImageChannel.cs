@@ -26,7 +26,7 @@ internal sealed class ImageChannel : IoUringChannel
     private int _hasParked;
 
     public ImageChannel(ImageDisk disk, IoContext io, IBlockCompletionSink sink, int maxInFlight)
-        : base(io, sink, maxInFlight, disk.Image.Fd, disk.Info, disk.MemoryAlignment, disk.Log, disk.Image.Path)
+        : base(io, sink, maxInFlight, disk.Image.Fd, disk, disk.MemoryAlignment, disk.Log, disk.Image.Path)
     {
         _disk = disk;
         _image = disk.Image;

@@ -14,6 +14,7 @@ public sealed unsafe partial class MappedMemory : SafeHandle
     /// <summary>A huge page (x86-64 PMD size), in bytes.</summary>
     public const ulong HugePageSize = 2UL << 20;
 
+    private const int PROT_NONE = 0;
     private const int PROT_READ = 1;
     private const int PROT_WRITE = 2;
     private const int MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
@@ -28,6 +29,9 @@ public sealed unsafe partial class MappedMemory : SafeHandle
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int madvise(nint addr, nuint length, int advice);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int mprotect(nint addr, nuint length, int prot);
 
     /// <summary>How <see cref="Zero"/> gives whole pages back: MADV_DONTNEED zeroes only private anonymous pages
     /// (in a shared file mapping the data stays in the file); a hugetlb memfd needs MADV_REMOVE (a hole punch).</summary>
@@ -44,6 +48,7 @@ public sealed unsafe partial class MappedMemory : SafeHandle
         Length = length;
         _release = release;
         _releaseUnit = releaseUnit;
+        Accessible = length;
     }
 
     /// <summary>Length of the mapping in bytes.</summary>
@@ -72,29 +77,74 @@ public sealed unsafe partial class MappedMemory : SafeHandle
     /// first write, so a large RAM disk costs nothing until used. With <paramref name="transparentHugePages"/> the
     /// mapping starts on a 2 MiB boundary and is advised MADV_HUGEPAGE, so the kernel backs it with huge pages where
     /// it can (fewer TLB misses on random access); without THP in the kernel it simply stays in 4 KiB pages.
+    /// <paramref name="growthLimit"/> (bytes, at least <paramref name="length"/>; 0: no growth) reserves address
+    /// space up to that size, inaccessible (PROT_NONE, so it is neither committed nor charged) until
+    /// <see cref="Grow"/> opens it: the mapping never moves, so pointers into it stay valid while it grows.
     /// </summary>
     /// <exception cref="IOException">mmap failed (HResult = errno).</exception>
-    public static MappedMemory MapAnonymous(ulong length, bool transparentHugePages = false)
+    public static MappedMemory MapAnonymous(ulong length, bool transparentHugePages = false, ulong growthLimit = 0)
     {
-        if (length == 0 || length > long.MaxValue - HugePageSize) throw new ArgumentOutOfRangeException(nameof(length), "mapping size must be positive");
-        if (!transparentHugePages)
-        {
-            nint p = mmap(0, (nuint)length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-            if (p == MapFailed) throw Errno.Exception($"reserving {length} bytes of memory (mmap)");
-            return new MappedMemory(p, length, Release.DontNeed);
-        }
-        // Over-reserve by one huge page, then unmap the unaligned head and tail: mmap promises only 4 KiB alignment.
-        ulong reserved = length + HugePageSize;
-        nint raw = mmap(0, (nuint)reserved, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (raw == MapFailed) throw Errno.Exception($"reserving {length} bytes of memory (mmap)");
-        nint aligned = (nint)(((ulong)raw + HugePageSize - 1) & ~(HugePageSize - 1));
+        ulong limit = Math.Max(length, growthLimit);
+        if (length == 0 || limit > long.MaxValue - HugePageSize) throw new ArgumentOutOfRangeException(nameof(length), "mapping size must be positive");
+        int prot = limit > length ? PROT_NONE : PROT_READ | PROT_WRITE;
+        // THP: over-reserve by one huge page, then unmap the unaligned head and tail (mmap promises only 4 KiB alignment).
+        ulong alignment = transparentHugePages ? HugePageSize : PageSize;
+        ulong reserved = limit + (transparentHugePages ? HugePageSize : 0);
+        nint raw = mmap(0, (nuint)reserved, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (raw == MapFailed) throw Errno.Exception($"reserving {limit} bytes of memory (mmap)");
+        nint aligned = (nint)(((ulong)raw + alignment - 1) & ~(alignment - 1));
         ulong head = (ulong)(aligned - raw);
         if (head > 0) munmap(raw, (nuint)head);
-        ulong tail = reserved - head - length;
-        if (tail > 0) munmap(aligned + (nint)length, (nuint)tail);
-        // Advice only: a kernel without THP (or with it disabled) keeps 4 KiB pages, which is still correct.
-        madvise(aligned, (nuint)length, MADV_HUGEPAGE);
-        return new MappedMemory(aligned, length, Release.DontNeed, HugePageSize);
+        ulong tail = reserved - head - limit;
+        if (tail > 0) munmap(aligned + (nint)limit, (nuint)tail);
+        var memory = new MappedMemory(aligned, limit, Release.DontNeed, alignment) { Accessible = limit, _transparentHugePages = transparentHugePages };
+        if (limit > length)
+        {
+            memory.Accessible = 0;
+            try
+            {
+                memory.Grow(length);
+            }
+            catch
+            {
+                memory.Dispose();
+                throw;
+            }
+        }
+        else if (transparentHugePages)
+        {
+            // Advice only: a kernel without THP (or with it disabled) keeps 4 KiB pages, which is still correct.
+            madvise(aligned, (nuint)length, MADV_HUGEPAGE);
+        }
+        return memory;
+    }
+
+    private bool _transparentHugePages;
+
+    /// <summary>Bytes from the start that may be read and written (the rest of <see cref="Length"/> is reserved for
+    /// <see cref="Grow"/>). Equals <see cref="Length"/> for mappings made without a growth limit.</summary>
+    public ulong Accessible { get; private set; }
+
+    /// <summary>
+    /// Opens the reserved address space up to <paramref name="newAccessible"/> bytes (at most <see cref="Length"/>)
+    /// for reading and writing; the new bytes read as zeros. Callers serialise growth; readers of the old part are
+    /// unaffected.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">beyond the reservation, or smaller than now.</exception>
+    /// <exception cref="IOException">mprotect failed (HResult = errno; ENOMEM: the memory cannot be committed).</exception>
+    public void Grow(ulong newAccessible)
+    {
+        if (newAccessible > Length || newAccessible < Accessible)
+            throw new ArgumentOutOfRangeException(nameof(newAccessible), $"a mapping of {Length} bytes with {Accessible} open cannot open {newAccessible}");
+        ulong from = Accessible & ~(PageSize - 1);
+        ulong to = (newAccessible + PageSize - 1) & ~(PageSize - 1);
+        if (to > from)
+        {
+            if (mprotect((nint)(Pointer + from), (nuint)(to - from), PROT_READ | PROT_WRITE) != 0)
+                throw Errno.Exception($"opening {to - from} bytes of reserved memory (mprotect)");
+            if (_transparentHugePages) madvise((nint)(Pointer + from), (nuint)(to - from), MADV_HUGEPAGE);
+        }
+        Accessible = newAccessible;
     }
 
     /// <summary>

@@ -47,6 +47,30 @@ public static unsafe partial class UnixSocketFds
     [LibraryImport("libc", SetLastError = true)]
     private static partial nint recv(int fd, void* buf, nuint len, int flags);
 
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int socketpair(int domain, int type, int protocol, int* fds);
+
+    private const int AF_UNIX = 1, SOCK_STREAM = 1, SOCK_CLOEXEC = 0x80000;
+
+    /// <summary>Hands a socket fd received from a peer (SCM_RIGHTS) to a .NET <see cref="Socket"/>, which owns it
+    /// from then on; <paramref name="fd"/> is left invalid.</summary>
+    public static Socket Adopt(OwnedFd fd)
+    {
+        var handle = new SafeSocketHandle(fd.DangerousGetHandle(), ownsHandle: true);
+        fd.SetHandleAsInvalid();
+        return new Socket(handle);
+    }
+
+    /// <summary>A connected pair of Unix stream sockets (socketpair(2)), e.g. the backend request channel a
+    /// frontend creates and hands one end of to the backend.</summary>
+    /// <exception cref="IOException">socketpair failed.</exception>
+    public static (Socket First, Socket Second) CreatePair()
+    {
+        int* fds = stackalloc int[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) throw Errno.Exception("socketpair");
+        return (Adopt(new OwnedFd(fds[0])), Adopt(new OwnedFd(fds[1])));
+    }
+
     /// <summary>Outcome of a receive: bytes read, 0 at orderly shutdown.</summary>
     public readonly record struct ReceiveResult(int Bytes, bool ControlTruncated);
 

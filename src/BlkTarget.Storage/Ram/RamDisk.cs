@@ -20,7 +20,13 @@ public enum RamDiskPages
 /// </summary>
 public sealed class RamDisk : IBlockDevice
 {
+    /// <summary>Largest address-space reservation a RAM disk makes for growing (bytes): 4 TiB. A disk can grow to
+    /// 64 times its size at creation, at most this (or its own size when larger).</summary>
+    public const ulong MaxGrowthReservation = 4UL << 40;
+
     private readonly MappedMemory _memory;
+    private readonly object _resizeGate = new();
+    private volatile BlockDeviceInfo _info;
 
     /// <exception cref="ArgumentException">block size not 512/4096, or size not a positive multiple of it.</exception>
     /// <exception cref="IOException">the memory cannot be had (e.g. not enough free hugetlb pages: one line saying so).</exception>
@@ -32,12 +38,37 @@ public sealed class RamDisk : IBlockDevice
         Pages = pages;
         _memory = pages == RamDiskPages.Hugetlb
             ? MappedMemory.MapHugetlb(sizeBytes, "blktarget-ram")
-            : MappedMemory.MapAnonymous(sizeBytes, transparentHugePages: pages == RamDiskPages.Transparent);
-        Info = new BlockDeviceInfo(sizeBytes, blockSize, readOnly, SupportsDiscard: true, SupportsWriteZeroes: true, HasVolatileCache: false);
+            : MappedMemory.MapAnonymous(sizeBytes, transparentHugePages: pages == RamDiskPages.Transparent, GrowthLimit(sizeBytes));
+        _info = new BlockDeviceInfo(sizeBytes, blockSize, readOnly, SupportsDiscard: true, SupportsWriteZeroes: true, HasVolatileCache: false);
     }
 
-    public BlockDeviceInfo Info { get; }
+    public BlockDeviceInfo Info => _info;
     public RamDiskPages Pages { get; }
+
+    /// <summary>The size this disk can grow to (bytes): its reserved address space.</summary>
+    public ulong MaxSizeBytes => Pages == RamDiskPages.Hugetlb ? _info.SizeBytes : _memory.Length;
+
+    private static ulong GrowthLimit(ulong sizeBytes) =>
+        Math.Max(sizeBytes, sizeBytes > MaxGrowthReservation / 64 ? MaxGrowthReservation : sizeBytes * 64);
+
+    /// <summary>Grows the disk to <paramref name="newSizeBytes"/> (within <see cref="MaxSizeBytes"/>); the new space
+    /// reads as zeros and costs memory only once written. Channels see the new size from their next request on.
+    /// A hugetlb RAM disk keeps its size (its pages were reserved at creation).</summary>
+    /// <exception cref="ArgumentException">not larger than now, not a multiple of the block size, or past the limit.</exception>
+    /// <exception cref="NotSupportedException">a hugetlb RAM disk.</exception>
+    public void Resize(ulong newSizeBytes)
+    {
+        lock (_resizeGate)
+        {
+            var info = _info;
+            ResizeRules.CheckGrowth(info, newSizeBytes);
+            if (Pages == RamDiskPages.Hugetlb) throw new NotSupportedException("a RAM disk in hugetlb pages keeps its size (its pages are reserved at creation)");
+            if (newSizeBytes > _memory.Length)
+                throw new ArgumentException($"this RAM disk can grow to at most {_memory.Length} bytes (64 times its size at creation, the address space it reserved)");
+            _memory.Grow(newSizeBytes);       // the medium first: a request checked against the new size finds it
+            _info = info with { SizeBytes = newSizeBytes };
+        }
+    }
 
     internal MappedMemory Memory => _memory;
 

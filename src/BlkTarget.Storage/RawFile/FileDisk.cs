@@ -14,6 +14,8 @@ public sealed class FileDisk : IBlockDevice
 {
     private readonly OwnedFd _fd;
     private readonly BlockDiscardWorker? _discardWorker;
+    private readonly object _resizeGate = new();
+    private volatile BlockDeviceInfo _info;
 
     private FileDisk(OwnedFd fd, FileDiskOptions options, BlockDeviceInfo info, uint memoryAlignment, bool isBlockDevice,
         BlockDiscardWorker? discardWorker, ILogger log)
@@ -21,13 +23,13 @@ public sealed class FileDisk : IBlockDevice
         _fd = fd;
         _discardWorker = discardWorker;
         Options = options;
-        Info = info;
+        _info = info;
         MemoryAlignment = memoryAlignment;
         IsBlockDevice = isBlockDevice;
         Log = log;
     }
 
-    public BlockDeviceInfo Info { get; }
+    public BlockDeviceInfo Info => _info;
     public FileDiskOptions Options { get; }
     /// <summary>Buffer address and length alignment O_DIRECT needs; guest buffers that miss it are bounced.</summary>
     public uint MemoryAlignment { get; }
@@ -129,6 +131,33 @@ public sealed class FileDisk : IBlockDevice
         ulong size;
         if (ioctl(fd.Fd, BLKGETSIZE64, &size) != 0) throw new IOException($"{path}: BLKGETSIZE64 failed: {LastError()}");
         return size;
+    }
+
+    /// <summary>
+    /// Grows the disk online. A regular file is extended (ftruncate; the new space is a hole that reads as zeros,
+    /// and the next FLUSH makes the new size durable with the data written into it). A block device cannot be
+    /// grown from here: grow it first (lvextend, a larger LUN), then resize the disk up to its new size.
+    /// </summary>
+    /// <exception cref="ArgumentException">see <see cref="IBlockDevice.Resize"/>; a block device smaller than asked.</exception>
+    /// <exception cref="IOException">ftruncate or BLKGETSIZE64 failed; nothing changed.</exception>
+    public void Resize(ulong newSizeBytes)
+    {
+        lock (_resizeGate)
+        {
+            var info = _info;
+            ResizeRules.CheckGrowth(info, newSizeBytes);
+            if (IsBlockDevice)
+            {
+                ulong deviceSize = BlockDeviceSize(_fd, Options.Path);
+                if (newSizeBytes > deviceSize)
+                    throw new ArgumentException($"{Options.Path} is a block device of {deviceSize} bytes: grow it first (e.g. lvextend), then resize the disk to at most that");
+            }
+            else if (ftruncate(_fd.Fd, (long)newSizeBytes) != 0)
+            {
+                throw new IOException($"cannot grow {Options.Path} to {newSizeBytes} bytes: {LastError()}");
+            }
+            _info = info with { SizeBytes = newSizeBytes };   // after the medium grew: a request checked against it finds it
+        }
     }
 
     public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight) => IsBlockDevice

@@ -14,7 +14,7 @@ internal abstract class RawChannel : IoUringChannel
     protected const int PunchHole = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
 
     protected RawChannel(FileDisk disk, IoContext io, IBlockCompletionSink sink, int maxInFlight)
-        : base(io, sink, maxInFlight, disk.Fd, disk.Info, disk.MemoryAlignment, disk.Log, disk.Options.Path)
+        : base(io, sink, maxInFlight, disk.Fd, disk, disk.MemoryAlignment, disk.Log, disk.Options.Path)
     {
     }
 

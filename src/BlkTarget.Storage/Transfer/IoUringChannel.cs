@@ -30,7 +30,7 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
 
     private readonly SlotStack _slots;
     private readonly BouncePool _bounce;
-    private readonly BlockDeviceInfo _info;
+    private readonly IBlockDevice _device;
     private readonly uint _memoryAlignment;
     private readonly int _fd;
     private readonly int _fileSlot;
@@ -38,13 +38,13 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
     private long _errors;
     private bool _released;
 
-    protected IoUringChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight, int fd, BlockDeviceInfo info,
+    protected IoUringChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight, int fd, IBlockDevice device,
         uint memoryAlignment, ILogger log, string name)
     {
         Io = io;
         Sink = sink;
         Log = log;
-        _info = info;
+        _device = device;
         _memoryAlignment = memoryAlignment;
         _fd = fd;
         _name = name;
@@ -80,7 +80,7 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
 
     public void Submit(in BlockRequest request)
     {
-        var status = RequestValidation.Check(request, _info);
+        var status = RequestValidation.Check(request, _device.Info);
         if (status != BlockStatus.Ok || Faulted || Disposed || !_slots.TryTake(out int index))
         {
             Sink.Complete(request.Tag, status != BlockStatus.Ok ? status : BlockStatus.IoError);

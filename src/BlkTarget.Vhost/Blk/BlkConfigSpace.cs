@@ -70,8 +70,23 @@ public sealed class BlkConfigSpace
     {
         destination.Clear();
         if (offset >= Size) return;
-        var available = _bytes.AsSpan((int)offset);
-        available[..Math.Min(available.Length, destination.Length)].CopyTo(destination);
+        lock (_bytes)       // never a torn capacity while a resize writes it (control path only)
+        {
+            var available = _bytes.AsSpan((int)offset);
+            available[..Math.Min(available.Length, destination.Length)].CopyTo(destination);
+        }
+    }
+
+    /// <summary>The capacity field, in 512-byte sectors.</summary>
+    public ulong CapacitySectors
+    {
+        get { lock (_bytes) return BinaryPrimitives.ReadUInt64LittleEndian(_bytes.AsSpan(OffCapacity)); }
+    }
+
+    /// <summary>Sets capacity (virtio 1.2 5.2.4) to <paramref name="sizeBytes"/> / 512, after the disk grew.</summary>
+    public void SetCapacity(ulong sizeBytes)
+    {
+        lock (_bytes) BinaryPrimitives.WriteUInt64LittleEndian(_bytes.AsSpan(OffCapacity), sizeBytes / VirtioBlk.SectorSize);
     }
 
     /// <summary>Applies a guest write. Only the writeback byte is writable; false for anything else.</summary>

@@ -11,22 +11,20 @@ public sealed class BlkDeviceContext
         Name = name;
         Backend = backend;
         Options = options;
-        Info = backend.Info;
-        Config = new BlkConfigSpace(Info, options);
+        Config = new BlkConfigSpace(backend.Info, options);
         var serial = Encoding.ASCII.GetBytes(options.Serial);
         // The whole 20-byte field, NUL-padded: a driver may have filled its buffer with anything beforehand.
         SerialBytes = new byte[VirtioBlk.IdLength];
         serial.AsSpan(0, Math.Min(serial.Length, VirtioBlk.IdLength)).CopyTo(SerialBytes);
-        _sectorsPerBlock = Info.BlockSize / VirtioBlk.SectorSize;
-        _capacitySectors = Info.SizeBytes / VirtioBlk.SectorSize;
+        _sectorsPerBlock = backend.Info.BlockSize / VirtioBlk.SectorSize;
     }
 
     private readonly ulong _sectorsPerBlock;
-    private readonly ulong _capacitySectors;
 
     public string Name { get; }
     public IBlockDevice Backend { get; }
-    public BlockDeviceInfo Info { get; }
+    /// <summary>The backend as it is now (its size grows with <see cref="IBlockDevice.Resize"/>).</summary>
+    public BlockDeviceInfo Info => Backend.Info;
     public BlkOptions Options { get; }
     public BlkConfigSpace Config { get; }
     /// <summary>GET_ID answer (virtio 1.2 5.2.6): the serial as a NUL-padded 20-byte string (no terminator only when
@@ -43,7 +41,9 @@ public sealed class BlkDeviceContext
         if (lengthBytes % VirtioBlk.SectorSize != 0) return false;
         ulong sectors = lengthBytes >> VirtioBlk.SectorShift;
         if (sector % _sectorsPerBlock != 0 || sectors % _sectorsPerBlock != 0) return false;
-        if (sector > _capacitySectors || sectors > _capacitySectors - sector) return false;
+        // The size as of this request: a resize publishes the grown size only after the medium grew.
+        ulong capacitySectors = Backend.Info.SizeBytes >> VirtioBlk.SectorShift;
+        if (sector > capacitySectors || sectors > capacitySectors - sector) return false;
         offset = sector << VirtioBlk.SectorShift;
         return true;
     }

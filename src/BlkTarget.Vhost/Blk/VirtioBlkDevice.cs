@@ -48,4 +48,13 @@ public sealed class VirtioBlkDevice : IVhostUserDevice
     public IRunningQueue CreateQueue(QueueStartInfo start) => new BlkQueue(start, Context, _log);
 
     public void Reset() => Context.Config.Reset();
+
+    /// <summary>The export's disk grew: the config space's capacity follows. True: the frontend must be told
+    /// (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG), and QEMU then re-reads the config and notifies the guest.</summary>
+    public bool MediumResized(IBlockDevice backend)
+    {
+        if (backend != Context.Backend) return false;
+        Context.Config.SetCapacity(backend.Info.SizeBytes);
+        return true;
+    }
 }

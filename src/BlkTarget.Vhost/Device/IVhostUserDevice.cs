@@ -69,4 +69,12 @@ public interface IVhostUserDevice
     /// copy of the writeback byte across a guest reboot).
     /// </summary>
     void Reset();
+
+    /// <summary>
+    /// <paramref name="backend"/> (one of this device's disks) has grown (<see cref="IBlockDevice.Resize"/>): the
+    /// device shows the new size from now on. True when its config space changed, so the frontend must be sent
+    /// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG; devices that tell the guest themselves (virtio-scsi: a unit attention,
+    /// an event) return false. Called on the management thread.
+    /// </summary>
+    bool MediumResized(IBlockDevice backend);
 }

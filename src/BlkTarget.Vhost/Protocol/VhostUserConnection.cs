@@ -90,6 +90,9 @@ public sealed class VhostUserConnection(Socket socket) : IDisposable
         UnixSocketFds.Send(Socket, _send.AsSpan(0, MessageHeader.Length + payload.Length), fds);
     }
 
+    /// <summary>Sends a backend-to-frontend request (on the backend request channel).</summary>
+    public void Send(VhostUserBackendRequest request, uint flags, ReadOnlySpan<byte> payload) => Send((VhostUserRequest)request, flags, payload);
+
     /// <summary>Sends a reply to <paramref name="request"/> (REPLY flag set).</summary>
     public void Reply(VhostUserRequest request, ReadOnlySpan<byte> payload) => Send(request, MessageHeader.ReplyFlag, payload);
 

@@ -45,3 +45,13 @@ public enum VhostUserRequest : uint
     SetStatus = 39,
     GetStatus = 40,
 }
+
+/// <summary>Backend-to-frontend request codes, sent on the backend request channel (SET_BACKEND_REQ_FD; the
+/// specification's "back-end message types").</summary>
+public enum VhostUserBackendRequest : uint
+{
+    IotlbMsg = 1,
+    /// <summary>The device's config space changed; the frontend re-reads it (GET_CONFIG) and tells the guest. No payload.</summary>
+    ConfigChangeMsg = 2,
+    VringHostNotifierMsg = 3,
+}

@@ -20,6 +20,7 @@ public sealed class VhostUserServer : IDisposable
     private readonly Socket _listener;
     private readonly Thread _thread;
     private volatile VhostUserConnection? _current;
+    private volatile VhostUserSession? _session;
     private volatile bool _stopping;
     private int _sessions;
 
@@ -94,6 +95,7 @@ public sealed class VhostUserServer : IDisposable
         _current = connection;
         _log.LogInformation("{Device}: frontend connected (session {Session})", _device.Name, number);
         var session = new VhostUserSession(_device, connection, _reactors, _deviceOffset, _log, _sessionOptions);
+        _session = session;
         try
         {
             if (!_stopping) session.Run();
@@ -111,10 +113,15 @@ public sealed class VhostUserServer : IDisposable
         }
         finally
         {
+            _session = null;
             session.Dispose();
             _current = null;
         }
     }
+
+    /// <summary>Tells the connected frontend, if any, that the device's config space changed
+    /// (<see cref="VhostUserSession.NotifyConfigChanged"/>). Any thread; false when no frontend heard it.</summary>
+    public bool NotifyConfigChanged() => _session?.NotifyConfigChanged() ?? false;
 
     /// <summary>Stops accepting, ends the current session (its in-flight requests complete first), removes the
     /// socket file.</summary>

@@ -16,7 +16,8 @@ namespace BlkTarget.Vhost.Protocol;
 public sealed class VhostUserSession : IDisposable
 {
     public const ProtocolFeatures SupportedProtocolFeatures =
-        ProtocolFeatures.Mq | ProtocolFeatures.ReplyAck | ProtocolFeatures.Config | ProtocolFeatures.ConfigureMemSlots;
+        ProtocolFeatures.Mq | ProtocolFeatures.ReplyAck | ProtocolFeatures.Config | ProtocolFeatures.ConfigureMemSlots
+        | ProtocolFeatures.BackendReq;
     public const int MaxMemSlots = 32;
 
     private readonly IVhostUserDevice _device;
@@ -27,6 +28,7 @@ public sealed class VhostUserSession : IDisposable
     private readonly VhostUserSessionOptions _options;
     private readonly VringSetup[] _vrings;
     private readonly List<GuestRegion> _regions = [];
+    private readonly BackendRequestChannel _backendChannel = new();
     private GuestMemory _memory = GuestMemory.Empty;
     private ulong _ackedFeatures;
     private ProtocolFeatures _ackedProtocol;
@@ -94,6 +96,7 @@ public sealed class VhostUserSession : IDisposable
             VhostUserRequest.GetVringBase => GetVringBase(message),
             VhostUserRequest.GetConfig => GetConfig(message),
             VhostUserRequest.SetConfig => SetConfig(message),
+            VhostUserRequest.SetBackendReqFd => SetBackendReqFd(message),
             _ => null,
         };
         if (ok is null)
@@ -503,6 +506,31 @@ public sealed class VhostUserSession : IDisposable
         return _device.WriteConfig(header.Offset, message.PayloadSpan.Slice(ConfigHeader.Length, (int)header.Size));
     }
 
+    // ---- backend request channel ----
+
+    private bool SetBackendReqFd(ReceivedMessage message)
+    {
+        if (message.FdCount != 1 || (_ackedProtocol & ProtocolFeatures.BackendReq) == 0)
+        {
+            _log.LogError("{Device}: SET_BACKEND_REQ_FD with {Fds} descriptors, BACKEND_REQ {Acked}", _device.Name, message.FdCount,
+                (_ackedProtocol & ProtocolFeatures.BackendReq) != 0 ? "negotiated" : "not negotiated");
+            return false;
+        }
+        _backendChannel.Replace(message.TakeFd(0));
+        return true;
+    }
+
+    /// <summary>
+    /// Tells the frontend that the config space changed (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the backend request
+    /// channel; QEMU then re-reads it with GET_CONFIG and notifies the guest). Any thread. False when the frontend
+    /// negotiated no CONFIG or BACKEND_REQ or sent no channel: it then learns the new config only when it next reads it.
+    /// </summary>
+    public bool NotifyConfigChanged()
+    {
+        if ((_ackedProtocol & ProtocolFeatures.Config) == 0) return false;
+        return _backendChannel.SendConfigChange();
+    }
+
     // ---- lifecycle ----
 
     private bool ResetDevice()
@@ -529,6 +557,7 @@ public sealed class VhostUserSession : IDisposable
             foreach (var region in _regions) region.Dispose();
         _regions.Clear();
         _memory = GuestMemory.Empty;
+        _backendChannel.Dispose();
         _device.Reset();
     }
 }

@@ -32,6 +32,8 @@ public sealed class ScsiDeviceContext
     public ScsiOptions Options { get; }
     public IReadOnlyList<ScsiLun> Luns { get; }
     public ScsiConfigSpace Config { get; }
+    /// <summary>Events for the driver (hot-plug, capacity changes), delivered by the event queue.</summary>
+    public ScsiEventSource Events { get; } = new();
     /// <summary>Bytes of scratch space each request queue needs for emulated answers and parameter lists.</summary>
     public int ScratchSize { get; }
 
@@ -46,6 +48,7 @@ public sealed class ScsiDeviceContext
         {
             lun.ResetWriteCache();
             lun.Stopped = false;
+            lun.ClearAttentions();
         }
     }
 }

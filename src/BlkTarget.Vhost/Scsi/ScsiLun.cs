@@ -50,15 +50,15 @@ public sealed class ScsiLun
         Target = target;
         Lun = lun;
         Backend = backend;
-        Info = backend.Info;
         Serial = serial;
         DefaultWriteCache = writeCache;
         _writeCache = writeCache;
-        Limits = ScsiLimits.For(Info);
+        var info = backend.Info;
+        Limits = ScsiLimits.For(info);
         // UNMAP exists to give space back: a medium that cannot deallocate gets no UNMAP at all, or a guest's fstrim
         // would have it write zeros over all its free space.
-        Provisioning = Info.SupportsDiscard && !Info.ReadOnly;
-        UnmapReadsZeros = Provisioning && Info.SupportsWriteZeroes && Info.ZeroesCanUnmap;
+        Provisioning = info.SupportsDiscard && !info.ReadOnly;
+        UnmapReadsZeros = Provisioning && info.SupportsWriteZeroes && info.ZeroesCanUnmap;
         NaaIdentifier = MakeNaa($"{deviceName}/{serial}/{target}/{lun}");
         _inFlight = new long[Math.Max(1, requestQueues) * CounterStride];
     }
@@ -68,7 +68,8 @@ public sealed class ScsiLun
     public byte Target { get; }
     public ushort Lun { get; }
     public IBlockDevice Backend { get; }
-    public BlockDeviceInfo Info { get; }
+    /// <summary>The backend as it is now (its size grows with <see cref="IBlockDevice.Resize"/>).</summary>
+    public BlockDeviceInfo Info => Backend.Info;
     public string Serial { get; }
     public ScsiLimits Limits { get; }
     /// <summary>Logical block provisioning (LBPME): UNMAP and WRITE SAME with UNMAP may deallocate.</summary>
@@ -121,6 +122,35 @@ public sealed class ScsiLun
         return (0x3UL << 60) | (hash & 0x0fff_ffff_ffff_ffff);
     }
 
+    // ---- unit attentions (SAM-5 5.14; one I_T nexus per export at a time, so one set per LUN) ----
+
+    /// <summary>Pending unit attention conditions, one bit each (<see cref="AttentionCapacity"/>, <see cref="AttentionLuns"/>).
+    /// Raised by the management thread, reported and cleared by whichever queue's command comes first.</summary>
+    private int _attentions;
+    public const int AttentionCapacity = 1;
+    public const int AttentionLuns = 2;
+
+    /// <summary>Establishes a unit attention condition (<see cref="AttentionCapacity"/>, <see cref="AttentionLuns"/>). Any thread.</summary>
+    public void RaiseAttention(int condition) => Interlocked.Or(ref _attentions, condition);
+
+    /// <summary>Takes one pending unit attention (lowest bit first): one volatile read when there is none.</summary>
+    private bool TakeAttention(out SenseCode sense)
+    {
+        sense = default;
+        while (true)
+        {
+            int pending = Volatile.Read(ref _attentions);
+            if (pending == 0) return false;
+            int bit = pending & -pending;
+            if (Interlocked.CompareExchange(ref _attentions, pending & ~bit, pending) != pending) continue;
+            sense = bit == AttentionCapacity ? SenseCode.CapacityDataHasChanged : SenseCode.ReportedLunsDataHasChanged;
+            return true;
+        }
+    }
+
+    /// <summary>Clears the attention conditions a device reset (a new initiator) makes moot.</summary>
+    public void ClearAttentions() => Volatile.Write(ref _attentions, 0);
+
     // ---- in-flight accounting for task management (one counter per request queue, written by its reactor) ----
 
     public void AddInFlight(int queue, int delta)
@@ -158,6 +188,14 @@ public sealed class ScsiLun
             task.Fail(SenseCode.InvalidFieldInCdb);
             return;
         }
+        // SAM-5 5.14: a pending unit attention ends the next command (INQUIRY and REPORT LUNS excepted; REQUEST
+        // SENSE returns it as its data), once per condition.
+        if (opcode is not (ScsiOp.Inquiry or ScsiOp.ReportLuns) && TakeAttention(out var attention))
+        {
+            if (opcode == ScsiOp.RequestSense) RequestSense(ref task, attention);
+            else task.Fail(attention);
+            return;
+        }
         if (_stopped && AccessesMedium(opcode))
         {
             task.Fail(SenseCode.NotReadyInitializingCommandRequired);
@@ -180,6 +218,7 @@ public sealed class ScsiLun
                 RequestSense(ref task, _stopped ? SenseCode.NotReadyInitializingCommandRequired : SenseCode.None);
                 return;
             case ScsiOp.ReportLuns:
+                Interlocked.And(ref _attentions, ~AttentionLuns);    // SPC-4 6.33: REPORT LUNS clears it
                 target.ReportLuns(ref task);
                 return;
             case ScsiOp.ReadCapacity10:

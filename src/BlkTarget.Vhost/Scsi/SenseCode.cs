@@ -13,6 +13,10 @@ public readonly record struct SenseCode(byte Key, byte Asc, byte Ascq)
     public static readonly SenseCode SavingParametersNotSupported = new(SenseKey.IllegalRequest, 0x39, 0x00);
     /// <summary>NOT READY, LOGICAL UNIT NOT READY, INITIALIZING COMMAND REQUIRED: stopped by START STOP UNIT.</summary>
     public static readonly SenseCode NotReadyInitializingCommandRequired = new(SenseKey.NotReady, 0x04, 0x02);
+    /// <summary>UNIT ATTENTION, CAPACITY DATA HAS CHANGED (SBC-3 4.10): the LUN grew.</summary>
+    public static readonly SenseCode CapacityDataHasChanged = new(SenseKey.UnitAttention, 0x2a, 0x09);
+    /// <summary>UNIT ATTENTION, REPORTED LUNS DATA HAS CHANGED (SPC-4 6.33): a LUN was added or removed.</summary>
+    public static readonly SenseCode ReportedLunsDataHasChanged = new(SenseKey.UnitAttention, 0x3f, 0x0e);
     public static readonly SenseCode WriteProtected = new(SenseKey.DataProtect, 0x27, 0x00);
     public static readonly SenseCode SpaceAllocationFailed = new(SenseKey.DataProtect, 0x27, 0x07);
     public static readonly SenseCode UnrecoveredReadError = new(SenseKey.MediumError, 0x11, 0x00);

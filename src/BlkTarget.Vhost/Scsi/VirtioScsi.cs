@@ -24,6 +24,15 @@ public static class VirtioScsi
     /// <summary>sizeof(struct virtio_scsi_event).</summary>
     public const int EventInfoSize = 16;
 
+    // event types and reasons (virtio 1.2 5.6.6.3)
+    public const uint EventTransportReset = 1;
+    public const uint EventParamChange = 3;
+    /// <summary>Or-ed into the event type when the device had to drop events for want of buffers: the driver
+    /// then rescans the whole bus.</summary>
+    public const uint EventsMissed = 0x8000_0000;
+    public const uint ResetReasonRescan = 1;
+    public const uint ResetReasonRemoved = 2;
+
     // response codes
     public const byte Ok = 0;
     public const byte FunctionComplete = 0;

@@ -1,3 +1,4 @@
+using BlkTarget.Storage;
 using BlkTarget.Vhost.Device;
 using BlkTarget.Vhost.Protocol;
 using Microsoft.Extensions.Logging;
@@ -7,10 +8,11 @@ namespace BlkTarget.Vhost.Scsi;
 /// <summary>
 /// The virtio-scsi device model: queue 0 control, queue 1 event, queues 2.. requests (QEMU's
 /// vhost-user-scsi-pci uses num_queues + 2 virtqueues and checks GET_QUEUE_NUM against that). Features:
-/// VERSION_1, INDIRECT_DESC, EVENT_IDX and CHANGE; no INOUT, HOTPLUG or T10_PI.
-/// <para>CHANGE only allows the device to send PARAM_CHANGE events; a LUN's parameters never change while it
-/// is served (fixed capacity; WCE changes come from the guest's own MODE SELECT), so none is ever due. QEMU 7.2
-/// acks CHANGE on its own (virtio-scsi always sets it), so it must be offered for SET_FEATURES to succeed.</para>
+/// VERSION_1, INDIRECT_DESC, EVENT_IDX, HOTPLUG and CHANGE; no INOUT or T10_PI.
+/// <para>HOTPLUG: LUNs added and removed while the guest runs are announced on the event queue (TRANSPORT_RESET
+/// RESCAN / REMOVED). CHANGE: a LUN that grew is announced with PARAM_CHANGE (CAPACITY DATA HAS CHANGED). QEMU 7.2
+/// passes HOTPLUG through only when the backend offers it; it sets CHANGE on its own, so CHANGE must be offered
+/// for SET_FEATURES to succeed.</para>
 /// </summary>
 public sealed class VirtioScsiDevice : IVhostUserDevice
 {
@@ -28,6 +30,7 @@ public sealed class VirtioScsiDevice : IVhostUserDevice
     public ulong Features { get; } = VirtioFeatures.Bit(VirtioFeatures.Version1)
         | VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc)
         | VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)
+        | VirtioFeatures.Bit(VirtioScsi.FeatureHotplug)
         | VirtioFeatures.Bit(VirtioScsi.FeatureChange);
 
     public int QueueCount => Context.Options.RequestQueues + VirtioScsi.FirstRequestQueue;
@@ -39,9 +42,23 @@ public sealed class VirtioScsiDevice : IVhostUserDevice
     public IRunningQueue CreateQueue(QueueStartInfo start) => start.Index switch
     {
         VirtioScsi.ControlQueue => new ScsiControlQueue(start, Context, _log),
-        VirtioScsi.EventQueue => new ScsiEventQueue(start, Context.Name),
+        VirtioScsi.EventQueue => new ScsiEventQueue(start, Context.Events, Context.Name, _log),
         _ => new ScsiRequestQueue(start, Context, _log),
     };
 
     public void Reset() => Context.Reset();
+
+    /// <summary>Each LUN on <paramref name="backend"/> reports CAPACITY DATA HAS CHANGED to its next command, and
+    /// a PARAM_CHANGE event with that sense code goes to the driver (Linux then re-reads the capacity). False: the
+    /// config space does not change.</summary>
+    public bool MediumResized(IBlockDevice backend)
+    {
+        foreach (var lun in Context.Luns)
+        {
+            if (lun.Backend != backend) continue;
+            lun.RaiseAttention(ScsiLun.AttentionCapacity);
+            Context.Events.Post(ScsiEvent.ParameterChanged(lun.Target, lun.Lun, SenseCode.CapacityDataHasChanged));
+        }
+        return false;
+    }
 }
