@@ -55,6 +55,43 @@ public sealed unsafe class RamDiskTests : IDisposable
         Assert.Equal(new byte[512], fresh);
     }
 
+    [Theory]
+    [InlineData(RamDiskPages.Transparent)]
+    [InlineData(RamDiskPages.Small)]
+    public void A_grown_disk_keeps_its_data_and_serves_the_new_space(RamDiskPages pages)
+    {
+        using var disk = new RamDisk(4 << 20, pages: pages);
+        var sink = new Completions();
+        using var channel = disk.OpenChannel(Io, sink, 8);
+        var data = Enumerable.Range(0, 4096).Select(i => (byte)(i * 7)).ToArray();
+        Assert.Equal(BlockStatus.Ok, Do(channel, sink, BlockOperation.Write, (4 << 20) - 4096, data));
+        Assert.Equal(BlockStatus.OutOfRange, Do(channel, sink, BlockOperation.Write, 4 << 20, data));
+
+        disk.Resize(6 << 20);
+        Assert.Equal(6UL << 20, disk.Info.SizeBytes);
+        var back = new byte[4096];
+        Assert.Equal(BlockStatus.Ok, Do(channel, sink, BlockOperation.Read, (4 << 20) - 4096, back));
+        Assert.Equal(data, back);
+        Assert.Equal(BlockStatus.Ok, Do(channel, sink, BlockOperation.Read, (6 << 20) - 4096, back));
+        Assert.Equal(new byte[4096], back);                                   // new space reads as zeros
+        Assert.Equal(BlockStatus.Ok, Do(channel, sink, BlockOperation.Write, (6 << 20) - 4096, data));
+        Assert.Equal(BlockStatus.OutOfRange, Do(channel, sink, BlockOperation.Write, 6 << 20, data));
+    }
+
+    [Fact]
+    public void Growth_is_refused_when_smaller_unaligned_or_past_the_reservation()
+    {
+        using var disk = new RamDisk(1 << 20);
+        Assert.Equal(64UL << 20, disk.MaxSizeBytes);
+        Assert.Throws<ArgumentException>(() => disk.Resize(1 << 20));
+        Assert.Throws<ArgumentException>(() => disk.Resize((2 << 20) + 100));
+        Assert.Throws<ArgumentException>(() => disk.Resize(65 << 20));
+        disk.Resize(64 << 20);
+        Assert.Equal(64UL << 20, disk.Info.SizeBytes);
+        using var readOnly = new RamDisk(1 << 20, readOnly: true);
+        Assert.Throws<ArgumentException>(() => readOnly.Resize(2 << 20));
+    }
+
     [Fact]
     public void Sizes_above_two_gigabytes_work()
     {

@@ -117,6 +117,7 @@ public sealed class VhostUserFrontend : IDisposable
         }
         if ((AckedProtocolFeatures & ProtocolFeatures.Mq) != 0) BackendQueueCount = (int)GetQueueNum();
         if ((AckedProtocolFeatures & ProtocolFeatures.ConfigureMemSlots) != 0) MaxMemSlots = GetMaxMemSlots();
+        if ((AckedProtocolFeatures & ProtocolFeatures.BackendReq) != 0) SetBackendReqFd();
         SetOwner();
         OfferedFeatures = GetFeatures();
         if ((AckedProtocolFeatures & ProtocolFeatures.Config) != 0)
@@ -443,6 +444,42 @@ public sealed class VhostUserFrontend : IDisposable
         else SendSet(request, p, [fd]);
     }
 
+    private VhostUserConnection? _backendChannel;
+
+    /// <summary>Creates the backend request channel (a socketpair) and sends the backend its end
+    /// (SET_BACKEND_REQ_FD), as QEMU does when BACKEND_REQ is negotiated.</summary>
+    public void SetBackendReqFd()
+    {
+        var (ours, theirs) = UnixSocketFds.CreatePair();
+        using (theirs)
+        {
+            try
+            {
+                SendSet(VhostUserRequest.SetBackendReqFd, [], [(int)theirs.Handle]);
+            }
+            catch
+            {
+                ours.Dispose();
+                throw;
+            }
+        }
+        _backendChannel?.Dispose();
+        _backendChannel = new VhostUserConnection(ours);
+    }
+
+    /// <summary>Waits up to <paramref name="timeout"/> for a request from the backend on the backend request
+    /// channel; null when none came (or there is no channel). The caller disposes the message.</summary>
+    public ReceivedMessage? ReceiveBackendRequest(TimeSpan timeout)
+    {
+        if (_backendChannel is not { } channel) return null;
+        if (!channel.Socket.Poll((int)Math.Min(int.MaxValue, timeout.TotalMicroseconds), System.Net.Sockets.SelectMode.SelectRead)) return null;
+        return channel.Receive();
+    }
+
     /// <summary>Closes the connection: to the backend, the frontend went away.</summary>
-    public void Dispose() => _connection.Dispose();
+    public void Dispose()
+    {
+        _backendChannel?.Dispose();
+        _connection.Dispose();
+    }
 }

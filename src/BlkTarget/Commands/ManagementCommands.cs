@@ -7,7 +7,7 @@ using BlkTarget.Management;
 namespace BlkTarget.Commands;
 
 /// <summary>
-/// The RPC client commands: `blktarget disk create|delete|list`, `blktarget export create-blk|delete|list`,
+/// The RPC client commands: `blktarget disk create|delete|resize|list`, `blktarget export create-blk|delete|list`,
 /// `blktarget config save`. Each calls one method on the target at --rpc-socket (same default as serve) and
 /// prints a table or a line (or the JSON result with --json). Errors: one line `blktarget: ...` on stderr, exit 1.
 /// </summary>
@@ -35,6 +35,7 @@ public static class ManagementCommands
         {
             createCommand,
             NameCommand("delete", "Close a disk (refused while an export uses it)", "disk_delete", n => $"disk {n} deleted"),
+            ResizeCommand(),
             ListCommand("list", "List disks", "disk_list", ["NAME", "BACKEND", "SIZE", "BLOCK", "MODE", "EXPORTS"], d =>
             [
                 (string)d["name"]!, (string)d["backend"]!, SizeParser.Format((ulong)d["size_bytes"]!), d["block_size"]!.ToString(),
@@ -97,6 +98,16 @@ public static class ManagementCommands
             parse => new JsonObject { ["path"] = parse.GetValue(path) is { } p ? Path.GetFullPath(p) : null },
             (_, r) => $"saved {r!["path"]}");
         return new Command("config", "The running target's configuration") { save };
+    }
+
+    private static Command ResizeCommand()
+    {
+        var name = new Argument<string>("NAME") { Description = "The disk" };
+        var size = new Argument<string>("SIZE") { Description = "The new, larger size (e.g. 20G, or bytes)" };
+        return Client("resize", "Grow a disk online; running guests see the new size", "disk_resize", [name, size],
+            parse => new JsonObject { ["name"] = parse.GetValue(name), ["size"] = parse.GetValue(size) },
+            (_, r) => $"disk {r!["name"]}: {r["size_bytes"]} bytes"
+                + (r["notified"]!.AsArray().Count is > 0 ? $", config change sent to {string.Join(", ", r["notified"]!.AsArray().Select(e => (string)e!))}" : ""));
     }
 
     private static Command NameCommand(string verb, string description, string method, Func<string, string> done)

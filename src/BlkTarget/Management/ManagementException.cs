@@ -2,7 +2,7 @@ namespace BlkTarget.Management;
 
 /// <summary>
 /// Stable JSON-RPC error codes of the management interface. The standard JSON-RPC 2.0 codes (-32700 to -32600)
-/// keep their meaning; BlkTarget's own are -32001 to -32005 and never change meaning.
+/// keep their meaning; BlkTarget's own are -32001 to -32006 and never change meaning.
 /// </summary>
 public enum RpcErrorCode
 {
@@ -22,6 +22,8 @@ public enum RpcErrorCode
     ResourceError = -32004,
     /// <summary>The change could not be written to the config file; it was undone.</summary>
     PersistFailed = -32005,
+    /// <summary>The disk's backend cannot do that (e.g. grow a hugetlb RAM disk or an image).</summary>
+    Unsupported = -32006,
 }
 
 /// <summary>A management operation that was refused or failed; nothing was changed. Message: one line.</summary>

@@ -8,6 +8,8 @@ namespace BlkTarget.Management;
 /// <list type="bullet">
 /// <item><c>disk_create {name, backend, create?, block_size?=512, read_only?=false, shared?=false}</c> → disk</item>
 /// <item><c>disk_delete {name}</c> → true (InUse while an export uses it)</item>
+/// <item><c>disk_resize {name, size}</c> → {name, size_bytes, notified: [export]} (grow only; notified: exports whose
+/// connected frontend was sent a config change)</item>
 /// <item><c>disk_list {name?}</c> → [disk]; disk = {name, backend, size_bytes, block_size, read_only, shared, exports: [name]}</item>
 /// <item><c>export_create_blk {name, socket, disk, queues?=1, serial?=name, write_cache?=true}</c> → export</item>
 /// <item><c>export_create_scsi {name, socket, luns: [{target?=0, lun?=0, disk, serial?, write_cache?=true}], queues?=1, serial?=name}</c> → export</item>
@@ -26,6 +28,7 @@ public sealed class ManagementMethods(ManagementService service)
         "disk_create" => DiskCreate(p),
         "disk_delete" => Done(p, () => service.DeleteDisk(p.RequiredString("name"))),
         "disk_list" => DiskList(p),
+        "disk_resize" => DiskResize(p),
         "export_create_blk" => ExportCreateBlk(p),
         "export_create_scsi" => ExportCreateScsi(p),
         "export_delete" => Done(p, () => service.DeleteExport(p.RequiredString("name"))),
@@ -65,6 +68,20 @@ public sealed class ManagementMethods(ManagementService service)
             Name = name, Backend = backend!, CreateSize = createSize, BlockSize = (uint)blockSize, ReadOnly = readOnly, Shared = shared,
         });
         return Describe(disk);
+    }
+
+    private JsonNode DiskResize(RpcParams p)
+    {
+        string name = p.RequiredString("name");
+        ulong size = p.Size("size");
+        p.RejectUnknown();
+        var notified = service.ResizeDisk(name, size);
+        return new JsonObject
+        {
+            ["name"] = name,
+            ["size_bytes"] = size,
+            ["notified"] = new JsonArray(notified.Select(n => (JsonNode?)n).ToArray()),
+        };
     }
 
     private JsonNode DiskList(RpcParams p)

@@ -54,6 +54,41 @@ public sealed class ManagementService(TargetModel model, ConfigStore store, stri
         return 0;
     });
 
+    /// <summary>Grows a disk (<see cref="TargetModel.ResizeDisk"/>). A RAM disk's spec names its size, so its new spec is
+    /// persisted first and restored if the resize fails; a file or image holds its size itself.</summary>
+    public IReadOnlyList<string> ResizeDisk(string name, ulong newSizeBytes) => Model.Serialised(() =>
+    {
+        var disk = Model.Disks.FirstOrDefault(d => d.Spec.Name == name) ?? throw new ManagementException(RpcErrorCode.NotFound, $"no disk {name}");
+        var old = disk.Spec;
+        if (old.Backend.Kind == "ram")
+        {
+            disk.Spec = old with { Backend = old.Backend with { SizeBytes = newSizeBytes } };
+            try
+            {
+                Persist();
+            }
+            catch
+            {
+                disk.Spec = old;
+                throw;
+            }
+        }
+        try
+        {
+            return Model.ResizeDisk(name, newSizeBytes);
+        }
+        catch
+        {
+            if (disk.Spec != old)
+            {
+                disk.Spec = old;
+                try { Persist(); }
+                catch (ManagementException) { }    // the file keeps the larger size; the next change rewrites it
+            }
+            throw;
+        }
+    });
+
     /// <summary>Writes the configuration to <paramref name="path"/>, or to <see cref="PersistPath"/> when null;
     /// returns the path written. Errors: InvalidParams (no path anywhere), PersistFailed.</summary>
     public string SaveConfig(string? path) => Model.Serialised(() =>

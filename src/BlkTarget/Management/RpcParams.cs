@@ -51,6 +51,15 @@ public sealed class RpcParams
         _ => throw Invalid($"parameter '{name}' must be an integer"),
     };
 
+    /// <summary>A required size: a number of bytes, or a string with binary units ("20G", "512MiB").</summary>
+    public ulong Size(string name) => Get(name) switch
+    {
+        null => throw Invalid($"parameter '{name}' is required"),
+        { ValueKind: JsonValueKind.Number } v when v.TryGetUInt64(out ulong bytes) && bytes > 0 => bytes,
+        { ValueKind: JsonValueKind.String } v when Configuration.SizeParser.TryParse(v.GetString()!, out ulong bytes) && bytes > 0 => bytes,
+        _ => throw Invalid($"parameter '{name}' must be a size: bytes, or a string such as 20G"),
+    };
+
     /// <summary>An array of objects, each read as its own parameter set (checked for unknown names by the caller).</summary>
     public IReadOnlyList<RpcParams> Objects(string name)
     {

@@ -95,6 +95,46 @@ public sealed class TargetModel : IDisposable
         }
     }
 
+    /// <summary>
+    /// Grows a disk online to <paramref name="newSizeBytes"/> and tells every export using it: a blk export updates
+    /// its config space and sends the connected frontend VHOST_USER_BACKEND_CONFIG_CHANGE_MSG (QEMU re-reads the
+    /// config, the guest sees the new capacity); a scsi export raises CAPACITY DATA HAS CHANGED on the LUNs and
+    /// sends a PARAM_CHANGE event. Returns the exports whose frontend was sent a config change.
+    /// Errors: NotFound, InvalidParams (not larger, not whole blocks, past the medium), Unsupported, ResourceError.
+    /// </summary>
+    public IReadOnlyList<string> ResizeDisk(string name, ulong newSizeBytes)
+    {
+        lock (_gate)
+        {
+            var disk = FindDisk(name);
+            try
+            {
+                disk.Backend.Resize(newSizeBytes);
+            }
+            catch (ArgumentException e)
+            {
+                throw new ManagementException(RpcErrorCode.InvalidParams, $"disk {name}: {e.Message}");
+            }
+            catch (NotSupportedException e)
+            {
+                throw new ManagementException(RpcErrorCode.Unsupported, $"disk {name}: {e.Message}");
+            }
+            catch (IOException e)
+            {
+                throw new ManagementException(RpcErrorCode.ResourceError, $"disk {name}: {e.Message}");
+            }
+            var notified = new List<string>();
+            foreach (var exportName in disk.AttachedTo)
+            {
+                var export = _exports[exportName];
+                if (export.Device.MediumResized(disk.Backend) && export.Server.NotifyConfigChanged()) notified.Add(exportName);
+            }
+            _log.LogInformation("disk {Name}: grown to {Size} bytes; config change sent to {Exports}", name, newSizeBytes,
+                notified.Count == 0 ? "no frontend" : string.Join(", ", notified));
+            return notified;
+        }
+    }
+
     /// <summary>Starts serving an export on its socket. Errors: InvalidParams, AlreadyExists (name or socket),
     /// NotFound (disk), InUse (disk attached writable elsewhere and not shared), ResourceError (socket).
     /// On failure no socket file is left behind.</summary>

@@ -30,6 +30,21 @@ public sealed class BlockDeviceTests
     }
 
     [Fact]
+    public void A_block_device_grows_only_up_to_its_own_size_after_the_device_grew()
+    {
+        using var x = new ExportedLoop(Scratch);
+        var tooLarge = Assert.Throws<ArgumentException>(() => x.Disk.Resize(DeviceSize + Span));
+        Assert.Contains("grow it first", tooLarge.Message);
+        // What an administrator does: grow the device (here: its backing file, then losetup -c), then the disk.
+        using (var backing = File.OpenWrite(x.Loop.BackingFile)) backing.SetLength(DeviceSize + 2 * Span);
+        LoopDevice.Run("losetup", "-c", x.Loop.Device);
+        x.Disk.Resize(DeviceSize + Span);
+        Assert.Equal((ulong)(DeviceSize + Span), x.Disk.Info.SizeBytes);
+        Assert.Equal(BlockStatus.Ok, x.Run(BlockOperation.WriteZeroes, DeviceSize, Span));
+        Assert.Equal(BlockStatus.OutOfRange, x.Run(BlockOperation.WriteZeroes, DeviceSize + Span, 4096));
+    }
+
+    [Fact]
     public void Discard_gives_the_backing_files_blocks_back_and_keeps_the_data_around_it()
     {
         using var x = new ExportedLoop(Scratch);
