@@ -77,6 +77,8 @@ fi
 
 ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot guest-reboot)
 [[ "$kind" != scsi ]] || ALL_TESTS+=(scsi-luns)
+# Runtime management (disks and exports made over RPC while the target serves): BlkTarget only.
+[[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize)
 TESTS=()
 if [[ -n "$only" ]]; then
     IFS=, read -ra TESTS <<< "$only"
@@ -365,6 +367,57 @@ JSON
     fi
 }
 
+# --- runtime management: a target with no device, everything created over its RPC socket ----
+# Starts it (MGMT_PID, MGMT_RPC); returns non-zero when it did not come up.
+start_management_target() {
+    local log="$log_dir/target-mgmt.log"
+    MGMT_RPC="$WORK/mgmt-rpc.sock"
+    echo "+ ${TARGET_CMD[*]} serve --rpc-socket $MGMT_RPC" > "$log"
+    "${TARGET_CMD[@]}" serve --rpc-socket "$MGMT_RPC" </dev/null >>"$log" 2>&1 &
+    MGMT_PID=$!
+    local t0=$SECONDS
+    while [[ ! -S "$MGMT_RPC" ]] && kill -0 "$MGMT_PID" 2>/dev/null && (( SECONDS - t0 < 30 )); do sleep 0.1; done
+    [[ -S "$MGMT_RPC" ]] && return 0
+    tail -n 20 "$log" | sed 's/^/[target-mgmt] /'
+    return 1
+}
+
+mgmt() { "${TARGET_CMD[@]}" "$@" --rpc-socket "$MGMT_RPC" 2>&1 | tee -a "$log_dir/target-mgmt.cli.log" | sed 's/^/[rpc] /'; return "${PIPESTATUS[0]}"; }
+
+stop_management_target() {
+    local rc=0
+    kill -TERM "$MGMT_PID" 2>/dev/null || true
+    wait "$MGMT_PID" || rc=$?
+    [[ $rc -eq 0 ]] || { tail -n 20 "$log_dir/target-mgmt.log" | sed 's/^/[target-mgmt] /'; info "the management target exited with status $rc"; }
+}
+
+# disk-resize: the disk grows by RPC while the guest runs; the guest sees the new size by itself.
+run_disk_resize() {
+    local sock="$WORK/resize.sock" console="$log_dir/disk-resize.console.log"
+    if ! start_management_target; then fail disk-resize "the management target did not come up"; return; fi
+    if ! mgmt disk create --name d1 --backend ram:256M || ! mgmt export create-blk --name vm1 --socket "$sock" --disk d1 --queues "$queues"; then
+        fail disk-resize "creating the disk and export over RPC failed"
+        stop_management_target
+        return
+    fi
+    rm -f "$console"
+    # Resize once the guest says it is ready (its console is written as it runs).
+    (
+        t0=$SECONDS
+        until grep -aq "E2E-RESIZE-READY" "$console" 2>/dev/null; do
+            (( SECONDS - t0 < guest_timeout )) || exit 1
+            sleep 0.5
+        done
+        mgmt disk resize d1 384M
+    ) &
+    local watcher=$!
+    TEST_SOCK=$sock run_test disk-resize
+    kill "$watcher" 2>/dev/null || true
+    wait "$watcher" 2>/dev/null || true
+    mgmt disk list || true
+    stop_management_target
+}
+
 # --- main ---------------------------------------------------------------------------
 if start_target; then
     for t in "${TESTS[@]}"; do
@@ -373,6 +426,7 @@ if start_target; then
             ext4-verify-after-reboot)
                 if [[ " ${TESTS[*]} " == *" ext4-write "* ]]; then run_test "$t" ext4-write; else run_test "$t"; fi ;;
             scsi-luns) run_scsi_luns ;;
+            disk-resize) run_disk_resize ;;
             *) run_test "$t" ;;
         esac
     done
