@@ -15,6 +15,7 @@ public static class Program
             BenchCommand.Create(),
             ManagementCommands.Disk(),
             ManagementCommands.Export(),
+            ManagementCommands.Lun(),
             ManagementCommands.Config(),
         };
         var parse = root.Parse(args);

@@ -159,6 +159,9 @@ public sealed class ScsiLun
         Volatile.Write(ref counter, counter + delta);
     }
 
+    /// <summary>Commands of request queue <paramref name="queue"/> in flight on this LUN (read by that queue's reactor).</summary>
+    public long InFlightOn(int queue) => Volatile.Read(ref _inFlight[queue * CounterStride]);
+
     public long InFlight
     {
         get

@@ -56,7 +56,17 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
     private readonly ScsiDeviceContext _device;
     private readonly int _queue;
     private readonly Slot[] _slots;
-    private readonly IBlockChannel[] _channels;
+    /// <summary>Per LUN slot (<see cref="ScsiLun.Index"/>): this queue's channel to it, opened on first use, and the LUN
+    /// it was opened for (a slot is reused after a removal).</summary>
+    private readonly IBlockChannel?[] _channels = new IBlockChannel?[ScsiDeviceContext.MaxLuns];
+    private readonly ScsiLun?[] _owners = new ScsiLun?[ScsiDeviceContext.MaxLuns];
+    private readonly IoContext _io;
+    private readonly int _channelCapacity;
+    /// <summary>LUN removals waiting for this queue (<see cref="ReleaseLun"/>): from the management thread.</summary>
+    private readonly System.Collections.Concurrent.ConcurrentQueue<(ScsiLun Lun, CountdownEvent Done)> _releases = new();
+    /// <summary>Removals taken from <see cref="_releases"/> whose commands have not all completed yet.</summary>
+    private readonly List<(ScsiLun Lun, CountdownEvent Done)> _releasing = [];
+    private bool _disposed;
     private readonly byte[] _scratch;
     /// <summary>Per slot: a page the WRITE SAME block is repeated in (page aligned, so O_DIRECT needs no bounce),
     /// then <see cref="PieceIovecs"/> iovecs. Reserved up front and committed by the kernel only where a slot
@@ -71,18 +81,22 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         _queue = start.Index - VirtioScsi.FirstRequestQueue;
         _slots = new Slot[Ring.Size];
         _scratch = new byte[device.ScratchSize];
-        _channels = new IBlockChannel[device.Luns.Count];
-        // One page holds a whole number of blocks of every LUN (512 or 4096; larger blocks get a page each).
-        _patternBytes = (int)Math.Max(4096u, device.Luns.Max(l => l.Info.BlockSize));
+        _io = start.Io;
+        // One page holds a whole number of blocks of every LUN (512 or 4096, hot-added ones too).
+        _patternBytes = 4096;
         _patternStride = (nuint)((_patternBytes + PieceIovecs * sizeof(IoVec) + 4095) & ~4095);
         _patterns = MappedMemory.MapAnonymous((ulong)Ring.Size * _patternStride);
         try
         {
-            int capacity = (int)Ring.Size * (int)Math.Max(1u, ScsiLimits.For(512).MaxUnmapDescriptors);
-            for (int i = 0; i < _channels.Length; i++) _channels[i] = device.Luns[i].Backend.OpenChannel(start.Io, this, capacity);
+            _channelCapacity = (int)Ring.Size * (int)Math.Max(1u, ScsiLimits.For(512).MaxUnmapDescriptors);
+            // Registered before the table is read: a LUN removed meanwhile is either not in the table read below or
+            // released by this queue like by every other.
+            device.Register(this);
+            foreach (var lun in device.Luns) ChannelFor(lun);
         }
         catch
         {
+            device.Unregister(this);
             foreach (var c in _channels) c?.Dispose();
             _patterns.Dispose();
             base.Dispose();
@@ -189,7 +203,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         {
             slot.Lun = lun.Index;
             lun.AddInFlight(_queue, 1);
-            task.Channel = _channels[lun.Index];
+            task.Channel = _owners[lun.Index] == lun ? _channels[lun.Index]! : ChannelFor(lun);
             lun.Execute(ref task, target);
         }
         // Completions of submitted requests may already have arrived (synchronous backends): merge, do not overwrite.
@@ -211,7 +225,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
 
     protected override void CancelBackend()
     {
-        foreach (var channel in _channels) channel.Cancel();
+        foreach (var channel in _channels) channel?.Cancel();
     }
 
     public void SubmitRepeated(ushort tag, IBlockChannel channel, ReadOnlySpan<byte> block, ulong offset, ulong length, BlockRequestFlags flags)
@@ -272,7 +286,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         get
         {
             int sum = 0;
-            foreach (var channel in _channels) sum += channel.InFlight;
+            foreach (var channel in _channels) sum += channel?.InFlight ?? 0;
             return sum;
         }
     }
@@ -311,7 +325,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
     private void CompleteSlot(ushort head, ref Slot slot)
     {
         if (--slot.Pending > 0) return;
-        if (slot.Lun >= 0) _device.Luns[slot.Lun].AddInFlight(_queue, -1);
+        if (slot.Lun >= 0) _owners[slot.Lun]!.AddInFlight(_queue, -1);
         bool ok = slot.Response == VirtioScsi.Ok;
         bool good = ok && slot.Status == ScsiStatus.Good;
         ulong written = good ? slot.DataInWritten : 0;
@@ -358,14 +372,81 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
             ref Slot slot = ref _slots[i];
             if (slot.Pending <= 0) continue;
             slot.Pending = 0;
-            if (slot.Lun >= 0) _device.Luns[slot.Lun].AddInFlight(_queue, -1);
+            if (slot.Lun >= 0) _owners[slot.Lun]!.AddInFlight(_queue, -1);
         }
+    }
+
+    // ---- LUN hot-plug ----
+
+    /// <summary>This queue's channel to <paramref name="lun"/>, opened now if it has none (the LUN was hot-added
+    /// since the queue started; an allocation once per LUN and queue, not per command).</summary>
+    private IBlockChannel ChannelFor(ScsiLun lun)
+    {
+        int slot = lun.Index;
+        if (_owners[slot] is { } previous && previous != lun)
+            throw new InvalidOperationException($"LUN slot {slot} is reused while this queue still holds its previous LUN");
+        var channel = lun.Backend.OpenChannel(_io, this, _channelCapacity);
+        _channels[slot] = channel;
+        _owners[slot] = lun;
+        return channel;
+    }
+
+    /// <summary>
+    /// Management thread: <paramref name="lun"/> left the table. Once this queue's commands to it have completed
+    /// it closes its channel to it and signals <paramref name="done"/> (at once when it never opened one or has
+    /// stopped). The queue's reactor is woken to do it.
+    /// </summary>
+    internal void ReleaseLun(ScsiLun lun, CountdownEvent done)
+    {
+        lock (_releases)
+        {
+            if (_disposed)
+            {
+                done.Signal();
+                return;
+            }
+            _releases.Enqueue((lun, done));
+        }
+        _io.Wake();
+    }
+
+    protected override bool HasDeferredWork => !_releases.IsEmpty || _releasing.Count > 0;
+
+    protected override int PollDeferred()
+    {
+        if (_releases.IsEmpty && _releasing.Count == 0) return 0;
+        while (_releases.TryDequeue(out var release)) _releasing.Add(release);
+        int done = 0;
+        for (int i = _releasing.Count - 1; i >= 0; i--)
+        {
+            var (lun, signal) = _releasing[i];
+            int slot = lun.Index;
+            if (_owners[slot] == lun)
+            {
+                if (lun.InFlightOn(_queue) > 0 || _channels[slot]!.InFlight > 0) continue;
+                _channels[slot]!.Dispose();
+                _channels[slot] = null;
+                _owners[slot] = null;
+            }
+            _releasing.RemoveAt(i);
+            signal.Signal();
+            done++;
+        }
+        return done;
     }
 
     public override void Dispose()
     {
         ReleaseUnfinished();
         foreach (var channel in _channels) channel?.Dispose();
+        _device.Unregister(this);
+        lock (_releases)
+        {
+            _disposed = true;
+            while (_releases.TryDequeue(out var release)) release.Done.Signal();
+        }
+        foreach (var release in _releasing) release.Done.Signal();
+        _releasing.Clear();
         _patterns.Dispose();
         base.Dispose();
     }

@@ -100,6 +100,44 @@ public static class ManagementCommands
         return new Command("config", "The running target's configuration") { save };
     }
 
+    /// <summary>`blktarget lun add|remove`: SCSI LUN hot-plug on a running export.</summary>
+    public static Command Lun()
+    {
+        var export = new Option<string?>("--export") { Description = "The scsi export" };
+        var address = new Option<string?>("--lun") { Description = "TARGET:LUN, e.g. 0:1" };
+        var disk = new Option<string?>("--disk") { Description = "The disk behind the new LUN" };
+        var serial = new Option<string?>("--serial") { Description = "VPD 80h serial (default: EXPORT-TARGET-LUN)" };
+        var add = Client("add", "Hot-add a LUN to a running scsi export; the guest finds it without a rescan", "scsi_lun_add",
+            [export, address, disk, serial],
+            parse =>
+            {
+                var (t, l) = ParseAddress(Required(parse, address));
+                return new JsonObject
+                {
+                    ["export"] = Required(parse, export), ["target"] = t, ["lun"] = l, ["disk"] = Required(parse, disk), ["serial"] = parse.GetValue(serial),
+                };
+            },
+            (parse, _) => $"export {parse.GetValue(export)}: LUN {parse.GetValue(address)} added (disk {parse.GetValue(disk)})");
+        var exportR = new Option<string?>("--export") { Description = "The scsi export" };
+        var addressR = new Option<string?>("--lun") { Description = "TARGET:LUN, e.g. 0:1" };
+        var remove = Client("remove", "Hot-remove a LUN (its commands drain first; the guest drops it)", "scsi_lun_remove", [exportR, addressR],
+            parse =>
+            {
+                var (t, l) = ParseAddress(Required(parse, addressR));
+                return new JsonObject { ["export"] = Required(parse, exportR), ["target"] = t, ["lun"] = l };
+            },
+            (parse, _) => $"export {parse.GetValue(exportR)}: LUN {parse.GetValue(addressR)} removed");
+        return new Command("lun", "Hot-plug LUNs of a running scsi export") { add, remove };
+    }
+
+    private static (int Target, int Lun) ParseAddress(string text)
+    {
+        int colon = text.IndexOf(':');
+        if (colon < 0 || !int.TryParse(text[..colon], out int target) || !int.TryParse(text[(colon + 1)..], out int lun))
+            throw new ConfigurationException($"--lun: '{text}' is not TARGET:LUN, e.g. 0:1");
+        return (target, lun);
+    }
+
     private static Command ResizeCommand()
     {
         var name = new Argument<string>("NAME") { Description = "The disk" };

@@ -6,7 +6,8 @@ namespace BlkTarget.Management;
 /// <summary>An export being served: its spec, device model and the socket server frontends connect to.</summary>
 public sealed class ManagedExport(ExportSpec spec, IVhostUserDevice device, VhostUserServer server, int reactorOffset)
 {
-    public ExportSpec Spec { get; } = spec;
+    /// <summary>Replaced (under the model's lock) when LUNs are hot-plugged.</summary>
+    public ExportSpec Spec { get; set; } = spec;
     public IVhostUserDevice Device { get; } = device;
     public VhostUserServer Server { get; } = server;
     /// <summary>Where this export's queues start in the reactor round-robin.</summary>

@@ -16,6 +16,9 @@ namespace BlkTarget.Management;
 /// <item><c>export_delete {name}</c> → true (a connected frontend is drained, then disconnected)</item>
 /// <item><c>export_list {name?}</c> → [export]; export = {name, kind, socket, disk | luns, queues, serial, connected,
 /// sessions, queue_reactors: [reactor index per queue]}</item>
+/// <item><c>scsi_lun_add {export, target?=0, lun, disk, serial?, write_cache?=true}</c> → export (hot-plug: the guest
+/// is sent a RESCAN event)</item>
+/// <item><c>scsi_lun_remove {export, target?=0, lun}</c> → export (commands to it drain; the guest is sent REMOVED)</item>
 /// <item><c>config_save {path?}</c> → {path} (default: the file changes are persisted to)</item>
 /// </list>
 /// Sizes are bytes, or strings with binary units ("10G"). Errors: <see cref="RpcErrorCode"/>.
@@ -33,6 +36,8 @@ public sealed class ManagementMethods(ManagementService service)
         "export_create_scsi" => ExportCreateScsi(p),
         "export_delete" => Done(p, () => service.DeleteExport(p.RequiredString("name"))),
         "export_list" => ExportList(p),
+        "scsi_lun_add" => ScsiLunAdd(p),
+        "scsi_lun_remove" => ScsiLunRemove(p),
         "config_save" => ConfigSave(p),
         _ => throw new ManagementException(RpcErrorCode.MethodNotFound, $"no method {method}"),
     };
@@ -133,6 +138,32 @@ public sealed class ManagementMethods(ManagementService service)
         p.RejectUnknown();
         return Describe(service.CreateExport(spec));
     }
+
+    private JsonNode ScsiLunAdd(RpcParams p)
+    {
+        string export = p.RequiredString("export");
+        var lun = new ScsiLunSpec
+        {
+            Target = p.Int("target", 0), Lun = p.Int("lun", -1), Disk = p.RequiredString("disk"),
+            Serial = p.OptionalString("serial") ?? "", WriteCache = p.Bool("write_cache", true),
+        };
+        p.RejectUnknown();
+        if (lun.Lun < 0) throw new ManagementException(RpcErrorCode.InvalidParams, "parameter 'lun' is required");
+        service.AddLun(export, lun);
+        return DescribeExport(export);
+    }
+
+    private JsonNode ScsiLunRemove(RpcParams p)
+    {
+        string export = p.RequiredString("export");
+        int target = p.Int("target", 0), lun = p.Int("lun", -1);
+        p.RejectUnknown();
+        if (lun < 0) throw new ManagementException(RpcErrorCode.InvalidParams, "parameter 'lun' is required");
+        service.RemoveLun(export, target, lun);
+        return DescribeExport(export);
+    }
+
+    private JsonNode DescribeExport(string name) => Describe(service.Model.Exports.First(e => e.Spec.Name == name));
 
     private JsonNode ExportList(RpcParams p)
     {

@@ -89,6 +89,44 @@ public sealed class ManagementService(TargetModel model, ConfigStore store, stri
         }
     });
 
+    /// <summary>Hot-adds a LUN (<see cref="TargetModel.AddLun"/>); the new export spec is persisted before the guest sees it.</summary>
+    public void AddLun(string export, ScsiLunSpec lun) => Model.Serialised(() =>
+    {
+        Model.AddLun(export, lun, next => PersistExport(export, next));
+        return 0;
+    });
+
+    /// <summary>Hot-removes a LUN (<see cref="TargetModel.RemoveLun"/>); persisted before the guest loses it.</summary>
+    public void RemoveLun(string export, int target, int lun) => Model.Serialised(() =>
+    {
+        Model.RemoveLun(export, target, lun, next => PersistExport(export, next));
+        return 0;
+    });
+
+    /// <summary>Persists the model with export <paramref name="name"/> described by <paramref name="next"/>; returns
+    /// how to undo that if the change itself then fails.</summary>
+    private Action PersistExport(string name, ExportSpec next)
+    {
+        var export = Model.Exports.First(e => e.Spec.Name == name);
+        var old = export.Spec;
+        export.Spec = next;
+        try
+        {
+            Persist();
+        }
+        catch
+        {
+            export.Spec = old;
+            throw;
+        }
+        return () =>
+        {
+            export.Spec = old;
+            try { Persist(); }
+            catch (ManagementException) { }
+        };
+    }
+
     /// <summary>Writes the configuration to <paramref name="path"/>, or to <see cref="PersistPath"/> when null;
     /// returns the path written. Errors: InvalidParams (no path anywhere), PersistFailed.</summary>
     public string SaveConfig(string? path) => Model.Serialised(() =>

@@ -135,6 +135,92 @@ public sealed class TargetModel : IDisposable
         }
     }
 
+    /// <summary>
+    /// Hot-adds a LUN to a running scsi export (<see cref="ScsiDeviceContext.AddLun"/>: the guest is sent a RESCAN
+    /// event and finds the LUN without a manual rescan). Errors: NotFound (export or disk), InvalidParams (not a scsi
+    /// export, address taken or out of range, serial), InUse (disk attached writable elsewhere and not shared).
+    /// <paramref name="commit"/> runs after validation, before anything changes (persisting the new spec).
+    /// </summary>
+    public void AddLun(string exportName, ScsiLunSpec lunSpec, Func<ExportSpec, Action>? commit = null)
+    {
+        lock (_gate)
+        {
+            var export = FindScsiExport(exportName);
+            var disk = FindDisk(lunSpec.Disk);
+            var next = export.Spec with { Luns = [.. export.Spec.Luns, lunSpec] };
+            ValidateExport(next);
+            if (export.Spec.Luns.Any(l => l.Disk == disk.Spec.Name))
+                throw new ManagementException(RpcErrorCode.InvalidParams, $"export {exportName}: disk {disk.Spec.Name} already backs a LUN of it");
+            CheckAttachable(disk);
+            var undo = commit?.Invoke(next);
+            var device = (VirtioScsiDevice)export.Device;
+            string serial = lunSpec.Serial.Length > 0 ? lunSpec.Serial : $"{export.Spec.EffectiveSerial}-{lunSpec.Target}-{lunSpec.Lun}";
+            try
+            {
+                device.Context.AddLun(new ScsiLunDefinition((byte)lunSpec.Target, (ushort)lunSpec.Lun, disk.Backend, serial, lunSpec.WriteCache));
+            }
+            catch (ArgumentException e)
+            {
+                undo?.Invoke();
+                throw new ManagementException(RpcErrorCode.InvalidParams, $"export {exportName}: {e.Message}");
+            }
+            export.Spec = next;
+            disk.AttachedTo.Add(exportName);
+            _log.LogInformation("export {Name}: LUN {Target}:{Lun} added (disk {Disk})", exportName, lunSpec.Target, lunSpec.Lun, disk.Spec.Name);
+        }
+    }
+
+    /// <summary>
+    /// Hot-removes a LUN: commands to it drain, the guest is sent a REMOVED event, the disk is detached. Errors:
+    /// NotFound, InvalidParams (the export's last LUN), ResourceError (commands did not drain within the drain timeout:
+    /// the LUN is gone from the guest's view, the disk stays attached).
+    /// </summary>
+    public void RemoveLun(string exportName, int target, int lun, Func<ExportSpec, Action>? commit = null)
+    {
+        lock (_gate)
+        {
+            var export = FindScsiExport(exportName);
+            var spec = export.Spec.Luns.FirstOrDefault(l => l.Target == target && l.Lun == lun)
+                ?? throw new ManagementException(RpcErrorCode.NotFound, $"export {exportName} has no LUN {target}:{lun}");
+            if (export.Spec.Luns.Count == 1)
+                throw new ManagementException(RpcErrorCode.InvalidParams, $"LUN {target}:{lun} is export {exportName}'s last; delete the export instead");
+            var next = export.Spec with { Luns = export.Spec.Luns.Where(l => l != spec).ToList() };
+            var undo = commit?.Invoke(next);
+            var device = (VirtioScsiDevice)export.Device;
+            try
+            {
+                device.Context.RemoveLun((byte)target, (ushort)lun, _sessionOptions.DrainTimeout);
+            }
+            catch (ArgumentException e)
+            {
+                undo?.Invoke();
+                throw new ManagementException(RpcErrorCode.InvalidParams, $"export {exportName}: {e.Message}");
+            }
+            catch (TimeoutException e)
+            {
+                export.Spec = next;
+                throw new ManagementException(RpcErrorCode.ResourceError, $"export {exportName}: {e.Message}");
+            }
+            export.Spec = next;
+            _disks[spec.Disk].AttachedTo.Remove(exportName);
+            _log.LogInformation("export {Name}: LUN {Target}:{Lun} removed (disk {Disk})", exportName, target, lun, spec.Disk);
+        }
+    }
+
+    private ManagedExport FindScsiExport(string name)
+    {
+        if (!_exports.TryGetValue(name, out var export)) throw new ManagementException(RpcErrorCode.NotFound, $"no export {name}");
+        if (export.Spec.Kind != "scsi") throw new ManagementException(RpcErrorCode.InvalidParams, $"export {name} is not a scsi export");
+        return export;
+    }
+
+    private static void CheckAttachable(ManagedDisk disk)
+    {
+        if (disk.Spec.ReadOnly || disk.Spec.Shared || disk.AttachedTo.Count == 0) return;
+        throw new ManagementException(RpcErrorCode.InUse,
+            $"disk {disk.Spec.Name} is attached writable to export {disk.AttachedTo[0]}; a disk goes to one export at a time unless created shared");
+    }
+
     /// <summary>Starts serving an export on its socket. Errors: InvalidParams, AlreadyExists (name or socket),
     /// NotFound (disk), InUse (disk attached writable elsewhere and not shared), ResourceError (socket).
     /// On failure no socket file is left behind.</summary>
@@ -151,14 +237,7 @@ public sealed class TargetModel : IDisposable
             var disks = spec.DiskNames.Select(FindDisk).ToList();
             if (disks.Select(d => d.Spec.Name).Distinct().Count() != disks.Count)
                 throw new ManagementException(RpcErrorCode.InvalidParams, $"export {spec.Name}: a disk backs two LUNs");
-            foreach (var disk in disks)
-            {
-                if (disk.Spec.ReadOnly || disk.Spec.Shared) continue;
-                var writers = disk.AttachedTo;
-                if (writers.Count > 0)
-                    throw new ManagementException(RpcErrorCode.InUse,
-                        $"disk {disk.Spec.Name} is attached writable to export {writers[0]}; a disk goes to one export at a time unless created shared");
-            }
+            foreach (var disk in disks) CheckAttachable(disk);
             var log = _loggers.CreateLogger($"device.{spec.Name}");
             IVhostUserDevice device = BuildDevice(spec, disks, log);
             VhostUserServer server;
