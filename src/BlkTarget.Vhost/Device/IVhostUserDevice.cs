@@ -69,4 +69,8 @@ public interface IVhostUserDevice
     /// copy of the writeback byte across a guest reboot).
     /// </summary>
     void Reset();
+
+    /// <summary>A frontend connected: session <paramref name="session"/> (1, 2, ... per listening socket) begins. Called
+    /// before its first message. SCSI devices start a new I_T nexus per session.</summary>
+    void Connected(int session) { }
 }

@@ -18,14 +18,15 @@ public sealed class ScsiDeviceContext
             for (int i = 0; i < ordered.Length; i++)
             {
                 var d = ordered[i];
-                members[i] = new ScsiLun(luns.Count + i, d.Target, d.Lun, d.Backend, name, d.Serial, d.WriteCache, options.RequestQueues);
+                members[i] = new ScsiLun(luns.Count + i, d.Target, d.Lun, d.Backend, name, d.Serial, d.WriteCache, options.RequestQueues,
+                    d.Shared ?? new SharedLogicalUnit($"{name}-{d.Target}-{d.Lun}"));
             }
             luns.AddRange(members);
             _targets[group.Key] = new ScsiTargetNode(group.Key, members);
         }
         Luns = luns;
         Config = new ScsiConfigSpace(options, definitions.Max(d => d.Target), definitions.Max(d => d.Lun));
-        ScratchSize = Math.Max(Math.Max(4096, SupportedOpcodes.MaxLength), 8 + 8 * definitions.GroupBy(d => d.Target).Max(g => g.Count()));
+        ScratchSize = Math.Max(Math.Max(Math.Max(4096, SupportedOpcodes.MaxLength), PersistentReservations.MaxInLength), 8 + 8 * definitions.GroupBy(d => d.Target).Max(g => g.Count()));
     }
 
     public string Name { get; }
@@ -36,6 +37,13 @@ public sealed class ScsiDeviceContext
     public int ScratchSize { get; }
 
     public ScsiTargetNode? FindTarget(byte target) => _targets[target];
+
+    /// <summary>A frontend connected (session <paramref name="session"/> of this export): every LUN is reached through
+    /// a new I_T nexus from now on. Called before any of its queues starts.</summary>
+    public void Connected(int session)
+    {
+        foreach (var lun in Luns) lun.BeginNexus(session);
+    }
 
     /// <summary>Device reset (no queue running): what the guest changed (sense/CDB sizes, each LUN's WCE, a stopped
     /// LUN) returns to the configured defaults.</summary>

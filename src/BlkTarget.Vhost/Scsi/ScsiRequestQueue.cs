@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using BlkTarget.Storage;
 using BlkTarget.Storage.Interop;
+using BlkTarget.Storage.Offload;
 using BlkTarget.Vhost.Blk;
 using BlkTarget.Vhost.Device;
 using BlkTarget.Vhost.Queues;
@@ -57,6 +58,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
     private readonly int _queue;
     private readonly Slot[] _slots;
     private readonly IBlockChannel[] _channels;
+    private readonly BlockingJobChannel _jobs;
     private readonly byte[] _scratch;
     /// <summary>Per slot: a page the WRITE SAME block is repeated in (page aligned, so O_DIRECT needs no bounce),
     /// then <see cref="PieceIovecs"/> iovecs. Reserved up front and committed by the kernel only where a slot
@@ -76,6 +78,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         _patternBytes = (int)Math.Max(4096u, device.Luns.Max(l => l.Info.BlockSize));
         _patternStride = (nuint)((_patternBytes + PieceIovecs * sizeof(IoVec) + 4095) & ~4095);
         _patterns = MappedMemory.MapAnonymous((ulong)Ring.Size * _patternStride);
+        _jobs = new BlockingJobChannel(start.Io, this);
         try
         {
             int capacity = (int)Ring.Size * (int)Math.Max(1u, ScsiLimits.For(512).MaxUnmapDescriptors);
@@ -84,6 +87,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         catch
         {
             foreach (var c in _channels) c?.Dispose();
+            _jobs.Dispose();
             _patterns.Dispose();
             base.Dispose();
             throw;
@@ -209,6 +213,14 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         channel.Submit(request);
     }
 
+    public void SubmitBlocking(ushort tag, BlockingJobQueue queue, IBlockingJob job)
+    {
+        ref Slot slot = ref _slots[tag];
+        slot.Pending++;
+        slot.Operation = BlockOperation.Write;
+        _jobs.Run(queue, tag, job);
+    }
+
     protected override void CancelBackend()
     {
         foreach (var channel in _channels) channel.Cancel();
@@ -271,7 +283,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
     {
         get
         {
-            int sum = 0;
+            int sum = _jobs.InFlight;
             foreach (var channel in _channels) sum += channel.InFlight;
             return sum;
         }
@@ -366,6 +378,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
     {
         ReleaseUnfinished();
         foreach (var channel in _channels) channel?.Dispose();
+        _jobs.Dispose();
         _patterns.Dispose();
         base.Dispose();
     }

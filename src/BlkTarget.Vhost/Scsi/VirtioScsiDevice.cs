@@ -44,4 +44,6 @@ public sealed class VirtioScsiDevice : IVhostUserDevice
     };
 
     public void Reset() => Context.Reset();
+
+    public void Connected(int session) => Context.Connected(session);
 }
