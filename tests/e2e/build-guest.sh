@@ -55,7 +55,7 @@ WANTED_MODULES=(
     ext4
 )
 
-for c in apt-get apt-cache dpkg dpkg-query depmod cpio gzip busybox fio mke2fs e2fsck ldd flock sha256sum; do
+for c in apt-get apt-cache dpkg dpkg-query depmod cpio gzip busybox fio mke2fs e2fsck sg_persist sg_compare_and_write ldd flock sha256sum; do
     command -v "$c" >/dev/null 2>&1 || die "'$c' not found; run tests/e2e/install-deps.sh"
 done
 
@@ -85,7 +85,7 @@ if [[ -z "$KVER" ]]; then
 fi
 
 # Cache key: this script + the host packages whose binaries/libraries we copy.
-pkg_versions=$(dpkg-query -W -f='${Package}=${Version}\n' busybox-static fio e2fsprogs libc6 2>/dev/null || true)
+pkg_versions=$(dpkg-query -W -f='${Package}=${Version}\n' busybox-static fio e2fsprogs libc6 sg3-utils 2>/dev/null || true)
 HASH=$( { cat "$0"; echo "$pkg_versions"; } | sha256sum | cut -c1-12)
 
 if [[ -z "$KVER" ]]; then
@@ -205,6 +205,7 @@ copy_bin() {
 copy_bin "$(command -v fio)" usr/bin/fio
 copy_bin "$(command -v mke2fs)" sbin/mke2fs
 copy_bin "$(command -v e2fsck)" sbin/e2fsck
+for t in sg_persist sg_compare_and_write sg_inq sg_opcodes; do copy_bin "$(command -v "$t")" "usr/bin/$t"; done
 for l in mkfs.ext4 mkfs.ext2; do rm -f "$S/sbin/$l"; ln -s mke2fs "$S/sbin/$l"; done
 for l in fsck.ext4 fsck.ext2; do rm -f "$S/sbin/$l"; ln -s e2fsck "$S/sbin/$l"; done
 [[ -f /etc/mke2fs.conf ]] && cp /etc/mke2fs.conf "$S/etc/mke2fs.conf"

@@ -39,6 +39,9 @@
 #                              file with three LUNs on two targets: all appear as disks
 #                              with the right sizes/serials/identifiers, fio verify on two
 #                              at once, ext4, UNMAP, MODE SELECT, a read-only LUN
+#   scsi-pr                    (--kind scsi only) persistent reservations with sg_persist on
+#                              /dev/sda: register, reserve, read keys/reservation/full status,
+#                              report capabilities, conflicts, release, unregister
 #   target-shutdown            SIGTERM: the target exits 0 and removes its socket
 # Output: one "e2e PASS <name>" / "e2e FAIL <name>" line per test, then exactly one
 # "e2e: N passed, M failed" line. Exit status is non-zero if anything failed.
@@ -76,7 +79,7 @@ if [[ "$target" == qsd && "$kind" == scsi ]]; then
 fi
 
 ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot guest-reboot)
-[[ "$kind" != scsi ]] || ALL_TESTS+=(scsi-luns)
+[[ "$kind" != scsi ]] || ALL_TESTS+=(scsi-luns scsi-pr)
 # Runtime management (disks and exports made over RPC while the target serves): BlkTarget only.
 [[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize)
 TESTS=()

@@ -77,4 +77,8 @@ public interface IVhostUserDevice
     /// an event) return false. Called on the management thread.
     /// </summary>
     bool MediumResized(IBlockDevice backend);
+
+    /// <summary>A frontend connected: session <paramref name="session"/> (1, 2, ... per listening socket) begins. Called
+    /// before its first message. SCSI devices start a new I_T nexus per session.</summary>
+    void Connected(int session) { }
 }

@@ -94,6 +94,7 @@ public sealed class VhostUserServer : IDisposable
         using var connection = new VhostUserConnection(client);
         _current = connection;
         _log.LogInformation("{Device}: frontend connected (session {Session})", _device.Name, number);
+        _device.Connected(number);
         var session = new VhostUserSession(_device, connection, _reactors, _deviceOffset, _log, _sessionOptions);
         _session = session;
         try

@@ -22,6 +22,7 @@ public static class ScsiOp
     public const byte PersistentReserveIn = 0x5e;
     public const byte PersistentReserveOut = 0x5f;
     public const byte Read16 = 0x88;
+    public const byte CompareAndWrite = 0x89;
     public const byte Write16 = 0x8a;
     public const byte SynchronizeCache16 = 0x91;
     public const byte WriteSame16 = 0x93;
@@ -68,4 +69,5 @@ public static class SenseKey
     public const byte UnitAttention = 0x6;
     public const byte DataProtect = 0x7;
     public const byte AbortedCommand = 0xb;
+    public const byte Miscompare = 0xe;
 }

@@ -30,11 +30,12 @@ public sealed class ScsiDeviceContext
         }
         _table = new ScsiLunTable(luns);
         Config = new ScsiConfigSpace(options, definitions.Max(d => d.Target), definitions.Max(d => d.Lun));
-        ScratchSize = Math.Max(Math.Max(4096, SupportedOpcodes.MaxLength), 8 + 8 * MaxLuns);
+        ScratchSize = Math.Max(Math.Max(Math.Max(4096, SupportedOpcodes.MaxLength), PersistentReservations.MaxInLength), 8 + 8 * MaxLuns);
     }
 
     private ScsiLun NewLun(int slot, ScsiLunDefinition d) =>
-        new(slot, d.Target, d.Lun, d.Backend, Name, d.Serial, d.WriteCache, Options.RequestQueues);
+        new(slot, d.Target, d.Lun, d.Backend, Name, d.Serial, d.WriteCache, Options.RequestQueues,
+            d.Shared ?? new SharedLogicalUnit($"{Name}-{d.Target}-{d.Lun}"));
 
     public string Name { get; }
     public ScsiOptions Options { get; }
@@ -47,6 +48,19 @@ public sealed class ScsiDeviceContext
     public int ScratchSize { get; }
 
     public ScsiTargetNode? FindTarget(byte target) => _table.FindTarget(target);
+
+    /// <summary>A frontend connected (session <paramref name="session"/> of this export): every LUN is reached through
+    /// a new I_T nexus from now on. Called before any of its queues starts.</summary>
+    public void Connected(int session)
+    {
+        lock (_gate)
+        {
+            _session = session;
+            foreach (var lun in Luns) lun.BeginNexus(session);
+        }
+    }
+
+    private int _session;
 
     /// <summary>Device reset (no queue running): what the guest changed (sense/CDB sizes, each LUN's WCE, a stopped
     /// LUN) returns to the configured defaults.</summary>
@@ -78,6 +92,7 @@ public sealed class ScsiDeviceContext
             int slot = Array.IndexOf(_slotUsed, false);
             if (slot < 0) throw new ArgumentException($"an export has at most {MaxLuns} LUNs");
             var lun = NewLun(slot, definition);
+            if (_session > 0) lun.BeginNexus(_session);
             _slotUsed[slot] = true;
             _table = new ScsiLunTable([.. table.Luns, lun]);
             AnnounceChange(lun, ScsiEvent.LunAdded(lun.Target, lun.Lun));

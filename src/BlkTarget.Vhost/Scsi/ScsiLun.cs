@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Text;
 using BlkTarget.Storage;
+using BlkTarget.Vhost.Scsi.Reservations;
 
 namespace BlkTarget.Vhost.Scsi;
 
@@ -43,9 +44,18 @@ public sealed class ScsiLun
     /// (the completion is published after the write, the next request read after the guest's), and commands that
     /// race with it are unordered anyway (SAM-5: SIMPLE tasks).</summary>
     private volatile bool _stopped;
+    private readonly string _deviceName;
+    private readonly PersistentReservationState _reservations;
+    /// <summary>The I_T nexus of the connected frontend (a new one per session).</summary>
+    private volatile ScsiNexus _nexus;
 
-    public ScsiLun(int index, byte target, ushort lun, IBlockDevice backend, string deviceName, string serial, bool writeCache, int requestQueues)
+    public ScsiLun(int index, byte target, ushort lun, IBlockDevice backend, string deviceName, string serial, bool writeCache, int requestQueues,
+        SharedLogicalUnit shared)
     {
+        Shared = shared;
+        _reservations = shared.Reservations;
+        _deviceName = deviceName;
+        _nexus = ScsiNexus.ForSession(deviceName, 0, this);
         Index = index;
         Target = target;
         Lun = lun;
@@ -81,6 +91,19 @@ public sealed class ScsiLun
     public bool ReadOnly => Info.ReadOnly;
     public ulong NaaIdentifier { get; }
     public bool DefaultWriteCache { get; }
+    /// <summary>The logical unit state every export of this disk shares (persistent reservations).</summary>
+    public SharedLogicalUnit Shared { get; }
+    /// <summary>The I_T nexus commands to this LUN come on now.</summary>
+    public ScsiNexus Nexus => _nexus;
+
+    /// <summary>Session <paramref name="session"/> of the export begins: a new I_T nexus; the previous one keeps its
+    /// registrations (SPC-4: they survive the loss of the nexus) but no connection.</summary>
+    public void BeginNexus(int session)
+    {
+        var previous = _nexus;
+        _nexus = ScsiNexus.ForSession(_deviceName, session, this);
+        previous.Detach();
+    }
 
     /// <summary>WCE of the caching mode page: off makes every write FUA. The guest's MODE SELECT choice lasts
     /// until <see cref="ResetWriteCache"/> (device reset).</summary>
@@ -148,6 +171,14 @@ public sealed class ScsiLun
         }
     }
 
+    private bool TakeAnyAttention(Reservations.ScsiNexus nexus, out SenseCode sense)
+    {
+        if (TakeAttention(out sense)) return true;
+        if (!nexus.HasUnitAttention) return false;
+        sense = nexus.TakeUnitAttention();
+        return sense != SenseCode.None;
+    }
+
     /// <summary>Clears the attention conditions a device reset (a new initiator) makes moot.</summary>
     public void ClearAttentions() => Volatile.Write(ref _attentions, 0);
 
@@ -191,12 +222,19 @@ public sealed class ScsiLun
             task.Fail(SenseCode.InvalidFieldInCdb);
             return;
         }
-        // SAM-5 5.14: a pending unit attention ends the next command (INQUIRY and REPORT LUNS excepted; REQUEST
-        // SENSE returns it as its data), once per condition.
-        if (opcode is not (ScsiOp.Inquiry or ScsiOp.ReportLuns) && TakeAttention(out var attention))
+        var nexus = _nexus;
+        // SAM-5 5.14: a pending unit attention is reported by the next command other than INQUIRY, REPORT LUNS and
+        // REQUEST SENSE (which returns it as its data), and cleared: the LUN's own conditions (capacity, LUN
+        // inventory: established for the export's one nexus) first, then the nexus's reservation ones.
+        if (opcode is not (ScsiOp.Inquiry or ScsiOp.ReportLuns) && TakeAnyAttention(nexus, out var attention))
         {
             if (opcode == ScsiOp.RequestSense) RequestSense(ref task, attention);
             else task.Fail(attention);
+            return;
+        }
+        if (_reservations.Current.Conflicts(nexus, cdb))
+        {
+            task.Status = ScsiStatus.ReservationConflict;
             return;
         }
         if (_stopped && AccessesMedium(opcode))
@@ -258,10 +296,10 @@ public sealed class ScsiLun
                 else SupportedOpcodes.Report(ref task);
                 return;
             case ScsiOp.PersistentReserveIn:
-                PersistentReservations.In(ref task);
+                PersistentReservations.In(ref task, _reservations);
                 return;
             case ScsiOp.PersistentReserveOut:
-                PersistentReservations.Out(ref task);
+                PersistentReservations.Out(ref task, Shared, nexus);
                 return;
             default:
                 task.Fail(SenseCode.InvalidOpcode);

@@ -2,8 +2,10 @@ using BlkTarget.Storage;
 
 namespace BlkTarget.Vhost.Scsi;
 
-/// <summary>One LUN of a virtio-scsi export: where it is addressed and the backend behind it.</summary>
-public sealed record ScsiLunDefinition(byte Target, ushort Lun, IBlockDevice Backend, string Serial, bool WriteCache = true);
+/// <summary>One LUN of a virtio-scsi export: where it is addressed, the backend behind it and the logical unit state
+/// it shares with every other export of the same disk (<see cref="SharedLogicalUnit"/>; null: a private one).</summary>
+public sealed record ScsiLunDefinition(byte Target, ushort Lun, IBlockDevice Backend, string Serial, bool WriteCache = true,
+    SharedLogicalUnit? Shared = null);
 
 /// <summary>How one vhost-user-scsi export presents itself to the guest.</summary>
 public sealed record ScsiOptions

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using BlkTarget.Storage;
 using BlkTarget.Storage.Interop;
+using BlkTarget.Storage.Offload;
 using BlkTarget.Vhost.Blk;
 using BlkTarget.Vhost.Device;
 using BlkTarget.Vhost.Queues;
@@ -67,6 +68,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
     /// <summary>Removals taken from <see cref="_releases"/> whose commands have not all completed yet.</summary>
     private readonly List<(ScsiLun Lun, CountdownEvent Done)> _releasing = [];
     private bool _disposed;
+    private readonly BlockingJobChannel _jobs;
     private readonly byte[] _scratch;
     /// <summary>Per slot: a page the WRITE SAME block is repeated in (page aligned, so O_DIRECT needs no bounce),
     /// then <see cref="PieceIovecs"/> iovecs. Reserved up front and committed by the kernel only where a slot
@@ -86,6 +88,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         _patternBytes = 4096;
         _patternStride = (nuint)((_patternBytes + PieceIovecs * sizeof(IoVec) + 4095) & ~4095);
         _patterns = MappedMemory.MapAnonymous((ulong)Ring.Size * _patternStride);
+        _jobs = new BlockingJobChannel(start.Io, this);
         try
         {
             _channelCapacity = (int)Ring.Size * (int)Math.Max(1u, ScsiLimits.For(512).MaxUnmapDescriptors);
@@ -98,6 +101,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         {
             device.Unregister(this);
             foreach (var c in _channels) c?.Dispose();
+            _jobs.Dispose();
             _patterns.Dispose();
             base.Dispose();
             throw;
@@ -223,6 +227,14 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         channel.Submit(request);
     }
 
+    public void SubmitBlocking(ushort tag, BlockingJobQueue queue, IBlockingJob job)
+    {
+        ref Slot slot = ref _slots[tag];
+        slot.Pending++;
+        slot.Operation = BlockOperation.Write;
+        _jobs.Run(queue, tag, job);
+    }
+
     protected override void CancelBackend()
     {
         foreach (var channel in _channels) channel?.Cancel();
@@ -285,7 +297,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
     {
         get
         {
-            int sum = 0;
+            int sum = _jobs.InFlight;
             foreach (var channel in _channels) sum += channel?.InFlight ?? 0;
             return sum;
         }
@@ -447,6 +459,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         }
         foreach (var release in _releasing) release.Done.Signal();
         _releasing.Clear();
+        _jobs.Dispose();
         _patterns.Dispose();
         base.Dispose();
     }

@@ -1,4 +1,5 @@
 using BlkTarget.Storage;
+using BlkTarget.Storage.Offload;
 
 namespace BlkTarget.Vhost.Scsi;
 
@@ -12,6 +13,10 @@ public interface IScsiBlockSubmitter
     /// [<paramref name="offset"/>, +<paramref name="length"/>) on <paramref name="channel"/>, in as many write
     /// requests as it takes; the command finishes when the last one completes or one fails.</summary>
     void SubmitRepeated(ushort tag, IBlockChannel channel, ReadOnlySpan<byte> block, ulong offset, ulong length, BlockRequestFlags flags);
+
+    /// <summary>Runs <paramref name="job"/> on <paramref name="queue"/>'s helper thread; the command finishes when it
+    /// returned (a failure is a MEDIUM ERROR, WRITE ERROR).</summary>
+    void SubmitBlocking(ushort tag, BlockingJobQueue queue, IBlockingJob job);
 }
 
 /// <summary>
@@ -120,6 +125,14 @@ public unsafe ref struct ScsiTask
         Submitted++;
         Operation = BlockOperation.Write;
         Submitter!.SubmitRepeated(Tag, Channel!, block, offset, length, flags);
+    }
+
+    /// <summary>Blocking work the command waits for (PERSISTENT RESERVE OUT with APTPL or PREEMPT AND ABORT).</summary>
+    public void SubmitBlocking(BlockingJobQueue queue, IBlockingJob job)
+    {
+        Submitted++;
+        Operation = BlockOperation.Write;
+        Submitter!.SubmitBlocking(Tag, queue, job);
     }
 
     /// <summary>Cuts an iovec run to exactly <paramref name="bytes"/> (which must not exceed its total); returns

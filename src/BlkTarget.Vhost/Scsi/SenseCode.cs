@@ -22,12 +22,30 @@ public readonly record struct SenseCode(byte Key, byte Asc, byte Ascq)
     public static readonly SenseCode UnrecoveredReadError = new(SenseKey.MediumError, 0x11, 0x00);
     public static readonly SenseCode WriteError = new(SenseKey.MediumError, 0x0c, 0x00);
     public static readonly SenseCode MediumErrorGeneric = new(SenseKey.MediumError, 0x00, 0x00);
+    /// <summary>ILLEGAL REQUEST, INVALID RELEASE OF PERSISTENT RESERVATION (SPC-4 5.14.11.2.3: TYPE or SCOPE differ).</summary>
+    public static readonly SenseCode InvalidReleaseOfPersistentReservation = new(SenseKey.IllegalRequest, 0x26, 0x04);
+    /// <summary>ILLEGAL REQUEST, INSUFFICIENT REGISTRATION RESOURCES (SPC-4 5.14.7).</summary>
+    public static readonly SenseCode InsufficientRegistrationResources = new(SenseKey.IllegalRequest, 0x55, 0x04);
+    /// <summary>UNIT ATTENTION, RESERVATIONS PREEMPTED (CLEAR by another I_T nexus).</summary>
+    public static readonly SenseCode ReservationsPreempted = new(SenseKey.UnitAttention, 0x2a, 0x03);
+    /// <summary>UNIT ATTENTION, RESERVATIONS RELEASED (a registrants-only or all-registrants reservation released, or
+    /// a reservation's type changed by a PREEMPT).</summary>
+    public static readonly SenseCode ReservationsReleased = new(SenseKey.UnitAttention, 0x2a, 0x04);
+    /// <summary>UNIT ATTENTION, REGISTRATIONS PREEMPTED (the nexus's registration removed by PREEMPT).</summary>
+    public static readonly SenseCode RegistrationsPreempted = new(SenseKey.UnitAttention, 0x2a, 0x05);
+    /// <summary>MISCOMPARE, MISCOMPARE DURING VERIFY OPERATION (COMPARE AND WRITE, SBC-3 5.2); INFORMATION holds the
+    /// offset of the first differing byte.</summary>
+    public static readonly SenseCode MiscompareDuringVerify = new(SenseKey.Miscompare, 0x1d, 0x00);
+
+    /// <summary>The INFORMATION field (fixed format bytes 3-6, with VALID set) when not null: COMPARE AND WRITE's
+    /// offset of the first differing byte.</summary>
+    public uint? Information { get; init; }
 
     /// <summary>Length of the fixed-format sense data we build.</summary>
     public const int FixedLength = 18;
 
     /// <summary>
-    /// Writes fixed-format sense data (SPC-4 4.5.3): response code 70h (current error), the sense key, additional
+    /// Writes fixed-format sense data (SPC-4 4.5.3): response code 70h (current error; F0h with VALID and INFORMATION), the sense key, additional
     /// sense length 10, ASC/ASCQ. Returns the bytes written (at most <see cref="FixedLength"/>, fewer if the
     /// destination is shorter).
     /// </summary>
@@ -36,6 +54,11 @@ public readonly record struct SenseCode(byte Key, byte Asc, byte Ascq)
         Span<byte> sense = stackalloc byte[FixedLength];
         sense.Clear();
         sense[0] = 0x70;
+        if (Information is uint information)
+        {
+            sense[0] |= 0x80;
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(sense[3..], information);
+        }
         sense[2] = (byte)(Key & 0x0f);
         sense[7] = FixedLength - 8;
         sense[12] = Asc;

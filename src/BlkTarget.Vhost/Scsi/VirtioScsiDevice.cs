@@ -61,4 +61,6 @@ public sealed class VirtioScsiDevice : IVhostUserDevice
         }
         return false;
     }
+
+    public void Connected(int session) => Context.Connected(session);
 }

@@ -18,23 +18,12 @@ public sealed class ConfigStore(TargetSettings settings)
     public void Save(TargetModel model, string path, string? withoutDisk = null, string? withoutExport = null)
     {
         string json = Render(model, withoutDisk, withoutExport);
-        string full = Path.GetFullPath(path);
-        string directory = Path.GetDirectoryName(full)!;
-        string temporary = Path.Combine(directory, $".{Path.GetFileName(full)}.tmp-{Environment.ProcessId}");
         try
         {
-            using (var stream = new FileStream(temporary, FileMode.Create, FileAccess.Write, FileShare.None))
-            {
-                stream.Write(System.Text.Encoding.UTF8.GetBytes(json));
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temporary, full, overwrite: true);
-            DirectorySync.Fsync(directory);
+            DurableFile.Replace(path, System.Text.Encoding.UTF8.GetBytes(json));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            try { File.Delete(temporary); }
-            catch (IOException) { }
             throw new ManagementException(RpcErrorCode.PersistFailed, $"cannot write config file {path}: {e.Message}");
         }
     }

@@ -2,6 +2,8 @@ using BlkTarget.Storage;
 using BlkTarget.Storage.Image;
 using BlkTarget.Storage.RawFile;
 using BlkTarget.Storage.Ram;
+using BlkTarget.Vhost.Scsi;
+using BlkTarget.Vhost.Scsi.Reservations;
 using Microsoft.Extensions.Logging;
 
 namespace BlkTarget.Management;
@@ -48,6 +50,25 @@ public static class DiskOpener
         {
             if (created) RemoveCreated(spec);
             throw new ManagementException(RpcErrorCode.ResourceError, $"disk {spec.Name}: {e.Message}");
+        }
+    }
+
+    /// <summary>
+    /// The SCSI logical unit state of the disk: file and image disks keep APTPL reservations in the sidecar
+    /// <c>PATH.pr</c> (<see cref="ReservationSidecar"/>) and get back what it holds; RAM disks have none (their data
+    /// does not survive a restart either), so APTPL 1 is refused on them. Throws <see cref="ManagementException"/>
+    /// <see cref="RpcErrorCode.ResourceError"/> when the sidecar cannot be read or is damaged.
+    /// </summary>
+    public static SharedLogicalUnit OpenLogicalUnit(DiskSpec spec)
+    {
+        var sidecar = spec.Backend.Kind is "file" or "image" && spec.Backend.Path is { } path ? ReservationSidecar.For(path) : null;
+        try
+        {
+            return new SharedLogicalUnit(spec.Name, sidecar);
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
+        {
+            throw new ManagementException(RpcErrorCode.ResourceError, $"disk {spec.Name}: persistent reservations: {e.Message}");
         }
     }
 

@@ -66,7 +66,17 @@ public sealed class TargetModel : IDisposable
                 && _disks.Values.FirstOrDefault(d => d.Spec.Backend.Path is { } p && Path.GetFullPath(p) == Path.GetFullPath(path)) is { } same)
                 throw new ManagementException(RpcErrorCode.AlreadyExists, $"{path} is disk {same.Spec.Name}'s; a file backs one disk (create that disk shared to export it twice)");
             var backend = DiskOpener.Open(spec, _loggers.CreateLogger($"disk.{spec.Name}"));
-            var disk = new ManagedDisk(spec, backend);
+            SharedLogicalUnit logicalUnit;
+            try
+            {
+                logicalUnit = DiskOpener.OpenLogicalUnit(spec);
+            }
+            catch
+            {
+                backend.Dispose();
+                throw;
+            }
+            var disk = new ManagedDisk(spec, backend, logicalUnit);
             _disks.Add(spec.Name, disk);
             _diskOrder.Add(spec.Name);
             _log.LogInformation("disk {Name}: {Backend}, {Size} bytes, block size {BlockSize}{ReadOnly}{Shared}", spec.Name, spec.Backend,
@@ -90,6 +100,7 @@ public sealed class TargetModel : IDisposable
             _disks.Remove(name);
             _diskOrder.Remove(name);
             disk.Backend.Dispose();
+            disk.LogicalUnit.Dispose();
             if (removeCreatedFile) DiskOpener.RemoveCreated(disk.Spec);
             _log.LogInformation("disk {Name}: deleted", name);
         }
@@ -157,7 +168,7 @@ public sealed class TargetModel : IDisposable
             string serial = lunSpec.Serial.Length > 0 ? lunSpec.Serial : $"{export.Spec.EffectiveSerial}-{lunSpec.Target}-{lunSpec.Lun}";
             try
             {
-                device.Context.AddLun(new ScsiLunDefinition((byte)lunSpec.Target, (ushort)lunSpec.Lun, disk.Backend, serial, lunSpec.WriteCache));
+                device.Context.AddLun(new ScsiLunDefinition((byte)lunSpec.Target, (ushort)lunSpec.Lun, disk.Backend, serial, lunSpec.WriteCache, disk.LogicalUnit));
             }
             catch (ArgumentException e)
             {
@@ -290,7 +301,7 @@ public sealed class TargetModel : IDisposable
                 var lun = spec.Luns[i];
                 string serial = lun.Serial.Length > 0 ? lun.Serial
                     : spec.Luns.Count == 1 ? spec.EffectiveSerial : $"{spec.EffectiveSerial}-{lun.Target}-{lun.Lun}";
-                luns.Add(new ScsiLunDefinition((byte)lun.Target, (ushort)lun.Lun, disks[i].Backend, serial, lun.WriteCache));
+                luns.Add(new ScsiLunDefinition((byte)lun.Target, (ushort)lun.Lun, disks[i].Backend, serial, lun.WriteCache, disks[i].LogicalUnit));
             }
             try
             {

@@ -535,48 +535,4 @@ public sealed class ScsiCommandTests : IDisposable
         _h.Run(ReportOpcodes(2, ScsiOp.Inquiry), dataIn: 4096).AssertCheck(SenseCode.InvalidFieldInCdb);
         _h.Run(ReportOpcodes(5), dataIn: 4096).AssertCheck(SenseCode.InvalidFieldInCdb);
     }
-
-    private static byte[] PrIn(byte action) => Cdbs.Make(10, ScsiOp.PersistentReserveIn, c => { c[1] = action; c[8] = 64; });
-
-    private static byte[] PrOut(byte action, uint length = 24) =>
-        Cdbs.Make(10, ScsiOp.PersistentReserveOut, c => { c[1] = action; BinaryPrimitives.WriteUInt32BigEndian(c.AsSpan(5), length); });
-
-    private static byte[] PrParameters(ulong key, ulong serviceActionKey)
-    {
-        var p = new byte[24];
-        BinaryPrimitives.WriteUInt64BigEndian(p, key);
-        BinaryPrimitives.WriteUInt64BigEndian(p.AsSpan(8), serviceActionKey);
-        return p;
-    }
-
-    [Fact]
-    public void Persistent_reserve_in_reports_no_keys_no_reservation_and_no_types()
-    {
-        foreach (byte action in new byte[] { 0, 1, 3 })
-        {
-            var r = _h.Run(PrIn(action), dataIn: 64);
-            r.AssertGood();
-            Assert.All(r.Data[..8], b => Assert.Equal(0, b));
-            Assert.Equal(56u, r.Resid);
-        }
-        var caps = _h.Run(PrIn(2), dataIn: 64);
-        Assert.Equal(8, BinaryPrimitives.ReadUInt16BigEndian(caps.Data));
-        Assert.Equal(0x80, caps.Data[3]);
-        Assert.Equal(0, BinaryPrimitives.ReadUInt16BigEndian(caps.Data.AsSpan(4)));
-        _h.Run(PrIn(4), dataIn: 64).AssertCheck(SenseCode.InvalidFieldInCdb);
-    }
-
-    [Fact]
-    public void Persistent_reserve_out_accepts_no_ops_and_conflicts_for_an_unregistered_nexus()
-    {
-        _h.Run(PrOut(0), dataOut: PrParameters(0, 0)).AssertGood();
-        _h.Run(PrOut(6), dataOut: PrParameters(0, 0)).AssertGood();
-        _h.Run(PrOut(0), dataOut: PrParameters(0, 42)).AssertCheck(SenseCode.InvalidFieldInParameterList);
-        Assert.Equal(ScsiStatus.ReservationConflict, _h.Run(PrOut(0), dataOut: PrParameters(7, 0)).Status);
-        Assert.Equal(ScsiStatus.ReservationConflict, _h.Run(PrOut(1), dataOut: PrParameters(7, 0)).Status);
-        Assert.Equal(ScsiStatus.ReservationConflict, _h.Run(PrOut(3), dataOut: PrParameters(0, 0)).Status);
-        _h.Run(PrOut(7), dataOut: PrParameters(0, 0)).AssertCheck(SenseCode.InvalidFieldInCdb);
-        _h.Run(PrOut(0, length: 20), dataOut: PrParameters(0, 0)).AssertCheck(SenseCode.ParameterListLengthError);
-        Assert.Equal(VirtioScsi.Overrun, _h.Run(PrOut(0), dataOut: new byte[10]).Response);
-    }
 }

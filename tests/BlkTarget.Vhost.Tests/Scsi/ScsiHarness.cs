@@ -47,10 +47,11 @@ internal sealed unsafe class ScsiHarness : IDisposable
     /// <summary>Completes one request a deferring backend holds; false when it holds none.</summary>
     public Func<bool>? Settle;
 
-    public ScsiHarness(Func<List<IBlockDevice>, IReadOnlyList<ScsiLunDefinition>>? luns = null, int requestQueues = 1, ILogger? log = null)
+    public ScsiHarness(Func<List<IBlockDevice>, IReadOnlyList<ScsiLunDefinition>>? luns = null, int requestQueues = 1, ILogger? log = null,
+        string name = "test-scsi")
     {
         var definitions = luns?.Invoke(Disks) ?? DefaultLuns(Disks);
-        Device = new ScsiDeviceContext("test-scsi", definitions, new ScsiOptions { RequestQueues = requestQueues });
+        Device = new ScsiDeviceContext(name, definitions, new ScsiOptions { RequestQueues = requestQueues });
         Queue = new ScsiRequestQueue(new QueueStartInfo(VirtioScsi.FirstRequestQueue, Ring.CreateRing(), Ring.Memory.Memory, 0, -1, -1, Io), Device,
             log ?? NullLogger.Instance);
     }
@@ -152,6 +153,13 @@ internal sealed unsafe class ScsiHarness : IDisposable
         Queue.Poll();
         // Backends that complete later: let them complete one request at a time, polling after each.
         while (Ring.UsedIdx == usedBefore && Settle is { } settle && settle()) Queue.Poll();
+        // Work on a helper thread (PERSISTENT RESERVE OUT with APTPL or PREEMPT AND ABORT) completes through the IoContext.
+        for (var wait = System.Diagnostics.Stopwatch.StartNew(); Ring.UsedIdx == usedBefore && Io.InFlight > 0 && wait.Elapsed < TimeSpan.FromSeconds(10);)
+        {
+            Thread.Sleep(1);
+            Io.Poll();
+            Queue.Poll();
+        }
         if (Ring.UsedIdx == usedBefore) return (false, 0);
         var element = Ring.Used(usedBefore);
         Assert.Equal(head, (ushort)element.Id);

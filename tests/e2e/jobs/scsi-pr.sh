@@ -1,0 +1,63 @@
+#!/bin/sh
+# Guest job (busybox sh, --kind scsi only) for SCSI-3 persistent reservations on /dev/sda with sg3_utils'
+# sg_persist, one initiator (two initiators on two exports of one shared disk: the integration tests):
+# register, read keys, reserve (Write Exclusive), read reservation, report capabilities, read full status, a
+# conflicting RESERVE of another type (RESERVATION CONFLICT, sg_persist exit status 24), a write by the holder,
+# release, unregister; every output is printed and checked. Leaves no registration behind (later tests write).
+set -eu
+fail() { echo "scsi-pr: FAIL: $*"; exit 1; }
+D=/dev/sda
+i=0
+while [ ! -b $D ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+[ -b $D ] || fail "no $D"
+
+run() {  # run CMD...: prints "scsi-pr: $ CMD" and its output; the output is in $OUT, the exit status in $RC
+    echo "scsi-pr: \$ $*"
+    RC=0
+    OUT=$("$@" 2>&1) || RC=$?
+    echo "$OUT" | sed 's/^/scsi-pr:   /'
+    echo "scsi-pr:   (exit $RC)"
+}
+expect() {  # expect TEXT: the last output contains TEXT and the command succeeded
+    [ "$RC" -eq 0 ] || fail "exit status $RC"
+    echo "$OUT" | grep -qF "$1" || fail "expected '$1'"
+}
+
+run sg_persist -n --in --read-keys $D
+expect "there are NO registered reservation keys"
+run sg_persist -n --out --register --param-sark=0x1234 $D
+expect ""
+run sg_persist -n --in --read-keys $D
+expect "1 registered reservation key follows:"
+expect "0x1234"
+run sg_persist -n --in --report-capabilities $D
+expect "Type Mask Valid(TMV): 1"
+expect "Persist Through Power Loss Capable(PTPL_C): 0"
+expect "Exclusive Access, all registrants: 1"
+run sg_persist -n --out --reserve --param-rk=0x1234 --prout-type=1 $D
+expect ""
+run sg_persist -n --in --read-reservation $D
+expect "Key=0x1234"
+expect "type: Write Exclusive"
+run sg_persist -n --in --read-full-status $D
+expect "Key=0x1234"
+expect "<< Reservation holder >>"
+expect "SAS address: 0x3"
+# Another type while holding one: RESERVATION CONFLICT (sg3_utils exit status 24).
+run sg_persist -n --out --reserve --param-rk=0x1234 --prout-type=3 $D
+[ "$RC" -eq 24 ] || fail "conflicting RESERVE: exit status $RC, expected 24 (reservation conflict)"
+# A wrong reservation key: RESERVATION CONFLICT too.
+run sg_persist -n --out --register --param-rk=0x9999 --param-sark=0x1 $D
+[ "$RC" -eq 24 ] || fail "REGISTER with a wrong key: exit status $RC, expected 24"
+# The holder writes.
+run dd if=/dev/urandom of=$D bs=4096 count=16 seek=1024 oflag=direct
+[ "$RC" -eq 0 ] || fail "the holder's write failed"
+run sg_persist -n --out --release --param-rk=0x1234 --prout-type=1 $D
+expect ""
+run sg_persist -n --in --read-reservation $D
+expect "there is NO reservation held"
+run sg_persist -n --out --register --param-rk=0x1234 --param-sark=0 $D
+expect ""
+run sg_persist -n --in --read-keys $D
+expect "there are NO registered reservation keys"
+echo "scsi-pr: all persistent reservation checks passed"
