@@ -115,7 +115,7 @@ public sealed class DiskResizeTests : IDisposable
         Assert.True(events.TryGetUsed(out ulong token, out uint length));
         Assert.Equal((7UL, 16u), (token, length));
         // PARAM_CHANGE (3) for target 0 LUN 0, reason ASC 2Ah | ASCQ 09h << 8
-        Assert.Equal(new byte[] { 3, 0, 0, 0, 1, 0, 0x40, 0, 0, 0, 0, 0, 0x2a, 0x09, 0, 0 }, eventBuffer.Span.ToArray());
+        Assert.Equal(new byte[] { 3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x2a, 0x09, 0, 0 }, eventBuffer.Span.ToArray());
 
         var attention = queue.Execute(0, 0, [0x00, 0, 0, 0, 0, 0]);
         Assert.Equal(ScsiStatus.CheckCondition, attention.Status);

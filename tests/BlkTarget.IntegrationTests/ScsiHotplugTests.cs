@@ -60,8 +60,8 @@ public sealed class ScsiHotplugTests : IDisposable
 
         var added = Call("scsi_lun_add", new JsonObject { ["export"] = "s1", ["lun"] = 3, ["disk"] = "l1" })!;
         Assert.Equal(2, added["luns"]!.AsArray().Count);
-        // TRANSPORT_RESET (1), target 0 LUN 3 (flat), reason RESCAN (1)
-        Assert.Equal(new byte[] { 1, 0, 0, 0, 1, 0, 0x40, 3, 0, 0, 0, 0, 1, 0, 0, 0 }, NextEvent(events, eventBuffer));
+        // TRANSPORT_RESET (1), target 0 LUN 3 (peripheral addressing), reason RESCAN (1)
+        Assert.Equal(new byte[] { 1, 0, 0, 0, 1, 0, 0, 3, 0, 0, 0, 0, 1, 0, 0, 0 }, NextEvent(events, eventBuffer));
         // LUN 0 reports the changed LUN inventory once (SPC-4: REPORTED LUNS DATA HAS CHANGED).
         Assert.Equal(new SenseCode(0x6, 0x3f, 0x0e), queue.Execute(0, 0, testUnitReady).SenseCode);
         Assert.True(queue.Execute(0, 0, testUnitReady).IsGood);
@@ -82,7 +82,7 @@ public sealed class ScsiHotplugTests : IDisposable
         PostEventBuffer(events, eventBuffer);
         Call("scsi_lun_remove", new JsonObject { ["export"] = "s1", ["lun"] = 3 });
         // TRANSPORT_RESET (1), target 0 LUN 3, reason REMOVED (2)
-        Assert.Equal(new byte[] { 1, 0, 0, 0, 1, 0, 0x40, 3, 0, 0, 0, 0, 2, 0, 0, 0 }, NextEvent(events, eventBuffer));
+        Assert.Equal(new byte[] { 1, 0, 0, 0, 1, 0, 0, 3, 0, 0, 0, 0, 2, 0, 0, 0 }, NextEvent(events, eventBuffer));
         Assert.Equal(new SenseCode(0x5, 0x25, 0x00), queue.Execute(0, 3, testUnitReady).SenseCode);
         Assert.DoesNotContain("\"l1\"", File.ReadAllText(config).Replace("\"name\": \"l1\"", ""));
         Assert.True((bool)Call("disk_delete", new JsonObject { ["name"] = "l1" })!);   // detached: the disk can go

@@ -82,6 +82,7 @@ ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot guest-reboot)
 [[ "$kind" != scsi ]] || ALL_TESTS+=(scsi-luns scsi-pr)
 # Runtime management (disks and exports made over RPC while the target serves): BlkTarget only.
 [[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize)
+[[ "$target" != blktarget || "$kind" != scsi || "$backend" != ram:* ]] || ALL_TESTS+=(scsi-hotplug)
 TESTS=()
 if [[ -n "$only" ]]; then
     IFS=, read -ra TESTS <<< "$only"
@@ -421,6 +422,32 @@ run_disk_resize() {
     stop_management_target
 }
 
+# scsi-hotplug: a LUN is added and removed over RPC while the guest runs; the guest follows without a rescan.
+run_scsi_hotplug() {
+    local sock="$WORK/hotplug.sock" console="$log_dir/scsi-hotplug.console.log"
+    if ! start_management_target; then fail scsi-hotplug "the management target did not come up"; return; fi
+    if ! mgmt disk create --name h0 --backend ram:64M || ! mgmt disk create --name h1 --backend ram:128M \
+        || ! mgmt export create-scsi --name vm2 --socket "$sock" --lun 0:0=h0 --queues "$queues"; then
+        fail scsi-hotplug "creating the disks and export over RPC failed"
+        stop_management_target
+        return
+    fi
+    rm -f "$console"
+    (
+        t0=$SECONDS
+        until grep -aq "E2E-HOTPLUG-ADD" "$console" 2>/dev/null; do (( SECONDS - t0 < guest_timeout )) || exit 1; sleep 0.5; done
+        mgmt lun add --export vm2 --lun 0:1 --disk h1
+        until grep -aq "E2E-HOTPLUG-REMOVE" "$console" 2>/dev/null; do (( SECONDS - t0 < guest_timeout )) || exit 1; sleep 0.5; done
+        mgmt lun remove --export vm2 --lun 0:1
+    ) &
+    local watcher=$!
+    TEST_SOCK=$sock run_test scsi-hotplug
+    kill "$watcher" 2>/dev/null || true
+    wait "$watcher" 2>/dev/null || true
+    mgmt export list || true
+    stop_management_target
+}
+
 # --- main ---------------------------------------------------------------------------
 if start_target; then
     for t in "${TESTS[@]}"; do
@@ -430,6 +457,7 @@ if start_target; then
                 if [[ " ${TESTS[*]} " == *" ext4-write "* ]]; then run_test "$t" ext4-write; else run_test "$t"; fi ;;
             scsi-luns) run_scsi_luns ;;
             disk-resize) run_disk_resize ;;
+            scsi-hotplug) run_scsi_hotplug ;;
             *) run_test "$t" ;;
         esac
     done

@@ -25,7 +25,9 @@ public readonly record struct ScsiEvent(uint Type, byte Target, ushort Lun, uint
         System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(destination, Type | (eventsMissed ? VirtioScsi.EventsMissed : 0));
         destination[4] = 1;
         destination[5] = Target;
-        destination[6] = (byte)(0x40 | (Lun >> 8));    // flat addressing, as Linux decodes it
+        // The REPORT LUNS encoding (QEMU's too): peripheral addressing below 256, flat above. Linux takes
+        // lun[2] << 8 | lun[3] as the LUN number, so a flat-addressing bit on a small LUN would name another LUN.
+        destination[6] = Lun >= 256 ? (byte)(0x40 | (Lun >> 8)) : (byte)0;
         destination[7] = (byte)Lun;
         System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(destination[12..], Reason);
     }

@@ -58,8 +58,8 @@ public sealed class ScsiEventQueueTests : IDisposable
         ulong gpa = PostBuffer(0);
         _source.Post(ScsiEvent.LunAdded(target: 0, lun: 3));
         Assert.Equal(1, _queue.Poll());
-        // event = 1 (TRANSPORT_RESET), lun = 01 00 40 03 00 00 00 00 (target 0, flat LUN 3), reason = 1 (RESCAN)
-        Assert.Equal(new byte[] { 1, 0, 0, 0, 1, 0, 0x40, 3, 0, 0, 0, 0, 1, 0, 0, 0 }, _ring.Bytes(gpa, 16).ToArray());
+        // event = 1 (TRANSPORT_RESET), lun = 01 00 40 03 00 00 00 00 (target 0, LUN 3, peripheral addressing), reason = 1 (RESCAN)
+        Assert.Equal(new byte[] { 1, 0, 0, 0, 1, 0, 0, 3, 0, 0, 0, 0, 1, 0, 0, 0 }, _ring.Bytes(gpa, 16).ToArray());
         Assert.Equal(1, _ring.UsedIdx);
         Assert.Equal(0u, _ring.Used(0).Id);
         Assert.Equal(16u, _ring.Used(0).Len);
@@ -72,7 +72,7 @@ public sealed class ScsiEventQueueTests : IDisposable
         _source.Post(ScsiEvent.ParameterChanged(2, 1, SenseCode.CapacityDataHasChanged));
         _queue.Poll();
         // event = 3 (PARAM_CHANGE), target 2 LUN 1, reason = 0x2a | 0x09 << 8
-        Assert.Equal(new byte[] { 3, 0, 0, 0, 1, 2, 0x40, 1, 0, 0, 0, 0, 0x2a, 0x09, 0, 0 }, _ring.Bytes(gpa, 16).ToArray());
+        Assert.Equal(new byte[] { 3, 0, 0, 0, 1, 2, 0, 1, 0, 0, 0, 0, 0x2a, 0x09, 0, 0 }, _ring.Bytes(gpa, 16).ToArray());
     }
 
     [Fact]
@@ -84,10 +84,20 @@ public sealed class ScsiEventQueueTests : IDisposable
         ulong gpa = PostBuffer(0);
         Assert.Equal(1, _queue.Poll());
         // REMOVED for LUN 0, with VIRTIO_SCSI_T_EVENTS_MISSED (0x80000000) set: one was dropped.
-        Assert.Equal(new byte[] { 1, 0, 0, 0x80, 1, 0, 0x40, 0, 0, 0, 0, 0, 2, 0, 0, 0 }, _ring.Bytes(gpa, 16).ToArray());
+        Assert.Equal(new byte[] { 1, 0, 0, 0x80, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0 }, _ring.Bytes(gpa, 16).ToArray());
         ulong second = PostBuffer(1);
         Assert.Equal(1, _queue.Poll());
-        Assert.Equal(new byte[] { 1, 0, 0, 0, 1, 0, 0x40, 1, 0, 0, 0, 0, 2, 0, 0, 0 }, _ring.Bytes(second, 16).ToArray());
+        Assert.Equal(new byte[] { 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 2, 0, 0, 0 }, _ring.Bytes(second, 16).ToArray());
+    }
+
+    [Fact]
+    public void A_lun_above_255_is_written_with_flat_addressing()
+    {
+        ulong gpa = PostBuffer(0);
+        _source.Post(ScsiEvent.LunRemoved(target: 1, lun: 0x123));
+        _queue.Poll();
+        // lun = 01 01 41 23: flat addressing (40h) with LUN 123h, as REPORT LUNS and QEMU encode it
+        Assert.Equal(new byte[] { 1, 0, 0, 0, 1, 1, 0x41, 0x23, 0, 0, 0, 0, 2, 0, 0, 0 }, _ring.Bytes(gpa, 16).ToArray());
     }
 
     [Fact]
