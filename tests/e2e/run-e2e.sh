@@ -405,21 +405,28 @@ run_disk_resize() {
         return
     fi
     rm -f "$console"
-    # Resize once the guest says it is ready (its console is written as it runs).
-    (
-        t0=$SECONDS
-        until grep -aq "E2E-RESIZE-READY" "$console" 2>/dev/null; do
-            (( SECONDS - t0 < guest_timeout )) || exit 1
-            sleep 0.5
-        done
-        mgmt disk resize d1 384M
-    ) &
-    local watcher=$!
-    TEST_SOCK=$sock run_test disk-resize
-    kill "$watcher" 2>/dev/null || true
-    wait "$watcher" 2>/dev/null || true
+    # Resize once the guest says it is ready.
+    ( await_console "$console" E2E-RESIZE-READY && mgmt disk resize d1 384M ) &
+    run_guest_with "$sock" disk-resize $!
     mgmt disk list || true
     stop_management_target
+}
+
+# Waits until the guest's console (written as it runs) shows MARKER; fails after the guest timeout.
+await_console() {
+    local console=$1 marker=$2 t0=$SECONDS
+    until grep -aq "$marker" "$console" 2>/dev/null; do
+        (( SECONDS - t0 < guest_timeout )) || return 1
+        sleep 0.5
+    done
+}
+
+# Runs guest test NAME against SOCK while the host-side steps in background job WATCHER follow its console.
+run_guest_with() {
+    local sock=$1 name=$2 watcher=$3
+    TEST_SOCK=$sock run_test "$name"
+    kill "$watcher" 2>/dev/null || true
+    wait "$watcher" 2>/dev/null || true
 }
 
 # scsi-hotplug: a LUN is added and removed over RPC while the guest runs; the guest follows without a rescan.
@@ -434,16 +441,10 @@ run_scsi_hotplug() {
     fi
     rm -f "$console"
     (
-        t0=$SECONDS
-        until grep -aq "E2E-HOTPLUG-ADD" "$console" 2>/dev/null; do (( SECONDS - t0 < guest_timeout )) || exit 1; sleep 0.5; done
-        mgmt lun add --export vm2 --lun 0:1 --disk h1
-        until grep -aq "E2E-HOTPLUG-REMOVE" "$console" 2>/dev/null; do (( SECONDS - t0 < guest_timeout )) || exit 1; sleep 0.5; done
-        mgmt lun remove --export vm2 --lun 0:1
+        await_console "$console" E2E-HOTPLUG-ADD && mgmt lun add --export vm2 --lun 0:1 --disk h1 \
+            && await_console "$console" E2E-HOTPLUG-REMOVE && mgmt lun remove --export vm2 --lun 0:1
     ) &
-    local watcher=$!
-    TEST_SOCK=$sock run_test scsi-hotplug
-    kill "$watcher" 2>/dev/null || true
-    wait "$watcher" 2>/dev/null || true
+    run_guest_with "$sock" scsi-hotplug $!
     mgmt export list || true
     stop_management_target
 }
