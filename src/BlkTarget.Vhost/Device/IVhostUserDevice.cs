@@ -35,6 +35,10 @@ public interface IRunningQueue : IReactorQueue
     /// <summary>The next avail index to process: what GET_VRING_BASE reports.</summary>
     ushort LastAvailIdx { get; }
 
+    /// <summary>Requests taken from the ring and not completed yet. Written by the reactor; other threads read a
+    /// recent value (for status reports).</summary>
+    int InFlight { get; }
+
     /// <summary>Why the queue stopped processing (a guest error, or an internal one), or null while healthy.</summary>
     string? BrokenReason { get; }
 }

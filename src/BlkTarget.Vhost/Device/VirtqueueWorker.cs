@@ -75,7 +75,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     public ushort LastAvailIdx => Ring.LastAvailIdx;
     public string? BrokenReason { get; private set; }
     /// <summary>Requests taken from the ring and not completed yet.</summary>
-    public int InFlight => _inFlight;
+    public int InFlight => Volatile.Read(ref _inFlight);
     public bool Faulted => _faulted;
 
     /// <summary>Operations the device model's backend channels hold (0 for models without a backend).</summary>

@@ -120,6 +120,9 @@ public sealed class VhostUserServer : IDisposable
         }
     }
 
+    /// <summary>The connected frontend's session (<see cref="VhostUserSession.Status"/>), or null when none is connected.</summary>
+    public SessionStatus? SessionStatus() => _session?.Status();
+
     /// <summary>Tells the connected frontend, if any, that the device's config space changed
     /// (<see cref="VhostUserSession.NotifyConfigChanged"/>). Any thread; false when no frontend heard it.</summary>
     public bool NotifyConfigChanged() => _session?.NotifyConfigChanged() ?? false;

@@ -506,6 +506,27 @@ public sealed class VhostUserSession : IDisposable
         return _device.WriteConfig(header.Offset, message.PayloadSpan.Slice(ConfigHeader.Length, (int)header.Size));
     }
 
+    // ---- status ----
+
+    /// <summary>
+    /// What this session negotiated and runs, for status reports (export_list). Any thread: values are read without
+    /// stopping anything, so a queue starting or stopping meanwhile may show either way.
+    /// </summary>
+    public SessionStatus Status()
+    {
+        var queues = new List<QueueStatus>();
+        for (int i = 0; i < _vrings.Length; i++)
+        {
+            var vring = _vrings[i];
+            var running = Volatile.Read(ref vring.Running);
+            var reactor = Volatile.Read(ref vring.Reactor);
+            queues.Add(new QueueStatus(i, vring.Num, running is not null, vring.Enabled, reactor?.Id, running?.InFlight ?? 0,
+                running?.BrokenReason));
+        }
+        // 64-bit fields written by the session thread: a plain read is atomic on the 64-bit platforms we run on.
+        return new SessionStatus(_ackedFeatures, _ackedProtocol, _backendChannel.IsOpen, queues);
+    }
+
     // ---- backend request channel ----
 
     private bool SetBackendReqFd(ReceivedMessage message)

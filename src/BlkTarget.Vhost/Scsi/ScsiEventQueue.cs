@@ -45,6 +45,8 @@ public sealed unsafe class ScsiEventQueue : IRunningQueue
     public string? BrokenReason => _broken;
     public bool Faulted => false;
     public int BackendInFlight => 0;
+    /// <summary>Nothing is ever taken from the ring without being answered at once.</summary>
+    public int InFlight => 0;
 
     public int Poll()
     {

@@ -82,11 +82,13 @@ public static class ManagementCommands
             createBlk,
             createScsi,
             NameCommand("delete", "Stop an export (a connected frontend is drained and disconnected)", "export_delete", n => $"export {n} deleted"),
-            ListCommand("list", "List exports", "export_list", ["NAME", "KIND", "SOCKET", "DISK", "QUEUES", "CONNECTED"], e =>
+            ListCommand("list", "List exports (--json: negotiated features and per-queue state too)", "export_list",
+                ["NAME", "KIND", "SOCKET", "DISK", "QUEUES", "CONNECTED", "IN FLIGHT"], e =>
             [
                 (string)e["name"]!, (string)e["kind"]!, (string)e["socket"]!,
                 e["disk"] is { } d ? (string)d! : string.Join(",", e["luns"]!.AsArray().Select(l => $"{l!["target"]}:{l["lun"]}={l["disk"]}")),
                 e["queues"]!.ToString(), (bool)e["connected"]! ? "yes" : "no",
+                e["frontend"] is { } f ? f["in_flight"]!.ToString() : "-",
             ]),
         };
     }

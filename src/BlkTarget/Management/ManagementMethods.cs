@@ -15,7 +15,8 @@ namespace BlkTarget.Management;
 /// <item><c>export_create_scsi {name, socket, luns: [{target?=0, lun?=0, disk, serial?, write_cache?=true}], queues?=1, serial?=name}</c> → export</item>
 /// <item><c>export_delete {name}</c> → true (a connected frontend is drained, then disconnected)</item>
 /// <item><c>export_list {name?}</c> → [export]; export = {name, kind, socket, disk | luns, queues, serial, connected,
-/// sessions, queue_reactors: [reactor index per queue]}</item>
+/// sessions, queue_reactors: [reactor index per queue], frontend?: {features, feature_names, protocol_features, backend_channel,
+/// queues: [{index, size, running, reactor, in_flight, broken}], in_flight} (only while a frontend is connected)}</item>
 /// <item><c>scsi_lun_add {export, target?=0, lun, disk, serial?, write_cache?=true}</c> → export (hot-plug: the guest
 /// is sent a RESCAN event)</item>
 /// <item><c>scsi_lun_remove {export, target?=0, lun}</c> → export (commands to it drain; the guest is sent REMOVED)</item>
@@ -210,6 +211,22 @@ public sealed class ManagementMethods(ManagementService service)
         o["connected"] = e.Server.HasFrontend;
         o["sessions"] = e.Server.SessionsServed;
         o["queue_reactors"] = new JsonArray(Enumerable.Range(0, e.Device.QueueCount).Select(q => (JsonNode?)((e.ReactorOffset + q) % reactors)).ToArray());
+        if (e.Server.SessionStatus() is { } session)
+        {
+            o["frontend"] = new JsonObject
+            {
+                ["features"] = $"0x{session.AckedFeatures:x}",
+                ["feature_names"] = new JsonArray(FeatureNames.Virtio(session.AckedFeatures, e.Spec.Kind).Select(n => (JsonNode?)n).ToArray()),
+                ["protocol_features"] = new JsonArray(FeatureNames.Protocol(session.AckedProtocolFeatures).Select(n => (JsonNode?)n).ToArray()),
+                ["backend_channel"] = session.BackendChannel,
+                ["queues"] = new JsonArray(session.Queues.Select(q => (JsonNode?)new JsonObject
+                {
+                    ["index"] = q.Index, ["size"] = q.Size, ["running"] = q.Running, ["reactor"] = q.Reactor, ["in_flight"] = q.InFlight,
+                    ["broken"] = q.Broken,
+                }).ToArray()),
+                ["in_flight"] = session.Queues.Sum(q => q.InFlight),
+            };
+        }
         return o;
     }
 }
