@@ -81,7 +81,7 @@ fi
 ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot guest-reboot)
 [[ "$kind" != scsi ]] || ALL_TESTS+=(scsi-luns scsi-pr)
 # Runtime management (disks and exports made over RPC while the target serves): BlkTarget only.
-[[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize)
+[[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize fio-during-attach)
 [[ "$target" != blktarget || "$kind" != scsi || "$backend" != ram:* ]] || ALL_TESTS+=(scsi-hotplug)
 TESTS=()
 if [[ -n "$only" ]]; then
@@ -449,6 +449,40 @@ run_scsi_hotplug() {
     stop_management_target
 }
 
+# fio-during-attach: while a first VM runs fio verify on one export, a second disk and export are created over RPC
+# and a second VM boots on them and writes ext4 (verdict second-vm-attach); the first VM must see no error.
+run_fio_during_attach() {
+    local sock_a="$WORK/vm-a.sock" sock_b="$WORK/vm-b.sock" console="$log_dir/fio-during-attach.console.log"
+    if ! start_management_target; then fail fio-during-attach "the management target did not come up"; return; fi
+    if ! mgmt disk create --name a1 --backend ram:256M || ! mgmt export create-blk --name vm-a --socket "$sock_a" --disk a1 --queues "$queues"; then
+        fail fio-during-attach "creating the first disk and export over RPC failed"
+        stop_management_target
+        return
+    fi
+    rm -f "$console" "$WORK/second-vm.rc"
+    (
+        await_console "$console" E2E-FIO-RUNNING || exit 1
+        info "first VM runs fio: creating disk b1 and export vm-b over RPC, booting the second VM"
+        mgmt disk create --name b1 --backend ram:256M && mgmt export create-blk --name vm-b --socket "$sock_b" --disk b1 || exit 1
+        local rc=0
+        "$HERE/run-guest.sh" --socket "$sock_b" --job "$HERE/jobs/ext4-write.sh" --kind blk --timeout "$guest_timeout" \
+            --guest-dir "$guest_dir" --log "$log_dir/second-vm.console.log" > "$log_dir/second-vm.run.log" 2>&1 || rc=$?
+        echo "$rc" > "$WORK/second-vm.rc"
+        info "second VM finished (exit $rc) while the first one was $(grep -ac 'fio-during-attach: pass' "$console") fio passes in"
+    ) &
+    local watcher=$!
+    TEST_SOCK=$sock_a run_test fio-during-attach
+    wait "$watcher" 2>/dev/null || true
+    if [[ "$(cat "$WORK/second-vm.rc" 2>/dev/null)" == 0 ]]; then
+        pass second-vm-attach
+    else
+        sed 's/^/[second-vm] /' "$log_dir/second-vm.run.log" 2>/dev/null | tail -n 30 || true
+        fail second-vm-attach "the second VM on a disk and export created while the first ran fio did not pass (console: $log_dir/second-vm.console.log)"
+    fi
+    mgmt export list || true
+    stop_management_target
+}
+
 # --- main ---------------------------------------------------------------------------
 if start_target; then
     for t in "${TESTS[@]}"; do
@@ -458,6 +492,7 @@ if start_target; then
                 if [[ " ${TESTS[*]} " == *" ext4-write "* ]]; then run_test "$t" ext4-write; else run_test "$t"; fi ;;
             scsi-luns) run_scsi_luns ;;
             disk-resize) run_disk_resize ;;
+            fio-during-attach) run_fio_during_attach ;;
             scsi-hotplug) run_scsi_hotplug ;;
             *) run_test "$t" ;;
         esac
