@@ -103,7 +103,10 @@ public static class BenchRunner
             frontend.Start(arena, drivers);
             var device = new DeviceFacts(capacity, lbs, frontend.BackendQueueCount, readOnly,
                 frontend.HasFeature(VirtioFeatures.RingEventIdx), indirect, queueSize, maxSegment, pieces);
-            var result = Drive(options, workers, device);
+            BenchResult result;
+            using (ConnectionWatch.Start(frontend, stop))
+                result = Drive(options, workers, device);
+            if (stop.ConnectionLost) throw new BenchSetupException("the target closed the connection during the run");
             frontend.Stop(drivers);
             return result;
         }
@@ -205,5 +208,49 @@ public static class BenchRunner
                 ? new BenchSetupException($"queue failed: {failure.Message}")
                 : new InvalidOperationException($"a driver thread failed: {failure.Message}", failure);
         return BenchResult.From(options, device, workers, window, selfCpu, targetCpu);
+    }
+}
+
+/// <summary>
+/// Watches the vhost-user connection while the drivers run (no message is exchanged then): when the target closes
+/// it (its export was deleted, it stopped), <see cref="StopSignal.SetConnectionLost"/> makes the drivers give up on
+/// requests that will never complete. Only polls the socket for readability; it never reads.
+/// </summary>
+internal sealed class ConnectionWatch : IDisposable
+{
+    private readonly Thread _thread;
+    private volatile bool _done;
+
+    private ConnectionWatch(VhostUserFrontend frontend, StopSignal stop)
+    {
+        var socket = frontend.Connection.Socket;
+        _thread = new Thread(() =>
+        {
+            try
+            {
+                while (!_done)
+                {
+                    // Readable with nothing to read: the peer closed the connection.
+                    if (socket.Poll(200_000, System.Net.Sockets.SelectMode.SelectRead) && socket.Available == 0)
+                    {
+                        stop.SetConnectionLost();
+                        return;
+                    }
+                }
+            }
+            catch (Exception e) when (e is System.Net.Sockets.SocketException or ObjectDisposedException)
+            {
+                stop.SetConnectionLost();
+            }
+        }) { IsBackground = true, Name = "bench-connection" };
+        _thread.Start();
+    }
+
+    public static ConnectionWatch Start(VhostUserFrontend frontend, StopSignal stop) => new(frontend, stop);
+
+    public void Dispose()
+    {
+        _done = true;
+        _thread.Join();
     }
 }

@@ -19,8 +19,19 @@ internal enum WorkerPhase
 public sealed class StopSignal
 {
     private volatile bool _stop;
+    private volatile bool _lost;
     public bool IsSet => _stop;
     public void Set() => _stop = true;
+
+    /// <summary>The target closed the connection (e.g. its export was deleted): requests in flight will never
+    /// complete, so the drivers give up on them instead of waiting.</summary>
+    public bool ConnectionLost => _lost;
+
+    public void SetConnectionLost()
+    {
+        _lost = true;
+        _stop = true;
+    }
 }
 
 /// <summary>
@@ -231,6 +242,8 @@ internal sealed unsafe class QueueWorker
                 if (now - idleSince > _yieldAfterTicks) Thread.Yield();
                 continue;
             }
+            if (_stopSignal.ConnectionLost)
+                throw new TimeoutException($"the target closed the connection with {inFlight} request(s) in flight on queue {Index}");
             // Idle for a while: let the device interrupt us instead of burning the CPU it may need.
             if (measuring) Sleeps++;
             _vq.WaitForUsed(100);
