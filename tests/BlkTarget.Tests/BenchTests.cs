@@ -112,6 +112,30 @@ public class BenchTests
         Assert.Equal("rw=randread bs=263680 iodepth=1 queues=1 segments=515 runtime=10s ramp=1s hugepages prefill", o.Describe());
     }
 
+    [Fact]
+    public void A_run_whose_connection_the_target_closes_stops_with_an_error_instead_of_waiting_forever()
+    {
+        string socket = $"/tmp/blkt-bench-test-{Guid.NewGuid():N}.sock";
+        using var reactors = new ReactorPool(null, 1, TimeSpan.FromMicroseconds(50), NullLogger.Instance);
+        using var disk = new RamDisk(32 << 20);
+        var device = new VirtioBlkDevice("bench-test", disk, new BlkOptions { Queues = 1 }, NullLogger.Instance);
+        var server = VhostUserServer.Start(socket, device, reactors, 0, NullLogger.Instance);
+        var options = new BenchOptions { Socket = socket, Rw = RwMode.RandRead, BlockSize = 4096, IoDepth = 8, Runtime = TimeSpan.FromSeconds(60) };
+        Exception? failure = null;
+        var run = new Thread(() =>
+        {
+            try { BenchRunner.Run(options); }
+            catch (Exception e) { failure = e; }
+        }) { IsBackground = true };
+        run.Start();
+        Assert.True(SpinWait.SpinUntil(() => server.HasFrontend, TimeSpan.FromSeconds(10)));
+        Thread.Sleep(500);
+        server.Dispose();     // what export_delete does: drain, disconnect, remove the socket
+        Assert.True(run.Join(TimeSpan.FromSeconds(10)), "bench kept waiting after the target closed the connection");
+        var error = Assert.IsType<BenchSetupException>(failure);
+        Assert.Contains("closed the connection", error.Message);
+    }
+
     [Theory]
     [InlineData(RwMode.RandRw, 2, 16u * 1024)]
     [InlineData(RwMode.RandRead, 1, 4096u)]
