@@ -68,30 +68,8 @@ public sealed class ImageGrowthConcurrencyTests(ITestOutputHelper output) : IDis
         Assert.True(check.Clean, $"check: {string.Join("; ", check.Remaining.Select(p => p.Message))}");
         Assert.Equal(Steps[^1], check.Header.VirtualSize);
 
-        var random = new Random(4242);
-        long end = ledger.Now;
-        var sizes = new Dictionary<ulong, int>();
-        int leaks = 0;
-        for (int point = 0; point < CrashPoints; point++)
-        {
-            long crash = point == CrashPoints - 1 ? end : random.NextInt64(1, end);
-            string crashed = Path.Combine(_dir, $"crash{point}.bti");
-            File.Copy(initial, crashed);
-            log.BuildCrashImage(crashed, crash, random);
-            var crashCheck = ImageChecker.Check(crashed);
-            Assert.False(crashCheck.HasCorruption, $"power loss at {crash}: {string.Join("; ", crashCheck.Remaining.Select(p => p.Message))}");
-            if (!crashCheck.Clean) leaks++;
-            ulong virtualSize = crashCheck.Header.VirtualSize;
-            Assert.True(virtualSize == Size || Steps.Contains(virtualSize), $"power loss at {crash}: virtual size {virtualSize}");
-            sizes[virtualSize] = sizes.GetValueOrDefault(virtualSize) + 1;
-            var contents = new byte[Size];
-            using (var image = ImageDisk.Open(crashed, readOnly: true, StampWorker.BlockSize, directIo: false, NullLogger.Instance))
-            using (var driver = new ChannelDriver(image))
-                Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Read, 0, contents));
-            var lost = ledger.CrashViolations(contents, crash);
-            Assert.True(lost.Count == 0, $"power loss at {crash} of {end}:\n{string.Join("\n", lost)}");
-            File.Delete(crashed);
-        }
-        output.WriteLine($"{log.Count} recorded changes, {CrashPoints} power losses: sizes {string.Join(", ", sizes.OrderBy(s => s.Key).Select(s => $"{s.Key >> 20} MiB x{s.Value}"))}; {leaks} with only leaked space");
+        var outcome = PowerLossReplay.Run(log, ledger, initial, _dir, CrashPoints, Size, new Random(4242));
+        Assert.True(outcome.VirtualSizes.Keys.All(s => s == Size || Steps.Contains(s)), $"sizes after power losses: {string.Join(", ", outcome.VirtualSizes.Keys)}");
+        output.WriteLine($"{log.Count} recorded changes, {CrashPoints} power losses: sizes {string.Join(", ", outcome.VirtualSizes.OrderBy(s => s.Key).Select(s => $"{s.Key >> 20} MiB x{s.Value}"))}; {outcome.Leaks} with only leaked space");
     }
 }
