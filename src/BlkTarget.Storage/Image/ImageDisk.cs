@@ -8,17 +8,19 @@ namespace BlkTarget.Storage.Image;
 /// the reactors' io_uring straight into guest memory, like a raw file; unallocated clusters read as zeros
 /// without I/O; the first write to a cluster allocates it (<see cref="ImageFile"/> keeps that crash-safe). All
 /// metadata changes run on the disk's <see cref="ImageMetadataWorker"/> thread, ordered against the I/O of every
-/// channel by <see cref="ClusterRangeLocks"/>.
+/// channel by <see cref="ClusterRangeLocks"/>; so does growing it (<see cref="Resize"/>).
 /// </summary>
 public sealed class ImageDisk : IBlockDevice
 {
     private readonly List<ImageChannel> _channels = [];
     private readonly ImageMetadataWorker? _worker;
+    private readonly Lock _resizeGate = new();
+    private volatile BlockDeviceInfo _info;
 
     private ImageDisk(ImageFile image, BlockDeviceInfo info, uint memoryAlignment, ILogger log)
     {
         Image = image;
-        Info = info;
+        _info = info;
         MemoryAlignment = memoryAlignment;
         Log = log;
         if (!image.ReadOnly) _worker = new ImageMetadataWorker(image, Ranges, WakeParkedChannels, log);
@@ -49,7 +51,7 @@ public sealed class ImageDisk : IBlockDevice
     }
 
     public ImageFile Image { get; }
-    public BlockDeviceInfo Info { get; }
+    public BlockDeviceInfo Info => _info;
     public uint MemoryAlignment { get; }
     internal ILogger Log { get; }
 
@@ -72,6 +74,26 @@ public sealed class ImageDisk : IBlockDevice
         {
             image.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Grows the image online (<see cref="ImageGrowth"/> on the metadata worker, while the reactors go on): clusters
+    /// in the way of the larger map are moved with their I/O held back, then the new header is made durable, and
+    /// only then is the new size published.
+    /// </summary>
+    /// <exception cref="ArgumentException">read-only, not larger, not whole blocks, or a map beyond this build's
+    /// limit (use a larger cluster size).</exception>
+    /// <exception cref="IOException">the file could not be changed; the image keeps its old size.</exception>
+    public void Resize(ulong newSizeBytes)
+    {
+        lock (_resizeGate)
+        {
+            var info = _info;
+            ResizeRules.CheckGrowth(info, newSizeBytes);
+            ImageGrowth.Layout(Image.Header, newSizeBytes);   // refuse before the worker starts on it
+            Worker.Grow(newSizeBytes);
+            _info = info with { SizeBytes = newSizeBytes };
         }
     }
 

@@ -20,13 +20,17 @@ namespace BlkTarget.Storage.Image;
 /// <see cref="ImageMetadataWorker"/> while it is served, the tool using it otherwise. Reading entries, the
 /// versions and <see cref="MarkDurable"/> are safe from any thread; data I/O needs no lock.
 /// </summary>
-public sealed unsafe class ImageFile : IDisposable
+public sealed unsafe partial class ImageFile : IDisposable
 {
     public const int MapBlockSize = 4096;
     private const int EntriesPerBlock = MapBlockSize / 8;
 
     private readonly OwnedFd _fd;
+    /// <summary>The in-memory map. A writable image reserves address space for the largest map this build loads,
+    /// so growing the image (<see cref="ImageGrowth"/>) never moves it under readers on other threads.</summary>
+    private readonly MappedMemory _mapMemory;
     private readonly byte* _map;
+    private volatile ImageHeader _header;
     private readonly Stack<ulong> _free = new();
     /// <summary>Deallocated clusters with the metadata version that unmapped them, oldest first.</summary>
     private readonly Queue<(long Version, ulong Physical, long Ticks)> _freeAfterFlush = new();
@@ -34,19 +38,21 @@ public sealed unsafe class ImageFile : IDisposable
     private long _version;
     private long _durable;
 
-    private ImageFile(OwnedFd fd, string path, ImageHeader header, byte* map, bool readOnly)
+    private ImageFile(OwnedFd fd, string path, ImageHeader header, MappedMemory map, bool readOnly)
     {
         _fd = fd;
         Path = path;
-        Header = header;
-        _map = map;
+        _header = header;
+        _mapMemory = map;
+        _map = map.Pointer;
         ReadOnly = readOnly;
     }
 
     public string Path { get; }
     /// <summary>Test seam: sees every change made to the file (power-loss simulation). Set before serving.</summary>
     internal Transfer.IMediumRecorder? Recorder { get; set; }
-    public ImageHeader Header { get; }
+    /// <summary>The header as on disk; replaced (never changed) when a growth commits. Any thread.</summary>
+    public ImageHeader Header => _header;
     public bool ReadOnly { get; }
     internal int Fd => _fd.Fd;
     public ulong ClusterSize => Header.ClusterSize;
@@ -126,7 +132,7 @@ public sealed unsafe class ImageFile : IDisposable
         int fd = open(path, flags, 0);
         if (fd < 0) throw new IOException($"cannot open {path}: {LastError()}");
         var owner = new OwnedFd(fd);
-        byte* map = null;
+        MappedMemory? map = null;
         try
         {
             if (!TryLock(fd, readOnly, LockPatience)) throw new IOException($"{path} is in use by another process (locked)");
@@ -148,9 +154,9 @@ public sealed unsafe class ImageFile : IDisposable
                 NativeMemory.AlignedFree(headerBytes);
             }
             CheckMapFits(header, path);
-            map = (byte*)NativeMemory.AlignedAlloc((nuint)header.MapBytes, MapBlockSize);
-            int mapRead = PreadFully(fd, map, checked((int)header.MapBytes), (long)header.MapOffset, path);
-            new Span<byte>(map + mapRead, (int)header.MapBytes - mapRead).Clear();
+            map = MappedMemory.MapAnonymous(header.MapBytes, growthLimit: readOnly ? 0 : MaxMapBytes);
+            int mapRead = PreadFully(fd, map.Pointer, checked((int)header.MapBytes), (long)header.MapOffset, path);
+            new Span<byte>(map.Pointer + mapRead, (int)header.MapBytes - mapRead).Clear();
             var image = new ImageFile(owner, path, header, map, readOnly);
             map = null;   // owned by the image from here on
             try
@@ -170,7 +176,7 @@ public sealed unsafe class ImageFile : IDisposable
         }
         catch
         {
-            if (map != null) NativeMemory.AlignedFree(map);
+            map?.Dispose();
             owner.Dispose();
             throw;
         }
@@ -243,6 +249,7 @@ public sealed unsafe class ImageFile : IDisposable
             if (p > highest) highest = p;
         }
         _nextAppend = Math.Max(Math.Max(highest + 1, fileClusters), Header.FirstDataCluster);
+        _reservedBelow = Header.FirstDataCluster;
         _fileClusters = fileClusters;
         for (ulong p = _nextAppend; p-- > Header.FirstDataCluster;)
             if (!used.Contains(p)) _free.Push(p);
@@ -488,7 +495,11 @@ public sealed unsafe class ImageFile : IDisposable
     {
         long durable = DurableVersion;
         while (_freeAfterFlush.TryPeek(out var pending) && pending.Version <= durable)
-            _free.Push(_freeAfterFlush.Dequeue().Physical);
+        {
+            ulong physical = _freeAfterFlush.Dequeue().Physical;
+            // A cluster a growth in progress gives to the map stays out: the map will cover it.
+            if (physical >= _reservedBelow) _free.Push(physical);
+        }
     }
 
     private void SetEntry(ulong virtualCluster, ulong physical) => Volatile.Write(ref ((ulong*)_map)[virtualCluster], physical);
@@ -562,6 +573,6 @@ public sealed unsafe class ImageFile : IDisposable
         if (_disposed) return;
         _disposed = true;
         _fd.Dispose();
-        NativeMemory.AlignedFree(_map);
+        _mapMemory.Dispose();
     }
 }

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using BlkTarget.Storage.Offload;
 using BlkTarget.Storage.Interop;
 using Microsoft.Extensions.Logging;
@@ -23,7 +24,8 @@ internal readonly record struct MetadataJob(MetadataJobKind Kind, IoContext Io, 
 /// this work: they hand a job over (a lock-free queue and an eventfd) and get the result as a completion through
 /// their own <see cref="IoContext"/>. Because one thread does all of it, allocation, deallocation and the free
 /// lists need no lock. A deallocation first waits, without blocking other jobs, until no read or write on its
-/// clusters is in flight (<see cref="ClusterRangeLocks"/>).
+/// clusters is in flight (<see cref="ClusterRangeLocks"/>). A growth of the image (<see cref="Grow"/>) runs here
+/// too, batch by batch between other jobs: each batch of clusters it moves waits for its ranges the same way.
 /// </summary>
 internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
 {
@@ -34,6 +36,18 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
     // Worker thread only:
     private readonly List<(MetadataJob Job, int Handle)> _draining = [];
     private readonly Queue<MetadataJob> _waitingForRange = new();
+    private readonly ConcurrentQueue<GrowthRequest> _growthRequests = new();
+    private GrowthRequest? _growing;
+    private ImageGrowth? _growth;
+    /// <summary>Range handles of the growth batch being drained or moved (empty: no batch out).</summary>
+    private readonly List<int> _batchHandles = [];
+
+    /// <summary>A growth asked for by <see cref="Grow"/>, finished (or failed) on the worker.</summary>
+    private sealed class GrowthRequest(ulong newVirtualSize)
+    {
+        public ulong NewVirtualSize { get; } = newVirtualSize;
+        public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
 
     /// <param name="rangesReleased">Called on the worker after a deallocation ended: requests parked on its range may go on.</param>
     public ImageMetadataWorker(ImageFile image, ClusterRangeLocks ranges, Action rangesReleased, ILogger log) : base("image-metadata")
@@ -50,11 +64,99 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
     /// (requests also wake us when they leave a range).</summary>
     protected override int AfterJobs()
     {
-        FinishDrainedDeallocations();
-        return _draining.Count > 0 || _waitingForRange.Count > 0 ? 1 : -1;
+        if (_growing is null && _growthRequests.TryDequeue(out var request)) BeginGrowth(request);
+        FinishDrainedWork();
+        return _draining.Count > 0 || _waitingForRange.Count > 0 || _growing is not null ? 1 : -1;
     }
 
-    protected override bool HasPendingWork => _draining.Count > 0 || _waitingForRange.Count > 0;
+    protected override bool HasPendingWork => _draining.Count > 0 || _waitingForRange.Count > 0 || _growing is not null || !_growthRequests.IsEmpty;
+
+    /// <summary>
+    /// Grows the image to <paramref name="newVirtualSize"/> bytes (<see cref="ImageGrowth"/>) on the worker, between
+    /// the reactors' jobs, and returns once the new header is durable. Blocks the calling (management) thread.
+    /// </summary>
+    /// <exception cref="ArgumentException">not a size the image can grow to.</exception>
+    /// <exception cref="IOException">the file could not be changed (the image keeps its old size).</exception>
+    public void Grow(ulong newVirtualSize)
+    {
+        var request = new GrowthRequest(newVirtualSize);
+        _growthRequests.Enqueue(request);
+        StartOnce();
+        Wake();
+        request.Done.Task.GetAwaiter().GetResult();
+    }
+
+    private void BeginGrowth(GrowthRequest request)
+    {
+        try
+        {
+            _growth = ImageGrowth.Begin(_image, request.NewVirtualSize);
+            _growing = request;
+            _log.LogInformation("{Path}: growing to {Size} bytes, {Count} clusters to move out of the map's way", _image.Path, request.NewVirtualSize, _growth.ToMove);
+        }
+        catch (Exception e)
+        {
+            request.Done.SetException(e);
+        }
+    }
+
+    /// <summary>A growth batch is wanted when its clusters are not yet published.</summary>
+    private bool WantsGrowthBatch => _growth is { HasMoves: true } && _batchHandles.Count == 0;
+
+    /// <summary>Publishes the next batch's ranges (as many runs as range slots are free).</summary>
+    private void PublishGrowthBatch()
+    {
+        foreach (var (first, last) in _growth!.NextBatch(ClusterRangeLocks.MaxActive - _draining.Count))
+        {
+            int handle = _ranges.Publish(first, last);
+            if (handle < 0) throw new InvalidOperationException("no range slot for a growth batch");   // counted above
+            _batchHandles.Add(handle);
+        }
+    }
+
+    /// <summary>Moves the drained batch; when nothing is left to move, commits the growth.</summary>
+    private bool AdvanceGrowth()
+    {
+        bool released = false;
+        try
+        {
+            if (_batchHandles.Count > 0)
+            {
+                foreach (int handle in _batchHandles)
+                    if (!_ranges.IsDrained(handle)) return false;
+                try
+                {
+                    _growth!.RelocateBatch();
+                }
+                finally
+                {
+                    foreach (int handle in _batchHandles) _ranges.Release(handle);
+                    _batchHandles.Clear();
+                    released = true;
+                }
+            }
+            if (_growth!.HasMoves) return released;
+            _growth.Commit();
+            _log.LogInformation("{Path}: grown to {Size} bytes ({Moved} clusters moved)", _image.Path, _growth.Grown.VirtualSize, _growth.Moved);
+            EndGrowth(null);
+        }
+        catch (Exception e)
+        {
+            _log.LogError("{Path}: growing to {Size} bytes failed: {Error}", _image.Path, _growing!.NewVirtualSize, e.Message);
+            EndGrowth(e);
+        }
+        return released;
+    }
+
+    private void EndGrowth(Exception? error)
+    {
+        var request = _growing!;
+        _growth!.Dispose();
+        _growth = null;
+        _growing = null;
+        if (error is null) request.Done.SetResult();
+        else request.Done.SetException(error is IOException or ArgumentException ? error : new IOException(error.Message, error));
+    }
 
     protected override void OnStuck() => _log.LogError("{Path}: the metadata worker did not stop", _image.Path);
 
@@ -74,15 +176,16 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
     }
 
     /// <summary>
-    /// Runs the deallocation drains: publishes the waiting ranges (as many as fit) and begins a drain, finishes
-    /// every deallocation whose range has drained, and when a drain is over starts the next one.
+    /// Runs the range drains: publishes the waiting deallocation ranges (as many as fit) and the next growth batch,
+    /// begins a drain, finishes every deallocation and growth batch whose ranges have drained, and when a drain is
+    /// over starts the next one.
     /// </summary>
-    private void FinishDrainedDeallocations()
+    private void FinishDrainedWork()
     {
         bool released = false;
         while (true)
         {
-            if (!_ranges.Draining && _waitingForRange.Count > 0 && _ranges.CanBeginDrain())
+            if (!_ranges.Draining && (_waitingForRange.Count > 0 || WantsGrowthBatch) && _ranges.CanBeginDrain())
             {
                 int shift = _image.Header.ClusterShift;
                 while (_waitingForRange.TryPeek(out var next))
@@ -91,6 +194,7 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
                     if (handle < 0) break;
                     _draining.Add((_waitingForRange.Dequeue(), handle));
                 }
+                if (WantsGrowthBatch && _draining.Count < ClusterRangeLocks.MaxActive) PublishGrowthBatch();
                 _ranges.BeginDrain();
             }
             for (int i = 0; i < _draining.Count; i++)
@@ -103,9 +207,10 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
                 released = true;
                 Complete(job, result);
             }
-            if (!_ranges.Draining || _draining.Count > 0) break;
+            if (_growth is not null && (_batchHandles.Count > 0 || !_growth.HasMoves)) released |= AdvanceGrowth();
+            if (!_ranges.Draining || _draining.Count > 0 || _batchHandles.Count > 0) break;
             _ranges.EndDrain();
-            if (_waitingForRange.Count == 0 || !_ranges.CanBeginDrain()) break;
+            if ((_waitingForRange.Count == 0 && !WantsGrowthBatch) || !_ranges.CanBeginDrain()) break;
         }
         if (released) _rangesReleased();
     }

@@ -24,8 +24,14 @@ internal abstract class OffloadThread<TJob> : IDisposable where TJob : struct
     public void Enqueue(in TJob job)
     {
         _jobs.Enqueue(job);
-        if (Volatile.Read(ref _started) == 0 && Interlocked.Exchange(ref _started, 1) == 0) _thread.Start();
+        StartOnce();
         Wake();
+    }
+
+    /// <summary>Starts the thread unless it runs already (work handed over other than by <see cref="Enqueue"/>).</summary>
+    protected void StartOnce()
+    {
+        if (Volatile.Read(ref _started) == 0 && Interlocked.Exchange(ref _started, 1) == 0) _thread.Start();
     }
 
     /// <summary>Makes the thread look again (any thread).</summary>

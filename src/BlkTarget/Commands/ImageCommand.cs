@@ -9,7 +9,7 @@ using static BlkTarget.Commands.ProgressDisplay;
 namespace BlkTarget.Commands;
 
 /// <summary>
-/// `blktarget image create|info|check|convert|export|import`: the sparse image tooling. The work lives in
+/// `blktarget image create|info|check|resize|convert|export|import`: the sparse image tooling. The work lives in
 /// BlkTarget.Storage.Image; this is argument handling and output. Problems the user can fix (bad arguments,
 /// missing, foreign, truncated or corrupt files) print one line `blktarget: ...` on stderr and exit 1.
 /// </summary>
@@ -25,9 +25,9 @@ public static class ImageCommand
 
     public static Command Create()
     {
-        var command = new Command("image", "Create, inspect, check, convert, export and import BlkTarget sparse images")
+        var command = new Command("image", "Create, inspect, check, grow, convert, export and import BlkTarget sparse images")
         {
-            CreateCommand(), InfoCommand(), CheckCommand(), ConvertCommand(), ExportCommand(), ImportCommand(),
+            CreateCommand(), InfoCommand(), CheckCommand(), ResizeCommand(), ConvertCommand(), ExportCommand(), ImportCommand(),
         };
         return command;
     }
@@ -107,6 +107,23 @@ public static class ImageCommand
             w.WriteEndObject();
         }
         stdout.Write("\n"u8);
+    }
+
+    private static Command ResizeCommand()
+    {
+        var path = PathArgument("PATH", "The image (not in use: a served image grows with 'blktarget disk resize')");
+        var size = new Argument<string>("SIZE") { Description = "The new virtual size, e.g. 20G (larger than now, a multiple of 512 bytes)" };
+        var command = new Command("resize", "Grow an image's virtual size (crash-safe; images never shrink)") { path, size };
+        command.SetAction(parse => Guard(() =>
+        {
+            string target = parse.GetValue(path)!;
+            ulong bytes = ParseSize("SIZE", parse.GetValue(size)!);
+            using var image = ImageFile.Open(target, readOnly: false, directIo: false);
+            int moved = ImageGrowth.Run(image, bytes);
+            Console.WriteLine($"resized {target}: {Human(bytes)} virtual ({bytes} bytes){(moved > 0 ? $", {moved} clusters moved to make room for the map" : "")}");
+            return 0;
+        }));
+        return command;
     }
 
     private static Command CheckCommand()

@@ -23,6 +23,12 @@ internal sealed unsafe class MediumLog(StampLedger ledger) : IMediumRecorder
 
     public int Count => _changes.Count;
 
+    /// <summary>The logical times of the recorded changes, in order: the moments between which a crash can fall.</summary>
+    public List<long> Ticks()
+    {
+        lock (_lock) return _changes.Select(c => c.Tick).Order().ToList();
+    }
+
     public void Wrote(ulong fileOffset, IoVec* iov, int iovCount, ulong length, bool durable)
     {
         var data = new byte[length];
@@ -60,9 +66,10 @@ internal sealed unsafe class MediumLog(StampLedger ledger) : IMediumRecorder
     /// <summary>
     /// Writes to <paramref name="path"/> (a copy of the file as it was when recording began) what a power loss at
     /// logical time <paramref name="crash"/> may leave: returns how many changes were optional and how many of
-    /// them were kept.
+    /// them were kept. <paramref name="processKilled"/>: a kill -9 instead, which loses nothing the process had
+    /// handed to the kernel (every change up to the crash is there, none torn).
     /// </summary>
-    public (int Optional, int Kept) BuildCrashImage(string path, long crash, Random random)
+    public (int Optional, int Kept) BuildCrashImage(string path, long crash, Random random, bool processKilled = false)
     {
         var changes = _changes.OrderBy(c => c.Tick).Where(c => c.Tick <= crash).ToList();
         long syncedBefore = 0;   // changes logged before this tick were covered by a completed sync
@@ -72,7 +79,7 @@ internal sealed unsafe class MediumLog(StampLedger ledger) : IMediumRecorder
         using var file = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
         foreach (var c in changes)
         {
-            bool mandatory = c.Tick < syncedBefore || (c.Kind == Kind.Write && c.Durable);
+            bool mandatory = processKilled || c.Tick < syncedBefore || (c.Kind == Kind.Write && c.Durable);
             switch (c.Kind)
             {
                 case Kind.Write:

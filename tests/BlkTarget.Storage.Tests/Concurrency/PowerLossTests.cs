@@ -49,29 +49,8 @@ public sealed class PowerLossTests(ITestOutputHelper output) : IDisposable
             threads.ForEach(t => t.Join());
             Assert.Empty(failures);
         }
-        var random = new Random((int)clusterSize);
-        long end = ledger.Now;
-        int leaks = 0, optional = 0, kept = 0;
-        for (int point = 0; point < CrashPoints; point++)
-        {
-            long crash = point == CrashPoints - 1 ? end : random.NextInt64(1, end);
-            string crashed = Path.Combine(_dir, $"crash{point}.bti");
-            File.Copy(initial, crashed);
-            var (o, k) = log.BuildCrashImage(crashed, crash, random);
-            optional += o;
-            kept += k;
-            var check = ImageChecker.Check(crashed);
-            Assert.False(check.HasCorruption, $"power loss at {crash}: {string.Join("; ", check.Remaining.Select(p => p.Message))}");
-            if (!check.Clean) leaks++;
-            var contents = new byte[Size];
-            using (var image = ImageDisk.Open(crashed, readOnly: true, StampWorker.BlockSize, directIo: false, NullLogger.Instance))
-            using (var driver = new ChannelDriver(image))
-                Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Read, 0, contents));
-            var violations = ledger.CrashViolations(contents, crash);
-            Assert.True(violations.Count == 0, $"power loss at {crash} of {end}:\n{string.Join("\n", violations)}");
-            File.Delete(crashed);
-        }
-        output.WriteLine($"{log.Count} recorded changes, {CrashPoints} power losses, {optional} optional changes ({kept} kept), {leaks} images with only leaked space");
+        var outcome = PowerLossReplay.Run(log, ledger, initial, _dir, CrashPoints, Size, new Random((int)clusterSize));
+        output.WriteLine($"{log.Count} recorded changes, {CrashPoints} power losses, {outcome.Optional} optional changes ({outcome.Kept} kept), {outcome.Leaks} images with only leaked space");
     }
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
