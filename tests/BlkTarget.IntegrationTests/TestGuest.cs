@@ -51,6 +51,7 @@ internal sealed class TestGuest : IDisposable
     {
         foreach (var q in Queues) q.Reset();
         foreach (var b in Blk) b.ResetSlots();
+        Frontend.ResetInflight();
     }
 
     public GuestBuffer Allocate(uint bytes, uint alignment = 512) => Arena.Allocate(bytes, alignment);

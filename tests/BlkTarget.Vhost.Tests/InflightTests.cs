@@ -246,6 +246,16 @@ public sealed unsafe class InflightTests : IDisposable
         Assert.Empty(PopAll(ring));
     }
 
+    [Fact]
+    public void An_area_with_nothing_in_flight_follows_the_rings_used_index_whatever_it_says()
+    {
+        InitRegion(usedIdx: 500);                    // kept from before a ring reset: used->idx is 0 again
+        LastBatchHead = 999;
+        var ring = TrackedRing();
+        Assert.Equal(0, UsedIdx);
+        Assert.Equal(0, ring.LastAvailIdx);
+    }
+
     public static TheoryData<string, string> HostileRegions => new()
     {
         { "version", "version 7" },
@@ -265,8 +275,8 @@ public sealed unsafe class InflightTests : IDisposable
         {
             case "version": Version = 7; break;
             case "desc_num": DescNum = 8; break;
-            case "batch too large": _t.SetUsedIdx(17); break;
-            case "batch head out of range": _t.SetUsedIdx(1); LastBatchHead = 16; break;
+            case "batch too large": _t.SetUsedIdx(17); SetDesc(0, 1, 0); break;
+            case "batch head out of range": _t.SetUsedIdx(1); LastBatchHead = 16; SetDesc(0, 1, 0); break;
             case "batch next out of range": _t.SetUsedIdx(2); LastBatchHead = 1; SetDesc(1, 1, 0, next: 999); break;
             case "flag": SetDesc(15, 2, 0); break;
         }

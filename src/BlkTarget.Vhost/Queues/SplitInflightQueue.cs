@@ -64,7 +64,7 @@ public sealed unsafe class SplitInflightQueue
     /// starts. A region never initialised (version 0) is initialised empty. Otherwise: version must be 1 and
     /// desc_num the queue size; when used_idx differs from <paramref name="ringUsedIdx"/> (used->idx in guest
     /// memory) the last batch was published but not cleared, and its (used->idx - used_idx) entries, followed from
-    /// last_batch_head through next, are cleared; then used_idx = used->idx. The heads whose inflight flag is still
+    /// last_batch_head through next, are cleared (unless nothing at all is in flight); then used_idx = used->idx. The heads whose inflight flag is still
     /// 1 are queued for resubmission in ascending counter order.
     /// </summary>
     /// <returns>Null on success, else why the region cannot be used (the queue must not start): a bad version or
@@ -115,6 +115,12 @@ public sealed unsafe class SplitInflightQueue
         ushort regionUsedIdx = Volatile.Read(ref *UsedIdxField);
         ushort batch = (ushort)(ringUsedIdx - regionUsedIdx);
         if (batch == 0) return null;
+        if (!AnyInflight())
+        {
+            // Nothing to repair, whatever the indices say (e.g. a frontend that kept the area across a ring reset).
+            Volatile.Write(ref *UsedIdxField, ringUsedIdx);
+            return null;
+        }
         if (batch > _size) return $"used->idx {ringUsedIdx} is {batch} entries past the region's used_idx {regionUsedIdx}, more than the queue holds";
         ushort head = *LastBatchHeadField;
         for (int i = 0; i < batch; i++)
@@ -126,6 +132,13 @@ public sealed unsafe class SplitInflightQueue
         }
         Volatile.Write(ref *UsedIdxField, ringUsedIdx);
         return null;
+    }
+
+    private bool AnyInflight()
+    {
+        for (uint head = 0; head < _size; head++)
+            if (Volatile.Read(ref *(Desc(head) + InflightLayout.DescInflightOffset)) != 0) return true;
+        return false;
     }
 
     /// <summary>The next head to submit again, in counter order; false once all were handed out.</summary>
