@@ -193,23 +193,9 @@ public sealed class VhostUserSession : IDisposable
     private bool AddMemoryRegion(ReceivedMessage message)
     {
         var description = SingleRegionPayload.Read(message.Payload) ?? throw new VhostUserProtocolException("ADD_MEM_REG: short payload");
-        if (message.FdCount != 1)
-        {
-            _log.LogError("{Device}: ADD_MEM_REG with {Fds} descriptors", _device.Name, message.FdCount);
-            return false;
-        }
         if (_regions.Count >= MaxMemSlots) return false;
-        GuestRegion region;
-        try
-        {
-            using var fd = message.TakeFd(0);
-            region = GuestRegion.Map(description, fd);
-        }
-        catch (Exception e) when (e is IOException or ArgumentException)
-        {
-            _log.LogError("{Device}: ADD_MEM_REG refused: {Error}", _device.Name, e.Message);
-            return false;
-        }
+        var region = MapSingleFd(message, fd => GuestRegion.Map(description, fd));
+        if (region is null) return false;
         var next = new List<GuestRegion>(_regions) { region };
         if (!RegionsAreDisjoint(next))
         {
@@ -219,6 +205,28 @@ public sealed class VhostUserSession : IDisposable
         }
         ReplaceMemory(next);
         return true;
+    }
+
+    /// <summary>Maps what the single fd of <paramref name="message"/> holds (ADD_MEM_REG, SET_INFLIGHT_FD). Null, logged,
+    /// when the message carries another number of fds or <paramref name="map"/> refuses (IOException, ArgumentException);
+    /// the fd is closed in every case (a mapping keeps what it needs).</summary>
+    private T? MapSingleFd<T>(ReceivedMessage message, Func<OwnedFd, T> map) where T : class
+    {
+        if (message.FdCount != 1)
+        {
+            _log.LogError("{Device}: {Request} with {Fds} descriptors", _device.Name, message.Header.Request, message.FdCount);
+            return null;
+        }
+        try
+        {
+            using var fd = message.TakeFd(0);
+            return map(fd);
+        }
+        catch (Exception e) when (e is IOException or ArgumentException)
+        {
+            _log.LogError("{Device}: {Request} refused: {Error}", _device.Name, message.Header.Request, e.Message);
+            return null;
+        }
     }
 
     private bool RemoveMemoryRegion(ReceivedMessage message)
@@ -540,22 +548,13 @@ public sealed class VhostUserSession : IDisposable
     {
         RequireLength(message, InflightDescription.MinLength);
         var description = InflightDescription.Read(message.Payload);
-        if (message.FdCount != 1 || _vrings.Any(v => v.Running is not null))
+        if (_vrings.Any(v => v.Running is not null))
         {
-            _log.LogError("{Device}: SET_INFLIGHT_FD with {Fds} descriptors or while queues run: refused", _device.Name, message.FdCount);
+            _log.LogError("{Device}: SET_INFLIGHT_FD while queues run: refused", _device.Name);
             return false;
         }
-        InflightRegion region;
-        try
-        {
-            using var fd = message.TakeFd(0);
-            region = InflightRegion.Map(description, fd);
-        }
-        catch (Exception e) when (e is ArgumentException or IOException)
-        {
-            _log.LogError("{Device}: SET_INFLIGHT_FD refused: {Error}", _device.Name, e.Message);
-            return false;
-        }
+        var region = MapSingleFd(message, fd => InflightRegion.Map(description, fd));
+        if (region is null) return false;
         if (!_keepMappings) _inflight?.Dispose();
         _inflight = region;
         _log.LogInformation("{Device}: inflight area of {Queues} queues of {Size} mapped", _device.Name, description.NumQueues, description.QueueSize);
