@@ -14,7 +14,7 @@ internal sealed class TestGuest : IDisposable
     }
 
     public GuestMemoryArena Arena { get; }
-    public VhostUserFrontend Frontend { get; }
+    public VhostUserFrontend Frontend { get; private set; }
     public VirtqueueDriver[] Queues { get; }
     public BlkRequestQueue[] Blk { get; }
 
@@ -46,11 +46,27 @@ internal sealed class TestGuest : IDisposable
 
     public ushort[] Stop() => Frontend.Stop(Queues);
 
+    /// <summary>
+    /// What QEMU 7.2's vhost-user-blk does when its backend went away and one listens on the socket again: the old
+    /// connection is dropped, the inflight area kept; a new connection negotiates, sends SET_INFLIGHT_FD with the kept
+    /// area and starts every ring from used->idx (it could not ask GET_VRING_BASE).
+    /// </summary>
+    public void Reconnect(string socketPath, TimeSpan connectTimeout)
+    {
+        var area = Frontend.TakeInflight();
+        Frontend.Dispose();
+        Frontend = VhostUserFrontend.Connect(socketPath, Frontend.Options, connectTimeout);
+        Frontend.Inflight = area;
+        foreach (var q in Queues) q.NextBase = q.DeviceUsedIdx;
+        Start();
+    }
+
     /// <summary>What a guest driver does after a device reset: fresh, empty rings.</summary>
     public void ResetQueues()
     {
         foreach (var q in Queues) q.Reset();
         foreach (var b in Blk) b.ResetSlots();
+        Frontend.ResetInflight();
     }
 
     public GuestBuffer Allocate(uint bytes, uint alignment = 512) => Arena.Allocate(bytes, alignment);

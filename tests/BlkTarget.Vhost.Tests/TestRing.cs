@@ -59,6 +59,7 @@ internal sealed unsafe class TestRing : IDisposable
     public ushort UsedFlags => *(ushort*)Memory.At(_usedGpa);
     public ushort AvailEvent => *(ushort*)Memory.At(_usedGpa + 4 + 8UL * Size);
     public ushort UsedIdx => *(ushort*)Memory.At(_usedGpa + 2);
+    public void SetUsedIdx(ushort idx) => *(ushort*)Memory.At(_usedGpa + 2) = idx;
     public VirtqUsedElement Used(int i) => ((VirtqUsedElement*)Memory.At(_usedGpa + 4))[i % Size];
 
     public void Dispose() => Memory.Dispose();

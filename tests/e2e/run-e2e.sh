@@ -42,6 +42,10 @@
 #   scsi-pr                    (--kind scsi only) persistent reservations with sg_persist on
 #                              /dev/sda: register, reserve, read keys/reservation/full status,
 #                              report capabilities, conflicts, release, unregister
+#   target-restart             (blktarget, --kind blk, ram backend runs only) its own target on a file;
+#                              a guest with reconnect=1 runs fio verify passes while the target is
+#                              killed -9 and restarted three times, then stopped with SIGTERM and
+#                              restarted once; then ext4 + e2fsck. 0 I/O errors required.
 #   target-shutdown            SIGTERM: the target exits 0 and removes its socket
 # Output: one "e2e PASS <name>" / "e2e FAIL <name>" line per test, then exactly one
 # "e2e: N passed, M failed" line. Exit status is non-zero if anything failed.
@@ -53,7 +57,7 @@ SUITE_START=$SECONDS
 
 target=blktarget backend=ram:1G backend_set=0 kind=blk queues=2 only="" guest_timeout=240
 log_dir="" install=0 verbose=0
-usage() { sed -n '2,45p' "$0"; }
+usage() { sed -n '2,48p' "$0"; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --target) target=$2; shift 2 ;;
@@ -83,6 +87,8 @@ ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot guest-reboot)
 # Runtime management (disks and exports made over RPC while the target serves): BlkTarget only.
 [[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize fio-during-attach)
 [[ "$target" != blktarget || "$kind" != scsi || "$backend" != ram:* ]] || ALL_TESTS+=(scsi-hotplug)
+# Restarts need a backend that outlives the process (it brings its own file); once per suite, in the ram run.
+if [[ "$target" == blktarget && "$kind" == blk && "$backend" == ram:* ]]; then ALL_TESTS+=(target-restart); fi
 TESTS=()
 if [[ -n "$only" ]]; then
     IFS=, read -ra TESTS <<< "$only"
@@ -123,7 +129,7 @@ prereq_missing() {
 }
 
 # --- state for cleanup ----------------------------------------------------------
-WORK="" target_pid="" guest_pid="" qsd_image=""
+WORK="" target_pid="" guest_pid="" qsd_image="" restart_pid="" restart_dir=""
 # shellcheck disable=SC2317  # only reached through the EXIT trap
 cleanup() {
     local rc=$?
@@ -144,7 +150,12 @@ cleanup() {
         kill -KILL "$target_pid" 2>/dev/null || true
         wait "$target_pid" 2>/dev/null || true
     fi
+    if [[ -n "$restart_pid" ]] && kill -0 "$restart_pid" 2>/dev/null; then
+        kill -KILL "$restart_pid" 2>/dev/null || true
+        wait "$restart_pid" 2>/dev/null || true
+    fi
     [[ -z "$qsd_image" ]] || rm -f "$qsd_image"
+    [[ -z "$restart_dir" ]] || rm -rf "$restart_dir"
     [[ -z "$WORK" ]] || rm -rf "$WORK"
     exit "$rc"
 }
@@ -483,6 +494,82 @@ run_fio_during_attach() {
     stop_management_target
 }
 
+# --- target-restart: its own target on a file, restarted under a running guest -------------
+RESTART_SOCK="" RESTART_LOG=""
+# Starts the restart target (extra serve arguments in "$@") and waits until it listens; its pid in restart_pid.
+start_restart_target() {
+    echo "+ ${TARGET_CMD[*]} serve --socket $RESTART_SOCK --backend file:$restart_dir/restart.img --queues $queues $*" >> "$RESTART_LOG"
+    "${TARGET_CMD[@]}" serve --socket "$RESTART_SOCK" --backend "file:$restart_dir/restart.img" --queues "$queues" "$@" \
+        </dev/null >>"$RESTART_LOG" 2>&1 &
+    restart_pid=$!
+    local t0=$SECONDS
+    while [[ ! -S "$RESTART_SOCK" ]] && kill -0 "$restart_pid" 2>/dev/null && (( SECONDS - t0 < 30 )); do sleep 0.05; done
+    [[ -S "$RESTART_SOCK" ]]
+}
+
+run_target_restart() {
+    local name=target-restart console="$log_dir/target-restart.console.log" t0=$SECONDS rc=0 round why=""
+    RESTART_SOCK="$WORK/restart.sock" RESTART_LOG="$log_dir/target-restart.target.log"
+    # O_DIRECT (the default cache=none) needs a disk filesystem, which /tmp may not be; the device's latency keeps
+    # requests in flight long enough for the kills to catch some.
+    restart_dir=$(mktemp -d /var/tmp/blktarget-e2e-restart.XXXXXX)
+    : > "$RESTART_LOG"
+    if ! start_restart_target --create 512M; then
+        tail -n 20 "$RESTART_LOG" | sed 's/^/[target-restart] /'
+        fail "$name" "the restart target did not come up"
+        return
+    fi
+    info "running $name ..."
+    local args=(--socket "$RESTART_SOCK" --job "$HERE/jobs/$name.sh" --queues "$queues" --kind blk --reconnect
+        --timeout "$guest_timeout" --guest-dir "$guest_dir" --log "$console")
+    [[ $verbose -eq 0 ]] || args+=(--verbose)
+    "$HERE/run-guest.sh" "${args[@]}" > "$log_dir/$name.run.log" 2>&1 &
+    guest_pid=$!
+    while ! grep -q "E2E-RESTART-IO-START" "$console" 2>/dev/null; do
+        if ! kill -0 "$guest_pid" 2>/dev/null; then why="the guest ended before its I/O started"; break; fi
+        sleep 0.2
+    done
+    # Three kill -9 and one SIGTERM, 2 s of guest I/O before each; each new process opens the same file.
+    for round in 1 2 3 4; do
+        [[ -z "$why" ]] || break
+        sleep 2
+        if grep -q "E2E-RESTART-IO-DONE" "$console"; then why="the guest's I/O window ended before restart $round"; break; fi
+        if (( round <= 3 )); then
+            kill -KILL "$restart_pid"; wait "$restart_pid" 2>/dev/null || true
+            rm -f "$RESTART_SOCK"    # left behind by the killed process; its absence is how we see the next one listen
+            info "$name: target killed with SIGKILL ($round of 3)"
+        else
+            kill -TERM "$restart_pid"
+            local trc=0
+            wait "$restart_pid" || trc=$?
+            if [[ $trc -ne 0 || -e "$RESTART_SOCK" ]]; then why="SIGTERM: the target exited with $trc$([[ -e $RESTART_SOCK ]] && echo ', socket left behind')"; break; fi
+            info "$name: target stopped with SIGTERM (drained, exit 0)"
+        fi
+        if ! start_restart_target; then why="the target did not come back up after restart $round"; break; fi
+    done
+    if [[ -z "$why" ]] && grep -q "E2E-RESTART-IO-DONE" "$console"; then why="the guest's I/O window ended before the last restart finished"; fi
+    if [[ -n "$why" ]]; then kill -TERM "$guest_pid" 2>/dev/null || true; fi
+    wait "$guest_pid" || rc=$?
+    guest_pid=""
+    local resubmitted
+    resubmitted=$( (grep -o "resubmitting [0-9]* in-flight" "$RESTART_LOG" || true) | awk '{n += $2} END {print n + 0}')
+    grep -E "E2E-RESTART-IO-DONE|target-restart: fio pass .*after|target-restart: ext4" "$console" | tr -d '\r' | sed 's/^/[guest] /' || true
+    info "$name: requests the restarted targets resubmitted from the inflight area: $resubmitted"
+    kill -TERM "$restart_pid" 2>/dev/null || true
+    wait "$restart_pid" 2>/dev/null || true
+    restart_pid=""
+    rm -rf "$restart_dir"
+    restart_dir=""
+    if [[ -z "$why" && $rc -eq 0 ]]; then
+        info "$name passed in $((SECONDS - t0))s"
+        pass "$name"
+        return
+    fi
+    sed 's/^/[guest] /' "$log_dir/$name.run.log"
+    tail -n 40 "$RESTART_LOG" | sed 's/^/[target-restart] /'
+    fail "$name" "${why:-guest failed after $((SECONDS - t0))s} (console: $console)"
+}
+
 # --- main ---------------------------------------------------------------------------
 if start_target; then
     for t in "${TESTS[@]}"; do
@@ -494,6 +581,7 @@ if start_target; then
             disk-resize) run_disk_resize ;;
             fio-during-attach) run_fio_during_attach ;;
             scsi-hotplug) run_scsi_hotplug ;;
+            target-restart) run_target_restart ;;
             *) run_test "$t" ;;
         esac
     done

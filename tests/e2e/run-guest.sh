@@ -5,7 +5,7 @@
 # Usage:
 #   run-guest.sh --socket SOCK --job JOBFILE [--queues N] [--kind blk|scsi]
 #                [--timeout SECS] [--mem SIZE] [--smp N] [--log FILE]
-#                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--verbose]
+#                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--reconnect] [--verbose]
 #
 #   --socket     vhost-user unix socket served by the target (must already exist)
 #   --job        guest-side shell script (busybox sh), becomes /job.sh in the guest
@@ -24,6 +24,8 @@
 #                still bounds the whole run, all boots together.
 #   --expect-boots N  fail unless the guest's /init started exactly N times
 #                (counts its "E2E: guest up" lines; default: not checked)
+#   --reconnect  add reconnect=1 to the vhost-user chardev: QEMU waits for a target that went away
+#                and reconnects (with its inflight area) when one listens again
 #   --verbose    also stream the console to stdout while the guest runs
 #
 # Environment: E2E_QEMU_ARGS  extra QEMU arguments (word-split), for debugging, e.g.
@@ -45,7 +47,7 @@ log() { echo "run-guest: $*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 
 socket="" job="" queues=1 kind=blk timeout_s=240 mem=1G smp=2 logfile="" guest_dir="" verbose=0
-allow_reboot=0 expect_boots=""
+allow_reboot=0 expect_boots="" reconnect=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --socket) socket=$2; shift 2 ;;
@@ -58,6 +60,7 @@ while [[ $# -gt 0 ]]; do
         --log) logfile=$2; shift 2 ;;
         --guest-dir) guest_dir=$2; shift 2 ;;
         --allow-reboot) allow_reboot=1; shift ;;
+        --reconnect) reconnect=1; shift ;;
         --expect-boots) expect_boots=$2; shift 2 ;;
         --verbose) verbose=1; shift ;;
         -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
@@ -129,7 +132,7 @@ qemu=(qemu-system-x86_64
     -object "memory-backend-memfd,id=mem,size=$mem,share=on" -numa node,memdev=mem
     -kernel "$guest_dir/kernel" -initrd "$TMP/initrd"
     -append "console=ttyS0 ${E2E_APPEND:-quiet} panic=-1 rdinit=/init"
-    -chardev "socket,id=c0,path=$socket" -device "$device"
+    -chardev "socket,id=c0,path=$socket$([[ $reconnect -eq 0 ]] || echo ",reconnect=1")" -device "$device"
     -nodefaults -display none -serial stdio
 )
 [[ $allow_reboot -eq 1 ]] || qemu+=(-no-reboot)

@@ -73,6 +73,25 @@ public sealed unsafe partial class MappedMemory : SafeHandle
     }
 
     /// <summary>
+    /// Maps [<paramref name="offset"/>, offset + <paramref name="length"/>) of an fd a peer sent, shared and read-write,
+    /// after checking that the file really holds those bytes (touching a mapping past the end of a file raises
+    /// SIGBUS, which would end the process). The offset need not be page-aligned: the mapping starts at the page
+    /// below it and <paramref name="start"/> points at the offset.
+    /// </summary>
+    /// <exception cref="ArgumentException">the range wraps, or the file is shorter than offset + length.</exception>
+    /// <exception cref="IOException">fstat or mmap failed (HResult = errno).</exception>
+    public static MappedMemory MapSharedRange(int fd, ulong offset, ulong length, out byte* start)
+    {
+        if (length == 0 || offset > long.MaxValue - length) throw new ArgumentException($"range of {length} bytes at {offset} is invalid");
+        var stat = FileNative.StatFd(fd) ?? throw Errno.Exception("statx of a received fd");
+        if (stat.Size < offset + length) throw new ArgumentException($"the fd holds {stat.Size} bytes, {offset + length} are needed");
+        ulong pageOffset = offset & ~(PageSize - 1);
+        var mapping = MapShared(fd, offset - pageOffset + length, (long)pageOffset);
+        start = mapping.Pointer + (offset - pageOffset);
+        return mapping;
+    }
+
+    /// <summary>
     /// Reserves <paramref name="length"/> bytes of zeroed private memory (MAP_NORESERVE): pages are committed on
     /// first write, so a large RAM disk costs nothing until used. With <paramref name="transparentHugePages"/> the
     /// mapping starts on a 2 MiB boundary and is advised MADV_HUGEPAGE, so the kernel backs it with huge pages where

@@ -64,6 +64,10 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         _segmentBuffer = MappedMemory.MapAnonymous((ulong)(Ring.Size + 1) * (ulong)_segmentsPerSlot * (ulong)sizeof(IoVec));
         _segments = (IoVec*)_segmentBuffer.Pointer;
         _scratch = _segments + (long)Ring.Size * _segmentsPerSlot;
+        // Every (re)start interrupts the guest once (as SPDK does): used entries published while the frontend had no
+        // call fd wired (a target stopped with SIGTERM drains after QEMU has already dropped its notifiers; a killed
+        // one may die between publish and signal) are otherwise never announced, and the guest waits forever.
+        if (_callFd >= 0) EventFd.Signal(_callFd);
     }
 
     public int Index { get; }

@@ -47,6 +47,29 @@ public sealed class VhostUserFrontend : IDisposable
     public int BackendQueueCount { get; private set; } = 1;
     /// <summary>GET_MAX_MEM_SLOTS's answer, or 0 without CONFIGURE_MEM_SLOTS.</summary>
     public ulong MaxMemSlots { get; private set; }
+    /// <summary>
+    /// The inflight area (INFLIGHT_SHMFD): created by the first <see cref="Start"/> with GET_INFLIGHT_FD and sent with
+    /// SET_INFLIGHT_FD on every start, as QEMU does. Owned by this frontend (disposed with it) until taken with
+    /// <see cref="TakeInflight"/>; set it on a new frontend to reconnect with the area a previous one kept.
+    /// </summary>
+    public InflightArea? Inflight { get; set; }
+
+    /// <summary>Drops the inflight area, as QEMU's vhost-user-blk does at a device reset: the next <see cref="Start"/>
+    /// asks the backend for a fresh one.</summary>
+    public void ResetInflight()
+    {
+        Inflight?.Dispose();
+        Inflight = null;
+    }
+
+    /// <summary>Hands the inflight area to the caller (who keeps it for the next connection).</summary>
+    public InflightArea? TakeInflight()
+    {
+        var area = Inflight;
+        Inflight = null;
+        return area;
+    }
+
     /// <summary>The config read during the handshake, or null when CONFIG was not negotiated.</summary>
     public VirtioBlkConfig? Config { get; private set; }
 
@@ -130,12 +153,20 @@ public sealed class VhostUserFrontend : IDisposable
     public bool HasFeature(int bit) => (AckedFeatures & VirtioFeatures.Bit(bit)) != 0;
 
     /// <summary>
-    /// QEMU 7.2 at DRIVER_OK: SET_FEATURES, the memory table, then per queue SET_VRING_NUM, _BASE, _ADDR, _KICK,
+    /// QEMU 7.2 at DRIVER_OK: with INFLIGHT_SHMFD, GET_INFLIGHT_FD (first start only: <see cref="Inflight"/> is kept)
+    /// and SET_INFLIGHT_FD; then SET_FEATURES, the memory table, then per queue SET_VRING_NUM, _BASE, _ADDR, _KICK,
     /// _CALL, and finally SET_VRING_ENABLE(1) for every queue (when protocol features are in use and
     /// <paramref name="enable"/> is set). Each queue starts from its <see cref="VirtqueueDriver.NextBase"/>.
     /// </summary>
     public void Start(GuestMemoryArena arena, IReadOnlyList<VirtqueueDriver> queues, bool enable = true)
     {
+        if ((AckedProtocolFeatures & ProtocolFeatures.InflightShmfd) != 0 && queues.Count > 0)
+        {
+            ushort numQueues = (ushort)(queues.Max(q => q.Index) + 1), queueSize = (ushort)queues[0].Size;
+            if (Inflight is { } kept && (kept.Description.NumQueues != numQueues || kept.Description.QueueSize != queueSize)) ResetInflight();
+            Inflight ??= GetInflightFd(numQueues, queueSize);
+            if (Inflight is not null) SetInflightFd(Inflight);
+        }
         ulong features = FeaturesToAck;
         SetFeatures(features);
         bool eventIdx = (features & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0;
@@ -282,6 +313,30 @@ public sealed class VhostUserFrontend : IDisposable
         var state = VringState.Read(reply.Payload);
         if (state.Index != (uint)index) throw new VhostUserFrontendException($"GET_VRING_BASE for queue {index} answered for queue {state.Index}", VhostUserRequest.GetVringBase);
         return (ushort)state.Num;
+    }
+
+    /// <summary>GET_INFLIGHT_FD for <paramref name="numQueues"/> queues of <paramref name="queueSize"/>: the area the
+    /// backend created, or null when it answered mmap_size 0 (no area; QEMU then runs without).</summary>
+    public InflightArea? GetInflightFd(ushort numQueues, ushort queueSize)
+    {
+        Span<byte> payload = stackalloc byte[InflightDescription.Length];
+        new InflightDescription(0, 0, numQueues, queueSize).Write(payload);
+        _connection.Send(VhostUserRequest.GetInflightFd, 0, payload);
+        using var reply = ReceiveReply(VhostUserRequest.GetInflightFd);
+        if (reply.Payload.Length < InflightDescription.MinLength)
+            throw new VhostUserFrontendException($"GET_INFLIGHT_FD reply of {reply.Payload.Length} bytes", VhostUserRequest.GetInflightFd);
+        var description = InflightDescription.Read(reply.Payload);
+        if (description.MmapSize == 0) return null;
+        if (reply.FdCount != 1) throw new VhostUserFrontendException($"GET_INFLIGHT_FD reply with {reply.FdCount} descriptors", VhostUserRequest.GetInflightFd);
+        return new InflightArea(reply.TakeFd(0), description);
+    }
+
+    /// <summary>SET_INFLIGHT_FD with <paramref name="area"/>'s fd and description.</summary>
+    public void SetInflightFd(InflightArea area)
+    {
+        Span<byte> payload = stackalloc byte[InflightDescription.Length];
+        area.Description.Write(payload);
+        SendSet(VhostUserRequest.SetInflightFd, payload, [area.Fd]);
     }
 
     /// <summary>Reads <paramref name="size"/> bytes of config space; throws when the backend refuses (a reply
@@ -481,5 +536,7 @@ public sealed class VhostUserFrontend : IDisposable
     {
         _backendChannel?.Dispose();
         _connection.Dispose();
+        Inflight?.Dispose();
+        Inflight = null;
     }
 }

@@ -134,3 +134,31 @@ public static class VringFdPayload
     /// <summary>VHOST_USER_VRING_NOFD_MASK: no descriptor attached.</summary>
     public const ulong NoFdFlag = 0x100;
 }
+
+/// <summary>
+/// GET_INFLIGHT_FD / SET_INFLIGHT_FD payload (VhostUserInflight): {u64 mmap_size, u64 mmap_offset, u16 num_queues,
+/// u16 queue_size}, padded to 24 bytes as QEMU sends it. Sizes and offsets in bytes; the area's fd travels as
+/// SCM_RIGHTS with the message.
+/// </summary>
+public readonly record struct InflightDescription(ulong MmapSize, ulong MmapOffset, ushort NumQueues, ushort QueueSize)
+{
+    /// <summary>Bytes that carry fields; a shorter payload is malformed.</summary>
+    public const int MinLength = 20;
+    /// <summary>Bytes written (sizeof(VhostUserInflight) with its tail padding).</summary>
+    public const int Length = 24;
+
+    public static InflightDescription Read(ReadOnlySpan<byte> p) => new(
+        BinaryPrimitives.ReadUInt64LittleEndian(p),
+        BinaryPrimitives.ReadUInt64LittleEndian(p[8..]),
+        BinaryPrimitives.ReadUInt16LittleEndian(p[16..]),
+        BinaryPrimitives.ReadUInt16LittleEndian(p[18..]));
+
+    public void Write(Span<byte> p)
+    {
+        BinaryPrimitives.WriteUInt64LittleEndian(p, MmapSize);
+        BinaryPrimitives.WriteUInt64LittleEndian(p[8..], MmapOffset);
+        BinaryPrimitives.WriteUInt16LittleEndian(p[16..], NumQueues);
+        BinaryPrimitives.WriteUInt16LittleEndian(p[18..], QueueSize);
+        p[20..Length].Clear();
+    }
+}

@@ -17,7 +17,7 @@ public sealed class VhostUserSession : IDisposable
 {
     public const ProtocolFeatures SupportedProtocolFeatures =
         ProtocolFeatures.Mq | ProtocolFeatures.ReplyAck | ProtocolFeatures.Config | ProtocolFeatures.ConfigureMemSlots
-        | ProtocolFeatures.BackendReq;
+        | ProtocolFeatures.BackendReq | ProtocolFeatures.InflightShmfd;
     public const int MaxMemSlots = 32;
 
     private readonly IVhostUserDevice _device;
@@ -32,6 +32,8 @@ public sealed class VhostUserSession : IDisposable
     private GuestMemory _memory = GuestMemory.Empty;
     private ulong _ackedFeatures;
     private ProtocolFeatures _ackedProtocol;
+    /// <summary>SET_INFLIGHT_FD's area: every queue started while it is set tracks its requests there.</summary>
+    private InflightRegion? _inflight;
     /// <summary>Set when a queue was abandoned with requests in flight: this session never unmaps a region itself
     /// any more. The abandoned queue, which its reactor keeps until the backend has returned every operation,
     /// references the guest memory it used; only once nothing references a region does its SafeHandle unmap it.</summary>
@@ -97,6 +99,8 @@ public sealed class VhostUserSession : IDisposable
             VhostUserRequest.GetConfig => GetConfig(message),
             VhostUserRequest.SetConfig => SetConfig(message),
             VhostUserRequest.SetBackendReqFd => SetBackendReqFd(message),
+            VhostUserRequest.GetInflightFd => GetInflightFd(message),
+            VhostUserRequest.SetInflightFd => SetInflightFd(message),
             _ => null,
         };
         if (ok is null)
@@ -112,7 +116,7 @@ public sealed class VhostUserSession : IDisposable
 
     private static bool HasNaturalReply(VhostUserRequest request) => request is VhostUserRequest.GetFeatures
         or VhostUserRequest.GetProtocolFeatures or VhostUserRequest.GetQueueNum or VhostUserRequest.GetMaxMemSlots
-        or VhostUserRequest.GetVringBase or VhostUserRequest.GetConfig;
+        or VhostUserRequest.GetVringBase or VhostUserRequest.GetConfig or VhostUserRequest.GetInflightFd;
 
     private bool ReplyU64(VhostUserRequest request, ulong value)
     {
@@ -191,23 +195,9 @@ public sealed class VhostUserSession : IDisposable
     private bool AddMemoryRegion(ReceivedMessage message)
     {
         var description = SingleRegionPayload.Read(message.Payload) ?? throw new VhostUserProtocolException("ADD_MEM_REG: short payload");
-        if (message.FdCount != 1)
-        {
-            _log.LogError("{Device}: ADD_MEM_REG with {Fds} descriptors", _device.Name, message.FdCount);
-            return false;
-        }
         if (_regions.Count >= MaxMemSlots) return false;
-        GuestRegion region;
-        try
-        {
-            using var fd = message.TakeFd(0);
-            region = GuestRegion.Map(description, fd);
-        }
-        catch (Exception e) when (e is IOException or ArgumentException)
-        {
-            _log.LogError("{Device}: ADD_MEM_REG refused: {Error}", _device.Name, e.Message);
-            return false;
-        }
+        var region = MapSingleFd(message, fd => GuestRegion.Map(description, fd));
+        if (region is null) return false;
         var next = new List<GuestRegion>(_regions) { region };
         if (!RegionsAreDisjoint(next))
         {
@@ -217,6 +207,28 @@ public sealed class VhostUserSession : IDisposable
         }
         ReplaceMemory(next);
         return true;
+    }
+
+    /// <summary>Maps what the single fd of <paramref name="message"/> holds (ADD_MEM_REG, SET_INFLIGHT_FD). Null, logged,
+    /// when the message carries another number of fds or <paramref name="map"/> refuses (IOException, ArgumentException);
+    /// the fd is closed in every case (a mapping keeps what it needs).</summary>
+    private T? MapSingleFd<T>(ReceivedMessage message, Func<OwnedFd, T> map) where T : class
+    {
+        if (message.FdCount != 1)
+        {
+            _log.LogError("{Device}: {Request} with {Fds} descriptors", _device.Name, message.Header.Request, message.FdCount);
+            return null;
+        }
+        try
+        {
+            using var fd = message.TakeFd(0);
+            return map(fd);
+        }
+        catch (Exception e) when (e is IOException or ArgumentException)
+        {
+            _log.LogError("{Device}: {Request} refused: {Error}", _device.Name, message.Header.Request, e.Message);
+            return null;
+        }
     }
 
     private bool RemoveMemoryRegion(ReceivedMessage message)
@@ -414,6 +426,7 @@ public sealed class VhostUserSession : IDisposable
             _log.LogError("{Device}: queue {Index}: ring addresses lie outside guest memory or are misaligned", _device.Name, index);
             return false;
         }
+        if (_inflight is not null && !TrackInflight(index, ring)) return false;
         var reactor = _reactors.ForQueue(_deviceOffset, index);
         var start = new QueueStartInfo(index, ring, _memory, _ackedFeatures, vring.KickFd, vring.CallFd, reactor.Io);
         IRunningQueue? queue = null;
@@ -552,6 +565,68 @@ public sealed class VhostUserSession : IDisposable
         return _backendChannel.SendConfigChange();
     }
 
+    // ---- inflight tracking (reconnect after a backend restart) ----
+
+    /// <summary>GET_INFLIGHT_FD: a fresh zeroed area for the frontend to keep; a reply with mmap_size 0 and no fd
+    /// tells the frontend there is none (QEMU then runs without).</summary>
+    private bool GetInflightFd(ReceivedMessage message)
+    {
+        RequireLength(message, InflightDescription.MinLength);
+        var asked = InflightDescription.Read(message.Payload);
+        Span<byte> reply = stackalloc byte[InflightDescription.Length];
+        try
+        {
+            using var fd = InflightRegion.Create(asked.NumQueues, asked.QueueSize, out var created);
+            created.Write(reply);
+            _connection.Send(VhostUserRequest.GetInflightFd, MessageHeader.ReplyFlag, reply, [fd.Fd]);
+            _log.LogInformation("{Device}: inflight area created for {Queues} queues of {Size}, {Bytes} bytes", _device.Name, asked.NumQueues, asked.QueueSize, created.MmapSize);
+            return true;
+        }
+        catch (Exception e) when (e is ArgumentException or IOException)
+        {
+            _log.LogError("{Device}: GET_INFLIGHT_FD refused: {Error}", _device.Name, e.Message);
+            new InflightDescription(0, 0, asked.NumQueues, asked.QueueSize).Write(reply);
+            _connection.Reply(VhostUserRequest.GetInflightFd, reply);
+            return false;
+        }
+    }
+
+    /// <summary>SET_INFLIGHT_FD: maps the area the frontend kept (on every start, before the rings are set up).</summary>
+    private bool SetInflightFd(ReceivedMessage message)
+    {
+        RequireLength(message, InflightDescription.MinLength);
+        var description = InflightDescription.Read(message.Payload);
+        if (_vrings.Any(v => v.Running is not null))
+        {
+            _log.LogError("{Device}: SET_INFLIGHT_FD while queues run: refused", _device.Name);
+            return false;
+        }
+        var region = MapSingleFd(message, fd => InflightRegion.Map(description, fd));
+        if (region is null) return false;
+        if (!_keepMappings) _inflight?.Dispose();
+        _inflight = region;
+        _log.LogInformation("{Device}: inflight area of {Queues} queues of {Size} mapped", _device.Name, description.NumQueues, description.QueueSize);
+        return true;
+    }
+
+    /// <summary>Puts a ring about to start under inflight tracking: repairs its region and queues what was in
+    /// flight when the previous backend stopped. False (logged) when the region is unusable: the queue stays stopped.</summary>
+    private bool TrackInflight(int index, SplitRing ring)
+    {
+        var tracker = _inflight!.SplitQueue(index, ring.Size, out string? error);
+        error ??= ring.TrackInflight(tracker!);
+        if (error is not null)
+        {
+            _log.LogError("{Device}: queue {Index}: inflight area refused, queue not started: {Error}", _device.Name, index, error);
+            return false;
+        }
+        var vring = _vrings[index];
+        if (tracker!.RecoveredInflight > 0 || ring.LastAvailIdx != vring.Base)
+            _log.LogInformation("{Device}: queue {Index}: resubmitting {Count} in-flight request(s); avail index {Avail} (frontend said {Base})",
+                _device.Name, index, tracker.RecoveredInflight, ring.LastAvailIdx, vring.Base);
+        return true;
+    }
+
     // ---- lifecycle ----
 
     private bool ResetDevice()
@@ -577,6 +652,8 @@ public sealed class VhostUserSession : IDisposable
         if (!_keepMappings)
             foreach (var region in _regions) region.Dispose();
         _regions.Clear();
+        if (!_keepMappings) _inflight?.Dispose();
+        _inflight = null;
         _memory = GuestMemory.Empty;
         _backendChannel.Dispose();
         _device.Reset();

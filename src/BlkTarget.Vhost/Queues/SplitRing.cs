@@ -24,6 +24,7 @@ public sealed unsafe class SplitRing : IVirtqueue
     private ushort _usedShadow;
     private ushort _lastSignalledUsed;
     private bool _signalledOnce;
+    private SplitInflightQueue? _inflight;
 
     public SplitRing(VirtqDescriptor* descriptors, byte* avail, byte* used, uint size, ushort lastAvailIdx, bool eventIdx)
     {
@@ -68,6 +69,24 @@ public sealed unsafe class SplitRing : IVirtqueue
     public ushort LastAvailIdx => _lastAvailIdx;
     public ushort UsedIdx => _usedShadow;
 
+    /// <summary>
+    /// Tracks this ring's requests in <paramref name="inflight"/> from now on (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD).
+    /// Call before the ring runs. Repairs the region's last batch against used->idx and queues the heads still in
+    /// flight: they are taken again, in counter order, before any new avail entry. The avail position becomes
+    /// used->idx + that count, whatever SET_VRING_BASE said: every entry taken before was either published (counted
+    /// in used->idx) or is in flight. (QEMU 7.2 sends used->idx as the base after losing its backend, as it cannot
+    /// ask GET_VRING_BASE.)
+    /// </summary>
+    /// <returns>Null, or why the region cannot be used (<see cref="SplitInflightQueue.Recover"/>).</returns>
+    public string? TrackInflight(SplitInflightQueue inflight)
+    {
+        var error = inflight.Recover(_usedShadow);
+        if (error is not null) return error;
+        _inflight = inflight;
+        _lastAvailIdx = (ushort)(_usedShadow + inflight.RecoveredInflight);
+        return null;
+    }
+
     public enum PopResult { Empty, Popped, Corrupt }
 
     /// <summary>
@@ -76,6 +95,7 @@ public sealed unsafe class SplitRing : IVirtqueue
     /// </summary>
     public PopResult TryPop(out ushort head)
     {
+        if (_inflight is { PendingResubmits: > 0 } resubmit && resubmit.TryTakeResubmit(out head)) return PopResult.Popped;
         ushort availIdx = Volatile.Read(ref *_availIdx);
         ushort pending = (ushort)(availIdx - _lastAvailIdx);
         if (pending == 0)
@@ -90,6 +110,7 @@ public sealed unsafe class SplitRing : IVirtqueue
         }
         head = _availRing[_lastAvailIdx & _mask];
         _lastAvailIdx++;
+        _inflight?.MarkInflight(head);
         return PopResult.Popped;
     }
 
@@ -112,17 +133,26 @@ public sealed unsafe class SplitRing : IVirtqueue
         return PopStatus.Popped;
     }
 
-    public bool HasPending => (ushort)(Volatile.Read(ref *_availIdx) - _lastAvailIdx) != 0;
+    public bool HasPending => _inflight is { PendingResubmits: > 0 } || (ushort)(Volatile.Read(ref *_availIdx) - _lastAvailIdx) != 0;
 
     /// <summary>Writes one used element; the guest sees it only after <see cref="PublishUsed"/>.</summary>
     public void PushUsed(ushort id, uint len)
     {
+        // A head returned twice before one publish (only a guest that reuses it blindly) would loop the inflight
+        // batch list: publish the batch so far first.
+        if (_inflight is { } inflight && inflight.InBatch(id)) PublishUsed();
         _usedRing[_usedShadow & _mask] = new VirtqUsedElement { Id = id, Len = len };
         _usedShadow++;
+        _inflight?.AddToBatch(id);
     }
 
-    /// <summary>Makes all pushed elements visible: release store of used->idx after the element writes.</summary>
-    public void PublishUsed() => Volatile.Write(ref *_usedIdx, _usedShadow);
+    /// <summary>Makes all pushed elements visible: release store of used->idx after the element writes (and the
+    /// inflight batch links); with inflight tracking the batch's flags are cleared after it.</summary>
+    public void PublishUsed()
+    {
+        Volatile.Write(ref *_usedIdx, _usedShadow);
+        _inflight?.CommitBatch(_usedShadow);
+    }
 
     /// <summary>
     /// Decides whether the guest asked to be interrupted for the entries published since the last check
