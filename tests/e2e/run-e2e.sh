@@ -42,6 +42,13 @@
 #   scsi-pr                    (--kind scsi only) persistent reservations with sg_persist on
 #                              /dev/sda: register, reserve, read keys/reservation/full status,
 #                              report capabilities, conflicts, release, unregister
+#   disk-resize                (blktarget, --kind blk, ram backend runs only) a target managed over
+#                              RPC: disk + export created with the CLI, the disk grown while the
+#                              guest runs; the guest sees the new size without a rescan
+#   fio-during-attach          (same runs) the first VM runs fio verify while a second disk and
+#     + second-vm-attach       export are created over RPC and a second VM writes ext4 on them
+#   scsi-hotplug               (blktarget, --kind scsi, ram backend runs only) a LUN hot-added and
+#                              hot-removed over RPC; the guest sees /dev/sdb come and go by itself
 #   target-restart             (blktarget, --kind blk, ram backend runs only) its own target on a file;
 #                              a guest with reconnect=1 runs fio verify passes while the target is
 #                              killed -9 and restarted three times, then stopped with SIGTERM and
