@@ -47,6 +47,10 @@ internal sealed unsafe class ScsiHarness : IDisposable
     /// <summary>Completes one request a deferring backend holds; false when it holds none.</summary>
     public Func<bool>? Settle;
 
+    /// <summary>How long <see cref="Run"/> keeps polling a request another queue makes wait (a COMPARE AND WRITE
+    /// gate); zero: one poll.</summary>
+    public TimeSpan Patience;
+
     public ScsiHarness(Func<List<IBlockDevice>, IReadOnlyList<ScsiLunDefinition>>? luns = null, int requestQueues = 1, ILogger? log = null,
         string name = "test-scsi")
     {
@@ -215,6 +219,7 @@ internal sealed unsafe class ScsiHarness : IDisposable
         Queue.Poll();
         // Backends that complete later: let them complete one request at a time, polling after each.
         while (Ring.UsedIdx == usedBefore && Settle is { } settle && settle()) Queue.Poll();
+        for (var wait = System.Diagnostics.Stopwatch.StartNew(); Ring.UsedIdx == usedBefore && wait.Elapsed < Patience;) Queue.Poll();
         // Work on a helper thread (PERSISTENT RESERVE OUT with APTPL or PREEMPT AND ABORT) completes through the IoContext.
         for (var wait = System.Diagnostics.Stopwatch.StartNew(); Ring.UsedIdx == usedBefore && Io.InFlight > 0 && wait.Elapsed < TimeSpan.FromSeconds(10);)
         {
