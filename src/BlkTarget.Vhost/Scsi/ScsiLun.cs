@@ -360,6 +360,19 @@ public sealed class ScsiLun
         return lba <= capacity && blocks <= capacity - lba;
     }
 
+    /// <summary>The checks a command writing [<paramref name="lba"/>, +<paramref name="blocks"/>) makes first, in
+    /// this order: a length the command refuses (<paramref name="lengthValid"/> false: INVALID FIELD IN CDB), a range
+    /// beyond the capacity (LOGICAL BLOCK ADDRESS OUT OF RANGE), a read-only LUN (WRITE PROTECTED). False with the
+    /// task failed.</summary>
+    private bool AdmitWrite(ref ScsiTask task, ulong lba, ulong blocks, bool lengthValid)
+    {
+        if (!lengthValid) task.Fail(SenseCode.InvalidFieldInCdb);
+        else if (!InRange(lba, blocks)) task.Fail(SenseCode.LbaOutOfRange);
+        else if (ReadOnly) task.Fail(SenseCode.WriteProtected);
+        else return true;
+        return false;
+    }
+
     private unsafe void ReadWrite(ref ScsiTask task)
     {
         if (!Cdb.TryDecodeReadWrite(task.Cdb, out ulong lba, out uint blocks, out bool fua))
@@ -576,21 +589,7 @@ public sealed class ScsiLun
         }
         ulong lba = sixteen ? Cdb.U64(cdb, 2) : Cdb.U32(cdb, 2);
         uint blocks = sixteen ? Cdb.U32(cdb, 10) : Cdb.U16(cdb, 7);
-        if (blocks == 0 || blocks > Limits.MaxWriteSameBlocks)
-        {
-            task.Fail(SenseCode.InvalidFieldInCdb);
-            return;
-        }
-        if (!InRange(lba, blocks))
-        {
-            task.Fail(SenseCode.LbaOutOfRange);
-            return;
-        }
-        if (ReadOnly)
-        {
-            task.Fail(SenseCode.WriteProtected);
-            return;
-        }
+        if (!AdmitWrite(ref task, lba, blocks, lengthValid: blocks != 0 && blocks <= Limits.MaxWriteSameBlocks)) return;
         ReadOnlySpan<byte> pattern;
         if (noDataBuffer)
         {
@@ -643,21 +642,7 @@ public sealed class ScsiLun
         }
         ulong lba = Cdb.U64(cdb, 2);
         uint blocks = cdb[13];
-        if (blocks > Limits.MaxCompareAndWriteBlocks)
-        {
-            task.Fail(SenseCode.InvalidFieldInCdb);
-            return;
-        }
-        if (!InRange(lba, blocks))
-        {
-            task.Fail(SenseCode.LbaOutOfRange);
-            return;
-        }
-        if (ReadOnly)
-        {
-            task.Fail(SenseCode.WriteProtected);
-            return;
-        }
+        if (!AdmitWrite(ref task, lba, blocks, lengthValid: blocks <= Limits.MaxCompareAndWriteBlocks)) return;
         task.Good();
         if (blocks == 0) return;
         ulong bytes = 2UL * blocks * Info.BlockSize;
