@@ -44,6 +44,12 @@ internal sealed unsafe class TestRing : IDisposable
         return gpa;
     }
 
+    /// <summary>Bytes of the data area handed out so far.</summary>
+    public ulong DataUsed => _dataNext - DataGpa;
+
+    /// <summary>Hands the data area out again from its start (only when no buffer allocated before is in use).</summary>
+    public void RewindData() => _dataNext = DataGpa;
+
     public Span<byte> Bytes(ulong gpa, int length) => new(Memory.At(gpa), length);
 
     public void MakeAvailable(ushort head)

@@ -128,6 +128,7 @@ public static class InquiryData
     {
         // d is the page payload: SBC-3 offsets minus 4.
         d[0] = 0x01;                                                      // WSNZ: WRITE SAME with 0 blocks refused
+        d[1] = lun.Limits.MaxCompareAndWriteBlocks;                       // MAXIMUM COMPARE AND WRITE LENGTH
         BinaryPrimitives.WriteUInt16BigEndian(d[2..], 1);                 // optimal transfer length granularity
         BinaryPrimitives.WriteUInt32BigEndian(d[4..], lun.Limits.MaxTransferBlocks);
         if (lun.Provisioning)

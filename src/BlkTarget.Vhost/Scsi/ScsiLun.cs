@@ -1,16 +1,25 @@
 using System.Buffers.Binary;
 using System.Text;
 using BlkTarget.Storage;
+using BlkTarget.Vhost.Scsi.Atomicity;
 using BlkTarget.Vhost.Scsi.Reservations;
 
 namespace BlkTarget.Vhost.Scsi;
 
 /// <summary>Per-command limits a LUN advertises in its block limits VPD page and enforces (counts of logical blocks).</summary>
 public sealed record ScsiLimits(uint MaxTransferBlocks, uint MaxUnmapBlocks, uint MaxUnmapDescriptors, uint MaxWriteSameBlocks,
-    uint UnmapGranularityBlocks = 1)
+    uint UnmapGranularityBlocks = 1, byte MaxCompareAndWriteBlocks = 0)
 {
+    /// <summary>
+    /// MAXIMUM COMPARE AND WRITE LENGTH (VPD B0h byte 5, one byte): what fits the queue's 64 KiB compare buffer, 128
+    /// blocks of 512 bytes or 16 of 4 KiB. Its users take a lock with one block (VMware's ATS, cluster file systems'
+    /// heartbeats); a longer COMPARE AND WRITE holds its range against every writer of the disk for longer, and each
+    /// request queue keeps one such buffer.
+    /// </summary>
+    public static byte CompareAndWriteBlocksFor(uint blockSize) => (byte)Math.Min(255u, CompareAndWriteRunner.BufferBytes / blockSize);
+
     public static ScsiLimits For(uint blockSize) =>
-        new((8u << 20) / blockSize, (1u << 30) / blockSize, 32, (1u << 30) / blockSize);
+        new((8u << 20) / blockSize, (1u << 30) / blockSize, 32, (1u << 30) / blockSize, 1, CompareAndWriteBlocksFor(blockSize));
 
     /// <summary>Our limits for a LUN, narrowed to what its medium takes in one request and in the unit it deallocates.</summary>
     public static ScsiLimits For(BlockDeviceInfo info)
@@ -130,7 +139,8 @@ public sealed class ScsiLun
     public static bool AccessesMedium(byte opcode) => opcode is ScsiOp.TestUnitReady
         or ScsiOp.Read6 or ScsiOp.Read10 or ScsiOp.Read12 or ScsiOp.Read16
         or ScsiOp.Write6 or ScsiOp.Write10 or ScsiOp.Write12 or ScsiOp.Write16
-        or ScsiOp.SynchronizeCache10 or ScsiOp.SynchronizeCache16 or ScsiOp.WriteSame10 or ScsiOp.WriteSame16 or ScsiOp.Unmap;
+        or ScsiOp.SynchronizeCache10 or ScsiOp.SynchronizeCache16 or ScsiOp.WriteSame10 or ScsiOp.WriteSame16 or ScsiOp.Unmap
+        or ScsiOp.CompareAndWrite;
 
     /// <summary>NAA 3 (locally assigned) identifier: 60 bits of a 64-bit FNV-1a hash of the device name, serial
     /// and address, so it is the same every time the same export is served.</summary>
@@ -248,6 +258,9 @@ public sealed class ScsiLun
             case ScsiOp.Write6: case ScsiOp.Write10: case ScsiOp.Write12: case ScsiOp.Write16:
                 ReadWrite(ref task);
                 return;
+            case ScsiOp.CompareAndWrite:
+                CompareAndWrite(ref task);
+                return;
             case ScsiOp.TestUnitReady:
                 task.Good();
                 return;
@@ -347,6 +360,19 @@ public sealed class ScsiLun
         return lba <= capacity && blocks <= capacity - lba;
     }
 
+    /// <summary>The checks a command writing [<paramref name="lba"/>, +<paramref name="blocks"/>) makes first, in
+    /// this order: a length the command refuses (<paramref name="lengthValid"/> false: INVALID FIELD IN CDB), a range
+    /// beyond the capacity (LOGICAL BLOCK ADDRESS OUT OF RANGE), a read-only LUN (WRITE PROTECTED). False with the
+    /// task failed.</summary>
+    private bool AdmitWrite(ref ScsiTask task, ulong lba, ulong blocks, bool lengthValid)
+    {
+        if (!lengthValid) task.Fail(SenseCode.InvalidFieldInCdb);
+        else if (!InRange(lba, blocks)) task.Fail(SenseCode.LbaOutOfRange);
+        else if (ReadOnly) task.Fail(SenseCode.WriteProtected);
+        else return true;
+        return false;
+    }
+
     private unsafe void ReadWrite(ref ScsiTask task)
     {
         if (!Cdb.TryDecodeReadWrite(task.Cdb, out ulong lba, out uint blocks, out bool fua))
@@ -373,6 +399,7 @@ public sealed class ScsiLun
         }
         task.Good();
         if (bytes == 0) return;
+        if (!read && !task.TryBeginWrite(Shared.Gate, new BlockRange(lba, blocks))) return;
         var request = new BlockRequest
         {
             Operation = read ? BlockOperation.Read : BlockOperation.Write,
@@ -520,6 +547,9 @@ public sealed class ScsiLun
                 return;
             }
         }
+        Span<BlockRange> ranges = stackalloc BlockRange[count];
+        for (int i = 0; i < count; i++) ranges[i] = new BlockRange(Cdb.U64(p, 8 + i * 16), Cdb.U32(p, 16 + i * 16));
+        if (!task.TryBeginWrite(Shared.Gate, ranges)) return;
         task.Good();
         task.Operation = UnmapReadsZeros ? BlockOperation.WriteZeroes : BlockOperation.Discard;
         for (int i = 0; i < count; i++)
@@ -559,21 +589,7 @@ public sealed class ScsiLun
         }
         ulong lba = sixteen ? Cdb.U64(cdb, 2) : Cdb.U32(cdb, 2);
         uint blocks = sixteen ? Cdb.U32(cdb, 10) : Cdb.U16(cdb, 7);
-        if (blocks == 0 || blocks > Limits.MaxWriteSameBlocks)
-        {
-            task.Fail(SenseCode.InvalidFieldInCdb);
-            return;
-        }
-        if (!InRange(lba, blocks))
-        {
-            task.Fail(SenseCode.LbaOutOfRange);
-            return;
-        }
-        if (ReadOnly)
-        {
-            task.Fail(SenseCode.WriteProtected);
-            return;
-        }
+        if (!AdmitWrite(ref task, lba, blocks, lengthValid: blocks != 0 && blocks <= Limits.MaxWriteSameBlocks)) return;
         ReadOnlySpan<byte> pattern;
         if (noDataBuffer)
         {
@@ -584,6 +600,7 @@ public sealed class ScsiLun
         {
             return;
         }
+        if (!task.TryBeginWrite(Shared.Gate, new BlockRange(lba, blocks))) return;
         ulong offset = lba * Info.BlockSize;
         ulong length = (ulong)blocks * Info.BlockSize;
         if (pattern.IndexOfAnyExcept((byte)0) >= 0 || !Info.SupportsWriteZeroes)
@@ -602,5 +619,40 @@ public sealed class ScsiLun
             Length = length,
             Tag = task.Tag,
         });
+    }
+
+    /// <summary>
+    /// COMPARE AND WRITE (SBC-3 5.2; CDB: WRPROTECT byte 1 bits 7-5, FUA bit 3, LBA bytes 2-9, NUMBER OF LOGICAL BLOCKS
+    /// byte 13). The Data-Out buffer holds NUMBER OF LOGICAL BLOCKS of verify data, then as many of write data.
+    /// WRPROTECT other than 0 (no protection information) or more blocks than <see cref="ScsiLimits.MaxCompareAndWriteBlocks"/>:
+    /// INVALID FIELD IN CDB; beyond the capacity: LOGICAL BLOCK ADDRESS OUT OF RANGE; read-only: WRITE PROTECTED; zero
+    /// blocks: GOOD, nothing read or written; a Data-Out buffer of any length other than twice the range: INVALID
+    /// FIELD IN COMMAND INFORMATION UNIT (the split between verify and write data would be a guess). Otherwise the
+    /// queue's <see cref="CompareAndWriteRunner"/> reads, compares and writes atomically against every other write to
+    /// the range (<see cref="CompareAndWriteGate"/>); a mismatch ends in MISCOMPARE, MISCOMPARE DURING VERIFY OPERATION
+    /// with the offset of the first differing byte in INFORMATION. The write is FUA with FUA set or the write cache off.
+    /// </summary>
+    private void CompareAndWrite(ref ScsiTask task)
+    {
+        var cdb = task.Cdb;
+        if (cdb[1] >> 5 != 0)
+        {
+            task.Fail(SenseCode.InvalidFieldInCdb);
+            return;
+        }
+        ulong lba = Cdb.U64(cdb, 2);
+        uint blocks = cdb[13];
+        if (!AdmitWrite(ref task, lba, blocks, lengthValid: blocks <= Limits.MaxCompareAndWriteBlocks)) return;
+        task.Good();
+        if (blocks == 0) return;
+        ulong bytes = 2UL * blocks * Info.BlockSize;
+        if (task.DataOutBytes != bytes)
+        {
+            task.Fail(SenseCode.InvalidFieldInCommandInformationUnit);
+            return;
+        }
+        task.DataOutConsumed = bytes;
+        bool fua = (cdb[1] & 0x08) != 0 || !_writeCache;
+        task.SubmitCompareAndWrite(Shared.Gate, new BlockRange(lba, blocks), Info.BlockSize, fua ? BlockRequestFlags.Fua : BlockRequestFlags.None);
     }
 }

@@ -5,6 +5,7 @@ using BlkTarget.Storage.Offload;
 using BlkTarget.Vhost.Blk;
 using BlkTarget.Vhost.Device;
 using BlkTarget.Vhost.Queues;
+using BlkTarget.Vhost.Scsi.Atomicity;
 using Microsoft.Extensions.Logging;
 
 namespace BlkTarget.Vhost.Scsi;
@@ -15,8 +16,14 @@ namespace BlkTarget.Vhost.Scsi;
 /// sense) plus data-in in device-writable buffers; either part may span descriptors. The LUN the request
 /// addresses executes the CDB; reads and writes go to its backend with iovecs straight into guest memory.
 /// Request state lives in slots indexed by the head descriptor: nothing is allocated per request.
+/// <para>
+/// Writes take part in the COMPARE AND WRITE gate of their disk (<see cref="CompareAndWriteGate"/>): each counts in
+/// this queue's <see cref="WriteTracker"/> while in flight, and one that overlaps a range a COMPARE AND WRITE holds is
+/// deferred: its CDB is kept in the slot and it is executed again on the next polls until it passes (the reactor
+/// keeps polling meanwhile rather than sleeping). COMPARE AND WRITE itself runs in <see cref="CompareAndWriteRunner"/>.
+/// </para>
 /// </summary>
-public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionSink, IScsiBlockSubmitter
+public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionSink, IScsiBlockSubmitter, ICompareAndWriteHost
 {
     private struct Slot
     {
@@ -49,6 +56,15 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         /// <summary>Inside <see cref="Pump"/>'s submit: a completion there only marks the piece done.</summary>
         public bool Pumping;
         public bool PieceDone;
+        /// <summary>The command counts in <see cref="_tracker"/> until it completes.</summary>
+        public bool WriteBegun;
+        // A deferred command, to execute again: its CDB is in _cdbs, its buffers here.
+        public ScsiTargetNode? Target;
+        public int CdbSize;
+        public IoVec* DataOut;
+        public int DataOutCount;
+        public IoVec* DataIn;
+        public int DataInCount;
     }
 
     /// <summary>Iovecs of one WRITE SAME piece, each pointing at the slot's pattern page.</summary>
@@ -76,6 +92,15 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
     private readonly MappedMemory _patterns;
     private readonly int _patternBytes;
     private readonly nuint _patternStride;
+    private readonly WriteTracker _tracker;
+    /// <summary>The gates <see cref="_tracker"/> is registered with (one per disk this queue opened a channel to).</summary>
+    private readonly List<CompareAndWriteGate> _gates = [];
+    private readonly CompareAndWriteRunner _compareAndWrite;
+    /// <summary>Heads of commands deferred by a COMPARE AND WRITE gate, in arrival order.</summary>
+    private readonly ushort[] _deferred;
+    private int _deferredCount;
+    /// <summary>Per slot, <see cref="VirtioScsi.MaxCdbSize"/> bytes: the CDB of a deferred command.</summary>
+    private readonly byte[] _cdbs;
 
     public ScsiRequestQueue(QueueStartInfo start, ScsiDeviceContext device, ILogger log) : base(start, device.Name, log)
     {
@@ -89,6 +114,10 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         _patternStride = (nuint)((_patternBytes + PieceIovecs * sizeof(IoVec) + 4095) & ~4095);
         _patterns = MappedMemory.MapAnonymous((ulong)Ring.Size * _patternStride);
         _jobs = new BlockingJobChannel(start.Io, this);
+        _tracker = new WriteTracker((int)Ring.Size);
+        _compareAndWrite = new CompareAndWriteRunner(this, (int)Ring.Size);
+        _deferred = new ushort[Ring.Size];
+        _cdbs = new byte[Ring.Size * VirtioScsi.MaxCdbSize];
         try
         {
             _channelCapacity = (int)Ring.Size * (int)Math.Max(1u, ScsiLimits.For(512).MaxUnmapDescriptors);
@@ -101,8 +130,10 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         {
             device.Unregister(this);
             foreach (var c in _channels) c?.Dispose();
+            foreach (var gate in _gates) gate.Unregister(_tracker);
             _jobs.Dispose();
             _patterns.Dispose();
+            _compareAndWrite.Dispose();
             base.Dispose();
             throw;
         }
@@ -209,7 +240,18 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
             lun.AddInFlight(_queue, 1);
             task.Channel = _owners[lun.Index] == lun ? _channels[lun.Index]! : ChannelFor(lun);
             lun.Execute(ref task, target);
+            if (task.Deferred)
+            {
+                Defer(head, ref slot, ref task, target);
+                return;
+            }
         }
+        FinishExecution(head, ref slot, ref task);
+    }
+
+    /// <summary>Takes the outcome of an executed command into its slot and drops the hold execution had on it.</summary>
+    private void FinishExecution(ushort head, ref Slot slot, ref ScsiTask task)
+    {
         // Completions of submitted requests may already have arrived (synchronous backends): merge, do not overwrite.
         if (slot.Status == ScsiStatus.Good) slot.Status = task.Status;
         if (slot.Sense == default) slot.Sense = task.Sense;
@@ -217,6 +259,89 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         if (slot.Status == ScsiStatus.Good) slot.DataInWritten = task.DataInWritten;
         slot.DataOutConsumed = task.Status == ScsiStatus.Good ? task.DataOutConsumed : 0;
         CompleteSlot(head, ref slot);
+    }
+
+    /// <summary>Keeps a command a COMPARE AND WRITE gate deferred (nothing submitted): its CDB and buffers, to execute
+    /// again from <see cref="PollDeferred"/>. It stays in flight on its LUN meanwhile.</summary>
+    private void Defer(ushort head, ref Slot slot, ref ScsiTask task, ScsiTargetNode target)
+    {
+        slot.Target = target;
+        slot.CdbSize = task.Cdb.Length;
+        task.Cdb.CopyTo(_cdbs.AsSpan(head * VirtioScsi.MaxCdbSize, VirtioScsi.MaxCdbSize));
+        slot.DataOut = task.DataOut;
+        slot.DataOutCount = task.DataOutCount;
+        slot.DataIn = task.DataIn;
+        slot.DataInCount = task.DataInCount;
+        _deferred[_deferredCount++] = head;
+    }
+
+    /// <summary>Executes the deferred commands again, in arrival order; those deferred again stay.</summary>
+    private int RetryDeferred()
+    {
+        int done = 0, kept = 0;
+        for (int i = 0; i < _deferredCount; i++)
+        {
+            ushort head = _deferred[i];
+            ref Slot slot = ref _slots[head];
+            var lun = _owners[slot.Lun]!;
+            var task = new ScsiTask
+            {
+                Cdb = _cdbs.AsSpan(head * VirtioScsi.MaxCdbSize, slot.CdbSize),
+                DataOut = slot.DataOut,
+                DataOutCount = slot.DataOutCount,
+                DataOutBytes = slot.DataOutBytes,
+                DataIn = slot.DataIn,
+                DataInCount = slot.DataInCount,
+                DataInBytes = slot.DataInBytes,
+                Scratch = _scratch,
+                Submitter = this,
+                Tag = head,
+                Response = VirtioScsi.Ok,
+                Channel = _channels[slot.Lun],
+            };
+            lun.Execute(ref task, slot.Target!);
+            if (task.Deferred)
+            {
+                _deferred[kept++] = head;
+                continue;
+            }
+            slot.Target = null;
+            FinishExecution(head, ref slot, ref task);
+            done++;
+        }
+        _deferredCount = kept;
+        return done;
+    }
+
+    public bool TryBeginWrite(ushort tag, CompareAndWriteGate gate, scoped ReadOnlySpan<BlockRange> ranges)
+    {
+        _tracker.Begin(tag);
+        foreach (var range in ranges)
+        {
+            if (!gate.Blocks(range.Lba, range.Blocks)) continue;
+            _tracker.End(tag);
+            return false;
+        }
+        _slots[tag].WriteBegun = true;
+        return true;
+    }
+
+    public void SubmitCompareAndWrite(ushort tag, IBlockChannel channel, CompareAndWriteGate gate, BlockRange range, uint blockSize,
+        IoVec* dataOut, int dataOutCount, BlockRequestFlags writeFlags)
+    {
+        _slots[tag].Pending++;
+        _compareAndWrite.Start(tag, gate, channel, range, blockSize, dataOut, dataOutCount, writeFlags);
+    }
+
+    void ICompareAndWriteHost.Finish(ushort tag, SenseCode failure)
+    {
+        ref Slot slot = ref _slots[tag];
+        if (failure != SenseCode.None && slot.Status == ScsiStatus.Good)
+        {
+            slot.Status = ScsiStatus.CheckCondition;
+            slot.Sense = failure;
+        }
+        CompleteSlot(tag, ref slot);
     }
 
     public void Submit(ushort tag, IBlockChannel channel, in BlockRequest request)
@@ -321,6 +446,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         if (status != BlockStatus.Ok) slot.PatternRemaining = 0;
         if (slot.Pumping) slot.PieceDone = true;
         else if (slot.PatternRemaining > 0) Pump((ushort)tag, ref slot);
+        if (_compareAndWrite.Runs((ushort)tag)) _compareAndWrite.Completed((ushort)tag, status);
         CompleteSlot((ushort)tag, ref slot);
     }
 
@@ -337,6 +463,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
     private void CompleteSlot(ushort head, ref Slot slot)
     {
         if (--slot.Pending > 0) return;
+        if (slot.WriteBegun) _tracker.End(head);
         if (slot.Lun >= 0) _owners[slot.Lun]!.AddInFlight(_queue, -1);
         bool ok = slot.Response == VirtioScsi.Ok;
         bool good = ok && slot.Status == ScsiStatus.Good;
@@ -384,8 +511,11 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
             ref Slot slot = ref _slots[i];
             if (slot.Pending <= 0) continue;
             slot.Pending = 0;
+            _tracker.End(i);
+            _compareAndWrite.Abandon((ushort)i);
             if (slot.Lun >= 0) _owners[slot.Lun]!.AddInFlight(_queue, -1);
         }
+        _deferredCount = 0;
     }
 
     // ---- LUN hot-plug ----
@@ -398,6 +528,9 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         if (_owners[slot] is { } previous && previous != lun)
             throw new InvalidOperationException($"LUN slot {slot} is reused while this queue still holds its previous LUN");
         var channel = lun.Backend.OpenChannel(_io, this, _channelCapacity);
+        // Before this queue's first write to the disk (the gate's proof needs the registration first).
+        lun.Shared.Gate.Register(_tracker);
+        if (!_gates.Contains(lun.Shared.Gate)) _gates.Add(lun.Shared.Gate);
         _channels[slot] = channel;
         _owners[slot] = lun;
         return channel;
@@ -422,9 +555,17 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         _io.Wake();
     }
 
-    protected override bool HasDeferredWork => !_releases.IsEmpty || _releasing.Count > 0;
+    protected override bool HasDeferredWork => _deferredCount > 0 || _compareAndWrite.Waiting || !_releases.IsEmpty || _releasing.Count > 0;
 
     protected override int PollDeferred()
+    {
+        int work = 0;
+        if (_compareAndWrite.Waiting) work += _compareAndWrite.Poll();
+        if (_deferredCount > 0) work += RetryDeferred();
+        return work + PollReleases();
+    }
+
+    private int PollReleases()
     {
         if (_releases.IsEmpty && _releasing.Count == 0) return 0;
         while (_releases.TryDequeue(out var release)) _releasing.Add(release);
@@ -451,6 +592,8 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
     {
         ReleaseUnfinished();
         foreach (var channel in _channels) channel?.Dispose();
+        _tracker.EndAll();
+        foreach (var gate in _gates) gate.Unregister(_tracker);
         _device.Unregister(this);
         lock (_releases)
         {
@@ -461,6 +604,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         _releasing.Clear();
         _jobs.Dispose();
         _patterns.Dispose();
+        _compareAndWrite.Dispose();
         base.Dispose();
     }
 }

@@ -1,5 +1,6 @@
 using BlkTarget.Storage;
 using BlkTarget.Storage.Offload;
+using BlkTarget.Vhost.Scsi.Atomicity;
 
 namespace BlkTarget.Vhost.Scsi;
 
@@ -17,6 +18,17 @@ public interface IScsiBlockSubmitter
     /// <summary>Runs <paramref name="job"/> on <paramref name="queue"/>'s helper thread; the command finishes when it
     /// returned (a failure is a MEDIUM ERROR, WRITE ERROR).</summary>
     void SubmitBlocking(ushort tag, BlockingJobQueue queue, IBlockingJob job);
+
+    /// <summary>Admits the write command <paramref name="tag"/> to <paramref name="ranges"/> past the disk's
+    /// <paramref name="gate"/>: true when it may submit now (it counts as a write in flight until it completes), false
+    /// when a COMPARE AND WRITE holds an overlapping range (the command is retried from its CDB on a later poll).</summary>
+    bool TryBeginWrite(ushort tag, CompareAndWriteGate gate, scoped ReadOnlySpan<BlockRange> ranges);
+
+    /// <summary>Runs COMPARE AND WRITE (SBC-3 5.2) of <paramref name="range"/> with the Data-Out buffer
+    /// <paramref name="dataOut"/> (verify data then write data, exactly twice the range's bytes); the command finishes
+    /// with GOOD, MISCOMPARE or a MEDIUM ERROR.</summary>
+    unsafe void SubmitCompareAndWrite(ushort tag, IBlockChannel channel, CompareAndWriteGate gate, BlockRange range, uint blockSize,
+        IoVec* dataOut, int dataOutCount, BlockRequestFlags writeFlags);
 }
 
 /// <summary>
@@ -52,6 +64,9 @@ public unsafe ref struct ScsiTask
     public int Submitted;
     /// <summary>What the submitted requests do (selects the MEDIUM ERROR sense when one fails).</summary>
     public BlockOperation Operation;
+    /// <summary>The command waits for a COMPARE AND WRITE on an overlapping range: nothing was submitted, the outcome
+    /// above means nothing, and the queue executes it again from its CDB later.</summary>
+    public bool Deferred;
 
     public void Good() => Status = ScsiStatus.Good;
 
@@ -133,6 +148,30 @@ public unsafe ref struct ScsiTask
         Submitted++;
         Operation = BlockOperation.Write;
         Submitter!.SubmitBlocking(Tag, queue, job);
+    }
+
+    /// <summary>Admits this write command to <paramref name="range"/> (see <see cref="IScsiBlockSubmitter.TryBeginWrite"/>);
+    /// false: <see cref="Deferred"/>, return without submitting.</summary>
+    public bool TryBeginWrite(CompareAndWriteGate gate, BlockRange range)
+    {
+        scoped ReadOnlySpan<BlockRange> one = new(in range);
+        return TryBeginWrite(gate, one);
+    }
+
+    /// <summary>Admits this write command to every one of <paramref name="ranges"/>; false: <see cref="Deferred"/>.</summary>
+    public bool TryBeginWrite(CompareAndWriteGate gate, scoped ReadOnlySpan<BlockRange> ranges)
+    {
+        if (Submitter!.TryBeginWrite(Tag, gate, ranges)) return true;
+        Deferred = true;
+        return false;
+    }
+
+    /// <summary>COMPARE AND WRITE of <paramref name="range"/> with this command's Data-Out buffer.</summary>
+    public void SubmitCompareAndWrite(CompareAndWriteGate gate, BlockRange range, uint blockSize, BlockRequestFlags writeFlags)
+    {
+        Submitted++;
+        Operation = BlockOperation.Read;
+        Submitter!.SubmitCompareAndWrite(Tag, Channel!, gate, range, blockSize, DataOut, DataOutCount, writeFlags);
     }
 
     /// <summary>Cuts an iovec run to exactly <paramref name="bytes"/> (which must not exceed its total); returns

@@ -9,6 +9,9 @@ public readonly record struct SenseCode(byte Key, byte Asc, byte Ascq)
     public static readonly SenseCode InvalidFieldInCdb = new(SenseKey.IllegalRequest, 0x24, 0x00);
     public static readonly SenseCode LunNotSupported = new(SenseKey.IllegalRequest, 0x25, 0x00);
     public static readonly SenseCode InvalidFieldInParameterList = new(SenseKey.IllegalRequest, 0x26, 0x00);
+    /// <summary>ILLEGAL REQUEST, INVALID FIELD IN COMMAND INFORMATION UNIT (SPC-4 table 28): the transfer the transport
+    /// carried (the Data-Out buffer) disagrees with the length the CDB implies, where that matters (COMPARE AND WRITE).</summary>
+    public static readonly SenseCode InvalidFieldInCommandInformationUnit = new(SenseKey.IllegalRequest, 0x0e, 0x03);
     public static readonly SenseCode ParameterListLengthError = new(SenseKey.IllegalRequest, 0x1a, 0x00);
     public static readonly SenseCode SavingParametersNotSupported = new(SenseKey.IllegalRequest, 0x39, 0x00);
     /// <summary>NOT READY, LOGICAL UNIT NOT READY, INITIALIZING COMMAND REQUIRED: stopped by START STOP UNIT.</summary>

@@ -154,7 +154,7 @@ public sealed class InquiryGoldenTests : IDisposable
         [
             0x00, 0xB0, 0x00, 0x3C,
             0x01,                               // WSNZ
-            0x00,                               // maximum compare and write length: not supported
+            0x10,                               // maximum compare and write length: 16 blocks (64 KiB)
             0x00, 0x01,                         // optimal transfer length granularity: 1 block
             0x00, 0x00, 0x08, 0x00,             // maximum transfer length: 2048 blocks (8 MiB)
             0x00, 0x00, 0x00, 0x00,             // optimal transfer length: not reported
@@ -175,7 +175,7 @@ public sealed class InquiryGoldenTests : IDisposable
         byte[] expected =
         [
             0x00, 0xB0, 0x00, 0x3C,
-            0x01, 0x00, 0x00, 0x01,
+            0x01, 0x80, 0x00, 0x01,             // WSNZ, maximum compare and write length: 128 blocks (64 KiB)
             0x00, 0x00, 0x40, 0x00,             // maximum transfer length: 16384 blocks (8 MiB)
             0x00, 0x00, 0x00, 0x00,
             0x00, 0x00, 0x00, 0x00,

@@ -53,7 +53,7 @@ public sealed class ScsiCommandTests : IDisposable
     [Theory]
     [InlineData(0x04)]   // FORMAT UNIT
     [InlineData(0x2f)]   // VERIFY(10)
-    [InlineData(0x89)]   // COMPARE AND WRITE
+    [InlineData(0x8e)]   // WRITE AND VERIFY(16)
     [InlineData(0xc0)]   // vendor specific group
     [InlineData(0x7f)]   // variable length
     public void Unsupported_opcodes_fail_with_invalid_command_operation_code(byte opcode)
@@ -527,7 +527,7 @@ public sealed class ScsiCommandTests : IDisposable
         Assert.Equal(3, ws16.Data[1] & 0x07);
         Assert.Equal(16, BinaryPrimitives.ReadUInt16BigEndian(ws16.Data.AsSpan(2)));
         Assert.Equal(ScsiOp.WriteSame16, ws16.Data[4]);
-        Assert.Equal(1, _h.Run(ReportOpcodes(1, 0x89), dataIn: 4096).Data[1] & 0x07);
+        Assert.Equal(1, _h.Run(ReportOpcodes(1, 0x8e), dataIn: 4096).Data[1] & 0x07);
         Assert.Equal(3, _h.Run(ReportOpcodes(2, ScsiOp.ServiceActionIn16, ScsiOp.SaReadCapacity16), dataIn: 4096).Data[1] & 0x07);
         Assert.Equal(1, _h.Run(ReportOpcodes(2, ScsiOp.ServiceActionIn16, 0x11), dataIn: 4096).Data[1] & 0x07);
         Assert.Equal(3, _h.Run(ReportOpcodes(3, ScsiOp.Inquiry), dataIn: 4096).Data[1] & 0x07);

@@ -47,6 +47,10 @@ internal sealed unsafe class ScsiHarness : IDisposable
     /// <summary>Completes one request a deferring backend holds; false when it holds none.</summary>
     public Func<bool>? Settle;
 
+    /// <summary>How long <see cref="Run"/> keeps polling a request another queue makes wait (a COMPARE AND WRITE
+    /// gate); zero: one poll.</summary>
+    public TimeSpan Patience;
+
     public ScsiHarness(Func<List<IBlockDevice>, IReadOnlyList<ScsiLunDefinition>>? luns = null, int requestQueues = 1, ILogger? log = null,
         string name = "test-scsi")
     {
@@ -88,7 +92,61 @@ internal sealed unsafe class ScsiHarness : IDisposable
         public int? RequestLength { get; init; }
     }
 
+    /// <summary>A request made available to the queue: where its response and data-in land.</summary>
+    public sealed record Request(List<(ulong Gpa, uint Len, bool Writable)> Buffers, ulong Resp, int ResponseLength, ulong DataGpa, int DataIn)
+    {
+        public ushort Head { get; set; }
+    }
+
     public ScsiResult Run(byte[] cdb, byte[]? dataOut = null, int dataIn = 0, byte target = 0, ushort lun = 0, byte[]? lunBytes = null, Layout? layout = null)
+    {
+        // Long-running tests issue many commands: every earlier one has completed, so its buffers may be reused.
+        if (Ring.DataUsed > 8 << 20 && _outstanding == 0) Ring.RewindData();
+        var request = Prepare(cdb, dataOut, dataIn, target, lun, lunBytes, layout);
+        var (ok, used) = Submit(request.Buffers);
+        Assert.True(ok, "the request was not completed");
+        return Decode(request, used);
+    }
+
+    private int _outstanding;
+    private readonly Dictionary<ushort, uint> _completed = [];
+    private ushort _usedSeen;
+
+    /// <summary>Makes a request available and polls once, without waiting for it (see <see cref="IsDone"/>, <see cref="Collect"/>).</summary>
+    public Request Start(byte[] cdb, byte[]? dataOut = null, int dataIn = 0)
+    {
+        var request = Prepare(cdb, dataOut, dataIn, 0, 0, null, null);
+        if (_next + request.Buffers.Count > Ring.Size) _next = 0;
+        request.Head = _next;
+        Chain(request.Buffers);
+        _outstanding++;
+        Ring.MakeAvailable(request.Head);
+        Queue.Poll();
+        return request;
+    }
+
+    /// <summary>Polls the queue once and says whether <paramref name="request"/> has been completed.</summary>
+    public bool IsDone(Request request)
+    {
+        Queue.Poll();
+        for (; _usedSeen != Ring.UsedIdx; _usedSeen++)
+        {
+            var element = Ring.Used(_usedSeen);
+            _completed[(ushort)element.Id] = element.Len;
+        }
+        return _completed.ContainsKey(request.Head);
+    }
+
+    /// <summary>The outcome of a completed <paramref name="request"/>.</summary>
+    public ScsiResult Collect(Request request)
+    {
+        Assert.True(IsDone(request), $"request {request.Head} was not completed");
+        _completed.Remove(request.Head, out uint used);
+        _outstanding--;
+        return Decode(request, used);
+    }
+
+    private Request Prepare(byte[] cdb, byte[]? dataOut, int dataIn, byte target, ushort lun, byte[]? lunBytes, Layout? layout)
     {
         layout ??= new Layout();
         int requestLength = layout.RequestLength ?? VirtioScsi.RequestHeaderLength + VirtioScsi.DefaultCdbSize;
@@ -126,21 +184,21 @@ internal sealed unsafe class ScsiHarness : IDisposable
             if (layout.ResponseLength > 0) buffers.Add((resp, (uint)layout.ResponseLength, true));
             if (dataIn > 0) buffers.Add((dataGpa, (uint)dataIn, true));
         }
-        var (ok, used) = Submit(buffers);
-        Assert.True(ok, "the request was not completed");
-        var respBytes = Ring.Bytes(resp, Math.Max(layout.ResponseLength, VirtioScsi.ResponseHeaderLength));
-        var sense = new byte[VirtioScsi.MaxSenseSize];
-        int senseLength = (int)BinaryPrimitives.ReadUInt32LittleEndian(respBytes);
-        respBytes[VirtioScsi.ResponseHeaderLength..Math.Max(layout.ResponseLength, VirtioScsi.ResponseHeaderLength)].CopyTo(sense);
-        return new ScsiResult(respBytes[11], respBytes[10], senseLength, BinaryPrimitives.ReadUInt32LittleEndian(respBytes[4..]), sense,
-            Ring.Bytes(dataGpa, dataIn).ToArray(), used);
+        return new Request(buffers, resp, layout.ResponseLength, dataGpa, dataIn);
     }
 
-    /// <summary>Makes a chain available and polls once; false when nothing was completed.</summary>
-    public (bool Completed, uint Used) Submit(List<(ulong Gpa, uint Len, bool Writable)> buffers)
+    private ScsiResult Decode(Request request, uint used)
     {
-        if (_next + buffers.Count > Ring.Size) _next = 0;
-        ushort head = _next;
+        var respBytes = Ring.Bytes(request.Resp, Math.Max(request.ResponseLength, VirtioScsi.ResponseHeaderLength));
+        var sense = new byte[VirtioScsi.MaxSenseSize];
+        int senseLength = (int)BinaryPrimitives.ReadUInt32LittleEndian(respBytes);
+        respBytes[VirtioScsi.ResponseHeaderLength..Math.Max(request.ResponseLength, VirtioScsi.ResponseHeaderLength)].CopyTo(sense);
+        return new ScsiResult(respBytes[11], respBytes[10], senseLength, BinaryPrimitives.ReadUInt32LittleEndian(respBytes[4..]), sense,
+            Ring.Bytes(request.DataGpa, request.DataIn).ToArray(), used);
+    }
+
+    private void Chain(List<(ulong Gpa, uint Len, bool Writable)> buffers)
+    {
         for (int i = 0; i < buffers.Count; i++)
         {
             var (gpa, len, writable) = buffers[i];
@@ -148,11 +206,20 @@ internal sealed unsafe class ScsiHarness : IDisposable
             Ring.SetDescriptor(_next, gpa, len, (ushort)((writable ? Write : 0) | (last ? 0 : Next)), (ushort)(_next + 1));
             _next++;
         }
+    }
+
+    /// <summary>Makes a chain available and polls once; false when nothing was completed.</summary>
+    public (bool Completed, uint Used) Submit(List<(ulong Gpa, uint Len, bool Writable)> buffers)
+    {
+        if (_next + buffers.Count > Ring.Size) _next = 0;
+        ushort head = _next;
+        Chain(buffers);
         ushort usedBefore = Ring.UsedIdx;
         Ring.MakeAvailable(head);
         Queue.Poll();
         // Backends that complete later: let them complete one request at a time, polling after each.
         while (Ring.UsedIdx == usedBefore && Settle is { } settle && settle()) Queue.Poll();
+        for (var wait = System.Diagnostics.Stopwatch.StartNew(); Ring.UsedIdx == usedBefore && wait.Elapsed < Patience;) Queue.Poll();
         // Work on a helper thread (PERSISTENT RESERVE OUT with APTPL or PREEMPT AND ABORT) completes through the IoContext.
         for (var wait = System.Diagnostics.Stopwatch.StartNew(); Ring.UsedIdx == usedBefore && Io.InFlight > 0 && wait.Elapsed < TimeSpan.FromSeconds(10);)
         {
@@ -163,6 +230,7 @@ internal sealed unsafe class ScsiHarness : IDisposable
         if (Ring.UsedIdx == usedBefore) return (false, 0);
         var element = Ring.Used(usedBefore);
         Assert.Equal(head, (ushort)element.Id);
+        _usedSeen = Ring.UsedIdx;
         return (true, element.Len);
     }
 

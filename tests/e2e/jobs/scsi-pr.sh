@@ -3,7 +3,9 @@
 # sg_persist, one initiator (two initiators on two exports of one shared disk: the integration tests):
 # register, read keys, reserve (Write Exclusive), read reservation, report capabilities, read full status, a
 # conflicting RESERVE of another type (RESERVATION CONFLICT, sg_persist exit status 24), a write by the holder,
-# release, unregister; every output is printed and checked. Leaves no registration behind (later tests write).
+# release, unregister; then COMPARE AND WRITE with sg_compare_and_write: a match that writes, a mismatch (MISCOMPARE,
+# exit status 14, the offset of the first differing byte) that does not; every output is printed and checked.
+# Leaves no registration behind (later tests write).
 set -eu
 fail() { echo "scsi-pr: FAIL: $*"; exit 1; }
 D=/dev/sda
@@ -61,3 +63,21 @@ expect ""
 run sg_persist -n --in --read-keys $D
 expect "there are NO registered reservation keys"
 echo "scsi-pr: all persistent reservation checks passed"
+
+# COMPARE AND WRITE (SBC-3 5.2) on LBA 4096: verify block, then write block, 512 bytes each.
+dd if=/dev/zero bs=512 count=1 2>/dev/null | tr '\000' '\245' > /tmp/a5
+dd if=/dev/zero bs=512 count=1 2>/dev/null | tr '\000' '\132' > /tmp/5a
+dd if=/tmp/a5 of=$D bs=512 seek=4096 count=1 oflag=direct 2>/dev/null || fail "writing the block to compare"
+cat /tmp/a5 /tmp/5a > /tmp/caw-match
+run sg_compare_and_write --in=/tmp/caw-match --lba=4096 --num=1 $D
+expect ""
+run sh -c "dd if=$D bs=512 skip=4096 count=1 iflag=direct 2>/dev/null | od -An -tx1 | head -1"
+expect "5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a"
+# Verify data differing from the medium at byte 100: MISCOMPARE (sg3_utils exit status 14), nothing written.
+{ head -c 100 /tmp/5a; printf '\001'; tail -c 411 /tmp/5a; cat /tmp/a5; } > /tmp/caw-mismatch
+run sg_compare_and_write --in=/tmp/caw-mismatch --lba=4096 --num=1 $D
+[ "$RC" -eq 14 ] || fail "mismatching COMPARE AND WRITE: exit status $RC, expected 14 (miscompare)"
+echo "$OUT" | grep -qF "Miscompare at byte offset: 100 [0x64]" || fail "expected the miscompare at byte 100"
+run sh -c "dd if=$D bs=512 skip=4096 count=1 iflag=direct 2>/dev/null | od -An -tx1 | head -1"
+expect "5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a"
+echo "scsi-pr: all compare and write checks passed"
