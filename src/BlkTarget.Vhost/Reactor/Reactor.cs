@@ -35,6 +35,8 @@ public sealed class Reactor : IDisposable
     private long _allocatedBytes;
     private volatile bool _stopping;
     private volatile bool _sleeping;
+    /// <summary>Loop iterations so far: a reactor that is neither asleep nor advancing this is stuck.</summary>
+    private long _heartbeat;
 
     /// <summary>Starts the reactor thread (pinned to <paramref name="cpu"/> when given). <paramref name="idleSpin"/>:
     /// how long it polls without work before sleeping in epoll. <paramref name="log"/> gets its failures.</summary>
@@ -154,6 +156,7 @@ public sealed class Reactor : IDisposable
         long lastWork = Stopwatch.GetTimestamp();
         while (!_stopping)
         {
+            Volatile.Write(ref _heartbeat, _heartbeat + 1);
             PublishAllocatedBytes();
             RunMailbox();
             int work = 0;
@@ -294,6 +297,10 @@ public sealed class Reactor : IDisposable
 
     /// <summary>True while the reactor is blocked in epoll (for tests and the idle-CPU check).</summary>
     public bool IsSleeping => _sleeping;
+
+    /// <summary>Counts the reactor's loop iterations (any thread may read it): with <see cref="IsSleeping"/>, how a
+    /// watchdog tells a busy reactor from a stuck one.</summary>
+    public long Heartbeat => Volatile.Read(ref _heartbeat);
 
     private void RunMailbox()
     {

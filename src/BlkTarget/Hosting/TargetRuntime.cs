@@ -52,7 +52,10 @@ public sealed class TargetRuntime : IDisposable
         int maxQueues = plan.Exports.Select(e => e.Queues).DefaultIfEmpty(1).Max();
         var reactors = new ReactorPool(settings.Cpus, DefaultReactorCount(maxQueues, Environment.ProcessorCount), settings.IdlePoll,
             loggers.CreateLogger("reactor"));
-        var model = new TargetModel(reactors, new VhostUserSessionOptions { DrainTimeout = settings.DrainTimeout }, loggers);
+        var model = new TargetModel(reactors, new VhostUserSessionOptions { DrainTimeout = settings.DrainTimeout }, loggers)
+        {
+            SocketAccess = settings.SocketAccess,
+        };
         var runtime = new TargetRuntime(reactors, model, new ManagementService(model, new ConfigStore(settings), management.PersistPath));
         try
         {
