@@ -113,6 +113,7 @@ mkdir -p "$(dirname "$logfile")"
 # base. The kernel unpacks concatenated archives in order, so no rebuild is needed.
 mkdir -p "$TMP/job"
 cp "$job" "$TMP/job/job.sh"
+cp "$HERE/job-lib.sh" "$TMP/job/job-lib.sh"
 chmod 755 "$TMP/job/job.sh"
 {
     echo "E2E_KIND=$kind"
@@ -121,7 +122,7 @@ chmod 755 "$TMP/job/job.sh"
     echo "export E2E_RUN_ID=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
     for e in "${job_env[@]}"; do echo "export $e"; done
 } > "$TMP/job/job.env"
-(cd "$TMP/job" && printf '%s\n' job.sh job.env | cpio -o -H newc -R 0:0 --quiet) > "$TMP/job.cpio"
+(cd "$TMP/job" && printf '%s\n' job.sh job-lib.sh job.env | cpio -o -H newc -R 0:0 --quiet) > "$TMP/job.cpio"
 cat "$guest_dir/initramfs-base.cpio" "$TMP/job.cpio" > "$TMP/initrd"
 
 # Why these flags (see /work/shared/TESTING-WITH-QEMU.md):

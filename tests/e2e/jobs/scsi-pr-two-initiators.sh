@@ -20,14 +20,7 @@ INCREMENTS=16      # COMPARE AND WRITE increments per guest
 COUNTER_LBA=8192
 fail() { echo "$P: FAIL: $*"; dmesg | tail -n 20 | sed "s/^/$P: dmesg: /"; exit 1; }
 [ -b $D ] || fail "no $D"
-
-run() {  # run CMD...: prints "$P: $ CMD" and its output; the output is in $OUT, the exit status in $RC
-    echo "$P: \$ $*"
-    RC=0
-    OUT=$("$@" 2>&1) || RC=$?
-    echo "$OUT" | sed "s/^/$P:   /"
-    echo "$P:   (exit $RC)"
-}
+. /job-lib.sh   # run
 expect() {  # expect RC TEXT...: the last command exited with RC and its output has every TEXT as a line (spaces trimmed)
     [ "$RC" -eq "$1" ] || fail "exit status $RC, expected $1"
     shift
@@ -40,6 +33,7 @@ dmesg_has() {
     n=$(dmesg | grep -cF "$2" || true)
     [ "$n" -eq "$1" ] || fail "the kernel log has $n line(s) with '$2', expected $1"
     dmesg | grep -F "$2" | sed 's/^\[[^]]*\] //; s/^/'"$P"': kernel: /'
+    [ "$n" -ne 0 ] || echo "$P: kernel: no '$2'"
 }
 # write_conflicts LBA4K: a 4 KiB write at 4 KiB block LBA4K fails with RESERVATION CONFLICT as Linux reports it
 write_conflicts() {
