@@ -3,8 +3,8 @@
 # each on its own vhost-user-scsi export of one shared disk (two I_T nexuses of one logical unit). Both VMs run this
 # job at the same time, E2E_PR_ROLE=a (verdict scsi-pr-two-initiators) or b (scsi-pr-second-initiator). They
 # synchronise through the reservation state itself, every wait bounded:
-#   A: registers 0xa, reserves Write Exclusive, writes.
-#   B: waits for A's reservation; registers 0xb; its write fails (RESERVATION CONFLICT), its read works; PREEMPTs 0xa;
+#   A: registers 0xa0, reserves Write Exclusive, writes, changes its key to 0xa (the reservation stays its own).
+#   B: waits for the reservation to show key 0xa; registers 0xb; its write fails (RESERVATION CONFLICT), its read works; PREEMPTs 0xa;
 #      writes; sets the COMPARE AND WRITE counter block to 0.
 #   A: waits for B's reservation, meeting REGISTRATIONS PREEMPTED (a unit attention) on the way; its key is gone, its
 #      write and its COMPARE AND WRITE conflict; registers 0xaa to say so.
@@ -21,12 +21,11 @@ COUNTER_LBA=8192
 fail() { echo "$P: FAIL: $*"; dmesg | tail -n 20 | sed "s/^/$P: dmesg: /"; exit 1; }
 [ -b $D ] || fail "no $D"
 . /job-lib.sh   # run
-expect() {  # expect RC TEXT...: the last command exited with RC and its output has every TEXT as a line (spaces trimmed)
+has_line() { echo "$OUT" | sed 's/^ *//; s/ *$//' | grep -qxF "$1"; }  # the last output has the line $1 (spaces trimmed)
+expect() {  # expect RC LINE...: the last command exited with RC and its output has every LINE
     [ "$RC" -eq "$1" ] || fail "exit status $RC, expected $1"
     shift
-    for t in "$@"; do
-        echo "$OUT" | sed 's/^ *//; s/ *$//' | grep -qxF "$t" || fail "expected the line '$t'"
-    done
+    for t in "$@"; do has_line "$t" || fail "expected the line '$t'"; done
 }
 # dmesg_has COUNT TEXT: the kernel log has COUNT lines containing TEXT (timestamps left out)
 dmesg_has() {
@@ -43,7 +42,7 @@ write_conflicts() {
     dmesg_has 1 "critical nexus error, dev sda, sector $(($1 * 8)) op 0x1:(WRITE)"
 }
 now() { cut -d. -f1 /proc/uptime; }
-# wait_for TEXT CMD...: runs CMD every 0.2 s until its output has TEXT, at most WAIT_S seconds; prints each output that
+# wait_for LINE CMD...: runs CMD every 0.2 s until its output has LINE, at most WAIT_S seconds; prints each output that
 # differs from the one before. Outputs of failed runs (a unit attention) are kept in $ODD.
 wait_for() {
     text=$1; shift
@@ -58,7 +57,7 @@ wait_for() {
 "; }
             last=$OUT
         fi
-        echo "$OUT" | grep -qF "$text" && return 0
+        has_line "$text" && return 0
         [ "$(now)" -lt "$end" ] || fail "no '$text' within ${WAIT_S}s"
         sleep 0.2
     done
@@ -99,17 +98,21 @@ race_increments() {
 }
 
 if [ "$ROLE" = a ]; then
-    run sg_persist -n --out --register --param-sark=0xa $D
+    run sg_persist -n --out --register --param-sark=0xa0 $D
     expect 0
-    run sg_persist -n --out --reserve --param-rk=0xa --prout-type=1 $D
+    run sg_persist -n --out --reserve --param-rk=0xa0 --prout-type=1 $D
     expect 0
     run sg_persist -n --in --read-reservation $D
-    expect 0 "PR generation=0x1, Reservation follows:" "Key=0xa" "scope: LU_SCOPE,  type: Write Exclusive"
+    expect 0 "PR generation=0x1, Reservation follows:" "Key=0xa0" "scope: LU_SCOPE,  type: Write Exclusive"
     write_block 1024
     expect 0 "1+0 records out"
+    # The holder changes its key: the reservation stays, now under 0xa (B checks it), which is what B waits for. From
+    # here on A only reads until B has PREEMPTed, so the unit attention meets A's next PERSISTENT RESERVE IN.
+    run sg_persist -n --out --register --param-rk=0xa0 --param-sark=0xa $D
+    expect 0
     echo "$P: holding Write Exclusive with key 0xa; waiting for B to preempt it"
     wait_for "Key=0xb" sg_persist -n --in --read-reservation $D
-    expect 0 "PR generation=0x3, Reservation follows:" "Key=0xb" "scope: LU_SCOPE,  type: Write Exclusive"
+    expect 0 "PR generation=0x4, Reservation follows:" "Key=0xb" "scope: LU_SCOPE,  type: Write Exclusive"
     # The first command after the PREEMPT got the unit attention (sg_persist exit status 6); Linux logs 2Ah/05h
     # (like every 2Ah without a message of its own) as "Parameters changed".
     OUT=$ODD RC=0
@@ -117,8 +120,8 @@ if [ "$ROLE" = a ]; then
         "PR in (Read reservation): Unit attention" "sg_persist failed: Unit attention (exit 6)"
     dmesg_has 1 "sd 0:0:0:0: Parameters changed"
     run sg_persist -n --in --read-keys $D
-    expect 0 "PR generation=0x3, 1 registered reservation key follows:" "0xb"
-    echo "$OUT" | grep -qF "0xa" && fail "key 0xa is still registered after B's PREEMPT"
+    expect 0 "PR generation=0x4, 1 registered reservation key follows:" "0xb"
+    ! has_line 0xa || fail "key 0xa is still registered after B's PREEMPT"
     write_conflicts 1024 1
     counter_block 0 a > /tmp/zero
     cat /tmp/zero /tmp/zero > /tmp/caw
@@ -128,8 +131,7 @@ if [ "$ROLE" = a ]; then
     run sg_persist -n --out --register --param-sark=0xaa $D
     expect 0
     echo "$P: registered 0xaa; waiting for B to CLEAR"
-    wait_for "there are NO registered reservation keys" sg_persist -n --in --read-keys $D
-    expect 0 "PR generation=0x5, there are NO registered reservation keys"
+    wait_for "PR generation=0x6, there are NO registered reservation keys" sg_persist -n --in --read-keys $D
     OUT=$ODD RC=0
     expect 0 "Fixed format, current; Sense key: Unit Attention" "Additional sense: Reservations preempted" \
         "PR in (Read keys): Unit attention" "sg_persist failed: Unit attention (exit 6)"
@@ -137,11 +139,11 @@ if [ "$ROLE" = a ]; then
     race_increments
 else
     wait_for "Key=0xa" sg_persist -n --in --read-reservation $D
-    expect 0 "PR generation=0x1, Reservation follows:" "Key=0xa" "scope: LU_SCOPE,  type: Write Exclusive"
+    expect 0 "PR generation=0x2, Reservation follows:" "Key=0xa" "scope: LU_SCOPE,  type: Write Exclusive"
     run sg_persist -n --out --register --param-sark=0xb $D
     expect 0
     run sg_persist -n --in --read-keys $D
-    expect 0 "PR generation=0x2, 2 registered reservation keys follow:" "0xa" "0xb"
+    expect 0 "PR generation=0x3, 2 registered reservation keys follow:" "0xa" "0xb"
     # Write Exclusive: a registrant that does not hold it may read but not write.
     write_conflicts 2048 1
     run sh -c "dd if=$D bs=4096 count=1 skip=1024 iflag=direct | wc -c"
@@ -149,23 +151,24 @@ else
     run sg_persist -n --out --preempt --param-rk=0xb --param-sark=0xa --prout-type=1 $D
     expect 0
     run sg_persist -n --in --read-reservation $D
-    expect 0 "PR generation=0x3, Reservation follows:" "Key=0xb" "scope: LU_SCOPE,  type: Write Exclusive"
+    expect 0 "PR generation=0x4, Reservation follows:" "Key=0xb" "scope: LU_SCOPE,  type: Write Exclusive"
     write_block 2048
     expect 0 "1+0 records out"
     counter_block 0 b > /tmp/zero
     run dd if=/tmp/zero of=$D bs=512 seek=$COUNTER_LBA count=1 oflag=direct
     expect 0 "1+0 records out"
     wait_for "0xaa" sg_persist -n --in --read-keys $D
-    expect 0 "PR generation=0x4, 2 registered reservation keys follow:" "0xb" "0xaa"
+    expect 0 "PR generation=0x5, 2 registered reservation keys follow:" "0xb" "0xaa"
     run sg_persist -n --out --clear --param-rk=0xb $D
     expect 0
     run sg_persist -n --in --read-reservation $D
-    expect 0 "PR generation=0x5, there is NO reservation held"
+    expect 0 "PR generation=0x6, there is NO reservation held"
     race_increments
     # PREEMPT and CLEAR sent no unit attention to their own nexus.
     dmesg_has 0 "Parameters changed"
 fi
-# COMPARE AND WRITE changes no reservation state: generation 5 (REGISTER 0xa, 0xb, PREEMPT, REGISTER 0xaa, CLEAR).
+# COMPARE AND WRITE changes no reservation state: generation 6 (REGISTER 0xa0, its change to 0xa, REGISTER 0xb,
+# PREEMPT, REGISTER 0xaa, CLEAR).
 run sg_persist -n --in --read-keys $D
-expect 0 "PR generation=0x5, there are NO registered reservation keys"
+expect 0 "PR generation=0x6, there are NO registered reservation keys"
 echo "$P: all checks passed"
