@@ -5,7 +5,8 @@
 # Usage:
 #   run-guest.sh --socket SOCK --job JOBFILE [--queues N] [--kind blk|scsi]
 #                [--timeout SECS] [--mem SIZE] [--smp N] [--log FILE]
-#                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--reconnect] [--verbose]
+#                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--reconnect]
+#                [--env NAME=VALUE]... [--verbose]
 #
 #   --socket     vhost-user unix socket served by the target (must already exist)
 #   --job        guest-side shell script (busybox sh), becomes /job.sh in the guest
@@ -26,6 +27,8 @@
 #                (counts its "E2E: guest up" lines; default: not checked)
 #   --reconnect  add reconnect=1 to the vhost-user chardev: QEMU waits for a target that went away
 #                and reconnects (with its inflight area) when one listens again
+#   --env NAME=VALUE  export NAME=VALUE to the job (repeatable; VALUE of letters, digits and _.:/-), e.g. the
+#                role of a job that two guests run at once
 #   --verbose    also stream the console to stdout while the guest runs
 #
 # Environment: E2E_QEMU_ARGS  extra QEMU arguments (word-split), for debugging, e.g.
@@ -47,7 +50,7 @@ log() { echo "run-guest: $*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 
 socket="" job="" queues=1 kind=blk timeout_s=240 mem=1G smp=2 logfile="" guest_dir="" verbose=0
-allow_reboot=0 expect_boots="" reconnect=0
+allow_reboot=0 expect_boots="" reconnect=0 job_env=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --socket) socket=$2; shift 2 ;;
@@ -62,8 +65,9 @@ while [[ $# -gt 0 ]]; do
         --allow-reboot) allow_reboot=1; shift ;;
         --reconnect) reconnect=1; shift ;;
         --expect-boots) expect_boots=$2; shift 2 ;;
+        --env) job_env+=("$2"); shift 2 ;;
         --verbose) verbose=1; shift ;;
-        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
 done
@@ -71,6 +75,7 @@ done
 [[ -n "$job" && -f "$job" ]] || die "--job must name an existing file (got '$job')"
 [[ -S "$socket" ]] || die "socket $socket does not exist (is the target running?)"
 [[ "$queues" =~ ^[1-9][0-9]*$ ]] || die "--queues must be a positive integer"
+for e in "${job_env[@]}"; do [[ "$e" =~ ^[A-Za-z_][A-Za-z0-9_]*=[A-Za-z0-9_.:/-]*$ ]] || die "--env wants NAME=VALUE (got '$e')"; done
 [[ -z "$expect_boots" || "$expect_boots" =~ ^[1-9][0-9]*$ ]] || die "--expect-boots must be a positive integer"
 case "$kind" in
     blk) device="vhost-user-blk-pci,chardev=c0,num-queues=$queues" ;;
@@ -108,14 +113,16 @@ mkdir -p "$(dirname "$logfile")"
 # base. The kernel unpacks concatenated archives in order, so no rebuild is needed.
 mkdir -p "$TMP/job"
 cp "$job" "$TMP/job/job.sh"
+cp "$HERE/job-lib.sh" "$TMP/job/job-lib.sh"
 chmod 755 "$TMP/job/job.sh"
 {
     echo "E2E_KIND=$kind"
     echo "E2E_QUEUES=$queues"
     echo "E2E_JOB_NAME=$(basename "$job" .sh)"
     echo "export E2E_RUN_ID=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+    for e in "${job_env[@]}"; do echo "export $e"; done
 } > "$TMP/job/job.env"
-(cd "$TMP/job" && printf '%s\n' job.sh job.env | cpio -o -H newc -R 0:0 --quiet) > "$TMP/job.cpio"
+(cd "$TMP/job" && printf '%s\n' job.sh job-lib.sh job.env | cpio -o -H newc -R 0:0 --quiet) > "$TMP/job.cpio"
 cat "$guest_dir/initramfs-base.cpio" "$TMP/job.cpio" > "$TMP/initrd"
 
 # Why these flags (see /work/shared/TESTING-WITH-QEMU.md):
