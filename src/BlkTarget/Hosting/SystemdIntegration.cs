@@ -37,7 +37,8 @@ public static class SystemdIntegration
 /// (its heartbeat advanced since the last check). A reactor stuck inside a queue stops the keep-alives, and systemd
 /// restarts the service (with <c>Restart=on-failure</c>); guests with <c>reconnect=1</c> wait and resume.
 /// </summary>
-internal sealed class WatchdogService(ISystemdNotifier notifier, TargetService target, ILoggerFactory loggers) : BackgroundService
+internal sealed class WatchdogService(ISystemdNotifier notifier, TargetService target, IHostApplicationLifetime lifetime, ILoggerFactory loggers)
+    : BackgroundService
 {
     private readonly ILogger _log = loggers.CreateLogger("watchdog");
 
@@ -52,19 +53,30 @@ internal sealed class WatchdogService(ISystemdNotifier notifier, TargetService t
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var interval = Interval()!.Value;
+        // Keep-alives begin one interval after the host started (READY=1 is sent then), not before.
+        try
+        {
+            await Task.Delay(Timeout.Infinite, CancellationTokenSource.CreateLinkedTokenSource(lifetime.ApplicationStarted, stoppingToken).Token);
+        }
+        catch (OperationCanceledException)
+        {
+            if (stoppingToken.IsCancellationRequested) return;
+        }
+        try
+        {
+            await Task.Delay(interval, stoppingToken);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
         long[] last = [];
         bool reported = false;
         while (!stoppingToken.IsCancellationRequested)
         {
             var reactors = target.Runtime?.Reactors.Reactors ?? [];
             if (last.Length != reactors.Count) last = new long[reactors.Count];
-            int stuck = -1;
-            for (int i = 0; i < reactors.Count; i++)
-            {
-                long beat = reactors[i].Heartbeat;
-                if (!reactors[i].IsSleeping && beat == last[i]) stuck = i;
-                last[i] = beat;
-            }
+            int stuck = ReactorHealth.FirstStuck(reactors.Select(r => (r.IsSleeping, r.Heartbeat)).ToList(), last);
             if (stuck < 0)
             {
                 notifier.Notify(new ServiceState("WATCHDOG=1"));
@@ -84,5 +96,22 @@ internal sealed class WatchdogService(ISystemdNotifier notifier, TargetService t
                 return;
             }
         }
+    }
+}
+
+/// <summary>Tells a stuck reactor from a busy or sleeping one, between two looks.</summary>
+public static class ReactorHealth
+{
+    /// <summary>Index of the first reactor that is awake and made no loop iteration since <paramref name="last"/>
+    /// (its heartbeats at the previous look, updated here), or -1 when all are healthy.</summary>
+    public static int FirstStuck(IReadOnlyList<(bool Sleeping, long Heartbeat)> now, long[] last)
+    {
+        int stuck = -1;
+        for (int i = 0; i < now.Count; i++)
+        {
+            if (stuck < 0 && !now[i].Sleeping && now[i].Heartbeat == last[i]) stuck = i;
+            last[i] = now[i].Heartbeat;
+        }
+        return stuck;
     }
 }

@@ -19,9 +19,19 @@ public sealed class TargetService(TargetSettings settings, ILoggerFactory logger
     /// <summary>The running target; null before the start and after the stop.</summary>
     public TargetRuntime? Runtime { get; private set; }
 
+    private bool _reloadPending;
+
     public Task StartAsync(CancellationToken cancellationToken)
     {
-        Runtime = TargetRuntime.Start(settings, loggers, management);
+        var runtime = TargetRuntime.Start(settings, loggers, management);
+        bool reload;
+        lock (_reloadGate)
+        {
+            Runtime = runtime;
+            reload = _reloadPending;
+        }
+        // A SIGHUP that came while the target was starting applies now (the file may have changed meanwhile).
+        if (reload) Reload();
         return Task.CompletedTask;
     }
 
@@ -44,7 +54,12 @@ public sealed class TargetService(TargetSettings settings, ILoggerFactory logger
     {
         lock (_reloadGate)
         {
-            if (Runtime is not { } runtime) return;
+            if (Runtime is not { } runtime)
+            {
+                _reloadPending = true;
+                return;
+            }
+            _reloadPending = false;
             if (configPath is null)
             {
                 _log.LogWarning("SIGHUP: the target was started without --config; nothing to reload");
