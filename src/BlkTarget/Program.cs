@@ -17,6 +17,7 @@ public static class Program
             ManagementCommands.Export(),
             ManagementCommands.Lun(),
             ManagementCommands.Config(),
+            ManagementCommands.Stats(),
         };
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
