@@ -27,6 +27,7 @@ public static class ServeCommand
     private static readonly Option<int?> DrainTimeoutS = new("--drain-timeout-s") { Description = "Seconds a queue stop waits for in-flight requests before abandoning them (default 30)" };
     private static readonly Option<string?> ConfigOut = new("--config-out") { Description = "Save every disk/export change to this config file (default: the --config file; without either, changes are not saved)" };
     internal static readonly Option<string?> RpcSocket = new("--rpc-socket") { Description = "JSON-RPC management socket (default: " + "/run/blktarget/rpc.sock as root, else $XDG_RUNTIME_DIR/blktarget/rpc.sock)" };
+    private static readonly Option<string?> MetricsListen = new("--metrics-listen") { Description = "Serve Prometheus metrics at http://ADDRESS:PORT/metrics (e.g. 127.0.0.1:9101)" };
     private static readonly Option<string> LogLevel = new("--log-level") { Description = "verbose, debug, information, warning, error", DefaultValueFactory = _ => "information" };
 
     /// <summary>Options that describe one device: with --config the file describes the devices, so these are refused
@@ -37,7 +38,7 @@ public static class ServeCommand
     {
         var command = new Command("serve", "Export block devices over vhost-user until SIGINT/SIGTERM")
         {
-            Kind, Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, ConfigOut, RpcSocket, IdlePollUs, DrainTimeoutS, LogLevel,
+            Kind, Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, ConfigOut, RpcSocket, MetricsListen, IdlePollUs, DrainTimeoutS, LogLevel,
         };
         command.SetAction(Run);
         return command;
@@ -87,6 +88,7 @@ public static class ServeCommand
                 RpcSocketIsDefault = rpcSocket is null,
                 PersistPath = parse.GetValue(ConfigOut) ?? parse.GetValue(Config),
                 SaveAtStart = parse.GetValue(ConfigOut) is not null,
+                MetricsListen = parse.GetValue(MetricsListen) is { } metrics ? Monitoring.ListenAddress.Parse(metrics) : null,
             });
         }
         catch (ConfigurationException e)
