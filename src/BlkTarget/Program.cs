@@ -18,6 +18,7 @@ public static class Program
             ManagementCommands.Lun(),
             ManagementCommands.Config(),
             ManagementCommands.Stats(),
+            Monitoring.Top.TopCommand.Create(),
         };
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
