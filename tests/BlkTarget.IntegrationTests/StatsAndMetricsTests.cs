@@ -1,11 +1,8 @@
 using System.Diagnostics;
 using System.Net;
 using System.Text.Json.Nodes;
-using BlkTarget.Configuration;
 using BlkTarget.Hosting;
-using BlkTarget.Management;
 using BlkTarget.Vhost.Frontend;
-using Microsoft.Extensions.Logging.Abstractions;
 using static BlkTarget.IntegrationTests.TestData;
 
 namespace BlkTarget.IntegrationTests;
@@ -14,15 +11,12 @@ namespace BlkTarget.IntegrationTests;
 /// over HTTP and `blktarget top --once`, all after a frontend made a known set of requests.</summary>
 public sealed class StatsAndMetricsTests : IDisposable
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("blkt-stats-").FullName;
+    private readonly RpcTargetHarness _harness = new("blkt-stats-");
+    private string _dir => _harness.Directory;
 
-    private string Rpc => Path.Combine(_dir, "rpc.sock");
+    private TargetRuntime Start() => _harness.Start(management: m => m with { MetricsListen = new IPEndPoint(IPAddress.Loopback, 0) });
 
-    private TargetRuntime Start() =>
-        TargetRuntime.Start(new TargetSettings { Devices = [] }, NullLoggerFactory.Instance,
-            new ManagementSettings { RpcSocket = Rpc, MetricsListen = new IPEndPoint(IPAddress.Loopback, 0) });
-
-    private JsonNode Call(string method, JsonObject? parameters = null) => RpcClient.Call(Rpc, method, parameters ?? [])!;
+    private JsonNode Call(string method, JsonObject? parameters = null) => _harness.Call(method, parameters)!;
 
     /// <summary>Creates disk d1 (RAM) and blk export vm1 with two queues, connects, and makes on queue 0: 7 reads of
     /// 4 KiB, 5 writes of 8 KiB, 3 flushes, and 2 reads past the end; on queue 1: 4 writes of 512 bytes.</summary>
@@ -90,18 +84,22 @@ public sealed class StatsAndMetricsTests : IDisposable
         Assert.Equal("text/plain; version=0.0.4; charset=utf-8", response.Content.Headers.ContentType!.ToString());
         var lines = (await response.Content.ReadAsStringAsync()).Split('\n');
 
-        Assert.Contains("blktarget_requests_total{export=\"vm1\",queue=\"0\",op=\"read\"} 9", lines);
-        Assert.Contains("blktarget_requests_total{export=\"vm1\",queue=\"0\",op=\"write\"} 5", lines);
-        Assert.Contains("blktarget_requests_total{export=\"vm1\",queue=\"1\",op=\"write\"} 4", lines);
-        Assert.Contains("blktarget_requests_total{export=\"vm1\",queue=\"0\",op=\"flush\"} 3", lines);
-        Assert.Contains("blktarget_bytes_total{export=\"vm1\",queue=\"0\",op=\"read\"} 28672", lines);
-        Assert.Contains("blktarget_bytes_total{export=\"vm1\",queue=\"0\",op=\"write\"} 40960", lines);
-        Assert.Contains("blktarget_bytes_total{export=\"vm1\",queue=\"1\",op=\"write\"} 2048", lines);
-        Assert.Contains("blktarget_request_errors_total{export=\"vm1\",op=\"read\",kind=\"out_of_range\"} 2", lines);
-        Assert.Contains("blktarget_request_duration_seconds_bucket{export=\"vm1\",op=\"write\",le=\"+Inf\"} 9", lines);
-        Assert.Contains("blktarget_request_duration_seconds_count{export=\"vm1\",op=\"flush\"} 3", lines);
-        Assert.Contains("blktarget_inflight{export=\"vm1\"} 0", lines);
-        Assert.Contains("blktarget_disk_size_bytes{disk=\"d1\"} 16777216", lines);
+        string[] expected =
+        [
+            "blktarget_requests_total{export=\"vm1\",queue=\"0\",op=\"read\"} 9",
+            "blktarget_requests_total{export=\"vm1\",queue=\"0\",op=\"write\"} 5",
+            "blktarget_requests_total{export=\"vm1\",queue=\"1\",op=\"write\"} 4",
+            "blktarget_requests_total{export=\"vm1\",queue=\"0\",op=\"flush\"} 3",
+            "blktarget_bytes_total{export=\"vm1\",queue=\"0\",op=\"read\"} 28672",
+            "blktarget_bytes_total{export=\"vm1\",queue=\"0\",op=\"write\"} 40960",
+            "blktarget_bytes_total{export=\"vm1\",queue=\"1\",op=\"write\"} 2048",
+            "blktarget_request_errors_total{export=\"vm1\",op=\"read\",kind=\"out_of_range\"} 2",
+            "blktarget_request_duration_seconds_bucket{export=\"vm1\",op=\"write\",le=\"+Inf\"} 9",
+            "blktarget_request_duration_seconds_count{export=\"vm1\",op=\"flush\"} 3",
+            "blktarget_inflight{export=\"vm1\"} 0",
+            "blktarget_disk_size_bytes{disk=\"d1\"} 16777216",
+        ];
+        foreach (var line in expected) Assert.Contains(line, lines);
         Assert.Contains(lines, l => l.StartsWith("blktarget_reactor_busy_ratio{reactor=\"0\"} ", StringComparison.Ordinal));
         Assert.Contains("# TYPE blktarget_request_duration_seconds histogram", lines);
         Assert.Equal(HttpStatusCode.NotFound, (await http.GetAsync("other")).StatusCode);
@@ -113,7 +111,7 @@ public sealed class StatsAndMetricsTests : IDisposable
         using var runtime = Start();
         using var guest = Workload();
         var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in new[] { Path.Combine(AppContext.BaseDirectory, "blktarget.dll"), "top", "--once", "--interval", "0.2", "--rpc-socket", Rpc })
+        foreach (var arg in new[] { Path.Combine(AppContext.BaseDirectory, "blktarget.dll"), "top", "--once", "--interval", "0.2", "--rpc-socket", _harness.Rpc })
             info.ArgumentList.Add(arg);
         using var top = Process.Start(info)!;
         var stdout = top.StandardOutput.ReadToEndAsync();
@@ -127,5 +125,5 @@ public sealed class StatsAndMetricsTests : IDisposable
         Assert.Contains(lines, l => l.StartsWith("reactor 0: ", StringComparison.Ordinal));
     }
 
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _harness.Delete();
 }
