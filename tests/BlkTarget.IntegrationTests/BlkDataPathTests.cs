@@ -230,6 +230,10 @@ public sealed class BlkDataPathTests(ITestOutputHelper output)
         for (int r = 0; r < reactors.Count; r++)
             Assert.True(reactorsAfter[r] == reactorsBefore[r], $"reactor {r} allocated {reactorsAfter[r] - reactorsBefore[r]} bytes during 16000 requests");
         Assert.Equal(0, driverAllocated);
+        // ... while every one of those requests was counted (statistics are part of that data path).
+        var counted = target.Device.Context.Counters.Select(BlkTarget.Vhost.Stats.CounterSnapshot.Read).ToList();
+        Assert.All(counted, c => Assert.Equal(2500 * 4, c.Ops(BlkTarget.Vhost.Stats.IoOp.Read)));
+        Assert.All(counted, c => Assert.Equal(2500 * 4, c.Ops(BlkTarget.Vhost.Stats.IoOp.Write)));
     }
 
     [Fact]

@@ -30,6 +30,7 @@ public static class ServeCommand
     internal static readonly Option<string?> RpcSocket = new("--rpc-socket") { Description = "JSON-RPC management socket (default: " + "/run/blktarget/rpc.sock as root, else $XDG_RUNTIME_DIR/blktarget/rpc.sock)" };
     private static readonly Option<string?> SocketGroup = new("--socket-group") { Description = "Group of the exports' sockets, so a QEMU running as another user can connect (e.g. kvm)" };
     private static readonly Option<string?> SocketMode = new("--socket-mode") { Description = "Mode of the exports' sockets, octal (e.g. 0660)" };
+    private static readonly Option<string?> MetricsListen = new("--metrics-listen") { Description = "Serve Prometheus metrics at http://ADDRESS:PORT/metrics (e.g. 127.0.0.1:9101)" };
     private static readonly Option<string> LogLevel = new("--log-level") { Description = "verbose, debug, information, warning, error", DefaultValueFactory = _ => "information" };
 
     /// <summary>Options that describe one device: with --config the file describes the devices, so these are refused
@@ -40,8 +41,8 @@ public static class ServeCommand
     {
         var command = new Command("serve", "Export block devices over vhost-user until SIGINT/SIGTERM")
         {
-            Kind, Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, ConfigOut, RpcSocket, IdlePollUs, DrainTimeoutS,
-            SocketGroup, SocketMode, LogLevel,
+            Kind, Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, ConfigOut, RpcSocket, MetricsListen, IdlePollUs,
+            DrainTimeoutS, SocketGroup, SocketMode, LogLevel,
         };
         command.SetAction(Run);
         return command;
@@ -72,6 +73,7 @@ public static class ServeCommand
             RpcSocketIsDefault = rpcSocket is null,
             PersistPath = parse.GetValue(ConfigOut) ?? parse.GetValue(Config),
             SaveAtStart = parse.GetValue(ConfigOut) is not null,
+            MetricsListen = parse.GetValue(MetricsListen) is { } metrics ? Monitoring.ListenAddress.Parse(metrics) : null,
         };
 
         // The target runs as a hosted service: the host's lifetime (the console's, or systemd's under a service
