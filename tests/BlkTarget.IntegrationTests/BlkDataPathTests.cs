@@ -400,7 +400,7 @@ public sealed class BlkDataPathTests(ITestOutputHelper output)
         // virtio 1.0 lets the driver lay out a request any way it likes (VIRTIO_F_ANY_LAYOUT is implied).
         using var target = Target();
         using var guest = TestGuest.Connect(target.SocketPath);
-        var q = guest.Queues[0];
+        var q = guest.SplitQueue(0);
         var write = guest.Allocate(16 + 4096, 16);
         write.Span[..16].Clear();
         write.Span[0] = (byte)BlkRequestType.Out;
@@ -442,7 +442,7 @@ public sealed class BlkDataPathTests(ITestOutputHelper output)
     {
         using var target = Target();
         using var guest = TestGuest.Connect(target.SocketPath);
-        var q = guest.Queues[0];
+        var q = guest.SplitQueue(0);
         var header = guest.Allocate(16, 16);
         var status = guest.Allocate(1, 1);
         status.Span[0] = 0xff;

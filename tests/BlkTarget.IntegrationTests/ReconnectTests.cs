@@ -104,7 +104,7 @@ public sealed unsafe class ReconnectTests(ITestOutputHelper output) : IDisposabl
         for (int q = 0; q < Queues; q++)
         {
             Assert.False(guest.Blk[q].TryComplete(out var extra), $"queue {q}: request {extra.Token} completed a second time");
-            Assert.Equal(PerQueue, guest.Queues[q].DeviceUsedIdx);
+            Assert.Equal(PerQueue, guest.SplitQueue(q).DeviceUsedIdx);
             Assert.Equal(0, InflightFlags(guest.Frontend.Inflight!, q, 64));
         }
 

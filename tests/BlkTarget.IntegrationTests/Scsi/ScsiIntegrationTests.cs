@@ -170,8 +170,8 @@ public sealed class ScsiIntegrationTests(ITestOutputHelper output)
         Assert.True(q.Execute(0, 0, Rw10(ScsiOp.Write10, 100, 8), dataOut: [data]).IsGood);
 
         var bases = guest.Stop();
-        Assert.Equal(0, bases[1]);                   // no event buffer was consumed
-        Assert.Equal(1, bases[2]);
+        Assert.Equal(0u, bases[1]);                   // no event buffer was consumed
+        Assert.Equal(1u, bases[2]);
         Assert.False(events.HasUsed);
         guest.Start();
         var back = guest.Allocate(4096);
