@@ -5,7 +5,7 @@
 # Usage:
 #   run-guest.sh --socket SOCK --job JOBFILE [--queues N] [--kind blk|scsi]
 #                [--timeout SECS] [--mem SIZE] [--smp N] [--log FILE]
-#                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--reconnect] [--verbose]
+#                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--reconnect] [--packed] [--verbose]
 #
 #   --socket     vhost-user unix socket served by the target (must already exist)
 #   --job        guest-side shell script (busybox sh), becomes /job.sh in the guest
@@ -26,6 +26,8 @@
 #                (counts its "E2E: guest up" lines; default: not checked)
 #   --reconnect  add reconnect=1 to the vhost-user chardev: QEMU waits for a target that went away
 #                and reconnects (with its inflight area) when one listens again
+#   --packed     add packed=on to the -device: the guest driver uses packed virtqueues
+#                (VIRTIO_F_RING_PACKED) if the target offers them
 #   --verbose    also stream the console to stdout while the guest runs
 #
 # Environment: E2E_QEMU_ARGS  extra QEMU arguments (word-split), for debugging, e.g.
@@ -47,7 +49,7 @@ log() { echo "run-guest: $*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 
 socket="" job="" queues=1 kind=blk timeout_s=240 mem=1G smp=2 logfile="" guest_dir="" verbose=0
-allow_reboot=0 expect_boots="" reconnect=0
+allow_reboot=0 expect_boots="" reconnect=0 packed=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --socket) socket=$2; shift 2 ;;
@@ -61,6 +63,7 @@ while [[ $# -gt 0 ]]; do
         --guest-dir) guest_dir=$2; shift 2 ;;
         --allow-reboot) allow_reboot=1; shift ;;
         --reconnect) reconnect=1; shift ;;
+        --packed) packed=1; shift ;;
         --expect-boots) expect_boots=$2; shift 2 ;;
         --verbose) verbose=1; shift ;;
         -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
@@ -77,6 +80,7 @@ case "$kind" in
     scsi) device="vhost-user-scsi-pci,chardev=c0,num_queues=$queues" ;;
     *) die "--kind must be blk or scsi" ;;
 esac
+[[ $packed -eq 0 ]] || device+=",packed=on"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found; run tests/e2e/install-deps.sh"
 
 if [[ -z "$guest_dir" ]]; then
