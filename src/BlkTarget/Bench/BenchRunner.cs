@@ -89,7 +89,7 @@ public static class BenchRunner
             + (ulong)queueSize * (ulong)maxIndirect * 16 + 64 + 32UL * (ulong)queueSize + 64
             + (ulong)options.IoDepth * ((ulong)options.BlockSize + 4096);
         using var arena = new GuestMemoryArena(perQueueBytes * (ulong)options.Queues + (2UL << 20), name: "blktarget-bench", hugePages: options.HugePages);
-        if (options.Packed && !Offered(VirtioFeatures.RingPacked)) throw new BenchSetupException("--packed: the target does not offer VIRTIO_F_RING_PACKED");
+        if (options.Packed && (frontend.OfferedFeatures & VirtioFeatures.Bit(VirtioFeatures.RingPacked)) == 0) throw new BenchSetupException("--packed: the target does not offer VIRTIO_F_RING_PACKED");
         var drivers = new List<QueueDriver>();
         try
         {
