@@ -145,8 +145,9 @@ public sealed class VhostUserSession : IDisposable
             return false;
         }
         _ackedFeatures = features;
-        _log.LogInformation("{Device}: negotiated features 0x{Features:x} (event_idx={EventIdx}, indirect={Indirect})", _device.Name, features,
-            (features & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0, (features & VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc)) != 0);
+        _log.LogInformation("{Device}: negotiated features 0x{Features:x} (event_idx={EventIdx}, indirect={Indirect}, packed={Packed})", _device.Name, features,
+            (features & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0, (features & VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc)) != 0,
+            (features & VirtioFeatures.Bit(VirtioFeatures.RingPacked)) != 0);
         return true;
     }
 
