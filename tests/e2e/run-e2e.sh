@@ -5,7 +5,7 @@
 # Usage:
 #   tests/e2e/run-e2e.sh [--target blktarget|qsd] [--backend SPEC] [--kind blk|scsi]
 #                        [--queues N] [--only NAME[,NAME...]] [--guest-timeout SECS]
-#                        [--log-dir DIR] [--install-deps] [--verbose]
+#                        [--log-dir DIR] [--install-deps] [--packed] [--verbose]
 #
 #   --target         blktarget (default): $BLKTARGET_CMD serve --socket SOCK --backend SPEC --queues N
 #                    qsd: qemu-storage-daemon exporting a 1 GiB file in /dev/shm (reference
@@ -18,6 +18,7 @@
 #   --guest-timeout  limit per guest boot in seconds (default 240)
 #   --log-dir        where console and target logs go (default: a new /tmp/blktarget-e2e-logs.* dir)
 #   --install-deps   run install-deps.sh first
+#   --packed         guests use packed virtqueues (packed=on on the -device)
 #   --verbose        stream guest consoles while they run
 #
 # Environment:
@@ -67,7 +68,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 SUITE_START=$SECONDS
 
 target=blktarget backend=ram:1G backend_set=0 kind=blk queues=2 only="" guest_timeout=240
-log_dir="" install=0 verbose=0
+log_dir="" install=0 verbose=0 packed=0
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d'; }   # the header above
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -79,6 +80,7 @@ while [[ $# -gt 0 ]]; do
         --guest-timeout) guest_timeout=$2; shift 2 ;;
         --log-dir) log_dir=$2; shift 2 ;;
         --install-deps) install=1; shift ;;
+        --packed) packed=1; shift ;;
         --verbose) verbose=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run-e2e: unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -321,6 +323,7 @@ run_test() {
     local more=()
     read -ra more <<< "${TEST_ARGS:-}"
     args+=("${more[@]}")
+    [[ $packed -eq 0 ]] || args+=(--packed)
     # guest-reboot: the guest resets itself once; exactly two boots of /init.
     [[ "$name" != guest-reboot ]] || args+=(--allow-reboot --expect-boots 2)
     # Run the guest in the background and poll: an INT/TERM trap can then stop it

@@ -5,7 +5,7 @@
 # Usage:
 #   run-guest.sh --socket SOCK --job JOBFILE [--queues N] [--kind blk|scsi]
 #                [--timeout SECS] [--mem SIZE] [--smp N] [--log FILE]
-#                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--reconnect]
+#                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--reconnect] [--packed]
 #                [--env NAME=VALUE]... [--verbose]
 #
 #   --socket     vhost-user unix socket served by the target (must already exist)
@@ -29,6 +29,8 @@
 #                and reconnects (with its inflight area) when one listens again
 #   --env NAME=VALUE  export NAME=VALUE to the job (repeatable; VALUE of letters, digits and _.:/-), e.g. the
 #                role of a job that two guests run at once
+#   --packed     add packed=on to the -device: the guest driver uses packed virtqueues
+#                (VIRTIO_F_RING_PACKED) if the target offers them
 #   --verbose    also stream the console to stdout while the guest runs
 #
 # Environment: E2E_QEMU_ARGS  extra QEMU arguments (word-split), for debugging, e.g.
@@ -50,7 +52,7 @@ log() { echo "run-guest: $*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 
 socket="" job="" queues=1 kind=blk timeout_s=240 mem=1G smp=2 logfile="" guest_dir="" verbose=0
-allow_reboot=0 expect_boots="" reconnect=0 job_env=()
+allow_reboot=0 expect_boots="" reconnect=0 packed=0 job_env=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --socket) socket=$2; shift 2 ;;
@@ -64,6 +66,7 @@ while [[ $# -gt 0 ]]; do
         --guest-dir) guest_dir=$2; shift 2 ;;
         --allow-reboot) allow_reboot=1; shift ;;
         --reconnect) reconnect=1; shift ;;
+        --packed) packed=1; shift ;;
         --expect-boots) expect_boots=$2; shift 2 ;;
         --env) job_env+=("$2"); shift 2 ;;
         --verbose) verbose=1; shift ;;
@@ -82,6 +85,7 @@ case "$kind" in
     scsi) device="vhost-user-scsi-pci,chardev=c0,num_queues=$queues" ;;
     *) die "--kind must be blk or scsi" ;;
 esac
+[[ $packed -eq 0 ]] || device+=",packed=on"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found; run tests/e2e/install-deps.sh"
 
 if [[ -z "$guest_dir" ]]; then

@@ -82,6 +82,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     protected ILogger Log { get; }
     public int KickFd => _kickFd;
     public ushort LastAvailIdx => Ring.LastAvailIdx;
+    public uint VringBase => Ring.VringBase;
     public string? BrokenReason { get; private set; }
     /// <summary>Requests taken from the ring and not completed yet.</summary>
     public int InFlight => Volatile.Read(ref _inFlight);

@@ -145,8 +145,9 @@ public sealed class VhostUserSession : IDisposable
             return false;
         }
         _ackedFeatures = features;
-        _log.LogInformation("{Device}: negotiated features 0x{Features:x} (event_idx={EventIdx}, indirect={Indirect})", _device.Name, features,
-            (features & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0, (features & VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc)) != 0);
+        _log.LogInformation("{Device}: negotiated features 0x{Features:x} (event_idx={EventIdx}, indirect={Indirect}, packed={Packed})", _device.Name, features,
+            (features & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0, (features & VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc)) != 0,
+            (features & VirtioFeatures.Bit(VirtioFeatures.RingPacked)) != 0);
         return true;
     }
 
@@ -296,8 +297,8 @@ public sealed class VhostUserSession : IDisposable
         RequireLength(message, VringState.Length);
         var state = VringState.Read(message.Payload);
         var vring = Vring(state.Index, message.Header.Request);
-        if (vring is null || vring.Running is not null || state.Num > ushort.MaxValue) return false;
-        vring.Base = (ushort)state.Num;
+        if (vring is null || vring.Running is not null || (!PackedNegotiated && state.Num > ushort.MaxValue)) return false;
+        vring.Base = state.Num;
         return true;
     }
 
@@ -415,18 +416,33 @@ public sealed class VhostUserSession : IDisposable
         return StartQueue(index);
     }
 
+    /// <summary>VIRTIO_F_RING_PACKED was acked: every queue is a packed ring.</summary>
+    private bool PackedNegotiated => (_ackedFeatures & VirtioFeatures.Bit(VirtioFeatures.RingPacked)) != 0;
+
+    /// <summary>The ring the negotiated features ask for, at the addresses and base the frontend set, under inflight
+    /// tracking when an area is set; null (logged) when it cannot run.</summary>
+    private IVirtqueue? CreateRing(int index, VringSetup vring)
+    {
+        var address = vring.Address!.Value;
+        bool eventIdx = (_ackedFeatures & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0;
+        IVirtqueue? ring = PackedNegotiated
+            ? PackedRing.Create(_memory, address.DescUserAddr, address.AvailUserAddr, address.UsedUserAddr, vring.Num, vring.Base, eventIdx)
+            : SplitRing.Create(_memory, address.DescUserAddr, address.AvailUserAddr, address.UsedUserAddr, vring.Num, (ushort)vring.Base, eventIdx);
+        if (ring is null)
+        {
+            _log.LogError("{Device}: queue {Index}: ring addresses lie outside guest memory or are misaligned, or base 0x{Base:x} does not fit",
+                _device.Name, index, vring.Base);
+            return null;
+        }
+        if (_inflight is not null && !TrackInflight(index, ring)) return null;
+        return ring;
+    }
+
     private bool StartQueue(int index)
     {
         var vring = _vrings[index];
-        var address = vring.Address!.Value;
-        bool eventIdx = (_ackedFeatures & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0;
-        var ring = SplitRing.Create(_memory, address.DescUserAddr, address.AvailUserAddr, address.UsedUserAddr, vring.Num, vring.Base, eventIdx);
-        if (ring is null)
-        {
-            _log.LogError("{Device}: queue {Index}: ring addresses lie outside guest memory or are misaligned", _device.Name, index);
-            return false;
-        }
-        if (_inflight is not null && !TrackInflight(index, ring)) return false;
+        var ring = CreateRing(index, vring);
+        if (ring is null) return false;
         var reactor = _reactors.ForQueue(_deviceOffset, index);
         var start = new QueueStartInfo(index, ring, _memory, _ackedFeatures, vring.KickFd, vring.CallFd, reactor.Io);
         IRunningQueue? queue = null;
@@ -482,7 +498,7 @@ public sealed class VhostUserSession : IDisposable
                 queue.Dispose();
             });
         }
-        vring.Base = queue.LastAvailIdx;
+        vring.Base = queue.VringBase;
         _log.LogDebug("{Device}: queue {Index} stopped at avail index {Base}", _device.Name, index, vring.Base);
         if (queue.BrokenReason is { } reason && !abandoned) _log.LogWarning("{Device}: queue {Index} had stopped processing: {Reason}", _device.Name, index, reason);
         vring.Running = null;
@@ -611,19 +627,31 @@ public sealed class VhostUserSession : IDisposable
 
     /// <summary>Puts a ring about to start under inflight tracking: repairs its region and queues what was in
     /// flight when the previous backend stopped. False (logged) when the region is unusable: the queue stays stopped.</summary>
-    private bool TrackInflight(int index, SplitRing ring)
+    private bool TrackInflight(int index, IVirtqueue ring)
     {
-        var tracker = _inflight!.SplitQueue(index, ring.Size, out string? error);
-        error ??= ring.TrackInflight(tracker!);
+        string? error;
+        int recovered = 0;
+        if (ring is PackedRing packed)
+        {
+            var tracker = _inflight!.PackedQueue(index, ring.Size, out error);
+            error ??= packed.TrackInflight(tracker!);
+            recovered = tracker?.RecoveredInflight ?? 0;
+        }
+        else
+        {
+            var tracker = _inflight!.SplitQueue(index, ring.Size, out error);
+            error ??= ((SplitRing)ring).TrackInflight(tracker!);
+            recovered = tracker?.RecoveredInflight ?? 0;
+        }
         if (error is not null)
         {
             _log.LogError("{Device}: queue {Index}: inflight area refused, queue not started: {Error}", _device.Name, index, error);
             return false;
         }
         var vring = _vrings[index];
-        if (tracker!.RecoveredInflight > 0 || ring.LastAvailIdx != vring.Base)
-            _log.LogInformation("{Device}: queue {Index}: resubmitting {Count} in-flight request(s); avail index {Avail} (frontend said {Base})",
-                _device.Name, index, tracker.RecoveredInflight, ring.LastAvailIdx, vring.Base);
+        if (recovered > 0 || ring.VringBase != vring.Base)
+            _log.LogInformation("{Device}: queue {Index}: resubmitting {Count} in-flight request(s); vring base 0x{Avail:x} (frontend said 0x{Base:x})",
+                _device.Name, index, recovered, ring.VringBase, vring.Base);
         return true;
     }
 

@@ -11,7 +11,9 @@ namespace BlkTarget.Vhost.Protocol;
 internal sealed class VringSetup : IDisposable
 {
     public uint Num = 0;
-    public ushort Base;
+    /// <summary>SET_VRING_BASE's value: split rings the avail index (16 bits), packed rings both positions with their
+    /// wrap counters (<see cref="PackedRingLayout.EncodeBase"/>).</summary>
+    public uint Base;
     public VringAddress? Address;
     public OwnedFd? Kick;
     public OwnedFd? Call;
