@@ -3,8 +3,9 @@ using System.Diagnostics;
 namespace BlkTarget.Tests.Ceph;
 
 /// <summary>
-/// The throwaway Ceph cluster tests run against: one monitor and one memstore OSD on 127.0.0.1, started once per test
-/// process with tests/ceph/start-cluster.sh under /var/tmp and stopped (exactly its daemons) when the process exits.
+/// The throwaway Ceph cluster tests run against: one monitor and one OSD on 127.0.0.1 (bluestore on a sparse file, so
+/// that an OSD killed by a fault test comes back with its data), started once per test process with
+/// tests/ceph/start-cluster.sh under /var/tmp and stopped (exactly its daemons) when the process exits.
 /// With BLKTARGET_CEPH_CONF set, that cluster's ceph.conf is used instead and nothing is started. A machine without the
 /// Ceph packages fails the tests that need it (tests/e2e/install-deps.sh installs them): they never skip.
 /// </summary>
@@ -47,7 +48,7 @@ public static class CephTestCluster
         AppDomain.CurrentDomain.ProcessExit += (_, _) => Stop();
         try
         {
-            Run(Script("start-cluster.sh"), _dir, TimeSpan.FromSeconds(120));
+            Run(Script("start-cluster.sh"), $"--bluestore {_dir}", TimeSpan.FromSeconds(120));
         }
         catch
         {

@@ -2,15 +2,20 @@
 # Starts a throwaway Ceph cluster for tests: one monitor and one memstore OSD on 127.0.0.1, everything (ceph.conf,
 # keyrings, stores, logs, admin sockets, PIDs) under DIR, pool "rbd" with size 1. Ready in a few seconds.
 #
-# Usage: tests/ceph/start-cluster.sh DIR      start; prints "export CEPH_CONF=DIR/ceph.conf"
-#        tests/ceph/stop-cluster.sh DIR       stop exactly the daemons started here (recorded PIDs)
-#        tests/ceph/start-cluster.sh --osd DIR  (re)start only the OSD of a cluster started before (fault tests)
+# Usage: tests/ceph/start-cluster.sh [--bluestore] DIR   start; prints "export CEPH_CONF=DIR/ceph.conf"
+#        tests/ceph/stop-cluster.sh [--remove] DIR        stop exactly the daemons started here (recorded PIDs)
+#        tests/ceph/start-cluster.sh --osd DIR            (re)start only the OSD of a cluster started before
+# memstore (the default) is ready in 2-3 s but loses everything when the OSD dies; --bluestore (a sparse 4 GiB file
+# in DIR, a few seconds more) survives an OSD kill and restart, which the fault tests need.
 # Needs ceph-mon, ceph-osd, ceph-common (tests/e2e/install-deps.sh installs them).
 set -euo pipefail
 
-osd_only=0
-if [[ "${1:-}" == "--osd" ]]; then osd_only=1; shift; fi
-dir=${1:?usage: start-cluster.sh [--osd] DIR}
+osd_only=0 store=memstore
+case "${1:-}" in
+    --osd) osd_only=1; shift ;;
+    --bluestore) store=bluestore; shift ;;
+esac
+dir=${1:?usage: start-cluster.sh [--osd|--bluestore] DIR}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 conf=$dir/ceph.conf
@@ -76,10 +81,14 @@ mon data avail crit = 0
 [mon]
 mon data = $dir/mon.\$id
 [osd]
-osd objectstore = memstore
+osd objectstore = $store
 osd data = $dir/osd.\$id
 osd journal size = 0
 memstore device bytes = 1073741824
+bluestore block create = true
+bluestore block size = 4294967296
+bluestore fsck on mount = false
+osd memory target = 536870912
 [client]
 keyring = $dir/client.admin.keyring
 CONF
