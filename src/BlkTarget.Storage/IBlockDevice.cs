@@ -78,6 +78,16 @@ public interface IBlockDevice : IDisposable
 }
 
 /// <summary>
+/// A device whose medium can grow from outside the target (another client resized a shared image). The device
+/// publishes the new <see cref="IBlockDevice.Info"/> first, then raises <see cref="ExternallyResized"/> with the new size
+/// in bytes, on a thread-pool thread (never a reactor), so that the exports tell their guests as after a resize RPC.
+/// </summary>
+public interface IExternalResizeSource
+{
+    event Action<ulong>? ExternallyResized;
+}
+
+/// <summary>
 /// A per-thread I/O path into a device (SPDK's io_channel). Not thread-safe: only the owning reactor calls it.
 /// A completion may be reported from inside <see cref="Submit"/> (synchronous backends) or later, when the
 /// reactor polls its <see cref="IoContext"/> (asynchronous ones).

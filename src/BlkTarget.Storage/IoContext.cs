@@ -24,6 +24,14 @@ internal interface IIoCompletionTarget
     void OnFault(Exception error);
 }
 
+/// <summary>Where the owner of an <see cref="IoContext"/> sleeps (the reactor's epoll set): it adds the extra fds that
+/// channels register with <see cref="IoContext.AddWakeSource"/>, and drains each (as an eventfd) when it wakes on it.</summary>
+public interface IWakeSourceHost
+{
+    void AddWakeSource(int fd);
+    void RemoveWakeSource(int fd);
+}
+
 /// <summary>
 /// The I/O engine of one reactor thread: its io_uring (created on first use, on that thread, so that
 /// SINGLE_ISSUER/DEFER_TASKRUN hold), the registered-file table, and the routing of completions back to the
@@ -57,6 +65,8 @@ public sealed unsafe class IoContext : IDisposable
     private readonly Queue<ulong> _sqeWaiters = new();
     private readonly ConcurrentQueue<Posted> _posted = new();
     private readonly bool[] _fileSlots = new bool[MaxRegisteredFiles];
+    private readonly Dictionary<int, int> _wakeSources = [];
+    private IWakeSourceHost? _wakeHost;
     private IoUring.IoUring? _ring;
     private bool _filesRegistered;
     private int _inFlight;
@@ -128,6 +138,39 @@ public sealed unsafe class IoContext : IDisposable
     }
 
     internal void StopPolling(IIoCompletionTarget target) => _polled.Remove(target);
+
+    /// <summary>Makes <paramref name="host"/> (the reactor) sleep on the wake sources channels register, those
+    /// registered so far included. Reactor thread only.</summary>
+    public void SetWakeSourceHost(IWakeSourceHost host)
+    {
+        _wakeHost = host;
+        foreach (int fd in _wakeSources.Keys) host.AddWakeSource(fd);
+    }
+
+    /// <summary>
+    /// Has the reactor wake when <paramref name="fd"/> (an eventfd a library signals, e.g. librbd's completion
+    /// notification) becomes readable, in addition to <see cref="WakeFd"/>; counted, so several channels may register
+    /// the same fd. Without a host (tests that poll in a loop) nothing sleeps, so nothing is needed. Reactor thread only.
+    /// </summary>
+    internal void AddWakeSource(int fd)
+    {
+        _wakeSources.TryGetValue(fd, out int count);
+        _wakeSources[fd] = count + 1;
+        if (count == 0) _wakeHost?.AddWakeSource(fd);
+    }
+
+    /// <summary>Undoes one <see cref="AddWakeSource"/>; the last one takes the fd out of the reactor's set.</summary>
+    internal void RemoveWakeSource(int fd)
+    {
+        if (!_wakeSources.TryGetValue(fd, out int count)) return;
+        if (count > 1)
+        {
+            _wakeSources[fd] = count - 1;
+            return;
+        }
+        _wakeSources.Remove(fd);
+        _wakeHost?.RemoveWakeSource(fd);
+    }
 
     /// <summary>Puts <paramref name="fd"/> into the ring's registered-file table; -1 when the table is full or the
     /// kernel refuses (the caller then uses the plain fd).</summary>

@@ -135,4 +135,38 @@ public sealed class ConfigFileTests : IDisposable
     }
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public void Rbd_backends_parse_with_their_options_and_print_back()
+    {
+        Assert.True(BackendSpec.TryParse("rbd:rbd/vm1", out var spec, out _));
+        Assert.Equal("rbd", spec!.Kind);
+        Assert.Equal(new RbdLocation("rbd", "vm1", null, null), spec.Rbd);
+        Assert.True(spec.DirectIo);
+        Assert.Null(spec.Path);
+        Assert.Equal("rbd:rbd/vm1", spec.ToSpec());
+        Assert.True(BackendSpec.TryParse("rbd:pool1/img,conf=/etc/ceph/c2.conf,id=blk,cache=writeback", out spec, out _));
+        var options = spec!.ToRbdOptions(readOnly: true, blockSize: 4096);
+        Assert.Equal(("pool1", "img", "/etc/ceph/c2.conf", "blk", true, true, 4096u),
+            (options.Pool, options.Image, options.ConfPath, options.User, options.Writeback, options.ReadOnly, options.BlockSize));
+        Assert.Equal("rbd:pool1/img,conf=/etc/ceph/c2.conf,id=blk,cache=writeback", spec.ToSpec());
+        Assert.False(spec.CanCreate);
+        Assert.Equal(BackendSpec.TryParse(spec.ToSpec(), out var again, out _) ? spec : null, again);
+    }
+
+    [Theory]
+    [InlineData("rbd:", "expected rbd:POOL/IMAGE")]
+    [InlineData("rbd:vm1", "expected rbd:POOL/IMAGE")]
+    [InlineData("rbd:/vm1", "expected rbd:POOL/IMAGE")]
+    [InlineData("rbd:a/b/c", "expected rbd:POOL/IMAGE")]
+    [InlineData("rbd:rbd/vm1@snap", "expected rbd:POOL/IMAGE")]
+    [InlineData("rbd:rbd/vm1,cache=unsafe", "bad option 'cache=unsafe'")]
+    [InlineData("rbd:rbd/vm1,id=client.admin", "bad option 'id=client.admin'")]
+    [InlineData("rbd:rbd/vm1,conf=", "bad option 'conf='")]
+    [InlineData("rbd:rbd/vm1,keyring=/x", "bad option 'keyring=/x'")]
+    public void Bad_rbd_backends_are_refused_with_the_reason(string text, string reason)
+    {
+        Assert.False(BackendSpec.TryParse(text, out _, out var error));
+        Assert.Contains(reason, error);
+    }
 }

@@ -13,7 +13,7 @@ namespace BlkTarget.Vhost.Reactor;
 /// actions with <see cref="Invoke"/>, which run between polling rounds. A failure while serving one queue stops
 /// that queue only; a failure of the I/O engine is logged and the loop goes on serving the others.
 /// </summary>
-public sealed class Reactor : IDisposable
+public sealed class Reactor : IDisposable, IWakeSourceHost
 {
     private const ulong WakeTag = ulong.MaxValue;
     private const ulong IoTag = ulong.MaxValue - 1;
@@ -53,6 +53,7 @@ public sealed class Reactor : IDisposable
         Epoll.Add(_epoll, _wake.Fd, WakeTag);
         Io = new IoContext(log: log);
         Epoll.Add(_epoll, Io.WakeFd, IoTag);
+        Io.SetWakeSourceHost(this);
         _thread = new Thread(Run) { IsBackground = true, Name = cpu is int c ? $"reactor{id}/cpu{c}" : $"reactor{id}" };
         _thread.Start();
     }
@@ -128,6 +129,12 @@ public sealed class Reactor : IDisposable
         Debug.Assert(IsReactorThread);
         if (_queues.Remove(queue) && queue.KickFd >= 0) Epoll.Remove(_epoll, queue.KickFd);
     }
+
+    /// <summary>Sleeps on <paramref name="fd"/> too (a backend's completion eventfd, registered through
+    /// <see cref="IoContext"/>); drained as an eventfd when it wakes the reactor. Reactor thread only.</summary>
+    public void AddWakeSource(int fd) => Epoll.Add(_epoll, fd, (ulong)fd);
+
+    public void RemoveWakeSource(int fd) => Epoll.Remove(_epoll, fd);
 
     /// <summary>
     /// Takes a queue off the reactor for good although its backend still has operations in flight (reactor thread

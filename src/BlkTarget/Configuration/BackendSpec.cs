@@ -1,4 +1,5 @@
 using BlkTarget.Storage.Ram;
+using BlkTarget.Storage.Rbd;
 
 namespace BlkTarget.Configuration;
 
@@ -10,12 +11,15 @@ namespace BlkTarget.Configuration;
 /// <item><c>file:PATH[,cache=none|writeback]</c>: a regular file or block device through io_uring; O_DIRECT
 /// (cache=none) unless cache=writeback.</item>
 /// <item><c>image:PATH[,cache=none|writeback]</c>: a thin-provisioned BlkTarget image (docs/image-format.md).</item>
+/// <item><c>rbd:POOL/IMAGE[,conf=PATH][,id=USER][,cache=none|writeback]</c>: a Ceph RBD image through librbd
+/// (<see cref="Rbd"/>; <see cref="DirectIo"/> false = librbd's cache on, a volatile cache for the guest).</item>
 /// </list>
 /// </summary>
 public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path = null, bool DirectIo = true,
-    RamDiskPages Pages = RamDiskPages.Transparent)
+    RamDiskPages Pages = RamDiskPages.Transparent, RbdLocation? Rbd = null)
 {
-    public const string Usage = "ram:SIZE[,hugepages=on|off], file:PATH[,cache=none|writeback] or image:PATH[,cache=none|writeback]";
+    public const string Usage = "ram:SIZE[,hugepages=on|off], file:PATH[,cache=none|writeback], image:PATH[,cache=none|writeback] " +
+        "or rbd:POOL/IMAGE[,conf=PATH][,id=USER][,cache=none|writeback]";
 
     public static bool TryParse(string text, out BackendSpec? spec, out string? error)
     {
@@ -52,6 +56,8 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path 
             case "file":
             case "image":
                 return TryParsePath(kind, text, argument, out spec, out error);
+            case "rbd":
+                return TryParseRbd(text, argument, out spec, out error);
             default:
                 error = $"backend '{text}': unknown kind '{kind}' (supported: {Usage})";
                 return false;
@@ -84,6 +90,59 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path 
         return true;
     }
 
+    private static bool TryParseRbd(string text, string argument, out BackendSpec? spec, out string? error)
+    {
+        spec = null;
+        error = null;
+        var parts = argument.Split(',');
+        var names = parts[0].Split('/');
+        if (names.Length != 2 || names[0].Length == 0 || names[1].Length == 0 || names.Any(n => n.Contains('@')))
+        {
+            error = $"backend '{text}': expected rbd:POOL/IMAGE, e.g. rbd:rbd/vm1";
+            return false;
+        }
+        string? conf = null, user = null;
+        bool direct = true;
+        foreach (var option in parts.Skip(1))
+        {
+            int equals = option.IndexOf('=');
+            string key = equals < 0 ? option : option[..equals], value = equals < 0 ? "" : option[(equals + 1)..];
+            switch (key)
+            {
+                case "conf" when value.Length > 0: conf = value; break;
+                case "id" when value.Length > 0 && !value.StartsWith("client.", StringComparison.Ordinal): user = value; break;
+                case "cache" when value is "none" or "writeback": direct = value == "none"; break;
+                default:
+                    error = $"backend '{text}': bad option '{option}' (supported: conf=PATH, id=USER without 'client.', cache=none, cache=writeback)";
+                    return false;
+            }
+        }
+        spec = new BackendSpec("rbd", DirectIo: direct, Rbd: new RbdLocation(names[0], names[1], conf, user));
+        return true;
+    }
+
+    /// <summary>What two disks must not share (a file's full path, an rbd image of a cluster); null for RAM.</summary>
+    public string? Medium => Kind switch
+    {
+        "ram" => null,
+        "rbd" => $"rbd:{Rbd!.Pool}/{Rbd.Image} of {Rbd.ConfPath ?? "the default cluster"}",
+        _ => System.IO.Path.GetFullPath(Path!),
+    };
+
+    /// <summary>Whether the target can create this kind of medium (a file or image; not RAM, not rbd).</summary>
+    public bool CanCreate => Kind is "file" or "image";
+
+    /// <summary>The storage options of an rbd spec.</summary>
+    public RbdDiskOptions ToRbdOptions(bool readOnly, uint blockSize)
+    {
+        var rbd = Rbd ?? throw new InvalidOperationException($"{this} is not an rbd backend");
+        return new RbdDiskOptions
+        {
+            Pool = rbd.Pool, Image = rbd.Image, ConfPath = rbd.ConfPath, User = rbd.User, Writeback = !DirectIo,
+            ReadOnly = readOnly, BlockSize = blockSize,
+        };
+    }
+
     /// <summary>The spec as `--backend` takes it back (ram sizes in the largest whole binary unit: ram:64M), for
     /// saved configs and listings.</summary>
     public string ToSpec() => Kind switch
@@ -105,6 +164,14 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path 
     public override string ToString() => Kind switch
     {
         "ram" => $"ram:{SizeParser.Format(SizeBytes)}{PagesOption}",
+        "rbd" => $"rbd:{Rbd}{(DirectIo ? "" : ",cache=writeback")}",
         _ => $"{Kind}:{Path}{(DirectIo ? "" : ",cache=writeback")}",
     };
+}
+
+/// <summary>Where an rbd image is: POOL/IMAGE, and the cluster's ceph.conf and cephx user (null: librados' defaults).
+/// Prints as the rbd spec's middle part: <c>POOL/IMAGE[,conf=PATH][,id=USER]</c>.</summary>
+public sealed record RbdLocation(string Pool, string Image, string? ConfPath, string? User)
+{
+    public override string ToString() => $"{Pool}/{Image}{(ConfPath is null ? "" : $",conf={ConfPath}")}{(User is null ? "" : $",id={User}")}";
 }

@@ -25,7 +25,7 @@ public static class SettingsValidator
             else if (d.Luns.Count > 0) throw new ConfigurationException($"device {d.Name}: targets/LUNs apply only to kind scsi");
             if (d.Queues is < 1 or > MaxQueues) throw new ConfigurationException($"device {d.Name}: queues must be between 1 and {MaxQueues}, not {d.Queues}");
             if (d.BlockSize is not (512 or 4096)) throw new ConfigurationException($"device {d.Name}: block size must be 512 or 4096, not {d.BlockSize}");
-            if (d.Kind == "blk" && d.CreateSize is not null && d.Backend.Kind == "ram")
+            if (d.Kind == "blk" && d.CreateSize is not null && !d.Backend.CanCreate)
                 throw new ConfigurationException($"device {d.Name}: --create only applies to file and image backends");
             if (d.Kind == "blk" && d.Backend.Kind == "ram" && d.Backend.SizeBytes % d.BlockSize != 0)
                 throw new ConfigurationException($"device {d.Name}: size {d.Backend.SizeBytes} is not a multiple of the block size {d.BlockSize}");
@@ -57,13 +57,13 @@ public static class SettingsValidator
             if (l.Lun is < 0 or > 16383) throw new ConfigurationException($"device {d.Name} target {l.Target}: LUN {l.Lun} must be between 0 and 16383");
             if (!seen.Add((l.Target, l.Lun))) throw new ConfigurationException($"{where}: defined twice");
             if (l.BlockSize is not (512 or 4096)) throw new ConfigurationException($"{where}: block size must be 512 or 4096, not {l.BlockSize}");
-            if (l.CreateSize is not null && l.Backend.Kind == "ram") throw new ConfigurationException($"{where}: 'create' only applies to file and image backends");
+            if (l.CreateSize is not null && !l.Backend.CanCreate) throw new ConfigurationException($"{where}: 'create' only applies to file and image backends");
             if (l.Backend.Kind == "ram" && l.Backend.SizeBytes % l.BlockSize != 0)
                 throw new ConfigurationException($"{where}: size {l.Backend.SizeBytes} is not a multiple of the block size {l.BlockSize}");
             if (l.Serial.Length > MaxScsiSerial || l.Serial.Any(c => c < 0x20 || c > 0x7e))
                 throw new ConfigurationException($"{where}: serial must be at most {MaxScsiSerial} printable ASCII characters");
         }
-        var files = d.Luns.Where(l => l.Backend.Kind != "ram").GroupBy(l => Path.GetFullPath(l.Backend.Path!)).FirstOrDefault(g => g.Count() > 1);
+        var files = d.Luns.Where(l => l.Backend.Medium is not null).GroupBy(l => l.Backend.Medium).FirstOrDefault(g => g.Count() > 1);
         if (files is not null) throw new ConfigurationException($"device {d.Name}: {files.Key} backs two LUNs");
     }
 }

@@ -2,6 +2,7 @@ using BlkTarget.Storage;
 using BlkTarget.Storage.Image;
 using BlkTarget.Storage.RawFile;
 using BlkTarget.Storage.Ram;
+using BlkTarget.Storage.Rbd;
 using BlkTarget.Vhost.Scsi;
 using BlkTarget.Vhost.Scsi.Reservations;
 using Microsoft.Extensions.Logging;
@@ -42,6 +43,9 @@ public static class DiskOpener
                         created = true;
                     }
                     return ImageDisk.Open(backend.Path!, spec.ReadOnly, spec.BlockSize, backend.DirectIo, log);
+                case "rbd":
+                    if (spec.CreateSize is not null) throw new IOException("create is not supported for rbd: create the image with `rbd create`");
+                    return RbdDisk.Open(backend.ToRbdOptions(spec.ReadOnly, spec.BlockSize), log);
                 default:
                     throw new ManagementException(RpcErrorCode.InvalidParams, $"disk {spec.Name}: backend kind {backend.Kind} is not supported");
             }

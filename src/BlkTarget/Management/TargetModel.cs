@@ -65,9 +65,8 @@ public sealed class TargetModel : IDisposable
             ValidateName("disk", spec.Name);
             if (_disks.ContainsKey(spec.Name)) throw new ManagementException(RpcErrorCode.AlreadyExists, $"disk {spec.Name} exists");
             ValidateDisk(spec);
-            if (spec.Backend.Path is { } path
-                && _disks.Values.FirstOrDefault(d => d.Spec.Backend.Path is { } p && Path.GetFullPath(p) == Path.GetFullPath(path)) is { } same)
-                throw new ManagementException(RpcErrorCode.AlreadyExists, $"{path} is disk {same.Spec.Name}'s; a file backs one disk (create that disk shared to export it twice)");
+            if (spec.Backend.Medium is { } medium && _disks.Values.FirstOrDefault(d => d.Spec.Backend.Medium == medium) is { } same)
+                throw new ManagementException(RpcErrorCode.AlreadyExists, $"{medium} is disk {same.Spec.Name}'s; a file or image backs one disk (create that disk shared to export it twice)");
             var backend = DiskOpener.Open(spec, _loggers.CreateLogger($"disk.{spec.Name}"));
             SharedLogicalUnit logicalUnit;
             try
@@ -80,6 +79,7 @@ public sealed class TargetModel : IDisposable
                 throw;
             }
             var disk = new ManagedDisk(spec, backend, logicalUnit);
+            if (backend is Storage.IExternalResizeSource source) source.ExternallyResized += size => OnExternallyResized(disk, size);
             _disks.Add(spec.Name, disk);
             _diskOrder.Add(spec.Name);
             _log.LogInformation("disk {Name}: {Backend}, {Size} bytes, block size {BlockSize}{ReadOnly}{Shared}", spec.Name, spec.Backend,
@@ -137,16 +137,36 @@ public sealed class TargetModel : IDisposable
             {
                 throw new ManagementException(RpcErrorCode.ResourceError, $"disk {name}: {e.Message}");
             }
-            var notified = new List<string>();
-            foreach (var exportName in disk.AttachedTo)
-            {
-                var export = _exports[exportName];
-                if (export.Device.MediumResized(disk.Backend) && export.Server.NotifyConfigChanged()) notified.Add(exportName);
-            }
+            var notified = NotifyResized(disk);
             _log.LogInformation("disk {Name}: grown to {Size} bytes; config change sent to {Exports}", name, newSizeBytes,
                 notified.Count == 0 ? "no frontend" : string.Join(", ", notified));
             return notified;
         }
+    }
+
+    /// <summary>The disk's medium grew outside the target (rbd resize by another client) and the backend published the
+    /// new size: the exports tell their guests as after <see cref="ResizeDisk"/>. A disk deleted meanwhile is ignored.</summary>
+    private void OnExternallyResized(ManagedDisk disk, ulong newSizeBytes)
+    {
+        lock (_gate)
+        {
+            if (!_disks.TryGetValue(disk.Spec.Name, out var current) || current != disk) return;
+            var notified = NotifyResized(disk);
+            _log.LogInformation("disk {Name}: grown outside to {Size} bytes; config change sent to {Exports}", disk.Spec.Name, newSizeBytes,
+                notified.Count == 0 ? "no frontend" : string.Join(", ", notified));
+        }
+    }
+
+    /// <summary>Tells every export of the disk its new size; returns those whose frontend was sent a config change.</summary>
+    private List<string> NotifyResized(ManagedDisk disk)
+    {
+        var notified = new List<string>();
+        foreach (var exportName in disk.AttachedTo)
+        {
+            var export = _exports[exportName];
+            if (export.Device.MediumResized(disk.Backend) && export.Server.NotifyConfigChanged()) notified.Add(exportName);
+        }
+        return notified;
     }
 
     /// <summary>
@@ -342,7 +362,7 @@ public sealed class TargetModel : IDisposable
     private static void ValidateDisk(DiskSpec d)
     {
         if (d.BlockSize is not (512 or 4096)) throw Invalid($"disk {d.Name}: block size must be 512 or 4096, not {d.BlockSize}");
-        if (d.CreateSize is not null && d.Backend.Kind == "ram") throw Invalid($"disk {d.Name}: create only applies to file and image backends");
+        if (d.CreateSize is not null && !d.Backend.CanCreate) throw Invalid($"disk {d.Name}: create only applies to file and image backends");
         if (d.CreateSize is not null && d.ReadOnly) throw Invalid($"disk {d.Name}: create makes no sense for a read-only disk");
         if (d.Backend.Kind == "ram" && d.Backend.SizeBytes % d.BlockSize != 0)
             throw Invalid($"disk {d.Name}: size {d.Backend.SizeBytes} is not a multiple of the block size {d.BlockSize}");

@@ -44,7 +44,7 @@ public sealed class NativeLayerShapeTests
     [Fact]
     public void OwnedFd_is_the_only_safe_handle_that_owns_a_file_descriptor()
     {
-        // The others own memory (mappings, aligned buffers) or zstd contexts, never an fd.
+        // The others own memory (mappings, aligned buffers), zstd contexts or librados/librbd handles, never an fd.
         string[] expected =
         [
             "BlkTarget.Storage.Compression.ZstdCompressContext",
@@ -52,6 +52,9 @@ public sealed class NativeLayerShapeTests
             "BlkTarget.Storage.Interop.MappedMemory",
             "BlkTarget.Storage.Interop.NativeBuffer",
             "BlkTarget.Storage.Interop.OwnedFd",
+            "BlkTarget.Storage.Interop.RadosHandle",
+            "BlkTarget.Storage.Interop.RadosIoCtxHandle",
+            "BlkTarget.Storage.Interop.RbdImageHandle",
             "BlkTarget.Storage.IoUring.RingMapping",
         ];
         var handles = Storage.GetTypes().Concat(Vhost.GetTypes())
