@@ -22,6 +22,8 @@ internal sealed class VringSetup : IDisposable
     public bool Enabled;
     public IRunningQueue? Running;
     public Reactor.Reactor? Reactor;
+    /// <summary>The running queue's ring (for switching its used-ring log on the reactor).</summary>
+    public SplitRing? Ring;
 
     public int KickFd => Kick?.Fd ?? -1;
     public int CallFd => Call?.Fd ?? -1;
