@@ -81,6 +81,20 @@ public sealed class MigrationTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Logging_switched_on_before_the_log_arrives_starts_marking_once_it_does()
+    {
+        using var target = new TestTarget(output, new TargetSpec { Queues = 1 });
+        using var guest = TestGuest.Connect(target.SocketPath, queues: 1);
+        guest.Frontend.SetFeatures(guest.Frontend.AckedFeatures | VirtioFeatures.Bit(VirtioFeatures.LogAll));
+        var buffer = guest.Allocate(4096, 4096);
+        Assert.Equal(Ok, guest.Blk[0].Execute(BlkRequestType.In, 0, [buffer]).Status);
+        using var log = new DirtyLogArea(guest.Arena.GuestPhysBase + guest.Arena.Size);
+        guest.Frontend.SetLogBase(log);
+        Assert.Equal(Ok, guest.Blk[0].Execute(BlkRequestType.In, 0, [buffer]).Status);
+        Assert.Contains(PagesOf(buffer).Single(), log.MarkedPages());
+    }
+
+    [Fact]
     public void A_log_the_frontend_describes_beyond_its_file_is_refused_and_the_session_goes_on()
     {
         using var target = new TestTarget(output, new TargetSpec { Queues = 1 });

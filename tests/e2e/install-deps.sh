@@ -23,10 +23,11 @@ set -euo pipefail
 #   zstd             the zstd tool the unit tests check our export streams with (and libzstd1, which
 #                    image export/import load)
 #   sg3-utils        sg_persist, sg_compare_and_write, sg_inq: copied into the guest for the SCSI job (scsi-pr)
+#   socat            talks QMP over a Unix socket to the QEMU processes of the live-migration test
 #   mount            losetup, mount, umount: the storage tests export real (loop) block devices; not in every
 #                    minimal image (Debian priority "required", not essential)
-PACKAGES=(qemu-system-x86 qemu-utils fio busybox-static kmod cpio e2fsprogs gzip zstd mount sg3-utils)
-COMMANDS=(qemu-system-x86_64 qemu-storage-daemon qemu-img fio busybox depmod cpio mke2fs e2fsck gzip zstd timeout flock losetup mount umount sg_persist)
+PACKAGES=(qemu-system-x86 qemu-utils fio busybox-static kmod cpio e2fsprogs gzip zstd mount sg3-utils socat)
+COMMANDS=(qemu-system-x86_64 qemu-storage-daemon qemu-img fio busybox depmod cpio mke2fs e2fsck gzip zstd timeout flock losetup mount umount sg_persist socat)
 
 check_only=0
 case "${1:-}" in

@@ -5,7 +5,8 @@
 # Usage:
 #   run-guest.sh --socket SOCK --job JOBFILE [--queues N] [--kind blk|scsi]
 #                [--timeout SECS] [--mem SIZE] [--smp N] [--log FILE]
-#                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--reconnect] [--verbose]
+#                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--reconnect]
+#                [--qmp SOCK] [--incoming URI] [--verbose]
 #
 #   --socket     vhost-user unix socket served by the target (must already exist)
 #   --job        guest-side shell script (busybox sh), becomes /job.sh in the guest
@@ -26,6 +27,9 @@
 #                (counts its "E2E: guest up" lines; default: not checked)
 #   --reconnect  add reconnect=1 to the vhost-user chardev: QEMU waits for a target that went away
 #                and reconnects (with its inflight area) when one listens again
+#   --qmp SOCK   QMP monitor on a unix socket (server, nowait), for tests that drive QEMU (migration)
+#   --incoming URI  start as a live-migration destination (-incoming URI): the guest arrives from
+#                another QEMU instead of booting; its console continues in this --log
 #   --verbose    also stream the console to stdout while the guest runs
 #
 # Environment: E2E_QEMU_ARGS  extra QEMU arguments (word-split), for debugging, e.g.
@@ -47,7 +51,7 @@ log() { echo "run-guest: $*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 
 socket="" job="" queues=1 kind=blk timeout_s=240 mem=1G smp=2 logfile="" guest_dir="" verbose=0
-allow_reboot=0 expect_boots="" reconnect=0
+allow_reboot=0 expect_boots="" reconnect=0 qmp="" incoming=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --socket) socket=$2; shift 2 ;;
@@ -61,6 +65,8 @@ while [[ $# -gt 0 ]]; do
         --guest-dir) guest_dir=$2; shift 2 ;;
         --allow-reboot) allow_reboot=1; shift ;;
         --reconnect) reconnect=1; shift ;;
+        --qmp) qmp=$2; shift 2 ;;
+        --incoming) incoming=$2; shift 2 ;;
         --expect-boots) expect_boots=$2; shift 2 ;;
         --verbose) verbose=1; shift ;;
         -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
@@ -136,6 +142,8 @@ qemu=(qemu-system-x86_64
     -nodefaults -display none -serial stdio
 )
 [[ $allow_reboot -eq 1 ]] || qemu+=(-no-reboot)
+[[ -z "$qmp" ]] || qemu+=(-qmp "unix:$qmp,server=on,wait=off")
+[[ -z "$incoming" ]] || qemu+=(-incoming "$incoming")
 if [[ -n "${E2E_QEMU_ARGS:-}" ]]; then
     read -ra more <<< "$E2E_QEMU_ARGS"
     qemu+=("${more[@]}")

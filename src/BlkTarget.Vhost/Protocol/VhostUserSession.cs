@@ -680,12 +680,13 @@ public sealed class VhostUserSession : IDisposable
         var description = LogDescription.Read(message.Payload);
         var log = MapSingleFd(message, fd => DirtyLog.Map(description, fd));
         if (log is null) return false;
+        var old = _dirtyLog;
         for (int i = 0; i < _vrings.Length; i++)
         {
             var vring = _vrings[i];
             if (vring.Running is not { } queue || vring.Reactor is not { } reactor || vring.Ring is not { } ring) continue;
             bool usedLogged = vring.Address is { } address && (address.Flags & VringAddress.LogFlag) != 0;
-            bool dataLogged = LogAllAcked && _dirtyLog is not null;
+            bool dataLogged = LogAllAcked && old is not null;
             ulong logGuestAddr = vring.Address?.LogGuestAddr ?? 0;
             reactor.Invoke(() =>
             {
@@ -693,10 +694,10 @@ public sealed class VhostUserSession : IDisposable
                 if (dataLogged) queue.ReplaceDirtyLog(log);
             });
         }
-        // A queue started while no log was set but logging was on (LOG_ALL acked first) starts logging now.
-        if (LogAllAcked && _dirtyLog is null) RestartRunningQueues();
-        if (!_keepMappings) _dirtyLog?.Dispose();
         _dirtyLog = log;
+        // Queues started while LOG_ALL was acked but no log was set (LOG_ALL came first) log from now on.
+        if (LogAllAcked && old is null) RestartRunningQueues();
+        if (!_keepMappings) old?.Dispose();
         _log.LogInformation("{Device}: dirty log of {Bytes} bytes mapped (guest memory up to 0x{Covered:x})", _device.Name, description.MmapSize, log.CoveredBytes);
         return true;
     }
