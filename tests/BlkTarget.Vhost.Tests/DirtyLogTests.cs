@@ -256,6 +256,32 @@ public sealed unsafe class DirtyLogTests : IDisposable
         Assert.Contains(PageOf(id) + 1, Marked(log));
     }
 
+    [Fact]
+    public void A_scsi_read_marks_its_response_with_sense_room_and_data_in_pages_and_a_write_not_its_data_out()
+    {
+        var (log, _) = CreateLog(0x1_0200_0000 / Page / 8);
+        using var scsi = new Scsi.ScsiHarness(dirtyLog: log);
+        var read = scsi.Start(Scsi.Cdbs.Rw10(BlkTarget.Vhost.Scsi.ScsiOp.Read10, 0, 24), dataIn: 24 * 512);
+        scsi.Collect(read).AssertGood();
+        var marked = Marked(log).ToHashSet();
+        Assert.Superset(PagesOfRange(read.Resp, (ulong)read.ResponseLength + 24 * 512).ToHashSet(), marked);
+
+        var data = new byte[64 * 512];
+        var write = scsi.Start(Scsi.Cdbs.Rw10(BlkTarget.Vhost.Scsi.ScsiOp.Write10, 64, 64), dataOut: data);
+        scsi.Collect(write).AssertGood();
+        // The data-out buffer is 32 KiB: its pages in the middle hold nothing else, and the target only read them.
+        ulong dataOut = write.Buffers.First(b => !b.Writable && b.Len == data.Length).Gpa;
+        var after = Marked(log).ToHashSet();
+        Assert.Contains(PageOf(write.Resp), after);
+        Assert.DoesNotContain(PageOf(dataOut) + 2, after);
+        Assert.DoesNotContain(PageOf(dataOut) + 4, after);
+    }
+
+    private static IEnumerable<ulong> PagesOfRange(ulong gpa, ulong length)
+    {
+        for (ulong p = gpa / Page; p <= (gpa + length - 1) / Page; p++) yield return p;
+    }
+
     public void Dispose()
     {
         foreach (var d in Enumerable.Reverse(_owned)) d.Dispose();
