@@ -538,6 +538,16 @@ start_migration_guest() {
     MIG_PIDS+=($!)
 }
 
+# Moves the VM whose monitor is $1 to a new QEMU on export socket $2 (monitor $3, migration socket $4, console $5, run
+# log $6): starts that one with -incoming, migrates, quits the old one. On failure sets the caller's `why`.
+move_vm() {
+    local from=$1 sock=$2 to=$3 mig=$4
+    start_migration_guest "$6" --socket "$sock" --qmp "$to" --incoming "unix:$mig" --log "$5"
+    if ! await_socket "$mig" || ! await_socket "$to"; then why="the destination QEMU on $(basename "$sock") did not come up"; return 0; fi
+    if ! migrate_vm "$from" "unix:$mig"; then why="migration to $(basename "$sock") failed"; return 0; fi
+    qmp "$from" '{"execute":"quit"}' >/dev/null || true
+}
+
 await_socket() { local t0=$SECONDS; until [[ -S "$1" ]]; do (( SECONDS - t0 < 30 )) || return 1; sleep 0.2; done; }
 
 # Source VM on export A; once its fio runs, a destination QEMU on export B (-incoming) takes it over, then a third QEMU
@@ -561,26 +571,12 @@ run_migration() {
     if ! await_console "$c1" E2E-MIGRATE-READY; then why="the source guest never got ready"; fi
     if [[ -z "$why" ]]; then
         sleep 3   # fio is writing
-        start_migration_guest "$log_dir/migration-dest.run.log" --socket "$sock_b" --qmp "$q2" --incoming "unix:$m1" --log "$c2"
-        await_socket "$m1" && await_socket "$q2" || why="the destination QEMU on export B did not come up"
+        move_vm "$q1" "$sock_b" "$q2" "$m1" "$c2" "$log_dir/migration-dest.run.log"
     fi
+    # The guest runs on B now: wait until fio finished a pass there, then take it back to A.
+    if [[ -z "$why" ]] && ! await_console "$c2" "migration: fio pass"; then why="no fio pass completed on the destination"; fi
+    [[ -n "$why" ]] || move_vm "$q2" "$sock_a" "$q3" "$m2" "$c3" "$log_dir/migration-back.run.log"
     if [[ -z "$why" ]]; then
-        migrate_vm "$q1" "unix:$m1" || why="migration A -> B failed"
-    fi
-    if [[ -z "$why" ]]; then
-        qmp "$q1" '{"execute":"quit"}' >/dev/null || true
-        # The guest runs on B now: wait until fio finished a pass there, then take it back to A.
-        await_console "$c2" "migration: fio pass" || why="no fio pass completed on the destination"
-    fi
-    if [[ -z "$why" ]]; then
-        start_migration_guest "$log_dir/migration-back.run.log" --socket "$sock_a" --qmp "$q3" --incoming "unix:$m2" --log "$c3"
-        await_socket "$m2" && await_socket "$q3" || why="the QEMU taking the guest back on export A did not come up"
-    fi
-    if [[ -z "$why" ]]; then
-        migrate_vm "$q2" "unix:$m2" || why="migration B -> A failed"
-    fi
-    if [[ -z "$why" ]]; then
-        qmp "$q2" '{"execute":"quit"}' >/dev/null || true
         wait "${MIG_PIDS[2]}" || rc=$?
         if [[ $rc -ne 0 ]]; then why="the guest failed after migrating back (console: $c3)"; fi
     fi
