@@ -92,7 +92,7 @@ fi
 ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot guest-reboot)
 [[ "$kind" != scsi ]] || ALL_TESTS+=(scsi-luns scsi-pr)
 # Runtime management (disks and exports made over RPC while the target serves): BlkTarget only.
-[[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize fio-during-attach migration)
+[[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize fio-during-attach migration memory-hotplug)
 [[ "$target" != blktarget || "$kind" != scsi || "$backend" != ram:* ]] || ALL_TESTS+=(scsi-hotplug)
 # Restarts need a backend that outlives the process (it brings its own file); once per suite, in the ram run.
 if [[ "$target" == blktarget && "$kind" == blk && "$backend" == ram:* ]]; then ALL_TESTS+=(target-restart); fi
@@ -317,6 +317,9 @@ run_test() {
     [[ $verbose -eq 0 ]] || args+=(--verbose)
     # guest-reboot: the guest resets itself once; exactly two boots of /init.
     [[ "$name" != guest-reboot ]] || args+=(--allow-reboot --expect-boots 2)
+    # More run-guest.sh arguments for this test (word-split on purpose).
+    # shellcheck disable=SC2206
+    [[ -z "${GUEST_EXTRA_ARGS:-}" ]] || args+=($GUEST_EXTRA_ARGS)
     # Run the guest in the background and poll: an INT/TERM trap can then stop it
     # right away, and if the target dies the guest's I/O would hang until the guest
     # timeout (minutes), so stop the guest a few seconds after the target is gone.
@@ -597,6 +600,26 @@ run_migration() {
     fail "$name" "$why after $((SECONDS - t0))s"
 }
 
+# --- memory-hotplug: a pc-dimm added and removed over QMP while the guest does I/O with buffers in it ------------
+run_memory_hotplug() {
+    local name=memory-hotplug console="$log_dir/memory-hotplug.console.log" q="$WORK/qmp-memhp.sock"
+    local lines_before
+    lines_before=$(wc -l < "$log_dir/target.log")
+    rm -f "$console"
+    (
+        await_console "$console" E2E-MEMHP-ADD || exit 1
+        qmp "$q" '{"execute":"object-add","arguments":{"qom-type":"memory-backend-memfd","id":"hp1","size":268435456,"share":true}}' \
+            '{"execute":"device_add","arguments":{"driver":"pc-dimm","id":"dimm1","memdev":"hp1","node":1}}' | grep -a '"error"' && exit 1
+        info "$name: pc-dimm dimm1 (256 MiB memfd, node 1) added over QMP"
+        await_console "$console" E2E-MEMHP-REMOVE || exit 1
+        qmp "$q" '{"execute":"device_del","arguments":{"id":"dimm1"}}' | grep -a '"error"' && exit 1
+        info "$name: device_del dimm1 sent"
+    ) &
+    GUEST_EXTRA_ARGS="--qmp $q --maxmem 1G --mem 512M" run_guest_with "$SOCK" "$name" $!
+    tr -d '\r' < "$console" 2>/dev/null | grep -a "memory-hotplug: " | sed 's/^/[guest] /' || true
+    tail -n +"$((lines_before + 1))" "$log_dir/target.log" | grep -E "memory region (added|removed)" | sed 's/^/[target] /' || true
+}
+
 # --- target-restart: its own target on a file, restarted under a running guest -------------
 RESTART_SOCK="" RESTART_LOG=""
 # Starts the restart target (extra serve arguments in "$@") and waits until it listens; its pid in restart_pid.
@@ -684,6 +707,7 @@ if start_target; then
             disk-resize) run_disk_resize ;;
             fio-during-attach) run_fio_during_attach ;;
             migration) run_migration ;;
+            memory-hotplug) run_memory_hotplug ;;
             scsi-hotplug) run_scsi_hotplug ;;
             target-restart) run_target_restart ;;
             *) run_test "$t" ;;

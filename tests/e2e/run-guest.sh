@@ -6,7 +6,7 @@
 #   run-guest.sh --socket SOCK --job JOBFILE [--queues N] [--kind blk|scsi]
 #                [--timeout SECS] [--mem SIZE] [--smp N] [--log FILE]
 #                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--reconnect]
-#                [--qmp SOCK] [--incoming URI] [--verbose]
+#                [--qmp SOCK] [--incoming URI] [--maxmem SIZE] [--verbose]
 #
 #   --socket     vhost-user unix socket served by the target (must already exist)
 #   --job        guest-side shell script (busybox sh), becomes /job.sh in the guest
@@ -28,6 +28,7 @@
 #   --reconnect  add reconnect=1 to the vhost-user chardev: QEMU waits for a target that went away
 #                and reconnects (with its inflight area) when one listens again
 #   --qmp SOCK   QMP monitor on a unix socket (server, nowait), for tests that drive QEMU (migration)
+#   --maxmem SIZE   room for memory hot-plug: -m MEM,slots=2,maxmem=SIZE and a memoryless NUMA node 1
 #   --incoming URI  start as a live-migration destination (-incoming URI): the guest arrives from
 #                another QEMU instead of booting; its console continues in this --log
 #   --verbose    also stream the console to stdout while the guest runs
@@ -51,7 +52,7 @@ log() { echo "run-guest: $*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 
 socket="" job="" queues=1 kind=blk timeout_s=240 mem=1G smp=2 logfile="" guest_dir="" verbose=0
-allow_reboot=0 expect_boots="" reconnect=0 qmp="" incoming=""
+allow_reboot=0 expect_boots="" reconnect=0 qmp="" incoming="" maxmem=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --socket) socket=$2; shift 2 ;;
@@ -67,6 +68,7 @@ while [[ $# -gt 0 ]]; do
         --reconnect) reconnect=1; shift ;;
         --qmp) qmp=$2; shift 2 ;;
         --incoming) incoming=$2; shift 2 ;;
+        --maxmem) maxmem=$2; shift 2 ;;
         --expect-boots) expect_boots=$2; shift 2 ;;
         --verbose) verbose=1; shift ;;
         -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
@@ -134,7 +136,7 @@ cat "$guest_dir/initramfs-base.cpio" "$TMP/job.cpio" > "$TMP/initrd"
 #  - quiet still shows kernel errors (I/O errors, virtio complaints) on the console.
 # shellcheck disable=SC2054  # the commas are QEMU option syntax
 qemu=(qemu-system-x86_64
-    -accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem"
+    -accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem${maxmem:+,slots=2,maxmem=$maxmem}"
     -object "memory-backend-memfd,id=mem,size=$mem,share=on" -numa node,memdev=mem
     -kernel "$guest_dir/kernel" -initrd "$TMP/initrd"
     -append "console=ttyS0 ${E2E_APPEND:-quiet} panic=-1 rdinit=/init"
@@ -144,6 +146,8 @@ qemu=(qemu-system-x86_64
 [[ $allow_reboot -eq 1 ]] || qemu+=(-no-reboot)
 [[ -z "$qmp" ]] || qemu+=(-qmp "unix:$qmp,server=on,wait=off")
 [[ -z "$incoming" ]] || qemu+=(-incoming "$incoming")
+# Memory hot-plug: a memoryless NUMA node 1 for the DIMMs, so the guest can bind I/O buffers to the new memory.
+[[ -z "$maxmem" ]] || qemu+=(-numa node,nodeid=1)
 if [[ -n "${E2E_QEMU_ARGS:-}" ]]; then
     read -ra more <<< "$E2E_QEMU_ARGS"
     qemu+=("${more[@]}")

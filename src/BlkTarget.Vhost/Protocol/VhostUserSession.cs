@@ -216,6 +216,8 @@ public sealed class VhostUserSession : IDisposable
             return false;
         }
         ReplaceMemory(next);
+        _log.LogInformation("{Device}: memory region added: guest 0x{Gpa:x}, {Bytes} bytes ({Regions} region(s))", _device.Name, region.GuestPhysAddr,
+            region.Size, _regions.Count);
         return true;
     }
 
@@ -247,6 +249,8 @@ public sealed class VhostUserSession : IDisposable
         var match = _regions.FirstOrDefault(r => r.GuestPhysAddr == description.GuestPhysAddr && r.Size == description.Size && r.UserAddr == description.UserAddr);
         if (match is null) return false;
         ReplaceMemory(_regions.Where(r => r != match).ToList());
+        _log.LogInformation("{Device}: memory region removed: guest 0x{Gpa:x}, {Bytes} bytes ({Regions} region(s))", _device.Name, match.GuestPhysAddr,
+            match.Size, _regions.Count);
         return true;
     }
 
