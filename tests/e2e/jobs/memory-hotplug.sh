@@ -12,12 +12,16 @@ node1_kb() { [ -f "$node1/meminfo" ] && awk '/MemTotal/ {print $4}' "$node1/memi
 blocks() { ls -d "$mem"/memory* | wc -l; }
 before=$(blocks)
 echo "memory-hotplug: $before memory blocks, node1 $(node1_kb) kB"
+# Waits up to 120 s until the number of memory blocks compares to the boot count with test operator $1; fails with $2.
+await_blocks() {
+    i=0
+    until [ "$(blocks)" "$1" "$before" ]; do
+        i=$((i + 1)); [ $i -le 240 ] || { echo "memory-hotplug: FAIL: $2"; exit 1; }
+        sleep 0.5
+    done
+}
 echo "E2E-MEMHP-ADD"
-i=0
-while [ "$(blocks)" -le "$before" ]; do
-    i=$((i + 1)); [ $i -le 240 ] || { echo "memory-hotplug: FAIL: no memory block appeared"; exit 1; }
-    sleep 0.5
-done
+await_blocks -gt "no memory block appeared"
 for m in "$mem"/memory*; do
     [ "$(cat "$m/state")" = online ] || echo online_movable > "$m/state"
 done
@@ -33,11 +37,7 @@ verify() {
 verify in-new-memory 0 --numa_mem_policy=bind:1
 echo "memory-hotplug: fio verify with buffers bound to node 1 (hot-plugged): ok, node1 $(awk '/MemUsed/ {print $4}' "$node1/meminfo") kB used"
 echo "E2E-MEMHP-REMOVE"
-i=0
-while [ "$(blocks)" -gt "$before" ]; do
-    i=$((i + 1)); [ $i -le 240 ] || { echo "memory-hotplug: FAIL: the DIMM's memory blocks did not go away"; exit 1; }
-    sleep 0.5
-done
+await_blocks -le "the DIMM's memory blocks did not go away"
 echo "memory-hotplug: DIMM removed, $(blocks) memory blocks, node1 $(node1_kb) kB"
 verify after-remove 64M ""
 echo "memory-hotplug: fio verify after the removal: ok"
