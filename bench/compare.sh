@@ -14,6 +14,9 @@
 #               file: both on one 1 GiB file in /var/tmp, O_DIRECT (qsd cache.direct=on,aio=io_uring;
 #                     blktarget --backend file:PATH, O_DIRECT through its io_uring)
 #               null: qsd driver=null-co (no data moved: pure protocol overhead) vs blktarget ram:1G
+#               image: thin images of 2 GiB on /var/tmp, O_DIRECT: qsd qcow2 (qemu-img create, 64 KiB clusters,
+#                     aio=io_uring, cache.direct=on) vs blktarget image: (--create, 64 KiB clusters); allocating
+#                     (first) writes are measured on never-written ranges, one per round, before the fill
 #               (default: ram,file)
 #   --queues    queue counts to run the matrix with (default "1 2")
 #   --pin       load generator on CPU 0, both targets on CPU 1 (qsd under taskset; blktarget --cpus 1:
@@ -80,7 +83,7 @@ cleanup() {
         wait "$p" 2>/dev/null || true
     done
     rm -f /dev/shm/blktarget-compare-"$$".img
-    rm -f /var/tmp/blktarget-compare-"$$".img
+    rm -f /var/tmp/blktarget-compare-"$$".img /var/tmp/blktarget-compare-"$$".qcow2 /var/tmp/blktarget-compare-"$$".bti
     rm -rf "$WORK"
     [[ -n "${hugepages_before:-}" ]] && echo "$hugepages_before" > /proc/sys/vm/nr_hugepages 2>/dev/null || true
 }
@@ -106,6 +109,8 @@ fi
 
 SIZE=1G
 SIZE_BYTES=$((1 << 30))
+# Thin images get room for one never-written range per round for the allocating jobs, then the fill.
+IMAGE_SIZE=2G
 max_queues=0
 for q in $queue_counts; do (( q > max_queues )) && max_queues=$q; done
 
@@ -127,6 +132,8 @@ start_qsd() {
         ram) blockdev="driver=file,node-name=f0,filename=/dev/shm/blktarget-compare-$$.img,cache.direct=off" ;;
         file) blockdev="driver=file,node-name=f0,filename=/var/tmp/blktarget-compare-$$.img,cache.direct=on,aio=io_uring" ;;
         null) blockdev="driver=null-co,node-name=f0,size=$SIZE_BYTES" ;;
+        image) qemu-img create -q -f qcow2 /var/tmp/blktarget-compare-$$.qcow2 "$IMAGE_SIZE"
+               blockdev="driver=qcow2,node-name=f0,file.driver=file,file.filename=/var/tmp/blktarget-compare-$$.qcow2,file.cache.direct=on,file.aio=io_uring" ;;
     esac
     "${target_pin[@]}" qemu-storage-daemon --blockdev "$blockdev" \
         --export "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=$QSD_SOCK,writable=on,num-queues=$max_queues" \
@@ -138,14 +145,15 @@ start_qsd() {
 
 # start_ours CASE -> sets OURS_PID, OURS_SOCK
 start_ours() {
-    local case=$1 backend
+    local case=$1 backend create=()
     OURS_SOCK="$WORK/ours-$case.sock"
     case $case in
         ram|null) backend="ram:$SIZE" ;;
         file) backend="file:/var/tmp/blktarget-compare-$$.img" ;;
+        image) backend="image:/var/tmp/blktarget-compare-$$.bti" create=(--create "$IMAGE_SIZE") ;;
     esac
     # Not under taskset: the reactors are pinned by --cpus (which checks the CPU against the process's affinity).
-    dotnet "$DLL" serve --socket "$OURS_SOCK" --backend "$backend" --queues "$max_queues" "${ours_cpus[@]}" \
+    dotnet "$DLL" serve --socket "$OURS_SOCK" --backend "$backend" "${create[@]}" --queues "$max_queues" "${ours_cpus[@]}" \
         --log-level warning >"$WORK/ours-$case.log" 2>&1 &
     OURS_PID=$!
     pids+=("$OURS_PID")
@@ -169,6 +177,12 @@ JOBS=(
     "128k write QD8|--rw write --bs 128k --iodepth 8"
     "257.5k randrw 515 segs QD4|--rw randrw --bs 263680 --segments 515 --iodepth 4"
 )
+# Thin images only, before the fill: first writes into never-written space (every 4k write lands in a 64 KiB cluster
+# of its own with high probability: 1024 writes over 256 MiB = 4096 clusters), round r in [r*384M, r*384M+384M).
+ALLOC_JOBS=(
+    "4k randwrite QD32 allocating|--rw randwrite --bs 4k --iodepth 32 --size 4M|0"
+    "128k write QD8 allocating|--rw write --bs 128k --iodepth 8 --size 128M|256"
+)
 bench_cpus=()
 [[ $pin -eq 1 ]] && bench_cpus=(--cpus 0)
 
@@ -179,7 +193,7 @@ else
 started=$(date +%s)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for case in ${cases//,/ }; do
-    case $case in ram|file|null) ;; *) die "unknown case '$case' (ram, file, null)" ;; esac
+    case $case in ram|file|null|image) ;; *) die "unknown case '$case' (ram, file, null, image)" ;; esac
     log "case $case: starting targets"
     [[ $case == ram ]] && truncate -s "$SIZE" /dev/shm/blktarget-compare-$$.img
     if [[ $case == file ]]; then
@@ -193,16 +207,37 @@ for case in ${cases//,/ }; do
     # against the same job's steady-state median.
     for t in qsd ours; do
         [[ $case == null && $t == qsd ]] && continue
+        [[ $case == image ]] && continue   # its never-written space is kept for the allocating jobs below
         if [[ $t == qsd ]]; then sock=$QSD_SOCK; else sock=$OURS_SOCK; fi
         bench --socket "$sock" --rw randwrite --bs 4k --iodepth 32 --runtime 1 --ramp 0 "${bench_cpus[@]}" --json \
             >"$RAW/$case--$t--q1--first_second--r0.json" 2>/dev/null || rm -f "$RAW/$case--$t--q1--first_second--r0.json"
     done
+    if [[ $case == image ]]; then
+        for round in $(seq 1 "$rounds"); do
+            order=(qsd ours)
+            (( round % 2 == 0 )) && order=(ours qsd)
+            for job in "${ALLOC_JOBS[@]}"; do
+                name=${job%%|*} rest=${job#*|}
+                args=${rest%|*} at=$(( (round - 1) * 384 + ${rest##*|} ))
+                for t in "${order[@]}"; do
+                    if [[ $t == qsd ]]; then sock=$QSD_SOCK pid=$QSD_PID; else sock=$OURS_SOCK pid=$OURS_PID; fi
+                    file="$RAW/$case--$t--q1--${name// /_}--r$round.json"
+                    # shellcheck disable=SC2086
+                    bench --socket "$sock" $args --offset-range "${at}M:256M" --target-pid "$pid" "${bench_cpus[@]}" --json \
+                        >"$file" 2>"$file.err" || { log "job failed: $case $t $name: $(cat "$file.err")"; rm -f "$file"; }
+                done
+            done
+        done
+        log "case image: allocating jobs done"
+    fi
     # Fill both devices once so reads hit written data (not holes or the zero page); the file is shared.
     for t in qsd ours; do
         [[ $case == null && $t == qsd ]] && continue
         [[ $case == file ]] && continue   # dd wrote it already
         sock=$([[ $t == qsd ]] && echo "$QSD_SOCK" || echo "$OURS_SOCK")
-        bench --socket "$sock" --rw write --bs 1M --iodepth 4 --size "$SIZE" --json >"$WORK/fill-$case-$t.json" \
+        fill=$SIZE
+        [[ $case == image ]] && fill=$IMAGE_SIZE
+        bench --socket "$sock" --rw write --bs 1M --iodepth 4 --size "$fill" --json >"$WORK/fill-$case-$t.json" \
             || die "filling the $t device failed"
     done
     for round in $(seq 1 "$rounds"); do
@@ -217,7 +252,7 @@ for case in ${cases//,/ }; do
                     file="$RAW/$case--$t--q$q--${name// /_}--r$round.json"
                     # shellcheck disable=SC2086  # args is a word list on purpose
                     extra=()
-                    [[ $case != file ]] && extra=("${ram_bench_args[@]}")
+                    [[ $case == ram || $case == null ]] && extra=("${ram_bench_args[@]}")
                     if ! bench --socket "$sock" $args --queues "$q" --runtime "$runtime" --ramp "$ramp" \
                             --target-pid "$pid" "${bench_cpus[@]}" "${extra[@]}" --json >"$file" 2>"$file.err"; then
                         log "job failed: $case $t q=$q $name: $(cat "$file.err")"
@@ -230,7 +265,7 @@ for case in ${cases//,/ }; do
     done
     stop_pid "$QSD_PID"
     stop_pid "$OURS_PID"
-    rm -f /dev/shm/blktarget-compare-$$.img /var/tmp/blktarget-compare-$$.img
+    rm -f /dev/shm/blktarget-compare-$$.img /var/tmp/blktarget-compare-$$.img /var/tmp/blktarget-compare-$$.qcow2 /var/tmp/blktarget-compare-$$.bti
 done
 elapsed=$(( $(date +%s) - started ))
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -265,8 +300,9 @@ def ratio(a, b): return "-" if not a or not b else f"{a/b:.2f}x"
 
 case_names = {"ram": "RAM-backed (qsd: file in /dev/shm, cache.direct=off; ours: ram:1G)",
               "file": "File on /var/tmp, O_DIRECT (qsd: aio=io_uring, cache.direct=on; ours: file:, io_uring)",
-              "null": "Protocol overhead (qsd: null-co, no data; ours: ram:1G)"}
-job_order = ["4k_randread_QD1", "4k_randread_QD32", "4k_randwrite_QD32", "128k_read_QD8", "128k_write_QD8", "257.5k_randrw_515_segs_QD4"]
+              "null": "Protocol overhead (qsd: null-co, no data; ours: ram:1G)",
+              "image": "Thin images on /var/tmp, O_DIRECT (qsd: qcow2, aio=io_uring; ours: image:), 2 GiB, 64 KiB clusters; 'allocating' rows write never-written space, the others run after a full fill"}
+job_order = ["4k_randwrite_QD32_allocating", "128k_write_QD8_allocating", "4k_randread_QD1", "4k_randread_QD32", "4k_randwrite_QD32", "128k_read_QD8", "128k_write_QD8", "257.5k_randrw_515_segs_QD4"]
 lines = []
 def sh(cmd):
     try: return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
@@ -285,7 +321,7 @@ lines.append(f"- conditions: load average $load_before before, $load_after after
 lines.append("")
 lines.append("IOPS and mean latency (µs) are medians; 'ours/qsd' > 1 means BlkTarget is faster (for latency: < 1 is better). "
              "CPU = target CPU seconds per measured second (1.00 = one core busy).")
-for case in ["ram", "null", "file"]:
+for case in ["ram", "null", "file", "image"]:
     keys = [k for k in runs if k[0] == case]
     if not keys: continue
     lines.append("")

@@ -17,6 +17,8 @@ public static class Program
             ManagementCommands.Export(),
             ManagementCommands.Lun(),
             ManagementCommands.Config(),
+            ManagementCommands.Stats(),
+            Monitoring.Top.TopCommand.Create(),
         };
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

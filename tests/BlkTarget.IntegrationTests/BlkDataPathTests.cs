@@ -1,5 +1,6 @@
 using System.Text;
 using BlkTarget.Vhost.Frontend;
+using BlkTarget.Vhost.Protocol;
 using BlkTarget.Vhost.Queues;
 using Xunit.Abstractions;
 using static BlkTarget.IntegrationTests.TestData;
@@ -19,10 +20,13 @@ public sealed class BlkDataPathTests(ITestOutputHelper output)
     [InlineData(512u, false)]
     [InlineData(4096u, true)]
     [InlineData(4096u, false)]
-    public void WrittenDataReadsBackAtSeveralOffsetsAndSizes(uint blockSize, bool eventIdx)
+    [InlineData(512u, true, true)]
+    [InlineData(4096u, false, true)]
+    public void WrittenDataReadsBackAtSeveralOffsetsAndSizes(uint blockSize, bool eventIdx, bool packed = false)
     {
         using var target = Target(blockSize);
-        using var guest = TestGuest.Connect(target.SocketPath, options: new VhostUserFrontendOptions { EventIdx = eventIdx });
+        using var guest = TestGuest.Connect(target.SocketPath, options: new VhostUserFrontendOptions { EventIdx = eventIdx }, packed: packed);
+        Assert.Equal(packed, guest.Frontend.HasFeature(VirtioFeatures.RingPacked));
         Assert.Equal(eventIdx, guest.Queues[0].EventIdx);
         var blk = guest.Blk[0];
         // Non-overlapping (offset, length) pairs in bytes, including the first and the last block of the disk.
@@ -82,10 +86,11 @@ public sealed class BlkDataPathTests(ITestOutputHelper output)
     [Theory]
     [InlineData(512u)]
     [InlineData(4096u)]
-    public void IndirectDescriptorRequestsRoundTrip(uint blockSize)
+    [InlineData(4096u, true)]
+    public void IndirectDescriptorRequestsRoundTrip(uint blockSize, bool packed = false)
     {
         using var target = Target(blockSize);
-        using var guest = TestGuest.Connect(target.SocketPath, maxIndirect: 64);
+        using var guest = TestGuest.Connect(target.SocketPath, maxIndirect: 64, packed: packed);
         Assert.True(guest.Frontend.HasFeature(28));
         var blk = guest.Blk[0];
         int freeBefore = guest.Queues[0].FreeDescriptors;
@@ -127,11 +132,13 @@ public sealed class BlkDataPathTests(ITestOutputHelper output)
         Assert.Equal(expected, straddling.Span.ToArray());
     }
 
-    [Fact]
-    public void PipelinedRequestsCompleteWithTheirOwnTokensAndData()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void PipelinedRequestsCompleteWithTheirOwnTokensAndData(bool packed)
     {
         using var target = Target();
-        using var guest = TestGuest.Connect(target.SocketPath, queueSize: 64, maxIndirect: 8);
+        using var guest = TestGuest.Connect(target.SocketPath, queueSize: 64, maxIndirect: 8, packed: packed);
         var blk = guest.Blk[0];
         const int blocks = 256;
         const uint size = 4096;
@@ -230,6 +237,10 @@ public sealed class BlkDataPathTests(ITestOutputHelper output)
         for (int r = 0; r < reactors.Count; r++)
             Assert.True(reactorsAfter[r] == reactorsBefore[r], $"reactor {r} allocated {reactorsAfter[r] - reactorsBefore[r]} bytes during 16000 requests");
         Assert.Equal(0, driverAllocated);
+        // ... while every one of those requests was counted (statistics are part of that data path).
+        var counted = target.Device.Context.Counters.Select(BlkTarget.Vhost.Stats.CounterSnapshot.Read).ToList();
+        Assert.All(counted, c => Assert.Equal(2500 * 4, c.Ops(BlkTarget.Vhost.Stats.IoOp.Read)));
+        Assert.All(counted, c => Assert.Equal(2500 * 4, c.Ops(BlkTarget.Vhost.Stats.IoOp.Write)));
     }
 
     [Fact]
@@ -400,7 +411,7 @@ public sealed class BlkDataPathTests(ITestOutputHelper output)
         // virtio 1.0 lets the driver lay out a request any way it likes (VIRTIO_F_ANY_LAYOUT is implied).
         using var target = Target();
         using var guest = TestGuest.Connect(target.SocketPath);
-        var q = guest.Queues[0];
+        var q = guest.SplitQueue(0);
         var write = guest.Allocate(16 + 4096, 16);
         write.Span[..16].Clear();
         write.Span[0] = (byte)BlkRequestType.Out;
@@ -442,7 +453,7 @@ public sealed class BlkDataPathTests(ITestOutputHelper output)
     {
         using var target = Target();
         using var guest = TestGuest.Connect(target.SocketPath);
-        var q = guest.Queues[0];
+        var q = guest.SplitQueue(0);
         var header = guest.Allocate(16, 16);
         var status = guest.Allocate(1, 1);
         status.Span[0] = 0xff;

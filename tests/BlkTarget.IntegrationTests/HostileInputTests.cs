@@ -183,7 +183,7 @@ public sealed unsafe class HostileInputTests(ITestOutputHelper output)
         var frontend = guest.Frontend;
         frontend.SetFeatures(frontend.FeaturesToAck);
         frontend.SetMemory(guest.Arena);
-        var q = guest.Queues[0];
+        var q = guest.SplitQueue(0);
         frontend.SetVringNum(0, (uint)q.Size);
         frontend.SetVringBase(0, 0);
         frontend.SetVringAddr(q.Address with { DescUserAddr = 0xdead_0000_0000 });
@@ -249,7 +249,7 @@ public sealed unsafe class HostileInputTests(ITestOutputHelper output)
     {
         using var target = new TestTarget(output);
         using var guest = TestGuest.Connect(target.SocketPath, queues: 2, queueSize: 32);
-        var q = guest.Queues[0];
+        var q = guest.SplitQueue(0);
         var header = guest.Allocate(16, 16);
         BinaryPrimitives.WriteUInt32LittleEndian(header.Span, (uint)BlkRequestType.In);
         var data = guest.Allocate(4096);

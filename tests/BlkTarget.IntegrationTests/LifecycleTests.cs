@@ -39,14 +39,14 @@ public sealed class LifecycleTests(ITestOutputHelper output)
 
         var bases = guest.Stop();
         Assert.Equal([(ushort)37, (ushort)5], bases);
-        Assert.Equal(37, guest.Queues[0].DeviceUsedIdx);
-        Assert.Equal(5, guest.Queues[1].DeviceUsedIdx);
+        Assert.Equal(37, guest.SplitQueue(0).DeviceUsedIdx);
+        Assert.Equal(5, guest.SplitQueue(1).DeviceUsedIdx);
 
         // After GET_VRING_BASE the backend must not touch the ring.
         Assert.True(guest.Blk[0].TrySubmit(BlkRequestType.In, 0, [buffer], 1));
         guest.Queues[0].Kick();
         Assert.False(guest.Queues[0].WaitForUsed(150), "a stopped queue completed a request");
-        Assert.Equal(37, guest.Queues[0].DeviceUsedIdx);
+        Assert.Equal(37, guest.SplitQueue(0).DeviceUsedIdx);
     }
 
     [Fact]
@@ -61,7 +61,7 @@ public sealed class LifecycleTests(ITestOutputHelper output)
 
         // Reboot: the guest driver re-initialises its rings; QEMU sends the whole start sequence again.
         guest.ResetQueues();
-        Assert.All(guest.Queues, q => Assert.Equal(0, q.NextBase));
+        Assert.All(guest.Queues, q => Assert.Equal(0u, q.NextBase));
         guest.Start();
         VerifyBlocks(guest.Blk[0], buffer, 0, 20, seedBase: 0);
         VerifyBlocks(guest.Blk[1], buffer, 4096, 3, seedBase: 50);
@@ -95,7 +95,7 @@ public sealed class LifecycleTests(ITestOutputHelper output)
         var buffer = guest.Allocate(4096);
         WriteBlocks(guest.Blk[0], buffer, 0, 11, seedBase: 0);
         Assert.Equal([(ushort)11], guest.Stop());
-        Assert.Equal(11, guest.Queues[0].NextBase);
+        Assert.Equal(11u, guest.Queues[0].NextBase);
 
         // Like a migration or stop/cont: same rings, SET_VRING_BASE with what GET_VRING_BASE said.
         guest.Start();

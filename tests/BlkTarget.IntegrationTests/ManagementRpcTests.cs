@@ -12,16 +12,16 @@ namespace BlkTarget.IntegrationTests;
 /// deleted under it, and found again after a restart from the persisted config file.</summary>
 public sealed class ManagementRpcTests : IDisposable
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("blkt-mgmt-").FullName;
+    private readonly RpcTargetHarness _harness = new("blkt-mgmt-");
+    private string _dir => _harness.Directory;
 
-    private string Rpc => Path.Combine(_dir, "rpc.sock");
+    private string Rpc => _harness.Rpc;
     private string Config => Path.Combine(_dir, "target.json");
 
     private TargetRuntime Start(TargetSettings? settings = null, string? persist = null) =>
-        TargetRuntime.Start(settings ?? new TargetSettings { Devices = [] }, NullLoggerFactory.Instance,
-            new ManagementSettings { RpcSocket = Rpc, PersistPath = persist });
+        _harness.Start(settings, m => m with { PersistPath = persist });
 
-    private JsonNode? Call(string method, JsonObject? parameters = null) => RpcClient.Call(Rpc, method, parameters ?? []);
+    private JsonNode? Call(string method, JsonObject? parameters = null) => _harness.Call(method, parameters);
 
     private static void WriteAndReadBack(TestGuest guest, ulong sector, int seed)
     {
@@ -220,7 +220,6 @@ public sealed class ManagementRpcTests : IDisposable
 
     public void Dispose()
     {
-        try { Directory.Delete(_dir, recursive: true); }
-        catch (IOException) { }
+        _harness.Delete();
     }
 }

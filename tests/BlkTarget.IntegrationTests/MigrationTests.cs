@@ -33,7 +33,7 @@ public sealed class MigrationTests(ITestOutputHelper output)
         Assert.NotEqual(0UL, guest.Frontend.OfferedFeatures & VirtioFeatures.Bit(VirtioFeatures.LogAll));
         Assert.True((guest.Frontend.AckedProtocolFeatures & ProtocolFeatures.LogShmfd) != 0);
         var blk = guest.Blk[0];
-        var queue = guest.Queues[0];
+        var queue = guest.SplitQueue(0);
         var source = guest.Allocate(2 * 4096, 4096);
         Fill(source.Span, seed: 1);
         Assert.Equal(Ok, blk.Execute(BlkRequestType.Out, 0, [source]).Status);
@@ -78,6 +78,25 @@ public sealed class MigrationTests(ITestOutputHelper output)
         second.TakeMarkedPages();
         Assert.Equal(Ok, blk.Execute(BlkRequestType.In, 0, [later]).Status);
         Assert.Empty(second.MarkedPages());
+    }
+
+    [Fact]
+    public void On_a_packed_ring_the_log_holds_the_data_pages_and_the_used_descriptors_in_the_descriptor_ring()
+    {
+        using var target = new TestTarget(output, new TargetSpec { Queues = 1 });
+        using var guest = TestGuest.Connect(target.SocketPath, queues: 1, packed: true);
+        var queue = (PackedVirtqueueDriver)guest.Queues[0];
+        using var log = new DirtyLogArea(guest.Arena.GuestPhysBase + guest.Arena.Size);
+        guest.Frontend.StartLogging(log, guest.Queues);
+        log.TakeMarkedPages();
+        var buffer = guest.Allocate(2 * 4096, 4096);
+        Assert.Equal(Ok, guest.Blk[0].Execute(BlkRequestType.In, 0, [buffer]).Status);
+        var marked = log.TakeMarkedPages().ToHashSet();
+        Assert.Superset(PagesOf(buffer).Append(PagesOf(guest.Blk[0].HeaderStatusArea.Gpa + 16, 1).Single()).ToHashSet(), marked);
+        Assert.Contains(PagesOf(queue.DescriptorRing).First(), marked);
+        var allowed = PagesOf(buffer).Concat(PagesOf(guest.Blk[0].HeaderStatusArea)).Concat(PagesOf(queue.DescriptorRing))
+            .Concat(PagesOf(queue.DeviceEventArea)).ToHashSet();
+        Assert.Empty(marked.Except(allowed));
     }
 
     [Fact]
@@ -145,7 +164,7 @@ public sealed class MigrationTests(ITestOutputHelper output)
                 var bases = source.Stop(drivers);
                 output.WriteLine($"stopped at bases {string.Join(", ", bases)}; device used idx {string.Join(", ", drivers.Select(d => d.DeviceUsedIdx))}");
                 // GET_VRING_BASE answers only after the queue drained: everything taken is completed and published.
-                for (int q = 0; q < 2; q++) Assert.Equal(bases[q], drivers[q].DeviceUsedIdx);
+                for (int q = 0; q < 2; q++) Assert.Equal(bases[q], (uint)drivers[q].DeviceUsedIdx);
                 Reap();
                 // The source's marks cover the data of every request (writes only: status pages and the used rings).
                 foreach (var d in drivers) Assert.Contains(d.UsedRing.Gpa / Page, log.MarkedPages());

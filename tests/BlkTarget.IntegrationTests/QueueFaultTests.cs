@@ -63,7 +63,7 @@ public sealed class QueueFaultTests(ITestOutputHelper output)
         WaitUntil(() => target.Log.Contains("it0 queue 0: internal error, queue stopped"), "the fault is logged with the device name");
 
         // GET_VRING_BASE must wait: the backend may still write into the read's buffer.
-        ushort[]? bases = null;
+        uint[]? bases = null;
         Exception? error = null;
         var stop = new Thread(() =>
         {
@@ -81,7 +81,7 @@ public sealed class QueueFaultTests(ITestOutputHelper output)
         Assert.Null(error);
         Assert.Equal([(ushort)2], bases!);
         // Nothing was published after the fault: the guest gets neither request back.
-        Assert.Equal(0, guest.Queues[0].DeviceUsedIdx);
+        Assert.Equal(0, guest.SplitQueue(0).DeviceUsedIdx);
         Assert.False(target.Log.Contains("did not complete within"));
     }
 
@@ -109,7 +109,7 @@ public sealed class QueueFaultTests(ITestOutputHelper output)
         WaitUntil(() => OnReactor(target, () => disk.OpenChannels) == 0, "the abandoned queue is released");
         Assert.Equal(0, OnReactor(target, () => reactor.RetiringCount));
         Assert.False(guest.Queues[0].WaitForUsed(100));
-        Assert.Equal(0, guest.Queues[0].DeviceUsedIdx);
+        Assert.Equal(0, guest.SplitQueue(0).DeviceUsedIdx);
 
         // The device serves the guest's next start (a reboot) as usual.
         guest.ResetQueues();

@@ -52,20 +52,26 @@ public sealed unsafe class ReconnectTests(ITestOutputHelper output) : IDisposabl
 
     private static int SeedOf(int q, int i) => 1000 + q * PerQueue + i;
 
-    private static int InflightFlags(InflightArea area, int queue, int queueSize)
+    /// <summary>Inflight flags set in queue <paramref name="queue"/>'s region (the target's areas give every queue room for
+    /// either layout).</summary>
+    private static int InflightFlags(InflightArea area, int queue, int queueSize, bool packed = false)
     {
-        byte* region = area.Pointer + (ulong)queue * InflightLayout.SplitQueueRegionBytes((uint)queueSize);
+        byte* region = area.Pointer + (ulong)queue * InflightLayout.QueueRegionBytes((uint)queueSize);
+        int header = packed ? InflightLayout.PackedHeaderBytes : InflightLayout.SplitHeaderBytes;
+        int entry = packed ? InflightLayout.PackedDescStateBytes : InflightLayout.SplitDescStateBytes;
         int n = 0;
-        for (int d = 0; d < queueSize; d++) n += region[InflightLayout.SplitHeaderBytes + d * InflightLayout.SplitDescStateBytes];
+        for (int d = 0; d < queueSize; d++) n += region[header + d * entry];
         return n;
     }
 
-    [Fact]
-    public void Killed_target_with_requests_in_flight_completes_each_exactly_once_after_reconnect()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Killed_target_with_requests_in_flight_completes_each_exactly_once_after_reconnect(bool packed)
     {
         using (var f = File.Create(_file)) f.SetLength((long)DiskBytes);
         var first = StartTarget(HoldFrom);
-        using var guest = TestGuest.Connect(_socket, queues: Queues, queueSize: 64, arenaBytes: 16 << 20);
+        using var guest = TestGuest.Connect(_socket, queues: Queues, queueSize: 64, arenaBytes: 16 << 20, packed: packed);
         Assert.NotNull(guest.Frontend.Inflight);
 
         // Interleaved: held and completing requests alternate in avail order, so completions are out of order.
@@ -85,7 +91,7 @@ public sealed unsafe class ReconnectTests(ITestOutputHelper output) : IDisposabl
             var done = Enumerable.Range(0, PerQueue / 2).Select(_ => guest.Blk[q].WaitForCompletion(TimeSpan.FromSeconds(10))).ToList();
             Assert.All(done, c => Assert.Equal(0, c.Status));
             Assert.Equal([0UL, 2, 4, 6], done.Select(c => c.Token).Order().ToArray());
-            Assert.Equal(PerQueue / 2, InflightFlags(guest.Frontend.Inflight!, q, 64));   // the held ones, marked by the target
+            Assert.Equal(PerQueue / 2, InflightFlags(guest.Frontend.Inflight!, q, 64, packed));   // the held ones, marked by the target
         }
 
         first.Kill();                                   // SIGKILL
@@ -104,8 +110,10 @@ public sealed unsafe class ReconnectTests(ITestOutputHelper output) : IDisposabl
         for (int q = 0; q < Queues; q++)
         {
             Assert.False(guest.Blk[q].TryComplete(out var extra), $"queue {q}: request {extra.Token} completed a second time");
-            Assert.Equal(PerQueue, guest.Queues[q].DeviceUsedIdx);
-            Assert.Equal(0, InflightFlags(guest.Frontend.Inflight!, q, 64));
+            if (!packed) Assert.Equal(PerQueue, guest.SplitQueue(q).DeviceUsedIdx);
+            // Packed: three descriptors (header, data, status) per request.
+            else Assert.Equal(PackedRingLayout.EncodePosition(3 * PerQueue, true), ((PackedVirtqueueDriver)guest.Queues[q]).UsedPosition);
+            Assert.Equal(0, InflightFlags(guest.Frontend.Inflight!, q, 64, packed));
         }
 
         // Everything is on the disk, read back through the new target.
@@ -116,6 +124,6 @@ public sealed unsafe class ReconnectTests(ITestOutputHelper output) : IDisposabl
                 Assert.Equal(0, guest.Blk[q].Execute(BlkRequestType.In, SectorOf(q, i), [read]).Status);
                 Assert.True(read.Span.SequenceEqual(Random(4096, SeedOf(q, i))), $"queue {q} request {i}: wrong data");
             }
-        output.WriteLine($"{Queues * PerQueue / 2} requests in flight across the kill, each completed once");
+        output.WriteLine($"{Queues * PerQueue / 2} requests in flight across the kill, each completed once ({(packed ? "packed" : "split")} rings)");
     }
 }

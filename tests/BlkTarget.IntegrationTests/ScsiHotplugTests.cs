@@ -21,7 +21,7 @@ public sealed class ScsiHotplugTests : IDisposable
 
     private JsonNode? Call(string method, JsonObject parameters) => RpcClient.Call(Rpc, method, parameters);
 
-    private static byte[] NextEvent(VirtqueueDriver events, GuestBuffer buffer)
+    private static byte[] NextEvent(QueueDriver events, GuestBuffer buffer)
     {
         Assert.True(events.WaitForUsed(TimeSpan.FromSeconds(10)), "no event arrived");
         Assert.True(events.TryGetUsed(out _, out uint length));
@@ -29,7 +29,7 @@ public sealed class ScsiHotplugTests : IDisposable
         return buffer.Span[..16].ToArray();
     }
 
-    private static void PostEventBuffer(VirtqueueDriver events, GuestBuffer buffer)
+    private static void PostEventBuffer(QueueDriver events, GuestBuffer buffer)
     {
         Assert.True(events.TryAdd([new VirtqBuffer(buffer.Gpa, 16, Writable: true)], token: 1));
         events.PublishAvail();

@@ -40,6 +40,33 @@ public sealed unsafe class RamDiskPagesTests
     }
 
     [Fact]
+    public void A_transparent_huge_page_disk_is_faulted_in_ahead_of_the_guest_and_keeps_what_was_written()
+    {
+        using var disk = new RamDisk(128UL << 20);
+        using var driver = new ChannelDriver(disk);
+        var data = new byte[1 << 20];
+        Array.Fill(data, (byte)0xC3);
+        Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Write, 64 << 20, data));   // races with the warmer: harmless
+        Assert.True(SpinWait.SpinUntil(() => disk.Warm, TimeSpan.FromSeconds(30)), "the RAM disk was not faulted in within 30 s");
+        ulong rss = Kb(Smaps((nint)disk.Memory.Pointer), "Rss");
+        Assert.True(rss >= 128 * 1024, $"RSS {rss} KiB: not all of the 128 MiB was faulted in");
+        var back = new byte[1 << 20];
+        Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Read, 64 << 20, back));
+        Assert.Equal(data, back);
+        Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Read, 0, back));
+        Assert.True(back.AsSpan().IndexOfAnyExcept((byte)0) < 0, "warming changed the contents");
+    }
+
+    [Fact]
+    public void Small_pages_stay_thin()
+    {
+        using var disk = new RamDisk(64UL << 20, pages: RamDiskPages.Small);
+        Assert.True(disk.Warm);
+        Thread.Sleep(200);
+        Assert.True(Kb(Smaps((nint)disk.Memory.Pointer), "Rss") < 1024);
+    }
+
+    [Fact]
     public void Small_pages_on_request_get_no_advice()
     {
         using var disk = new RamDisk(8UL << 20, pages: RamDiskPages.Small);
@@ -53,6 +80,7 @@ public sealed unsafe class RamDiskPagesTests
     public void Discard_gives_whole_pages_back_and_zeroes_partial_ones(RamDiskPages pages)
     {
         using var disk = new RamDisk(16UL << 20, pages: pages);
+        Assert.True(SpinWait.SpinUntil(() => disk.Warm, TimeSpan.FromSeconds(30)));   // the warmer must not refill what is discarded below
         using var driver = new ChannelDriver(disk);
         var data = new byte[8 << 20];
         Array.Fill(data, (byte)0x5A);

@@ -3,6 +3,7 @@ using BlkTarget.Storage.Ram;
 using BlkTarget.Vhost.Blk;
 using BlkTarget.Vhost.Protocol;
 using BlkTarget.Vhost.Reactor;
+using BlkTarget.Vhost.Stats;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace BlkTarget.Tests;
@@ -32,14 +33,14 @@ public class BenchTests
         int previous = -1;
         foreach (ulong v in new ulong[] { 0, 1, 63, 64, 65, 127, 128, 1000, 1UL << 40, ulong.MaxValue })
         {
-            int b = LatencyHistogram.BucketOf(v);
-            Assert.InRange(b, 0, LatencyHistogram.BucketCount - 1);
-            Assert.InRange(v, LatencyHistogram.LowestOf(b), LatencyHistogram.HighestOf(b));
+            int b = LogLinearBuckets.BucketOf(v);
+            Assert.InRange(b, 0, LogLinearBuckets.BucketCount - 1);
+            Assert.InRange(v, LogLinearBuckets.LowestOf(b), LogLinearBuckets.HighestOf(b));
             Assert.True(b >= previous);
             previous = b;
         }
-        for (int b = 1; b < LatencyHistogram.BucketCount; b++)
-            Assert.Equal(LatencyHistogram.HighestOf(b - 1) + 1, LatencyHistogram.LowestOf(b));
+        for (int b = 1; b < LogLinearBuckets.BucketCount; b++)
+            Assert.Equal(LogLinearBuckets.HighestOf(b - 1) + 1, LogLinearBuckets.LowestOf(b));
     }
 
     [Fact]

@@ -12,6 +12,7 @@ internal sealed partial class TargetProcess : IDisposable
     public const int SIGINT = 2;
     public const int SIGTERM = 15;
     public const int SIGKILL = 9;
+    public const int SIGHUP = 1;
 
     private readonly Process _process;
     private readonly System.Text.StringBuilder _stdout = new();
@@ -26,9 +27,13 @@ internal sealed partial class TargetProcess : IDisposable
         process.BeginErrorReadLine();
     }
 
-    public static TargetProcess Start(params string[] args)
+    public static TargetProcess Start(params string[] args) => Start(new Dictionary<string, string>(), args);
+
+    /// <summary>Starts the target with extra environment variables (e.g. NOTIFY_SOCKET).</summary>
+    public static TargetProcess Start(IReadOnlyDictionary<string, string> environment, params string[] args)
     {
         var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
+        foreach (var (name, value) in environment) info.Environment[name] = value;
         info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "blktarget.dll"));
         foreach (var a in args) info.ArgumentList.Add(a);
         return new TargetProcess(Process.Start(info)!);
@@ -60,10 +65,12 @@ internal sealed partial class TargetProcess : IDisposable
     }
 
     /// <summary>Waits until the target's log contains <paramref name="text"/>.</summary>
-    public void WaitForOutput(string text, TimeSpan timeout)
+    /// <summary>Waits until stdout (or, with <paramref name="stderr"/>, stderr: where warnings and errors go) shows
+    /// <paramref name="text"/>.</summary>
+    public void WaitForOutput(string text, TimeSpan timeout, bool stderr = false)
     {
         var deadline = DateTime.UtcNow + timeout;
-        while (!Stdout.Contains(text))
+        while (!(stderr ? Stderr : Stdout).Contains(text))
         {
             if (_process.HasExited) throw new InvalidOperationException($"blktarget exited with {_process.ExitCode}: {Stderr}{Stdout}");
             if (DateTime.UtcNow > deadline) throw new TimeoutException($"no '{text}' in output: {Stderr}{Stdout}");

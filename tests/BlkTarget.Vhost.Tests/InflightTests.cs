@@ -88,12 +88,13 @@ public sealed unsafe class InflightTests : IDisposable
     public void Created_area_is_zeroed_with_a_version_1_header_per_queue_and_maps_back()
     {
         using var fd = InflightRegion.Create(2, 128, out var description);
-        Assert.Equal(new InflightDescription(2 * 2112, 0, 2, 128), description);
+        // Each queue gets room for the packed layout (align64(32 + 32 * 128) = 4160), the ring type being unknown yet.
+        Assert.Equal(new InflightDescription(2 * 4160, 0, 2, 128), description);
         using var mapping = MappedMemory.MapShared(fd.Fd, description.MmapSize);
         var bytes = new ReadOnlySpan<byte>(mapping.Pointer, (int)description.MmapSize);
         for (int q = 0; q < 2; q++)
         {
-            var queue = bytes.Slice(q * 2112, 2112);
+            var queue = bytes.Slice(q * 4160, 4160);
             Assert.Equal(1, BitConverter.ToUInt16(queue[8..]));
             Assert.Equal(128, BitConverter.ToUInt16(queue[10..]));
             Assert.True(queue[..8].IndexOfAnyExcept((byte)0) < 0);
@@ -112,7 +113,7 @@ public sealed unsafe class InflightTests : IDisposable
     {
         using var fd = InflightRegion.Create(1, 16, out var description);
         Assert.Throws<ArgumentException>(() => InflightRegion.Map(description with { NumQueues = 2, MmapSize = 2 * description.MmapSize }, fd));
-        Assert.Throws<ArgumentException>(() => InflightRegion.Map(description with { MmapSize = description.MmapSize - 1 }, fd));
+        Assert.Throws<ArgumentException>(() => InflightRegion.Map(description with { MmapSize = InflightLayout.SplitQueueRegionBytes(16) - 1 }, fd));
         Assert.Throws<ArgumentException>(() => InflightRegion.Map(description with { MmapOffset = 64 }, fd));
         Assert.Throws<ArgumentException>(() => InflightRegion.Map(description with { MmapOffset = ulong.MaxValue - 10 }, fd));
         Assert.Throws<ArgumentException>(() => InflightRegion.Map(description with { QueueSize = 12 }, fd));

@@ -5,7 +5,7 @@
 # Usage:
 #   tests/e2e/run-e2e.sh [--target blktarget|qsd] [--backend SPEC] [--kind blk|scsi]
 #                        [--queues N] [--only NAME[,NAME...]] [--guest-timeout SECS]
-#                        [--log-dir DIR] [--install-deps] [--verbose]
+#                        [--log-dir DIR] [--install-deps] [--packed] [--verbose]
 #
 #   --target         blktarget (default): $BLKTARGET_CMD serve --socket SOCK --backend SPEC --queues N
 #                    qsd: qemu-storage-daemon exporting a 1 GiB file in /dev/shm (reference
@@ -18,6 +18,7 @@
 #   --guest-timeout  limit per guest boot in seconds (default 240)
 #   --log-dir        where console and target logs go (default: a new /tmp/blktarget-e2e-logs.* dir)
 #   --install-deps   run install-deps.sh first
+#   --packed         guests use packed virtqueues (packed=on on the -device)
 #   --verbose        stream guest consoles while they run
 #
 # Environment:
@@ -49,6 +50,10 @@
 #     + second-vm-attach       export are created over RPC and a second VM writes ext4 on them
 #   scsi-hotplug               (blktarget, --kind scsi, ram backend runs only) a LUN hot-added and
 #                              hot-removed over RPC; the guest sees /dev/sdb come and go by itself
+#   scsi-pr-two-initiators     (same runs) two VMs at once on two exports of one shared disk made over
+#     + scsi-pr-second-initiator  RPC: A reserves Write Exclusive; B's write conflicts, its read works,
+#                              it PREEMPTs A (A: REGISTRATIONS PREEMPTED, its writes conflict), CLEARs;
+#                              then both race COMPARE AND WRITE increments of one block, none lost
 #   target-restart             (blktarget, --kind blk, ram backend runs only) its own target on a file;
 #                              a guest with reconnect=1 runs fio verify passes while the target is
 #                              killed -9 and restarted three times, then stopped with SIGTERM and
@@ -63,8 +68,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 SUITE_START=$SECONDS
 
 target=blktarget backend=ram:1G backend_set=0 kind=blk queues=2 only="" guest_timeout=240
-log_dir="" install=0 verbose=0
-usage() { sed -n '2,48p' "$0"; }
+log_dir="" install=0 verbose=0 packed=0
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d'; }   # the header above
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --target) target=$2; shift 2 ;;
@@ -75,6 +80,7 @@ while [[ $# -gt 0 ]]; do
         --guest-timeout) guest_timeout=$2; shift 2 ;;
         --log-dir) log_dir=$2; shift 2 ;;
         --install-deps) install=1; shift ;;
+        --packed) packed=1; shift ;;
         --verbose) verbose=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run-e2e: unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -93,7 +99,7 @@ ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot guest-reboot)
 [[ "$kind" != scsi ]] || ALL_TESTS+=(scsi-luns scsi-pr)
 # Runtime management (disks and exports made over RPC while the target serves): BlkTarget only.
 [[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize fio-during-attach migration memory-hotplug)
-[[ "$target" != blktarget || "$kind" != scsi || "$backend" != ram:* ]] || ALL_TESTS+=(scsi-hotplug)
+[[ "$target" != blktarget || "$kind" != scsi || "$backend" != ram:* ]] || ALL_TESTS+=(scsi-hotplug scsi-pr-two-initiators)
 # Restarts need a backend that outlives the process (it brings its own file); once per suite, in the ram run.
 if [[ "$target" == blktarget && "$kind" == blk && "$backend" == ram:* ]]; then ALL_TESTS+=(target-restart); fi
 TESTS=()
@@ -315,11 +321,13 @@ run_test() {
     local t0=$SECONDS args=(--socket "${TEST_SOCK:-$SOCK}" --job "$HERE/jobs/$name.sh" --queues "$queues" --kind "$kind"
         --timeout "$guest_timeout" --guest-dir "$guest_dir" --log "$log_dir/$name.console.log")
     [[ $verbose -eq 0 ]] || args+=(--verbose)
+    # More run-guest.sh arguments for this test (word-split), e.g. --env for a job two guests run.
+    local more=()
+    read -ra more <<< "${TEST_ARGS:-}"
+    args+=("${more[@]}")
+    [[ $packed -eq 0 ]] || args+=(--packed)
     # guest-reboot: the guest resets itself once; exactly two boots of /init.
     [[ "$name" != guest-reboot ]] || args+=(--allow-reboot --expect-boots 2)
-    # More run-guest.sh arguments for this test (word-split on purpose).
-    # shellcheck disable=SC2206
-    [[ -z "${GUEST_EXTRA_ARGS:-}" ]] || args+=($GUEST_EXTRA_ARGS)
     # Run the guest in the background and poll: an INT/TERM trap can then stop it
     # right away, and if the target dies the guest's I/O would hang until the guest
     # timeout (minutes), so stop the guest a few seconds after the target is gone.
@@ -472,6 +480,27 @@ run_scsi_hotplug() {
     stop_management_target
 }
 
+# A guest besides the one run_test runs (call it in a background job): LOG (second-vm) names its files in the log
+# directory and its exit status in $WORK/LOG.rc; JOB is a jobs/ script; the rest goes to run-guest.sh.
+run_second_guest() {
+    local log=$1 sock=$2 job=$3 rc=0
+    shift 3
+    "$HERE/run-guest.sh" --socket "$sock" --job "$HERE/jobs/$job.sh" --timeout "$guest_timeout" --guest-dir "$guest_dir" \
+        --log "$log_dir/$log.console.log" "$@" > "$log_dir/$log.run.log" 2>&1 || rc=$?
+    echo "$rc" > "$WORK/$log.rc"
+}
+
+# The verdict NAME of the guest run_second_guest ran as LOG; WHY says what failed.
+second_guest_verdict() {
+    local log=$1 name=$2 why=$3
+    if [[ "$(cat "$WORK/$log.rc" 2>/dev/null)" == 0 ]]; then
+        pass "$name"
+    else
+        sed "s/^/[$log] /" "$log_dir/$log.run.log" 2>/dev/null | tail -n 30 || true
+        fail "$name" "$why (console: $log_dir/$log.console.log)"
+    fi
+}
+
 # fio-during-attach: while a first VM runs fio verify on one export, a second disk and export are created over RPC
 # and a second VM boots on them and writes ext4 (verdict second-vm-attach); the first VM must see no error.
 run_fio_during_attach() {
@@ -487,21 +516,14 @@ run_fio_during_attach() {
         await_console "$console" E2E-FIO-RUNNING || exit 1
         info "first VM runs fio: creating disk b1 and export vm-b over RPC, booting the second VM"
         mgmt disk create --name b1 --backend ram:256M && mgmt export create-blk --name vm-b --socket "$sock_b" --disk b1 || exit 1
-        local rc=0
-        "$HERE/run-guest.sh" --socket "$sock_b" --job "$HERE/jobs/ext4-write.sh" --kind blk --timeout "$guest_timeout" \
-            --guest-dir "$guest_dir" --log "$log_dir/second-vm.console.log" > "$log_dir/second-vm.run.log" 2>&1 || rc=$?
-        echo "$rc" > "$WORK/second-vm.rc"
-        info "second VM finished (exit $rc) while the first one was $(grep -ac 'fio-during-attach: pass' "$console") fio passes in"
+        run_second_guest second-vm "$sock_b" ext4-write --kind blk
+        info "second VM finished (exit $(cat "$WORK/second-vm.rc")) while the first one was $(grep -ac 'fio-during-attach: pass' "$console") fio passes in"
     ) &
     local watcher=$!
     TEST_SOCK=$sock_a run_test fio-during-attach
     wait "$watcher" 2>/dev/null || true
-    if [[ "$(cat "$WORK/second-vm.rc" 2>/dev/null)" == 0 ]]; then
-        pass second-vm-attach
-    else
-        sed 's/^/[second-vm] /' "$log_dir/second-vm.run.log" 2>/dev/null | tail -n 30 || true
-        fail second-vm-attach "the second VM on a disk and export created while the first ran fio did not pass (console: $log_dir/second-vm.console.log)"
-    fi
+    second_guest_verdict second-vm second-vm-attach \
+        "the second VM on a disk and export created while the first ran fio did not pass"
     mgmt export list || true
     stop_management_target
 }
@@ -615,9 +637,36 @@ run_memory_hotplug() {
         qmp "$q" '{"execute":"device_del","arguments":{"id":"dimm1"}}' | grep -a '"error"' && exit 1
         info "$name: device_del dimm1 sent"
     ) &
-    GUEST_EXTRA_ARGS="--qmp $q --maxmem 1G --mem 512M" run_guest_with "$SOCK" "$name" $!
+    TEST_ARGS="--qmp $q --maxmem 1G --mem 512M" run_guest_with "$SOCK" "$name" $!
     tr -d '\r' < "$console" 2>/dev/null | grep -a "memory-hotplug: " | sed 's/^/[guest] /' || true
     tail -n +"$((lines_before + 1))" "$log_dir/target.log" | grep -E "memory region (added|removed)" | sed 's/^/[target] /' || true
+}
+
+# scsi-pr-two-initiators: two VMs at once on two SCSI exports of one shared disk (two I_T nexuses of one logical
+# unit) run jobs/scsi-pr-two-initiators.sh as initiator A (this verdict) and B (verdict scsi-pr-second-initiator):
+# reservation, conflicts, PREEMPT and CLEAR with their unit attentions, and a COMPARE AND WRITE race between them.
+run_scsi_pr_two_initiators() {
+    local name=scsi-pr-two-initiators second=scsi-pr-second-initiator sock_a="$WORK/pr-a.sock" sock_b="$WORK/pr-b.sock"
+    if ! start_management_target; then fail "$name" "the management target did not come up"; fail "$second"; return; fi
+    if ! mgmt disk create --name shared --backend ram:256M --shared \
+        || ! mgmt export create-scsi --name pr-a --socket "$sock_a" --lun 0:0=shared --queues "$queues" \
+        || ! mgmt export create-scsi --name pr-b --socket "$sock_b" --lun 0:0=shared --queues "$queues"; then
+        fail "$name" "creating the shared disk and its two exports over RPC failed"
+        fail "$second"
+        stop_management_target
+        return
+    fi
+    rm -f "$WORK/$second.rc"
+    run_second_guest "$second" "$sock_b" "$name" --kind scsi --queues "$queues" --env E2E_PR_ROLE=b &
+    local guest_b=$!
+    TEST_SOCK=$sock_a TEST_ARGS="--env E2E_PR_ROLE=a" run_test "$name"
+    wait "$guest_b" 2>/dev/null || true
+    local c
+    for c in "$log_dir/$name.console.log" "$log_dir/$second.console.log"; do
+        tr -d '\r' < "$c" 2>/dev/null | grep -aE '^scsi-pr-[ab]: (FAIL|all checks|the counter|[0-9]+ COMPARE)' | sed 's/^/[guest] /' || true
+    done
+    second_guest_verdict "$second" "$second" "initiator B (the second VM on the shared disk) did not pass"
+    stop_management_target
 }
 
 # --- target-restart: its own target on a file, restarted under a running guest -------------
@@ -709,6 +758,7 @@ if start_target; then
             migration) run_migration ;;
             memory-hotplug) run_memory_hotplug ;;
             scsi-hotplug) run_scsi_hotplug ;;
+            scsi-pr-two-initiators) run_scsi_pr_two_initiators ;;
             target-restart) run_target_restart ;;
             *) run_test "$t" ;;
         esac

@@ -5,8 +5,8 @@
 # Usage:
 #   run-guest.sh --socket SOCK --job JOBFILE [--queues N] [--kind blk|scsi]
 #                [--timeout SECS] [--mem SIZE] [--smp N] [--log FILE]
-#                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--reconnect]
-#                [--qmp SOCK] [--incoming URI] [--maxmem SIZE] [--verbose]
+#                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--reconnect] [--packed]
+#                [--env NAME=VALUE]... [--qmp SOCK] [--incoming URI] [--maxmem SIZE] [--verbose]
 #
 #   --socket     vhost-user unix socket served by the target (must already exist)
 #   --job        guest-side shell script (busybox sh), becomes /job.sh in the guest
@@ -27,6 +27,10 @@
 #                (counts its "E2E: guest up" lines; default: not checked)
 #   --reconnect  add reconnect=1 to the vhost-user chardev: QEMU waits for a target that went away
 #                and reconnects (with its inflight area) when one listens again
+#   --env NAME=VALUE  export NAME=VALUE to the job (repeatable; VALUE of letters, digits and _.:/-), e.g. the
+#                role of a job that two guests run at once
+#   --packed     add packed=on to the -device: the guest driver uses packed virtqueues
+#                (VIRTIO_F_RING_PACKED) if the target offers them
 #   --qmp SOCK   QMP monitor on a unix socket (server, nowait), for tests that drive QEMU (migration)
 #   --maxmem SIZE   room for memory hot-plug: -m MEM,slots=2,maxmem=SIZE and a memoryless NUMA node 1
 #   --incoming URI  start as a live-migration destination (-incoming URI): the guest arrives from
@@ -52,7 +56,7 @@ log() { echo "run-guest: $*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 
 socket="" job="" queues=1 kind=blk timeout_s=240 mem=1G smp=2 logfile="" guest_dir="" verbose=0
-allow_reboot=0 expect_boots="" reconnect=0 qmp="" incoming="" maxmem=""
+allow_reboot=0 expect_boots="" reconnect=0 packed=0 job_env=() qmp="" incoming="" maxmem=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --socket) socket=$2; shift 2 ;;
@@ -69,9 +73,11 @@ while [[ $# -gt 0 ]]; do
         --qmp) qmp=$2; shift 2 ;;
         --incoming) incoming=$2; shift 2 ;;
         --maxmem) maxmem=$2; shift 2 ;;
+        --packed) packed=1; shift ;;
         --expect-boots) expect_boots=$2; shift 2 ;;
+        --env) job_env+=("$2"); shift 2 ;;
         --verbose) verbose=1; shift ;;
-        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
 done
@@ -79,12 +85,14 @@ done
 [[ -n "$job" && -f "$job" ]] || die "--job must name an existing file (got '$job')"
 [[ -S "$socket" ]] || die "socket $socket does not exist (is the target running?)"
 [[ "$queues" =~ ^[1-9][0-9]*$ ]] || die "--queues must be a positive integer"
+for e in "${job_env[@]}"; do [[ "$e" =~ ^[A-Za-z_][A-Za-z0-9_]*=[A-Za-z0-9_.:/-]*$ ]] || die "--env wants NAME=VALUE (got '$e')"; done
 [[ -z "$expect_boots" || "$expect_boots" =~ ^[1-9][0-9]*$ ]] || die "--expect-boots must be a positive integer"
 case "$kind" in
     blk) device="vhost-user-blk-pci,chardev=c0,num-queues=$queues" ;;
     scsi) device="vhost-user-scsi-pci,chardev=c0,num_queues=$queues" ;;
     *) die "--kind must be blk or scsi" ;;
 esac
+[[ $packed -eq 0 ]] || device+=",packed=on"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found; run tests/e2e/install-deps.sh"
 
 if [[ -z "$guest_dir" ]]; then
@@ -116,14 +124,16 @@ mkdir -p "$(dirname "$logfile")"
 # base. The kernel unpacks concatenated archives in order, so no rebuild is needed.
 mkdir -p "$TMP/job"
 cp "$job" "$TMP/job/job.sh"
+cp "$HERE/job-lib.sh" "$TMP/job/job-lib.sh"
 chmod 755 "$TMP/job/job.sh"
 {
     echo "E2E_KIND=$kind"
     echo "E2E_QUEUES=$queues"
     echo "E2E_JOB_NAME=$(basename "$job" .sh)"
     echo "export E2E_RUN_ID=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+    for e in "${job_env[@]}"; do echo "export $e"; done
 } > "$TMP/job/job.env"
-(cd "$TMP/job" && printf '%s\n' job.sh job.env | cpio -o -H newc -R 0:0 --quiet) > "$TMP/job.cpio"
+(cd "$TMP/job" && printf '%s\n' job.sh job-lib.sh job.env | cpio -o -H newc -R 0:0 --quiet) > "$TMP/job.cpio"
 cat "$guest_dir/initramfs-base.cpio" "$TMP/job.cpio" > "$TMP/initrd"
 
 # Why these flags (see /work/shared/TESTING-WITH-QEMU.md):

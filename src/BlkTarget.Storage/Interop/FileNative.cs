@@ -49,6 +49,9 @@ internal static unsafe partial class FileNative
     [LibraryImport("libc", SetLastError = true)]
     public static partial int ftruncate(int fd, long length);
 
+    [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int chown(string path, int owner, int group);
+
     [LibraryImport("libc", SetLastError = true)]
     public static partial int ioctl(int fd, ulong request, void* arg);
 

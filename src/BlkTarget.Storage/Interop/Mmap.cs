@@ -18,7 +18,7 @@ public sealed unsafe partial class MappedMemory : SafeHandle
     private const int PROT_READ = 1;
     private const int PROT_WRITE = 2;
     private const int MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
-    private const int MADV_DONTNEED = 4, MADV_REMOVE = 9, MADV_HUGEPAGE = 14;
+    private const int MADV_DONTNEED = 4, MADV_REMOVE = 9, MADV_HUGEPAGE = 14, MADV_POPULATE_WRITE = 23;
     private static readonly nint MapFailed = -1;
 
     [LibraryImport("libc", SetLastError = true)]
@@ -199,6 +199,17 @@ public sealed unsafe partial class MappedMemory : SafeHandle
         }
         catch (IOException) { }
         return 0;
+    }
+
+    /// <summary>
+    /// Faults in bytes [offset, offset+length) for writing without changing their contents (MADV_POPULATE_WRITE,
+    /// Linux 5.14+): the page allocation (and zeroing) a first write would cost happens now. False when the kernel
+    /// refused (too old, or out of memory). Must lie within <see cref="Accessible"/>.
+    /// </summary>
+    public bool PopulateWrite(ulong offset, ulong length)
+    {
+        if (offset > Accessible || length > Accessible - offset) throw new ArgumentOutOfRangeException(nameof(length));
+        return length == 0 || madvise((nint)(Pointer + offset), (nuint)length, MADV_POPULATE_WRITE) == 0;
     }
 
     /// <summary>

@@ -25,6 +25,7 @@ public sealed class RamDisk : IBlockDevice
     public const ulong MaxGrowthReservation = 4UL << 40;
 
     private readonly MappedMemory _memory;
+    private readonly RamDiskWarmer? _warmer;
     private readonly object _resizeGate = new();
     private volatile BlockDeviceInfo _info;
 
@@ -40,7 +41,14 @@ public sealed class RamDisk : IBlockDevice
             ? MappedMemory.MapHugetlb(sizeBytes, "blktarget-ram")
             : MappedMemory.MapAnonymous(sizeBytes, transparentHugePages: pages == RamDiskPages.Transparent, GrowthLimit(sizeBytes));
         _info = new BlockDeviceInfo(sizeBytes, blockSize, readOnly, SupportsDiscard: true, SupportsWriteZeroes: true, HasVolatileCache: false);
+        // Huge pages are expensive to fault in from inside a request; 4 KiB pages are not (and stay thin), and
+        // hugetlb pages were reserved up front.
+        if (pages == RamDiskPages.Transparent && !readOnly) _warmer = new RamDiskWarmer(_memory, sizeBytes, $"{sizeBytes >> 20}M");
     }
+
+    /// <summary>True when the memory is faulted in (transparent huge pages: done in the background after creation;
+    /// other kinds: always).</summary>
+    public bool Warm => _warmer?.Done ?? true;
 
     public BlockDeviceInfo Info => _info;
     public RamDiskPages Pages { get; }
@@ -67,6 +75,7 @@ public sealed class RamDisk : IBlockDevice
                 throw new ArgumentException($"this RAM disk can grow to at most {_memory.Length} bytes (64 times its size at creation, the address space it reserved)");
             _memory.Grow(newSizeBytes);       // the medium first: a request checked against the new size finds it
             _info = info with { SizeBytes = newSizeBytes };
+            _warmer?.Extend(newSizeBytes);
         }
     }
 
@@ -74,5 +83,9 @@ public sealed class RamDisk : IBlockDevice
 
     public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight) => new RamDiskChannel(this, sink);
 
-    public void Dispose() => _memory.Dispose();
+    public void Dispose()
+    {
+        _warmer?.Dispose();     // first: it must not fault in a range that is being unmapped
+        _memory.Dispose();
+    }
 }

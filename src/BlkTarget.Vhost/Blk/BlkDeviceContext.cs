@@ -1,5 +1,6 @@
 using System.Text;
 using BlkTarget.Storage;
+using BlkTarget.Vhost.Stats;
 
 namespace BlkTarget.Vhost.Blk;
 
@@ -17,7 +18,11 @@ public sealed class BlkDeviceContext
         SerialBytes = new byte[VirtioBlk.IdLength];
         serial.AsSpan(0, Math.Min(serial.Length, VirtioBlk.IdLength)).CopyTo(SerialBytes);
         _sectorsPerBlock = backend.Info.BlockSize / VirtioBlk.SectorSize;
+        Counters = QueueCounterSet.Create(options.Queues);
     }
+
+    /// <summary>Request statistics per queue index, kept for the export's lifetime (across frontend sessions).</summary>
+    public IReadOnlyList<QueueCounters> Counters { get; }
 
     private readonly ulong _sectorsPerBlock;
 

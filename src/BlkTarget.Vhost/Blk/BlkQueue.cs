@@ -3,6 +3,7 @@ using BlkTarget.Storage;
 using BlkTarget.Vhost.Device;
 using BlkTarget.Vhost.Protocol;
 using BlkTarget.Vhost.Queues;
+using BlkTarget.Vhost.Stats;
 using Microsoft.Extensions.Logging;
 
 namespace BlkTarget.Vhost.Blk;
@@ -20,11 +21,16 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         public uint UsedLength;
         public int Pending;
         public byte Result;
+        // Statistics: what the request was, the data it moves, why it failed.
+        public IoOp Op;
+        public IoErrorKind Error;
+        public ulong Bytes;
     }
 
     private readonly BlkDeviceContext _device;
     private readonly IBlockChannel _channel;
     private readonly Slot[] _slots;
+    private readonly QueueCounters _counters;
     /// <summary>FLUSH was not negotiated: the driver never flushes (Linux then assumes write-through), so every
     /// write must be durable when it completes.</summary>
     private readonly bool _noFlush;
@@ -34,6 +40,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         _device = device;
         _noFlush = (start.AckedFeatures & VirtioFeatures.Bit(VirtioBlk.FeatureFlush)) == 0;
         _slots = new Slot[Ring.Size];
+        _counters = device.Counters[start.Index];
         _channel = device.Backend.OpenChannel(start.Io, this, (int)Ring.Size * (int)Math.Max(1, device.Options.MaxRangeSegments));
     }
 
@@ -45,9 +52,15 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
             return;
         }
         ref Slot slot = ref _slots[head];
-        slot = new Slot { Status = chain.LastWritableByte, UsedLength = 1, Pending = 1, Result = VirtioBlk.StatusOk };
+        slot = new Slot { Status = chain.LastWritableByte, UsedLength = 1, Pending = 1, Result = VirtioBlk.StatusOk, Op = IoOp.Other };
+        _counters.Begin();
         byte status = chain.Overflowed ? VirtioBlk.StatusIoErr : Dispatch(head, ref slot, chain.Segments, chain);
-        if (status != VirtioBlk.StatusOk) slot.Result = status;
+        if (status != VirtioBlk.StatusOk)
+        {
+            slot.Result = status;
+            if (slot.Error == IoErrorKind.None)
+                slot.Error = status == VirtioBlk.StatusUnsupported ? IoErrorKind.Unsupported : IoErrorKind.Invalid;
+        }
         // Drops the reference Process itself held; the request finishes once the backend's are gone too.
         CompleteSlot(head, ref slot);
     }
@@ -75,14 +88,17 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
                 // the backend only the data (an empty iovec at an odd address made O_DIRECT backends bounce).
                 int dataCount = count - chain.ReadableCount;
                 if (dataCount > 0 && segments[count - 1].Length == 0) dataCount--;
+                (slot.Op, slot.Bytes) = (IoOp.Read, length);
                 return SubmitData(head, BlockOperation.Read, sector, length, segments + chain.ReadableCount, dataCount);
             }
             case VirtioBlk.TypeOut:
             {
                 ulong length = chain.ReadableBytes - VirtioBlk.HeaderLength;
+                (slot.Op, slot.Bytes) = (IoOp.Write, length);
                 return SubmitData(head, BlockOperation.Write, sector, length, segments + header.Index, chain.ReadableCount - header.Index);
             }
             case VirtioBlk.TypeFlush:
+                slot.Op = IoOp.Flush;
                 return Submit(head, new BlockRequest { Operation = BlockOperation.Flush, Tag = head });
             case VirtioBlk.TypeGetId:
             {
@@ -103,7 +119,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
 
     private byte SubmitData(ushort head, BlockOperation operation, ulong sector, ulong length, IoVec* data, int dataCount)
     {
-        if (!_device.TryByteRange(sector, length, out ulong offset)) return VirtioBlk.StatusIoErr;
+        if (!_device.TryByteRange(sector, length, out ulong offset)) return OutOfRange(head);
         var flags = operation == BlockOperation.Write && WriteThrough ? BlockRequestFlags.Fua : BlockRequestFlags.None;
         return Submit(head, new BlockRequest
         {
@@ -121,6 +137,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
     private byte SubmitRanges(ushort head, ref Slot slot, uint type, ref SegmentCursor cursor, ulong payloadBytes)
     {
         bool discard = type == VirtioBlk.TypeDiscard;
+        slot.Op = discard ? IoOp.Discard : IoOp.WriteZeroes;
         if (payloadBytes == 0 || payloadBytes % VirtioBlk.RangeSegmentLength != 0) return VirtioBlk.StatusIoErr;
         ulong count = payloadBytes / VirtioBlk.RangeSegmentLength;
         if (count > _device.Options.MaxRangeSegments) return VirtioBlk.StatusIoErr;
@@ -135,7 +152,8 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
             // Discard must not carry UNMAP; write-zeroes knows only UNMAP (virtio 1.2 5.2.6.2).
             if (discard ? flags != 0 : (flags & ~VirtioBlk.RangeFlagUnmap) != 0) return VirtioBlk.StatusUnsupported;
             if (sectors > _device.Options.MaxRangeSectors) return VirtioBlk.StatusIoErr;
-            if (!_device.TryByteRange(sector, (ulong)sectors << VirtioBlk.SectorShift, out ulong offset)) return VirtioBlk.StatusIoErr;
+            if (!_device.TryByteRange(sector, (ulong)sectors << VirtioBlk.SectorShift, out ulong offset)) return OutOfRange(head);
+            slot.Bytes += (ulong)sectors << VirtioBlk.SectorShift;
             ranges[i] = new BlockRequest
             {
                 Operation = discard ? BlockOperation.Discard : BlockOperation.WriteZeroes,
@@ -147,10 +165,20 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
                 Tag = head,
             };
         }
-        if (_device.Info.ReadOnly) return VirtioBlk.StatusIoErr;
+        if (_device.Info.ReadOnly)
+        {
+            slot.Error = IoErrorKind.ReadOnly;
+            return VirtioBlk.StatusIoErr;
+        }
         slot.Pending += (int)count;
         for (int i = 0; i < (int)count; i++) _channel.Submit(ranges[i]);
         return VirtioBlk.StatusOk;
+    }
+
+    private byte OutOfRange(ushort head)
+    {
+        _slots[head].Error = IoErrorKind.OutOfRange;
+        return VirtioBlk.StatusIoErr;
     }
 
     private byte Submit(ushort head, in BlockRequest request)
@@ -173,7 +201,10 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
             throw new InvalidOperationException($"backend completed tag {tag}, which is not in flight");
         ref Slot slot = ref _slots[(int)tag];
         if (status != BlockStatus.Ok && slot.Result == VirtioBlk.StatusOk)
+        {
             slot.Result = status == BlockStatus.Unsupported ? VirtioBlk.StatusUnsupported : VirtioBlk.StatusIoErr;
+            slot.Error = IoErrorKinds.From(status);
+        }
         CompleteSlot((ushort)tag, ref slot);
     }
 
@@ -182,7 +213,8 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         if (--slot.Pending > 0) return;
         // The status byte's address was validated when the chain was walked; the guest cannot move it.
         *slot.Status = slot.Result;
-        CompleteRequest(head, slot.Result == VirtioBlk.StatusOk ? slot.UsedLength : 1);
+        bool ok = slot.Result == VirtioBlk.StatusOk;
+        CompleteRequest(head, ok ? slot.UsedLength : 1, _counters, slot.Op, slot.Bytes, ok ? IoErrorKind.None : slot.Error);
     }
 
     protected override void CancelBackend() => _channel.Cancel();

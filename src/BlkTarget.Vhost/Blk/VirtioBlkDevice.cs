@@ -28,6 +28,7 @@ public sealed class VirtioBlkDevice : IVhostUserDevice
         ulong f = VirtioFeatures.Bit(VirtioFeatures.Version1)
             | VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc)
             | VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)
+            | VirtioFeatures.Bit(VirtioFeatures.RingPacked)
             | VirtioFeatures.Bit(VirtioBlk.FeatureSizeMax)
             | VirtioFeatures.Bit(VirtioBlk.FeatureSegMax)
             | VirtioFeatures.Bit(VirtioBlk.FeatureBlkSize)

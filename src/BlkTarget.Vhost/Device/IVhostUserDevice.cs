@@ -41,8 +41,11 @@ public interface IRunningQueue : IReactorQueue
     /// </summary>
     void AbandonInFlight();
 
-    /// <summary>The next avail index to process: what GET_VRING_BASE reports.</summary>
+    /// <summary>The next avail index to process (see <see cref="IVirtqueue.LastAvailIdx"/>).</summary>
     ushort LastAvailIdx { get; }
+
+    /// <summary>What GET_VRING_BASE reports (see <see cref="IVirtqueue.VringBase"/>).</summary>
+    uint VringBase { get; }
 
     /// <summary>Requests taken from the ring and not completed yet. Written by the reactor; other threads read a
     /// recent value (for status reports).</summary>

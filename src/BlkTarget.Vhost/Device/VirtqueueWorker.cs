@@ -1,7 +1,9 @@
+using System.Diagnostics;
 using BlkTarget.Storage;
 using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Memory;
 using BlkTarget.Vhost.Queues;
+using BlkTarget.Vhost.Stats;
 using Microsoft.Extensions.Logging;
 
 namespace BlkTarget.Vhost.Device;
@@ -37,6 +39,8 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     /// <summary>VHOST_F_LOG_ALL: where guest writes are marked, or null (then <see cref="_written"/> is null too).</summary>
     private DirtyLog? _dirtyLog;
     private readonly WrittenBuffers? _written;
+    /// <summary>Per slot: the Stopwatch timestamp of the poll that took the request (latency statistics).</summary>
+    private readonly long[] _takenAt;
     private readonly int _kickFd;
     private readonly string _deviceName;
     private int _callFd;
@@ -58,6 +62,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         _kickFd = start.KickFd;
         _callFd = start.CallFd;
         _busy = new bool[Ring.Size];
+        _takenAt = new long[Ring.Size];
         // Every chain the walker accepts fits its slot: a direct chain holds at most queue-size descriptors, an
         // indirect table at most 1024 (virtio 1.2 2.7.5.3.1 allows queue-size; QEMU accepts 1024 whatever the queue
         // size), whatever seg_max says (Windows' drivers ignore it). The memory is an anonymous mapping, so only the
@@ -82,6 +87,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     protected ILogger Log { get; }
     public int KickFd => _kickFd;
     public ushort LastAvailIdx => Ring.LastAvailIdx;
+    public uint VringBase => Ring.VringBase;
     public string? BrokenReason { get; private set; }
     /// <summary>Requests taken from the ring and not completed yet.</summary>
     public int InFlight => Volatile.Read(ref _inFlight);
@@ -117,6 +123,15 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         _busy[head] = false;
         _inFlight--;
         _usedPending = true;
+    }
+
+    /// <summary><see cref="CompleteRequest(ushort, uint)"/>, counting the request in <paramref name="counters"/>
+    /// (which <see cref="QueueCounters.Begin"/> was called on for it): its latency runs from the poll that took it.
+    /// <paramref name="bytes"/> count only when <paramref name="error"/> is <see cref="IoErrorKind.None"/>.</summary>
+    protected void CompleteRequest(ushort head, uint usedLength, QueueCounters counters, IoOp op, ulong bytes, IoErrorKind error)
+    {
+        counters.Complete(op, bytes, error, Stopwatch.GetTimestamp() - _takenAt[head]);
+        CompleteRequest(head, usedLength);
     }
 
     /// <summary>Drops a request that cannot be completed (e.g. no status byte) and stops the queue.</summary>
@@ -164,6 +179,8 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         int work = PollDeferred();
         if (!_stopping && BrokenReason is null)
         {
+            // One timestamp per poll that finds work: every request taken in it has waited at least since then.
+            long now = 0;
             for (int i = 0; i < PopBudget && BrokenReason is null; i++)
             {
                 // The chain is walked into scratch space first: the head (and so the slot) is known only after the pop.
@@ -172,7 +189,12 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
                 if (status == PopStatus.Empty) break;
                 work++;
                 if (status == PopStatus.Corrupt) Break(error!);
-                else Start(head, ref chain);
+                else
+                {
+                    if (now == 0) now = Stopwatch.GetTimestamp();
+                    _takenAt[head] = now;
+                    Start(head, ref chain);
+                }
             }
         }
         PublishAndNotify();

@@ -28,7 +28,7 @@ public readonly record struct BlkRange(ulong Sector, uint Sectors, uint Flags = 
 }
 
 /// <summary>
-/// virtio-blk requests over one <see cref="VirtqueueDriver"/>: each request is a 16-byte header, the caller's
+/// virtio-blk requests over one <see cref="QueueDriver"/>: each request is a 16-byte header, the caller's
 /// data buffers and a 1-byte status. Headers and status bytes live in per-request slots preallocated in the
 /// arena (one per ring entry), so submitting and completing allocate nothing. The data buffers belong to the
 /// caller and must stay untouched until the request completes.
@@ -48,7 +48,7 @@ public sealed unsafe class BlkRequestQueue
     private readonly ulong[] _userTokens;
     private int _freeCount;
 
-    public BlkRequestQueue(VirtqueueDriver queue, GuestMemoryArena arena)
+    public BlkRequestQueue(QueueDriver queue, GuestMemoryArena arena)
     {
         Queue = queue;
         _slots = arena.Allocate((uint)(queue.Size * SlotBytes), 64);
@@ -57,7 +57,7 @@ public sealed unsafe class BlkRequestQueue
         ResetSlots();
     }
 
-    public VirtqueueDriver Queue { get; }
+    public QueueDriver Queue { get; }
 
     /// <summary>Where the request headers and status bytes live: slot n holds its header at n * 32 and its status byte
     /// at n * 32 + 16 (the device writes only those).</summary>
@@ -66,7 +66,7 @@ public sealed unsafe class BlkRequestQueue
     /// <summary>Requests submitted and not yet completed.</summary>
     public int InFlight => Queue.Size - _freeCount;
 
-    /// <summary>Forgets all requests; pair with <see cref="VirtqueueDriver.Reset"/>.</summary>
+    /// <summary>Forgets all requests; pair with <see cref="QueueDriver.Reset"/>.</summary>
     public void ResetSlots()
     {
         for (int i = 0; i < _freeSlots.Length; i++) _freeSlots[i] = _freeSlots.Length - 1 - i;

@@ -12,7 +12,7 @@ public sealed record ScsiCompletion(byte Response, byte Status, byte[] Sense, ui
 }
 
 /// <summary>
-/// virtio-scsi commands over one request <see cref="VirtqueueDriver"/> (queue 2 and up), for tests and tools:
+/// virtio-scsi commands over one request <see cref="QueueDriver"/> (queue 2 and up), for tests and tools:
 /// a virtio_scsi_cmd_req (default 32-byte CDB) and a virtio_scsi_cmd_resp (default 96-byte sense) per request
 /// slot, preallocated in the arena, plus the caller's data-out and data-in buffers.
 /// </summary>
@@ -23,13 +23,13 @@ public sealed unsafe class ScsiCommandQueue
     private const int SlotBytes = 192;
     private readonly GuestBuffer _slots;
 
-    public ScsiCommandQueue(VirtqueueDriver queue, GuestMemoryArena arena)
+    public ScsiCommandQueue(QueueDriver queue, GuestMemoryArena arena)
     {
         Queue = queue;
         _slots = arena.Allocate((uint)(queue.Size * SlotBytes), 64);
     }
 
-    public VirtqueueDriver Queue { get; }
+    public QueueDriver Queue { get; }
 
     /// <summary>The 8-byte virtio-scsi LUN field for a target and LUN (flat addressing above 255).</summary>
     public static byte[] Address(byte target, ushort lun)
@@ -84,7 +84,7 @@ public sealed unsafe class ScsiCommandQueue
 
     /// <summary>Sends one control-queue request (TMF or AN) on <paramref name="control"/> (queue 0) and returns
     /// the response bytes (1 for TMF, 5 for AN).</summary>
-    public static byte[] Control(VirtqueueDriver control, GuestMemoryArena arena, ReadOnlySpan<byte> request, int responseLength, TimeSpan? timeout = null)
+    public static byte[] Control(QueueDriver control, GuestMemoryArena arena, ReadOnlySpan<byte> request, int responseLength, TimeSpan? timeout = null)
     {
         var req = arena.Allocate((uint)request.Length, 64);
         request.CopyTo(req.Span);

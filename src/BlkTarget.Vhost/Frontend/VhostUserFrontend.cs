@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Net.Sockets;
 using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Protocol;
+using BlkTarget.Vhost.Queues;
 
 namespace BlkTarget.Vhost.Frontend;
 
@@ -16,7 +17,7 @@ public sealed class VhostUserFrontendException(string message, VhostUserRequest 
 /// <summary>
 /// The QEMU side of one vhost-user connection to a vhost-user-blk backend (ours, qemu-storage-daemon, SPDK):
 /// connects, negotiates in QEMU 7.2's order, reads the virtio-blk config, and starts and stops queues driven
-/// by <see cref="VirtqueueDriver"/>s in a <see cref="GuestMemoryArena"/>.
+/// by <see cref="QueueDriver"/>s (split or packed) in a <see cref="GuestMemoryArena"/>.
 /// <para>
 /// Control-path only and single-threaded: call it from one thread at a time. Set messages carry NEED_REPLY
 /// when REPLY_ACK was negotiated, and a failure ack throws <see cref="VhostUserFrontendException"/>. Raw
@@ -156,9 +157,9 @@ public sealed class VhostUserFrontend : IDisposable
     /// QEMU 7.2 at DRIVER_OK: with INFLIGHT_SHMFD, GET_INFLIGHT_FD (first start only: <see cref="Inflight"/> is kept)
     /// and SET_INFLIGHT_FD; then SET_FEATURES, the memory table, then per queue SET_VRING_NUM, _BASE, _ADDR, _KICK,
     /// _CALL, and finally SET_VRING_ENABLE(1) for every queue (when protocol features are in use and
-    /// <paramref name="enable"/> is set). Each queue starts from its <see cref="VirtqueueDriver.NextBase"/>.
+    /// <paramref name="enable"/> is set). Each queue starts from its <see cref="QueueDriver.NextBase"/>.
     /// </summary>
-    public void Start(GuestMemoryArena arena, IReadOnlyList<VirtqueueDriver> queues, bool enable = true)
+    public void Start(GuestMemoryArena arena, IReadOnlyList<QueueDriver> queues, bool enable = true)
     {
         if ((AckedProtocolFeatures & ProtocolFeatures.InflightShmfd) != 0 && queues.Count > 0)
         {
@@ -167,7 +168,14 @@ public sealed class VhostUserFrontend : IDisposable
             Inflight ??= GetInflightFd(numQueues, queueSize);
             if (Inflight is not null) SetInflightFd(Inflight);
         }
-        ulong features = FeaturesToAck;
+        ulong features = FeaturesToAck & ~VirtioFeatures.Bit(VirtioFeatures.RingPacked);
+        if (queues.Count > 0 && queues[0].Packed)
+        {
+            if ((OfferedFeatures & VirtioFeatures.Bit(VirtioFeatures.RingPacked)) == 0)
+                throw new VhostUserFrontendException("packed queues, but the backend does not offer VIRTIO_F_RING_PACKED", VhostUserRequest.SetFeatures);
+            features |= VirtioFeatures.Bit(VirtioFeatures.RingPacked);
+        }
+        if (queues.Any(q => q.Packed != queues[0].Packed)) throw new ArgumentException("all queues of a device use one ring layout", nameof(queues));
         SetFeatures(features);
         bool eventIdx = (features & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0;
         foreach (var q in queues) q.EventIdx = eventIdx;
@@ -185,7 +193,7 @@ public sealed class VhostUserFrontend : IDisposable
 
     /// <summary>SET_VRING_ENABLE for each queue; does nothing when SET_FEATURES did not ack bit 30 (then rings run
     /// as soon as they are started, and QEMU does not send it either).</summary>
-    public void EnableQueues(IReadOnlyList<VirtqueueDriver> queues, bool enable)
+    public void EnableQueues(IReadOnlyList<QueueDriver> queues, bool enable)
     {
         if ((AckedFeatures & VirtioFeatures.Bit(VirtioFeatures.VhostUserProtocolFeatures)) == 0) return;
         foreach (var q in queues) SetVringEnable(q.Index, enable);
@@ -193,12 +201,12 @@ public sealed class VhostUserFrontend : IDisposable
 
     /// <summary>
     /// QEMU 7.2 at stop: SET_VRING_ENABLE(0) then GET_VRING_BASE per queue. The backend answers once the queue is
-    /// drained. Each queue's <see cref="VirtqueueDriver.NextBase"/> takes the answer; the answers are returned.
+    /// drained. Each queue's <see cref="QueueDriver.NextBase"/> takes the answer; the answers are returned.
     /// </summary>
-    public ushort[] Stop(IReadOnlyList<VirtqueueDriver> queues)
+    public uint[] Stop(IReadOnlyList<QueueDriver> queues)
     {
         EnableQueues(queues, false);
-        var bases = new ushort[queues.Count];
+        var bases = new uint[queues.Count];
         for (int i = 0; i < queues.Count; i++)
         {
             bases[i] = GetVringBase(queues[i].Index);
@@ -284,7 +292,8 @@ public sealed class VhostUserFrontend : IDisposable
 
     public void SetVringNum(int index, uint num) => SendSetState(VhostUserRequest.SetVringNum, index, num);
 
-    public void SetVringBase(int index, ushort lastAvailIdx) => SendSetState(VhostUserRequest.SetVringBase, index, lastAvailIdx);
+    /// <summary>SET_VRING_BASE: split rings the avail index, packed rings <see cref="PackedRingLayout.EncodeBase"/>.</summary>
+    public void SetVringBase(int index, uint vringBase) => SendSetState(VhostUserRequest.SetVringBase, index, vringBase);
 
     public void SetVringAddr(VringAddress address)
     {
@@ -302,8 +311,9 @@ public sealed class VhostUserFrontend : IDisposable
 
     public void SetVringEnable(int index, bool enable) => SendSetState(VhostUserRequest.SetVringEnable, index, enable ? 1u : 0u);
 
-    /// <summary>Stops the queue and returns the backend's last_avail_idx.</summary>
-    public ushort GetVringBase(int index)
+    /// <summary>Stops the queue and returns the backend's base: split rings last_avail_idx, packed rings both positions
+    /// with their wrap counters (<see cref="PackedRingLayout.EncodeBase"/>).</summary>
+    public uint GetVringBase(int index)
     {
         Span<byte> payload = stackalloc byte[VringState.Length];
         new VringState((uint)index, 0).Write(payload);
@@ -312,7 +322,7 @@ public sealed class VhostUserFrontend : IDisposable
         if (reply.Payload.Length < VringState.Length) throw new VhostUserFrontendException($"GET_VRING_BASE reply of {reply.Payload.Length} bytes", VhostUserRequest.GetVringBase);
         var state = VringState.Read(reply.Payload);
         if (state.Index != (uint)index) throw new VhostUserFrontendException($"GET_VRING_BASE for queue {index} answered for queue {state.Index}", VhostUserRequest.GetVringBase);
-        return (ushort)state.Num;
+        return state.Num;
     }
 
     /// <summary>GET_INFLIGHT_FD for <paramref name="numQueues"/> queues of <paramref name="queueSize"/>: the area the
@@ -363,17 +373,24 @@ public sealed class VhostUserFrontend : IDisposable
     /// <summary>
     /// What QEMU 7.2 does when a migration starts (vhost_migration_log): SET_LOG_BASE, SET_FEATURES with
     /// VHOST_F_LOG_ALL added, then SET_VRING_ADDR per queue with VHOST_VRING_F_LOG and log_guest_addr = the used
-    /// ring's guest-physical address. <see cref="StopLogging"/> undoes it.
+    /// ring's guest-physical address (a packed ring's device event area). <see cref="StopLogging"/> undoes it.
     /// </summary>
-    public void StartLogging(DirtyLogArea log, IReadOnlyList<VirtqueueDriver> queues)
+    public void StartLogging(DirtyLogArea log, IReadOnlyList<QueueDriver> queues)
     {
         SetLogBase(log);
         SetFeatures(AckedFeatures | VirtioFeatures.Bit(VirtioFeatures.LogAll));
-        foreach (var q in queues) SetVringAddr(q.Address with { Flags = VringAddress.LogFlag, LogGuestAddr = q.UsedRing.Gpa });
+        foreach (var q in queues) SetVringAddr(q.Address with { Flags = VringAddress.LogFlag, LogGuestAddr = LogGuestAddr(q) });
     }
 
+    private static ulong LogGuestAddr(QueueDriver queue) => queue switch
+    {
+        VirtqueueDriver split => split.UsedRing.Gpa,
+        PackedVirtqueueDriver packed => packed.DeviceEventArea.Gpa,
+        _ => throw new ArgumentException($"no used area known for {queue.GetType().Name}", nameof(queue)),
+    };
+
     /// <summary>SET_FEATURES without VHOST_F_LOG_ALL, then SET_VRING_ADDR without VHOST_VRING_F_LOG per queue.</summary>
-    public void StopLogging(IReadOnlyList<VirtqueueDriver> queues)
+    public void StopLogging(IReadOnlyList<QueueDriver> queues)
     {
         SetFeatures(AckedFeatures & ~VirtioFeatures.Bit(VirtioFeatures.LogAll));
         foreach (var q in queues) SetVringAddr(q.Address);

@@ -18,7 +18,7 @@ public sealed class VirtqueueDeviceException(string message) : Exception(message
 /// what lies in shared memory for its own bookkeeping: the free list and chain lengths live in private arrays.
 /// </para>
 /// </summary>
-public sealed unsafe class VirtqueueDriver : IDisposable
+public sealed unsafe class VirtqueueDriver : QueueDriver
 {
     private readonly GuestBuffer _descArea;
     private readonly GuestBuffer _availArea;
@@ -40,9 +40,6 @@ public sealed unsafe class VirtqueueDriver : IDisposable
     private readonly ushort[] _chainTail;
     private readonly ulong[] _tokens;
     private readonly bool[] _busy;
-    private readonly OwnedFd _kick;
-    private readonly OwnedFd _call;
-    private readonly OwnedFd _epoll;
     private ushort _freeHead;
     private int _numFree;
     private int _inFlight;
@@ -57,13 +54,8 @@ public sealed unsafe class VirtqueueDriver : IDisposable
     /// <param name="maxIndirectDescriptors">Entries of the indirect table preallocated per head; 0 disables
     /// indirect chains.</param>
     public VirtqueueDriver(GuestMemoryArena arena, int index, int size, int maxIndirectDescriptors = 0)
+        : base(index, size, maxIndirectDescriptors)
     {
-        if (!SplitRingLayout.IsValidSize((uint)size)) throw new ArgumentException($"queue size {size} is not a power of two up to {SplitRingLayout.MaxQueueSize}", nameof(size));
-        if (index is < 0 or > 255) throw new ArgumentOutOfRangeException(nameof(index));
-        if (maxIndirectDescriptors is < 0 or > DescriptorChainWalker.MaxIndirectEntries) throw new ArgumentOutOfRangeException(nameof(maxIndirectDescriptors));
-        Index = index;
-        Size = size;
-        MaxIndirectDescriptors = maxIndirectDescriptors;
         _mask = (ushort)(size - 1);
 
         _descArea = arena.Allocate((uint)SplitRingLayout.DescriptorTableBytes((uint)size), 4096);
@@ -89,34 +81,16 @@ public sealed unsafe class VirtqueueDriver : IDisposable
         _chainTail = new ushort[size];
         _tokens = new ulong[size];
         _busy = new bool[size];
-
-        _kick = EventFd.Create();
-        _call = EventFd.Create();
-        _epoll = Epoll.Create();
-        Epoll.Add(_epoll, _call.Fd, 0);
         Reset();
     }
 
-    public int Index { get; }
-    public int Size { get; }
-    public int MaxIndirectDescriptors { get; }
-
-    /// <summary>Whether VIRTIO_F_RING_EVENT_IDX was negotiated; the frontend sets it when it starts the queue.</summary>
-    public bool EventIdx { get; set; }
-
-    /// <summary>The avail index to send with SET_VRING_BASE at the next start: 0 after <see cref="Reset"/>, the
-    /// device's GET_VRING_BASE answer after a stop.</summary>
-    public ushort NextBase { get; set; }
+    public override bool Packed => false;
 
     public GuestBuffer DescriptorTable => _descArea;
     public GuestBuffer AvailRing => _availArea;
     public GuestBuffer UsedRing => _usedArea;
-    public int KickFd => _kick.Fd;
-    public int CallFd => _call.Fd;
-
-    public int FreeDescriptors => _numFree;
-    /// <summary>Chains added and not yet reaped from the used ring.</summary>
-    public int InFlight => _inFlight;
+    public override int FreeDescriptors => _numFree;
+    public override int InFlight => _inFlight;
     /// <summary>The driver's avail index (including entries not yet published).</summary>
     public ushort AvailIdx => _availShadow;
     /// <summary>The next used index the driver will read.</summary>
@@ -125,11 +99,11 @@ public sealed unsafe class VirtqueueDriver : IDisposable
     public ushort DeviceUsedIdx => Volatile.Read(ref *_usedIdx);
 
     /// <summary>SET_VRING_ADDR payload: the three rings' frontend-virtual addresses.</summary>
-    public VringAddress Address => new((uint)Index, 0, _descArea.UserAddr, _usedArea.UserAddr, _availArea.UserAddr, 0);
+    public override VringAddress Address => new((uint)Index, 0, _descArea.UserAddr, _usedArea.UserAddr, _availArea.UserAddr, 0);
 
     /// <summary>Zeroes the rings and forgets every chain: the state of a freshly initialised queue (guest driver
     /// probe after a reset). Only while the device is not running the queue.</summary>
-    public void Reset()
+    public override void Reset()
     {
         _descArea.Span.Clear();
         _availArea.Span.Clear();
@@ -149,8 +123,10 @@ public sealed unsafe class VirtqueueDriver : IDisposable
         _lastUsed = 0;
         _interruptsEnabled = true;
         NextBase = 0;
-        EventFd.Drain(_call.Fd);
+        DrainCalls();
     }
+
+    public override void RestoreBaseAfterBackendLoss() => NextBase = DeviceUsedIdx;
 
     /// <summary>
     /// Adds a chain of <paramref name="buffers"/> (device-readable ones must come first) and puts its head in the
@@ -158,9 +134,7 @@ public sealed unsafe class VirtqueueDriver : IDisposable
     /// <paramref name="indirect"/> the buffers go into the head's indirect table and the chain costs one
     /// descriptor. False when not enough descriptors are free.
     /// </summary>
-    public bool TryAdd(ReadOnlySpan<VirtqBuffer> buffers, ulong token, bool indirect = false) => TryAdd(buffers, token, indirect, out _);
-
-    public bool TryAdd(ReadOnlySpan<VirtqBuffer> buffers, ulong token, bool indirect, out ushort head)
+    public override bool TryAdd(ReadOnlySpan<VirtqBuffer> buffers, ulong token, bool indirect, out ushort head)
     {
         if (buffers.IsEmpty) throw new ArgumentException("a chain needs at least one buffer", nameof(buffers));
         head = 0;
@@ -284,14 +258,14 @@ public sealed unsafe class VirtqueueDriver : IDisposable
 
     /// <summary>Makes every added chain visible to the device: release store of avail->idx after the ring
     /// entries and descriptors.</summary>
-    public void PublishAvail() => Volatile.Write(ref *_availIdx, _availShadow);
+    public override void PublishAvail() => Volatile.Write(ref *_availIdx, _availShadow);
 
     /// <summary>
     /// Publishes the added chains and kicks the device if it wants to be told (virtio 1.2 2.7.10: without
     /// EVENT_IDX unless used->flags has NO_NOTIFY; with it when avail_event lies in the newly published range).
     /// Returns whether it kicked.
     /// </summary>
-    public bool KickIfNeeded()
+    public override bool KickIfNeeded()
     {
         PublishAvail();
         // The device's flag / avail_event must be read after avail->idx is visible (pairs with its fence).
@@ -303,26 +277,18 @@ public sealed unsafe class VirtqueueDriver : IDisposable
         bool kick = EventIdx
             ? (ushort)(newIdx - Volatile.Read(ref *_availEvent) - 1) < (ushort)(newIdx - oldIdx)
             : (Volatile.Read(ref *_usedFlags) & SplitRingLayout.UsedFlagNoNotify) == 0;
-        if (kick) EventFd.Signal(_kick.Fd);
+        if (kick) SignalKick();
         return kick;
     }
 
-    /// <summary>Publishes and kicks unconditionally.</summary>
-    public void Kick()
-    {
-        PublishAvail();
-        _lastKickAvail = _availShadow;
-        EventFd.Signal(_kick.Fd);
-    }
+    protected override void OnKicked() => _lastKickAvail = _availShadow;
 
     /// <summary>Whether the device published used elements the driver has not reaped (acquire read).</summary>
-    public bool HasUsed => Volatile.Read(ref *_usedIdx) != _lastUsed;
+    public override bool HasUsed => Volatile.Read(ref *_usedIdx) != _lastUsed;
 
     /// <summary>Reaps one used element: the token given when the chain was added and the length the device
     /// reports writing. The chain's descriptors return to the free list.</summary>
-    public bool TryGetUsed(out ulong token, out uint length) => TryGetUsed(out token, out length, out _);
-
-    public bool TryGetUsed(out ulong token, out uint length, out ushort head)
+    public override bool TryGetUsed(out ulong token, out uint length, out ushort head)
     {
         ushort usedIdx = Volatile.Read(ref *_usedIdx);
         if (usedIdx == _lastUsed)
@@ -352,7 +318,7 @@ public sealed unsafe class VirtqueueDriver : IDisposable
     }
 
     /// <summary>Asks the device not to signal the call eventfd (for polling drivers).</summary>
-    public void DisableInterrupts()
+    public override void DisableInterrupts()
     {
         _interruptsEnabled = false;
         if (!EventIdx) Volatile.Write(ref *_availFlags, SplitRingLayout.AvailFlagNoInterrupt);
@@ -361,44 +327,12 @@ public sealed unsafe class VirtqueueDriver : IDisposable
 
     /// <summary>Asks the device to signal again. Returns true when used elements are already waiting (checked
     /// after a full fence), so the caller must not sleep.</summary>
-    public bool EnableInterrupts()
+    public override bool EnableInterrupts()
     {
         _interruptsEnabled = true;
         if (EventIdx) Volatile.Write(ref *_usedEvent, _lastUsed);
         else Volatile.Write(ref *_availFlags, (ushort)0);
         Interlocked.MemoryBarrier();
         return HasUsed;
-    }
-
-    /// <summary>
-    /// Waits until the device has published a used element, sleeping on the call eventfd (interrupts are
-    /// enabled for the wait). False on timeout. A negative timeout waits forever.
-    /// </summary>
-    public bool WaitForUsed(int timeoutMs)
-    {
-        if (HasUsed) return true;
-        long deadline = timeoutMs < 0 ? long.MaxValue : Environment.TickCount64 + timeoutMs;
-        Span<Epoll.Event> events = stackalloc Epoll.Event[1];
-        while (true)
-        {
-            if (EnableInterrupts()) return true;
-            long now = Environment.TickCount64;
-            if (now >= deadline) return false;
-            int wait = timeoutMs < 0 ? -1 : (int)Math.Min(deadline - now, int.MaxValue);
-            if (Epoll.Wait(_epoll, events, wait) > 0) EventFd.Drain(_call.Fd);
-            if (HasUsed) return true;
-        }
-    }
-
-    public bool WaitForUsed(TimeSpan timeout) => WaitForUsed((int)Math.Min(timeout.TotalMilliseconds, int.MaxValue));
-
-    /// <summary>Reads and resets the call eventfd; returns how many signals arrived since the last read.</summary>
-    public ulong DrainCalls() => EventFd.Drain(_call.Fd);
-
-    public void Dispose()
-    {
-        _epoll.Dispose();
-        _kick.Dispose();
-        _call.Dispose();
     }
 }

@@ -64,6 +64,20 @@ public sealed unsafe class GuestMemory
         return false;
     }
 
+    /// <summary>The guest-physical address of frontend virtual address <paramref name="uva"/> (SET_VRING_ADDR's ring
+    /// addresses); false when no region holds it.</summary>
+    public bool TryUserToGuest(ulong uva, out ulong gpa)
+    {
+        foreach (var region in _regions)
+            if (GuestRegion.Contains(region.UserAddr, region.Size, uva, 1))
+            {
+                gpa = region.GuestPhysAddr + (uva - region.UserAddr);
+                return true;
+            }
+        gpa = 0;
+        return false;
+    }
+
     /// <summary>Translates a whole guest-physical range that must lie in a single region (rings, headers).</summary>
     public byte* TranslateGuestRange(ulong gpa, ulong length)
     {

@@ -155,8 +155,9 @@ public sealed class VhostUserSession : IDisposable
         // QEMU switches logging on and off with SET_FEATURES while the rings run (and waits for the answer): restart them
         // so that every request in flight from now on is recorded for the log, or none is.
         if (LogAllAcked != wasLogging) RestartRunningQueues();
-        _log.LogInformation("{Device}: negotiated features 0x{Features:x} (event_idx={EventIdx}, indirect={Indirect})", _device.Name, features,
-            (features & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0, (features & VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc)) != 0);
+        _log.LogInformation("{Device}: negotiated features 0x{Features:x} (event_idx={EventIdx}, indirect={Indirect}, packed={Packed})", _device.Name, features,
+            (features & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0, (features & VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc)) != 0,
+            (features & VirtioFeatures.Bit(VirtioFeatures.RingPacked)) != 0);
         return true;
     }
 
@@ -310,8 +311,8 @@ public sealed class VhostUserSession : IDisposable
         RequireLength(message, VringState.Length);
         var state = VringState.Read(message.Payload);
         var vring = Vring(state.Index, message.Header.Request);
-        if (vring is null || vring.Running is not null || state.Num > ushort.MaxValue) return false;
-        vring.Base = (ushort)state.Num;
+        if (vring is null || vring.Running is not null || (!PackedNegotiated && state.Num > ushort.MaxValue)) return false;
+        vring.Base = state.Num;
         return true;
     }
 
@@ -429,20 +430,35 @@ public sealed class VhostUserSession : IDisposable
         return StartQueue(index);
     }
 
+    /// <summary>VIRTIO_F_RING_PACKED was acked: every queue is a packed ring.</summary>
+    private bool PackedNegotiated => (_ackedFeatures & VirtioFeatures.Bit(VirtioFeatures.RingPacked)) != 0;
+
+    /// <summary>The ring the negotiated features ask for, at the addresses and base the frontend set, under inflight
+    /// tracking when an area is set; null (logged) when it cannot run.</summary>
+    private IVirtqueue? CreateRing(int index, VringSetup vring)
+    {
+        var address = vring.Address!.Value;
+        bool eventIdx = (_ackedFeatures & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0;
+        IVirtqueue? ring = PackedNegotiated
+            ? PackedRing.Create(_memory, address.DescUserAddr, address.AvailUserAddr, address.UsedUserAddr, vring.Num, vring.Base, eventIdx)
+            : SplitRing.Create(_memory, address.DescUserAddr, address.AvailUserAddr, address.UsedUserAddr, vring.Num, (ushort)vring.Base, eventIdx);
+        if (ring is null)
+        {
+            _log.LogError("{Device}: queue {Index}: ring addresses lie outside guest memory or are misaligned, or base 0x{Base:x} does not fit",
+                _device.Name, index, vring.Base);
+            return null;
+        }
+        if (_inflight is not null && !TrackInflight(index, ring)) return null;
+        return ring;
+    }
+
     private bool StartQueue(int index)
     {
         var vring = _vrings[index];
-        var address = vring.Address!.Value;
-        bool eventIdx = (_ackedFeatures & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0;
-        var ring = SplitRing.Create(_memory, address.DescUserAddr, address.AvailUserAddr, address.UsedUserAddr, vring.Num, vring.Base, eventIdx);
-        if (ring is null)
-        {
-            _log.LogError("{Device}: queue {Index}: ring addresses lie outside guest memory or are misaligned", _device.Name, index);
-            return false;
-        }
-        if (_inflight is not null && !TrackInflight(index, ring)) return false;
+        var ring = CreateRing(index, vring);
+        if (ring is null) return false;
         var reactor = _reactors.ForQueue(_deviceOffset, index);
-        if ((address.Flags & VringAddress.LogFlag) != 0) ring.LogUsedRing(_dirtyLog, address.LogGuestAddr);
+        LogRingWrites(ring, vring, _dirtyLog);
         var start = new QueueStartInfo(index, ring, _memory, _ackedFeatures, vring.KickFd, vring.CallFd, reactor.Io, LogAllAcked ? _dirtyLog : null);
         IRunningQueue? queue = null;
         // Created and attached on the reactor thread: the queue's backend channel belongs to that thread's I/O engine.
@@ -498,7 +514,7 @@ public sealed class VhostUserSession : IDisposable
                 queue.Dispose();
             });
         }
-        vring.Base = queue.LastAvailIdx;
+        vring.Base = queue.VringBase;
         _log.LogDebug("{Device}: queue {Index} stopped at avail index {Base}", _device.Name, index, vring.Base);
         if (queue.BrokenReason is { } reason && !abandoned) _log.LogWarning("{Device}: queue {Index} had stopped processing: {Reason}", _device.Name, index, reason);
         vring.Running = null;
@@ -628,19 +644,31 @@ public sealed class VhostUserSession : IDisposable
 
     /// <summary>Puts a ring about to start under inflight tracking: repairs its region and queues what was in
     /// flight when the previous backend stopped. False (logged) when the region is unusable: the queue stays stopped.</summary>
-    private bool TrackInflight(int index, SplitRing ring)
+    private bool TrackInflight(int index, IVirtqueue ring)
     {
-        var tracker = _inflight!.SplitQueue(index, ring.Size, out string? error);
-        error ??= ring.TrackInflight(tracker!);
+        string? error;
+        int recovered = 0;
+        if (ring is PackedRing packed)
+        {
+            var tracker = _inflight!.PackedQueue(index, ring.Size, out error);
+            error ??= packed.TrackInflight(tracker!);
+            recovered = tracker?.RecoveredInflight ?? 0;
+        }
+        else
+        {
+            var tracker = _inflight!.SplitQueue(index, ring.Size, out error);
+            error ??= ((SplitRing)ring).TrackInflight(tracker!);
+            recovered = tracker?.RecoveredInflight ?? 0;
+        }
         if (error is not null)
         {
             _log.LogError("{Device}: queue {Index}: inflight area refused, queue not started: {Error}", _device.Name, index, error);
             return false;
         }
         var vring = _vrings[index];
-        if (tracker!.RecoveredInflight > 0 || ring.LastAvailIdx != vring.Base)
-            _log.LogInformation("{Device}: queue {Index}: resubmitting {Count} in-flight request(s); avail index {Avail} (frontend said {Base})",
-                _device.Name, index, tracker.RecoveredInflight, ring.LastAvailIdx, vring.Base);
+        if (recovered > 0 || ring.VringBase != vring.Base)
+            _log.LogInformation("{Device}: queue {Index}: resubmitting {Count} in-flight request(s); vring base 0x{Avail:x} (frontend said 0x{Base:x})",
+                _device.Name, index, recovered, ring.VringBase, vring.Base);
         return true;
     }
 
@@ -689,12 +717,10 @@ public sealed class VhostUserSession : IDisposable
         {
             var vring = _vrings[i];
             if (vring.Running is not { } queue || vring.Reactor is not { } reactor || vring.Ring is not { } ring) continue;
-            bool usedLogged = vring.Address is { } address && (address.Flags & VringAddress.LogFlag) != 0;
             bool dataLogged = LogAllAcked && old is not null;
-            ulong logGuestAddr = vring.Address?.LogGuestAddr ?? 0;
             reactor.Invoke(() =>
             {
-                if (usedLogged) ring.LogUsedRing(log, logGuestAddr);
+                LogRingWrites(ring, vring, log);
                 if (dataLogged) queue.ReplaceDirtyLog(log);
             });
         }
@@ -704,6 +730,20 @@ public sealed class VhostUserSession : IDisposable
         if (!_keepMappings) old?.Dispose();
         _log.LogInformation("{Device}: dirty log of {Bytes} bytes mapped (guest memory up to 0x{Covered:x})", _device.Name, description.MmapSize, log.CoveredBytes);
         return true;
+    }
+
+    /// <summary>
+    /// With VHOST_VRING_F_LOG on the ring's address, has <paramref name="ring"/> mark its own writes in
+    /// <paramref name="log"/>: a split ring's used ring at log_guest_addr, a packed ring's used descriptors (in the
+    /// descriptor ring, located through the memory map) and its device event area at log_guest_addr. On the thread that
+    /// owns the ring.
+    /// </summary>
+    private void LogRingWrites(IVirtqueue ring, VringSetup vring, DirtyLog? log)
+    {
+        if (vring.Address is not { } address || (address.Flags & VringAddress.LogFlag) == 0) return;
+        if (ring is SplitRing split) split.LogUsedRing(log, address.LogGuestAddr);
+        else if (ring is PackedRing packed && _memory.TryUserToGuest(address.DescUserAddr, out ulong descGuestAddr))
+            packed.LogRingWrites(log, descGuestAddr, address.LogGuestAddr);
     }
 
     /// <summary>SET_LOG_FD: an eventfd for telling the frontend the log changed; kept, never needed with a shared log.</summary>

@@ -11,7 +11,9 @@ namespace BlkTarget.Vhost.Protocol;
 internal sealed class VringSetup : IDisposable
 {
     public uint Num = 0;
-    public ushort Base;
+    /// <summary>SET_VRING_BASE's value: split rings the avail index (16 bits), packed rings both positions with their
+    /// wrap counters (<see cref="PackedRingLayout.EncodeBase"/>).</summary>
+    public uint Base;
     public VringAddress? Address;
     public OwnedFd? Kick;
     public OwnedFd? Call;
@@ -22,8 +24,8 @@ internal sealed class VringSetup : IDisposable
     public bool Enabled;
     public IRunningQueue? Running;
     public Reactor.Reactor? Reactor;
-    /// <summary>The running queue's ring (for switching its used-ring log on the reactor).</summary>
-    public SplitRing? Ring;
+    /// <summary>The running queue's ring (for switching the log of its own writes on the reactor).</summary>
+    public IVirtqueue? Ring;
 
     public int KickFd => Kick?.Fd ?? -1;
     public int CallFd => Call?.Fd ?? -1;

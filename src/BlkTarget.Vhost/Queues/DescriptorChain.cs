@@ -20,6 +20,13 @@ public enum ChainError
     MisplacedIndirect,
     /// <summary>A device-readable buffer after a device-writable one (virtio 1.2 2.7.4.2).</summary>
     ReadableAfterWritable,
+    /// <summary>Packed ring: the buffer ID is not below the queue size.</summary>
+    IdOutOfRange,
+    /// <summary>Packed ring: the buffer ID names a chain still in flight.</summary>
+    IdInFlight,
+    /// <summary>Packed ring: a descriptor after NEXT is not available in the expected wrap (an unfinished chain), or
+    /// the chain would put more descriptors in flight than the ring holds.</summary>
+    NotAvailable,
 }
 
 /// <summary>
@@ -48,6 +55,19 @@ public unsafe struct ChainBuffers
     }
 
     public readonly int WritableCount => Count - ReadableCount;
+
+    /// <summary>Forgets the previous chain; the segment storage stays.</summary>
+    public void Clear()
+    {
+        Count = 0;
+        ReadableCount = 0;
+        Overflowed = false;
+        ReadableBytes = 0;
+        WritableBytes = 0;
+        LastWritableByte = null;
+        DescriptorCount = 0;
+        SeenWritable = false;
+    }
 }
 
 /// <summary>
@@ -62,14 +82,7 @@ public static unsafe class DescriptorChainWalker
 
     public static ChainError Walk(GuestMemory memory, VirtqDescriptor* table, uint tableSize, ushort head, ref ChainBuffers buffers)
     {
-        buffers.Count = 0;
-        buffers.ReadableCount = 0;
-        buffers.Overflowed = false;
-        buffers.ReadableBytes = 0;
-        buffers.WritableBytes = 0;
-        buffers.LastWritableByte = null;
-        buffers.DescriptorCount = 0;
-        buffers.SeenWritable = false;
+        buffers.Clear();
         if (head >= tableSize) return ChainError.HeadOutOfRange;
 
         VirtqDescriptor first = table[head];
@@ -95,17 +108,24 @@ public static unsafe class DescriptorChainWalker
             if ((d.Flags & VirtqDescriptor.FlagIndirect) != 0)
                 return insideIndirect ? ChainError.NestedIndirect : ChainError.MisplacedIndirect;
 
-            bool writable = (d.Flags & VirtqDescriptor.FlagWrite) != 0;
-            if (!writable && buffers.SeenWritable) return ChainError.ReadableAfterWritable;
-            buffers.SeenWritable |= writable;
-            var error = AddBuffer(memory, d.Addr, d.Len, writable, ref buffers);
+            var error = AddDescriptor(memory, d.Addr, d.Len, (d.Flags & VirtqDescriptor.FlagWrite) != 0, ref buffers);
             if (error != ChainError.None) return error;
-            buffers.DescriptorCount++;
 
             if ((d.Flags & VirtqDescriptor.FlagNext) == 0) return ChainError.None;
             if (d.Next >= tableSize) return ChainError.NextOutOfRange;
             index = d.Next;
         }
+    }
+
+    /// <summary>Adds one descriptor's buffer to <paramref name="buffers"/>, refusing a device-readable buffer after a
+    /// writable one (virtio 1.2 2.7.4.2, 2.8.4.2); shared by the split and packed walkers.</summary>
+    internal static ChainError AddDescriptor(GuestMemory memory, ulong addr, uint len, bool writable, ref ChainBuffers buffers)
+    {
+        if (!writable && buffers.SeenWritable) return ChainError.ReadableAfterWritable;
+        buffers.SeenWritable |= writable;
+        var error = AddBuffer(memory, addr, len, writable, ref buffers);
+        if (error == ChainError.None) buffers.DescriptorCount++;
+        return error;
     }
 
     /// <summary>Translates one buffer, splitting it where it crosses from one memory region into the next.</summary>

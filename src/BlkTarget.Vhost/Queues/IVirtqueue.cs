@@ -14,14 +14,19 @@ public enum PopStatus
 /// <summary>
 /// The device side of a virtqueue as device models see it: take a request (a walked descriptor chain), return
 /// it with a length, publish, decide on interrupts, switch guest notifications. The split ring implements it
-/// today; the packed ring and inflight tracking (for backend reconnect) slot in behind the same members.
+/// (<see cref="SplitRing"/>) and the packed ring (<see cref="PackedRing"/>) implement it, each with its inflight tracking.
 /// </summary>
 public interface IVirtqueue
 {
     uint Size { get; }
 
-    /// <summary>The position to resume from after a stop (GET_VRING_BASE).</summary>
+    /// <summary>The next avail position (split: avail ring index; packed: ring index in bits 0-14, avail wrap counter in
+    /// bit 15).</summary>
     ushort LastAvailIdx { get; }
+
+    /// <summary>The position to resume from after a stop, as GET_VRING_BASE reports it: split rings the 16-bit
+    /// last_avail_idx, packed rings <see cref="PackedRingLayout.EncodeBase"/> (avail and used positions).</summary>
+    uint VringBase { get; }
 
     /// <summary>Takes the next available request and walks its chain into <paramref name="chain"/>.
     /// <paramref name="id"/> names the request when it is returned; <paramref name="error"/> says why a chain

@@ -71,6 +71,7 @@ public sealed unsafe class SplitRing : IVirtqueue
     public bool EventIdx { get; }
     /// <summary>Next avail entry we will take: the value GET_VRING_BASE returns.</summary>
     public ushort LastAvailIdx => _lastAvailIdx;
+    public uint VringBase => _lastAvailIdx;
     public ushort UsedIdx => _usedShadow;
 
     /// <summary>

@@ -1,3 +1,5 @@
+using BlkTarget.Vhost.Stats;
+
 namespace BlkTarget.Vhost.Scsi;
 
 /// <summary>
@@ -22,6 +24,7 @@ public sealed class ScsiDeviceContext
         if (definitions.Count > MaxLuns) throw new ArgumentException($"an export has at most {MaxLuns} LUNs");
         Name = name;
         Options = options;
+        UnaddressedCounters = QueueCounterSet.Create(options.RequestQueues);
         var luns = new List<ScsiLun>();
         foreach (var d in definitions.OrderBy(d => d.Target).ThenBy(d => d.Lun))
         {
@@ -39,6 +42,9 @@ public sealed class ScsiDeviceContext
 
     public string Name { get; }
     public ScsiOptions Options { get; }
+    /// <summary>Request statistics per request queue (0-based) of commands that reached no LUN (a missing target or
+    /// LUN, REPORT LUNS to an empty address, a malformed request).</summary>
+    public IReadOnlyList<QueueCounters> UnaddressedCounters { get; }
     /// <summary>The LUNs now (a snapshot).</summary>
     public IReadOnlyList<ScsiLun> Luns => _table.Luns;
     public ScsiConfigSpace Config { get; }

@@ -46,6 +46,7 @@ public sealed unsafe class ScsiEventQueue : IRunningQueue
     public int Index => _start.Index;
     public int KickFd => _start.KickFd;
     public ushort LastAvailIdx => _ring.LastAvailIdx;
+    public uint VringBase => _ring.VringBase;
     public string? BrokenReason => _broken;
     public bool Faulted => false;
     public int BackendInFlight => 0;

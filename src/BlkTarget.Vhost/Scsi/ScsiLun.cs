@@ -3,6 +3,7 @@ using System.Text;
 using BlkTarget.Storage;
 using BlkTarget.Vhost.Scsi.Atomicity;
 using BlkTarget.Vhost.Scsi.Reservations;
+using BlkTarget.Vhost.Stats;
 
 namespace BlkTarget.Vhost.Scsi;
 
@@ -80,7 +81,11 @@ public sealed class ScsiLun
         UnmapReadsZeros = Provisioning && info.SupportsWriteZeroes && info.ZeroesCanUnmap;
         NaaIdentifier = MakeNaa($"{deviceName}/{serial}/{target}/{lun}");
         _inFlight = new long[Math.Max(1, requestQueues) * CounterStride];
+        Counters = QueueCounterSet.Create(requestQueues);
     }
+
+    /// <summary>Request statistics per request queue (0-based), for this LUN's lifetime.</summary>
+    public IReadOnlyList<QueueCounters> Counters { get; }
 
     /// <summary>Position in the device's LUN list (indexes per-queue channels).</summary>
     public int Index { get; }

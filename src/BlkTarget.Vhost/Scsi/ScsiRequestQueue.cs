@@ -6,6 +6,7 @@ using BlkTarget.Vhost.Blk;
 using BlkTarget.Vhost.Device;
 using BlkTarget.Vhost.Queues;
 using BlkTarget.Vhost.Scsi.Atomicity;
+using BlkTarget.Vhost.Stats;
 using Microsoft.Extensions.Logging;
 
 namespace BlkTarget.Vhost.Scsi;
@@ -65,6 +66,11 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         public int DataOutCount;
         public IoVec* DataIn;
         public int DataInCount;
+        // Statistics: the LUN's (or the device's unaddressed) counters, what the command did, the data it moved.
+        public QueueCounters? Counters;
+        public IoOp Op;
+        public IoErrorKind Error;
+        public ulong Bytes;
     }
 
     /// <summary>Iovecs of one WRITE SAME piece, each pointing at the slot's pattern page.</summary>
@@ -165,6 +171,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
             SenseSize = senseSize,
             Lun = -1,
             Response = VirtioScsi.Ok,
+            Op = IoOp.Other,
         };
         ref IoVec last = ref segments[j - 1];
         slot.RespLastBase = last.Base;
@@ -232,10 +239,14 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         var lun = address.Lun == ushort.MaxValue ? null : target.Find(address.Lun);
         if (lun is null)
         {
+            slot.Counters = _device.UnaddressedCounters[_queue];
+            slot.Counters.Begin();
             target.ExecuteForMissingLun(ref task);
         }
         else
         {
+            slot.Counters = lun.Counters[_queue];
+            slot.Counters.Begin();
             slot.Lun = lun.Index;
             lun.AddInFlight(_queue, 1);
             task.Channel = _owners[lun.Index] == lun ? _channels[lun.Index]! : ChannelFor(lun);
@@ -349,6 +360,8 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         ref Slot slot = ref _slots[tag];
         slot.Pending++;
         slot.Operation = request.Operation;
+        slot.Op = IoOps.From(request.Operation);
+        slot.Bytes += request.Length;
         channel.Submit(request);
     }
 
@@ -377,6 +390,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         slot.PatternRemaining = length;
         slot.PatternFlags = flags;
         slot.Operation = BlockOperation.Write;
+        slot.Op = IoOp.Write;
         Pump(tag, ref slot);
     }
 
@@ -409,6 +423,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
             };
             slot.PatternOffset += piece;
             slot.PatternRemaining -= piece;
+            slot.Bytes += piece;
             slot.Pending++;
             slot.Pumping = true;
             slot.PieceDone = false;
@@ -442,6 +457,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         {
             slot.Status = ScsiStatus.CheckCondition;
             slot.Sense = SenseFor(status, slot.Operation);
+            slot.Error = IoErrorKinds.From(status);
         }
         if (status != BlockStatus.Ok) slot.PatternRemaining = 0;
         if (slot.Pumping) slot.PieceDone = true;
@@ -480,7 +496,16 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         response[10] = ok ? slot.Status : (byte)0;
         response[11] = slot.Response;
         WriteResponse(ref slot, response[..slot.RespBytes]);
-        CompleteRequest(head, (uint)Math.Min((ulong)slot.RespBytes + written, uint.MaxValue));
+        // Commands that failed before their LUN was known count as the device's unaddressed ones.
+        var counters = slot.Counters;
+        if (counters is null)
+        {
+            counters = _device.UnaddressedCounters[_queue];
+            counters.Begin();
+        }
+        var error = !ok ? IoErrorKind.Invalid : good ? IoErrorKind.None
+            : slot.Error != IoErrorKind.None ? slot.Error : ScsiErrorKinds.For(slot.Sense);
+        CompleteRequest(head, (uint)Math.Min((ulong)slot.RespBytes + written, uint.MaxValue), counters, slot.Op, slot.Bytes, error);
     }
 
     /// <summary>Copies the response into its buffers (validated when the chain was walked).</summary>

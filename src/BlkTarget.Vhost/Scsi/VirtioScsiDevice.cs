@@ -30,6 +30,7 @@ public sealed class VirtioScsiDevice : IVhostUserDevice
     public ulong Features { get; } = VirtioFeatures.Bit(VirtioFeatures.Version1)
         | VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc)
         | VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)
+        | VirtioFeatures.Bit(VirtioFeatures.RingPacked)
         | VirtioFeatures.Bit(VirtioScsi.FeatureHotplug)
         | VirtioFeatures.Bit(VirtioScsi.FeatureChange);
 

@@ -28,6 +28,7 @@ public static class BenchCommand
     private static readonly Option<int> IdlePollUs = new("--idle-poll-us") { Description = "Microseconds a driver thread polls without completions before it sleeps on the call eventfd; -1 polls only", DefaultValueFactory = _ => 100 };
     private static readonly Option<string?> Cpus = new("--cpus") { Description = "CPUs to pin the driver threads to, round-robin (e.g. 0 or 0-1)" };
     private static readonly Option<int> Segments = new("--segments") { Description = "Data segments per request (e.g. 515 small ones, as Windows guests send); default: as few as the device's size_max allows" };
+    private static readonly Option<bool> Packed = new("--packed") { Description = "Drive packed virtqueues (VIRTIO_F_RING_PACKED, virtio 1.2 2.8) instead of split ones" };
     private static readonly Option<bool> HugePages = new("--hugepages") { Description = "Guest memory in 2 MiB hugetlb pages (like QEMU's memory-backend-memfd,hugetlb=on); needs reserved huge pages" };
     private static readonly Option<bool> Prefill = new("--prefill") { Description = "Write the whole range once before a job that reads" };
     private static readonly Option<ulong?> Seed = new("--seed") { Description = "Seed for offsets and verify patterns" };
@@ -36,7 +37,7 @@ public static class BenchCommand
     {
         var command = new Command("bench", "Drive a vhost-user-blk socket with a fio-like job and report IOPS, bandwidth and latency")
         {
-            Socket, Rw, RwMixRead, Bs, IoDepth, Queues, Runtime, Size, Ramp, OffsetRange, Verify, Json, TargetPid, QueueSize, IdlePollUs, Cpus, Seed, Segments, HugePages, Prefill,
+            Socket, Rw, RwMixRead, Bs, IoDepth, Queues, Runtime, Size, Ramp, OffsetRange, Verify, Json, TargetPid, QueueSize, IdlePollUs, Cpus, Seed, Segments, HugePages, Packed, Prefill,
         };
         command.SetAction(Run);
         return command;
@@ -121,6 +122,7 @@ public static class BenchCommand
             QueueSize = parse.GetValue(QueueSize),
             Segments = parse.GetValue(Segments),
             HugePages = parse.GetValue(HugePages),
+            Packed = parse.GetValue(Packed),
             Prefill = parse.GetValue(Prefill),
             IdlePollMicroseconds = parse.GetValue(IdlePollUs),
             Cpus = cpus,

@@ -37,6 +37,8 @@ public sealed record BenchOptions
     /// <summary>The load generator's "guest RAM" in 2 MiB hugetlb pages, as QEMU's
     /// memory-backend-memfd,hugetlb=on gives a real VM (needs reserved pages: /proc/sys/vm/nr_hugepages).</summary>
     public bool HugePages { get; init; }
+    /// <summary>Drive packed virtqueues (VIRTIO_F_RING_PACKED) instead of split ones; the target must offer them.</summary>
+    public bool Packed { get; init; }
     /// <summary>Write the whole range once before a job that reads, so reads hit written data (a RAM disk's
     /// never-written pages are the kernel's zero page, which stays in cache and flatters every read figure).</summary>
     public bool Prefill { get; init; }
@@ -110,6 +112,6 @@ public sealed record BenchOptions
         string amount = SizeBytes is { } s ? $"size={Units.Bytes(s)}" + (Runtime is { } rt ? $" runtime={rt.TotalSeconds:0.###}s" : "")
             : $"runtime={EffectiveRuntime.TotalSeconds:0.###}s ramp={EffectiveRamp.TotalSeconds:0.###}s";
         string mix = Rw == RwMode.RandRw ? $" rwmixread={RwMixRead}" : "";
-        return $"rw={Name(Rw)}{mix} bs={Units.Bytes(BlockSize)} iodepth={IoDepth} queues={Queues}{(Segments > 0 ? $" segments={Segments}" : "")} {amount}{(Verify ? " verify" : "")}{(HugePages ? " hugepages" : "")}{(Prefill ? " prefill" : "")}";
+        return $"rw={Name(Rw)}{mix} bs={Units.Bytes(BlockSize)} iodepth={IoDepth} queues={Queues}{(Segments > 0 ? $" segments={Segments}" : "")} {amount}{(Verify ? " verify" : "")}{(HugePages ? " hugepages" : "")}{(Packed ? " packed" : "")}{(Prefill ? " prefill" : "")}";
     }
 }

@@ -13,7 +13,7 @@ public static class BenchReport
         var sb = new StringBuilder();
         sb.AppendLine($"blktarget bench: {o.Describe()}");
         sb.AppendLine($"  device: {o.Socket}, {Units.Bytes(d.CapacityBytes)}B, block size {d.LogicalBlockSize}, {d.BackendQueues} queue(s) offered, " +
-                      $"ring {d.QueueSize}{(d.Indirect ? " indirect" : "")}{(d.EventIdx ? " event-idx" : "")}, {d.SegmentsPerRequest} segment(s)/request");
+                      $"{(d.Packed ? "packed " : "")}ring {d.QueueSize}{(d.Indirect ? " indirect" : "")}{(d.EventIdx ? " event-idx" : "")}, {d.SegmentsPerRequest} segment(s)/request");
         if (r.Read is { } read && o.Reads) Line(sb, "read ", read);
         if (r.Write is { } write && o.Writes) Line(sb, "write", write);
         if (o.Rw == RwMode.RandRw) Line(sb, "all  ", r.All);
@@ -69,6 +69,7 @@ public static class BenchReport
             w.WriteNumber("queue_size", d.QueueSize);
             w.WriteBoolean("event_idx", d.EventIdx);
             w.WriteBoolean("indirect", d.Indirect);
+            w.WriteBoolean("packed", d.Packed);
             w.WriteNumber("segments_per_request", d.SegmentsPerRequest);
             w.WriteEndObject();
 

@@ -12,7 +12,7 @@ public sealed class BenchSetupException(string message) : Exception(message);
 
 /// <summary>What the device told us during the handshake, as the job uses it.</summary>
 public sealed record DeviceFacts(ulong CapacityBytes, uint LogicalBlockSize, int BackendQueues, bool ReadOnly, bool EventIdx, bool Indirect,
-    int QueueSize, uint MaxSegmentBytes, int SegmentsPerRequest);
+    int QueueSize, uint MaxSegmentBytes, int SegmentsPerRequest, bool Packed = false);
 
 /// <summary>
 /// Runs one job: connects to the socket as a vhost-user frontend (memfd "guest RAM", one virtqueue per queue),
@@ -89,20 +89,23 @@ public static class BenchRunner
             + (ulong)queueSize * (ulong)maxIndirect * 16 + 64 + 32UL * (ulong)queueSize + 64
             + (ulong)options.IoDepth * ((ulong)options.BlockSize + 4096);
         using var arena = new GuestMemoryArena(perQueueBytes * (ulong)options.Queues + (2UL << 20), name: "blktarget-bench", hugePages: options.HugePages);
-        var drivers = new List<VirtqueueDriver>();
+        if (options.Packed && (frontend.OfferedFeatures & VirtioFeatures.Bit(VirtioFeatures.RingPacked)) == 0) throw new BenchSetupException("--packed: the target does not offer VIRTIO_F_RING_PACKED");
+        var drivers = new List<QueueDriver>();
         try
         {
             var workers = new QueueWorker[options.Queues];
             for (int q = 0; q < options.Queues; q++)
             {
-                var driver = new VirtqueueDriver(arena, q, queueSize, maxIndirect);
+                QueueDriver driver = options.Packed
+                    ? new PackedVirtqueueDriver(arena, q, queueSize, maxIndirect)
+                    : new VirtqueueDriver(arena, q, queueSize, maxIndirect);
                 drivers.Add(driver);
                 var blk = new BlkRequestQueue(driver, arena);
                 workers[q] = new QueueWorker(q, blk, arena, options, stop, options.RangeOffset, rangeBlocks, maxSegment, indirect);
             }
             frontend.Start(arena, drivers);
             var device = new DeviceFacts(capacity, lbs, frontend.BackendQueueCount, readOnly,
-                frontend.HasFeature(VirtioFeatures.RingEventIdx), indirect, queueSize, maxSegment, pieces);
+                frontend.HasFeature(VirtioFeatures.RingEventIdx), indirect, queueSize, maxSegment, pieces, options.Packed);
             BenchResult result;
             using (ConnectionWatch.Start(frontend, stop))
                 result = Drive(options, workers, device);

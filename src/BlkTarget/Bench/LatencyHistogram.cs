@@ -1,4 +1,4 @@
-using System.Numerics;
+using BlkTarget.Vhost.Stats;
 
 namespace BlkTarget.Bench;
 
@@ -10,10 +10,7 @@ namespace BlkTarget.Bench;
 /// </summary>
 public sealed class LatencyHistogram
 {
-    private const int SubBucketBits = 5;
-    private const int SubBuckets = 1 << SubBucketBits;          // 32 per power of two
-    private const int LinearLimit = 2 * SubBuckets;             // values below this are exact
-    public const int BucketCount = (64 - SubBucketBits) * SubBuckets + SubBuckets; // covers all of ulong
+    private const int BucketCount = LogLinearBuckets.BucketCount;
 
     private readonly long[] _counts = new long[BucketCount];
 
@@ -27,7 +24,7 @@ public sealed class LatencyHistogram
 
     public void Record(ulong nanoseconds)
     {
-        _counts[BucketOf(nanoseconds)]++;
+        _counts[LogLinearBuckets.BucketOf(nanoseconds)]++;
         Count++;
         Sum += nanoseconds;
         if (nanoseconds < Min) Min = nanoseconds;
@@ -57,40 +54,5 @@ public sealed class LatencyHistogram
 
     /// <summary>The value at quantile <paramref name="q"/> (0..1): the highest value of the bucket holding the
     /// sample of that rank, clamped to the recorded range. 0 when empty.</summary>
-    public ulong Percentile(double q)
-    {
-        if (Count == 0) return 0;
-        long rank = (long)Math.Ceiling(Math.Clamp(q, 0, 1) * Count);
-        if (rank < 1) rank = 1;
-        long seen = 0;
-        for (int i = 0; i < BucketCount; i++)
-        {
-            seen += _counts[i];
-            if (seen >= rank) return Math.Clamp(HighestOf(i), Min, Max);
-        }
-        return Max;
-    }
-
-    internal static int BucketOf(ulong value)
-    {
-        if (value < LinearLimit) return (int)value;
-        int msb = 63 - BitOperations.LeadingZeroCount(value);
-        int shift = msb - SubBucketBits;
-        return (shift + 1) * SubBuckets + (int)(value >> shift) - SubBuckets;
-    }
-
-    internal static ulong LowestOf(int bucket)
-    {
-        if (bucket < LinearLimit) return (ulong)bucket;
-        int shift = bucket / SubBuckets - 1;
-        ulong sub = (ulong)(bucket % SubBuckets + SubBuckets);
-        return sub << shift;
-    }
-
-    internal static ulong HighestOf(int bucket)
-    {
-        if (bucket < LinearLimit) return (ulong)bucket;
-        int shift = bucket / SubBuckets - 1;
-        return LowestOf(bucket) + ((1UL << shift) - 1);
-    }
+    public ulong Percentile(double q) => Count == 0 ? 0 : Math.Clamp(LogLinearBuckets.Percentile(_counts, q), Min, Max);
 }

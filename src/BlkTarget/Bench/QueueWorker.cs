@@ -48,7 +48,7 @@ public sealed class StopSignal
 internal sealed unsafe class QueueWorker
 {
     private readonly BlkRequestQueue _blk;
-    private readonly VirtqueueDriver _vq;
+    private readonly QueueDriver _vq;
     private readonly BenchOptions _options;
     private readonly StopSignal _stopSignal;
     private readonly uint _bs;

@@ -132,6 +132,18 @@ public static class ManagementCommands
         return new Command("lun", "Hot-plug LUNs of a running scsi export") { add, remove };
     }
 
+    /// <summary>`blktarget stats [--json] [--reset] [--disk NAME] [NAME]`: request statistics of every export and disk,
+    /// of export NAME, or of one disk (<see cref="Monitoring.StatsJson"/> for the JSON).</summary>
+    public static Command Stats()
+    {
+        var name = new Argument<string?>("NAME") { Description = "Only this export", Arity = ArgumentArity.ZeroOrOne };
+        var disk = new Option<string?>("--disk") { Description = "Only this disk" };
+        var reset = new Option<bool>("--reset") { Description = "Print the counts so far, then count from zero" };
+        return Client("stats", "Request statistics: ops, bytes, errors, latency percentiles per export and disk", "stats", [name, disk, reset],
+            parse => new JsonObject { ["export"] = parse.GetValue(name), ["disk"] = parse.GetValue(disk), ["reset"] = parse.GetValue(reset) ? true : null },
+            (_, r) => Monitoring.StatsText.Render(r!).TrimEnd('\n'));
+    }
+
     private static (int Target, int Lun) ParseAddress(string text)
     {
         int colon = text.IndexOf(':');

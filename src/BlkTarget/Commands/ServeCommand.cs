@@ -2,6 +2,7 @@ using System.CommandLine;
 using BlkTarget.Configuration;
 using BlkTarget.Hosting;
 using BlkTarget.Management;
+using System.Runtime.InteropServices;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -27,6 +28,9 @@ public static class ServeCommand
     private static readonly Option<int?> DrainTimeoutS = new("--drain-timeout-s") { Description = "Seconds a queue stop waits for in-flight requests before abandoning them (default 30)" };
     private static readonly Option<string?> ConfigOut = new("--config-out") { Description = "Save every disk/export change to this config file (default: the --config file; without either, changes are not saved)" };
     internal static readonly Option<string?> RpcSocket = new("--rpc-socket") { Description = "JSON-RPC management socket (default: " + "/run/blktarget/rpc.sock as root, else $XDG_RUNTIME_DIR/blktarget/rpc.sock)" };
+    private static readonly Option<string?> SocketGroup = new("--socket-group") { Description = "Group of the exports' sockets, so a QEMU running as another user can connect (e.g. kvm)" };
+    private static readonly Option<string?> SocketMode = new("--socket-mode") { Description = "Mode of the exports' sockets, octal (e.g. 0660)" };
+    private static readonly Option<string?> MetricsListen = new("--metrics-listen") { Description = "Serve Prometheus metrics at http://ADDRESS:PORT/metrics (e.g. 127.0.0.1:9101)" };
     private static readonly Option<string> LogLevel = new("--log-level") { Description = "verbose, debug, information, warning, error", DefaultValueFactory = _ => "information" };
 
     /// <summary>Options that describe one device: with --config the file describes the devices, so these are refused
@@ -37,7 +41,8 @@ public static class ServeCommand
     {
         var command = new Command("serve", "Export block devices over vhost-user until SIGINT/SIGTERM")
         {
-            Kind, Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, ConfigOut, RpcSocket, IdlePollUs, DrainTimeoutS, LogLevel,
+            Kind, Socket, Backend, CreateSize, Queues, BlockSize, ReadOnly, Serial, Cpus, Config, ConfigOut, RpcSocket, MetricsListen, IdlePollUs,
+            DrainTimeoutS, SocketGroup, SocketMode, LogLevel,
         };
         command.SetAction(Run);
         return command;
@@ -59,48 +64,65 @@ public static class ServeCommand
             return Program.Fail(e.Message);
         }
 
-        using var serilog = new LoggerConfiguration()
-            .MinimumLevel.Is(level)
-            .WriteTo.Console(outputTemplate: "{Timestamp:HH:mm:ss.fff} [{Level:u3}] {Message:lj}{NewLine}{Exception}",
-                standardErrorFromLevel: LogEventLevel.Warning)
-            .CreateLogger();
+        using var serilog = CreateLogger(level);
         using var loggers = LoggerFactory.Create(b => b.AddSerilog(serilog));
+        string? rpcSocket = parse.GetValue(RpcSocket);
+        var management = new ManagementSettings
+        {
+            RpcSocket = rpcSocket ?? RpcSocketPath.Default(),
+            RpcSocketIsDefault = rpcSocket is null,
+            PersistPath = parse.GetValue(ConfigOut) ?? parse.GetValue(Config),
+            SaveAtStart = parse.GetValue(ConfigOut) is not null,
+            MetricsListen = parse.GetValue(MetricsListen) is { } metrics ? Monitoring.ListenAddress.Parse(metrics) : null,
+        };
 
-        // The host comes first: its console lifetime owns SIGINT/SIGTERM from then on, so a signal that arrives
-        // while the sockets come up still leads to an orderly shutdown.
+        // The target runs as a hosted service: the host's lifetime (the console's, or systemd's under a service
+        // manager) owns SIGINT/SIGTERM before the sockets come up, so a signal during start-up still leads to an
+        // orderly shutdown, and "started" (systemd's READY=1) means every socket listens.
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, Args = [] });
         builder.Logging.ClearProviders();
         builder.Logging.AddSerilog(serilog);
         builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(90));
+        builder.Services.AddSingleton(new TargetService(settings, loggers, management, parse.GetValue(Config)));
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<TargetService>());
+        SystemdIntegration.Add(builder.Services);
         using var host = builder.Build();
-        host.Start();
-
-        var log = loggers.CreateLogger("blktarget");
-        TargetRuntime runtime;
+        var target = host.Services.GetRequiredService<TargetService>();
+        // SIGHUP reloads the config file (the default action would end the process); registered before the start
+        // so that an early SIGHUP cannot kill the target (a reload before the start completes does nothing).
+        using var reload = PosixSignalRegistration.Create(PosixSignal.SIGHUP, context =>
+        {
+            context.Cancel = true;
+            ThreadPool.QueueUserWorkItem(_ => target.Reload());
+        });
         try
         {
-            string? rpcSocket = parse.GetValue(RpcSocket);
-            runtime = TargetRuntime.Start(settings, loggers, new ManagementSettings
-            {
-                RpcSocket = rpcSocket ?? RpcSocketPath.Default(),
-                RpcSocketIsDefault = rpcSocket is null,
-                PersistPath = parse.GetValue(ConfigOut) ?? parse.GetValue(Config),
-                SaveAtStart = parse.GetValue(ConfigOut) is not null,
-            });
+            host.Start();
         }
         catch (ConfigurationException e)
         {
-            host.StopAsync().GetAwaiter().GetResult();
             return Program.Fail(e.Message);
         }
-        using (runtime)
-        {
-            host.WaitForShutdown();
-            log.LogInformation("shutting down: finishing in-flight requests");
-        }
-        log.LogInformation("stopped");
+        host.WaitForShutdown();
+        loggers.CreateLogger("blktarget").LogInformation("stopped");
         return 0;
+    }
+
+    /// <summary>Console logging; under systemd (stdout to the journal) without timestamps and with each line's
+    /// syslog priority as &lt;N&gt;, so journalctl shows the right levels.</summary>
+    private static Serilog.Core.Logger CreateLogger(LogEventLevel level)
+    {
+        // A start that fails is reported as one line by Run, not as the host's error with a stack trace.
+        var config = new LoggerConfiguration().MinimumLevel.Is(level)
+            .Filter.ByExcluding(e => e.MessageTemplate.Text == "Hosting failed to start");
+        if (SystemdIntegration.LogsToJournal)
+            return config.Enrich.With(new SyslogPriorityEnricher())
+                .WriteTo.Console(outputTemplate: "<{SyslogPriority}>{SourceContext}: {Message:lj}{NewLine}{Exception}")
+                .CreateLogger();
+        return config.WriteTo.Console(outputTemplate: "{Timestamp:HH:mm:ss.fff} [{Level:u3}] {Message:lj}{NewLine}{Exception}",
+                standardErrorFromLevel: LogEventLevel.Warning)
+            .CreateLogger();
     }
 
     private static TargetSettings BuildSettings(ParseResult parse)
@@ -174,6 +196,17 @@ public static class ServeCommand
         }
         if (parse.GetValue(IdlePollUs) is int us) settings = settings with { IdlePoll = TimeSpan.FromMicroseconds(us) };
         if (parse.GetValue(DrainTimeoutS) is int seconds) settings = settings with { DrainTimeout = TimeSpan.FromSeconds(seconds) };
+        string? group = parse.GetValue(SocketGroup), modeText = parse.GetValue(SocketMode);
+        if (group is not null || modeText is not null)
+        {
+            UnixFileMode? mode = null;
+            if (modeText is not null)
+            {
+                if (!SocketAccess.TryParseMode(modeText, out var parsed)) throw new ConfigurationException($"--socket-mode: '{modeText}' is not an octal mode such as 0660");
+                mode = parsed;
+            }
+            settings = settings with { SocketAccess = new SocketAccess(group ?? settings.SocketAccess?.Group, mode ?? settings.SocketAccess?.Mode) };
+        }
         return settings;
     }
 }

@@ -80,6 +80,10 @@ public sealed partial class ConfigFile
     public string? Cpus { get; set; }
     public int? IdlePollMicroseconds { get; set; }
     public int? DrainTimeoutSeconds { get; set; }
+    /// <summary>Group of the exports' sockets (a name from /etc/group, or a number).</summary>
+    public string? SocketGroup { get; set; }
+    /// <summary>Mode of the exports' sockets, octal ("0660").</summary>
+    public string? SocketMode { get; set; }
     public List<DeviceEntry>? Devices { get; set; }
     public List<DiskEntry>? Disks { get; set; }
     public List<ExportEntry>? Exports { get; set; }
@@ -205,6 +209,12 @@ public sealed partial class ConfigFile
         var cpus = new List<int>();
         if (Cpus is not null && !CpuListParser.TryParse(Cpus, out cpus, out var cpuError))
             throw new ConfigurationException($"config file {path}: cpus: {cpuError}");
+        UnixFileMode? socketMode = null;
+        if (SocketMode is not null)
+        {
+            if (!SocketAccess.TryParseMode(SocketMode, out var mode)) throw new ConfigurationException($"config file {path}: socketMode: '{SocketMode}' is not an octal mode such as 0660");
+            socketMode = mode;
+        }
         return new TargetSettings
         {
             Devices = devices,
@@ -213,6 +223,7 @@ public sealed partial class ConfigFile
             Cpus = cpus,
             IdlePoll = IdlePollMicroseconds is int us ? TimeSpan.FromMicroseconds(us) : new TargetSettings { Devices = [] }.IdlePoll,
             DrainTimeout = DrainTimeoutSeconds is int s ? TimeSpan.FromSeconds(s) : new TargetSettings { Devices = [] }.DrainTimeout,
+            SocketAccess = SocketGroup is null && socketMode is null ? null : new SocketAccess(SocketGroup, socketMode),
         };
     }
 }

@@ -51,4 +51,22 @@ public sealed record TargetSettings
     public TimeSpan IdlePoll { get; init; } = TimeSpan.FromMicroseconds(200);
     /// <summary>How long stopping a queue waits for its in-flight requests before abandoning them (1 s to 24 h).</summary>
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Who may connect to the exports' vhost-user sockets (a QEMU running as another user): null = as
+    /// created (the process's umask).</summary>
+    public SocketAccess? SocketAccess { get; init; }
+}
+
+/// <summary>Group and mode given to every export's socket after it is bound (config <c>socketGroup</c>,
+/// <c>socketMode</c>; CLI <c>--socket-group</c>, <c>--socket-mode</c>). The management socket stays 0600.</summary>
+public sealed record SocketAccess(string? Group, UnixFileMode? Mode)
+{
+    /// <summary>Parses an octal mode such as "0660" or "660" (permission bits only).</summary>
+    public static bool TryParseMode(string text, out UnixFileMode mode)
+    {
+        mode = 0;
+        string digits = text.StartsWith('0') && text.Length > 1 ? text[1..] : text;
+        if (digits.Length is 0 or > 3 || digits.Any(c => c is < '0' or > '7')) return false;
+        mode = (UnixFileMode)Convert.ToInt32(digits, 8);
+        return true;
+    }
 }

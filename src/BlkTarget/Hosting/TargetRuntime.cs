@@ -1,5 +1,6 @@
 using BlkTarget.Configuration;
 using BlkTarget.Management;
+using BlkTarget.Monitoring;
 using BlkTarget.Vhost.Protocol;
 using BlkTarget.Vhost.Reactor;
 using Microsoft.Extensions.Logging;
@@ -19,6 +20,8 @@ public sealed record ManagementSettings
     /// <summary>Write <see cref="PersistPath"/> once at start too (--config-out: the file describes the target from
     /// the start, not only after the first change).</summary>
     public bool SaveAtStart { get; init; }
+    /// <summary>Where to serve Prometheus metrics (--metrics-listen); null: nowhere.</summary>
+    public System.Net.IPEndPoint? MetricsListen { get; init; }
 }
 
 /// <summary>
@@ -30,6 +33,7 @@ public sealed class TargetRuntime : IDisposable
     private readonly ReactorPool _reactors;
     private readonly TargetModel _model;
     private JsonRpcServer? _rpc;
+    private MetricsServer? _metrics;
 
     private TargetRuntime(ReactorPool reactors, TargetModel model, ManagementService management)
     {
@@ -43,6 +47,8 @@ public sealed class TargetRuntime : IDisposable
     public ReactorPool Reactors => _reactors;
     /// <summary>The RPC socket being served, or null.</summary>
     public string? RpcSocket => _rpc?.SocketPath;
+    /// <summary>The metrics endpoint's base address (GET {address}metrics), or null.</summary>
+    public Uri? MetricsAddress => _metrics?.Address;
 
     public static TargetRuntime Start(TargetSettings settings, ILoggerFactory loggers, ManagementSettings? management = null)
     {
@@ -52,13 +58,17 @@ public sealed class TargetRuntime : IDisposable
         int maxQueues = plan.Exports.Select(e => e.Queues).DefaultIfEmpty(1).Max();
         var reactors = new ReactorPool(settings.Cpus, DefaultReactorCount(maxQueues, Environment.ProcessorCount), settings.IdlePoll,
             loggers.CreateLogger("reactor"));
-        var model = new TargetModel(reactors, new VhostUserSessionOptions { DrainTimeout = settings.DrainTimeout }, loggers);
+        var model = new TargetModel(reactors, new VhostUserSessionOptions { DrainTimeout = settings.DrainTimeout }, loggers)
+        {
+            SocketAccess = settings.SocketAccess,
+        };
         var runtime = new TargetRuntime(reactors, model, new ManagementService(model, new ConfigStore(settings), management.PersistPath));
         try
         {
             foreach (var disk in plan.Disks) model.CreateDisk(disk);
             foreach (var export in plan.Exports) model.CreateExport(export);
             if (management.SaveAtStart) runtime.Management.SaveConfig(null);
+            if (management.MetricsListen is { } metrics) runtime._metrics = MetricsServer.Start(metrics, model, loggers.CreateLogger("metrics"));
             if (management.RpcSocket is { } rpcSocket)
             {
                 try
@@ -104,6 +114,7 @@ public sealed class TargetRuntime : IDisposable
     public void Dispose()
     {
         _rpc?.Dispose();
+        _metrics?.Dispose();
         _model.StopExports();
         _reactors.Dispose();
         _model.Dispose();

@@ -36,6 +36,8 @@ public sealed class ConfigStore(TargetSettings settings)
             Cpus = settings.Cpus.Count > 0 ? string.Join(",", settings.Cpus) : null,
             IdlePollMicroseconds = (int)settings.IdlePoll.TotalMicroseconds,
             DrainTimeoutSeconds = (int)settings.DrainTimeout.TotalSeconds,
+            SocketGroup = settings.SocketAccess?.Group,
+            SocketMode = settings.SocketAccess?.Mode is { } mode ? "0" + Convert.ToString((int)mode, 8) : null,
             Disks = model.Disks.Where(d => d.Spec.Name != withoutDisk).Select(d => new ConfigFile.DiskEntry
             {
                 Name = d.Spec.Name,

@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using BlkTarget.Configuration;
+using BlkTarget.Monitoring;
 
 namespace BlkTarget.Management;
 
@@ -21,6 +22,9 @@ namespace BlkTarget.Management;
 /// is sent a RESCAN event)</item>
 /// <item><c>scsi_lun_remove {export, target?=0, lun}</c> → export (commands to it drain; the guest is sent REMOVED)</item>
 /// <item><c>config_save {path?}</c> → {path} (default: the file changes are persisted to)</item>
+/// <item><c>stats {export?, disk?, reset?=false, buckets?=false}</c> → request statistics (<see cref="StatsJson"/>): every
+/// export, disk and reactor, or one export or one disk. reset: the result holds the counts up to now, and the selected
+/// counters start from zero (an export and its disk share counters: resetting one resets the other's part).</item>
 /// </list>
 /// Sizes are bytes, or strings with binary units ("10G"). Errors: <see cref="RpcErrorCode"/>.
 /// </summary>
@@ -40,6 +44,7 @@ public sealed class ManagementMethods(ManagementService service)
         "scsi_lun_add" => ScsiLunAdd(p),
         "scsi_lun_remove" => ScsiLunRemove(p),
         "config_save" => ConfigSave(p),
+        "stats" => Stats(p),
         _ => throw new ManagementException(RpcErrorCode.MethodNotFound, $"no method {method}"),
     };
 
@@ -180,6 +185,20 @@ public sealed class ManagementMethods(ManagementService service)
         string? path = p.OptionalString("path");
         p.RejectUnknown();
         return new JsonObject { ["path"] = service.SaveConfig(path) };
+    }
+
+    private JsonNode Stats(RpcParams p)
+    {
+        string? export = p.OptionalString("export"), disk = p.OptionalString("disk");
+        bool reset = p.Bool("reset", false), buckets = p.Bool("buckets", false);
+        p.RejectUnknown();
+        if (export is not null && disk is not null) throw new ManagementException(RpcErrorCode.InvalidParams, "give export or disk, not both");
+        var baseline = service.StatsBaseline;
+        // Each counter set is read once: what a reset returns and what the next call counts from are the same read.
+        var toReset = !reset ? [] : service.Model.Exports.Where(e => export is null || e.Spec.Name == export).SelectMany(CounterSource.Of)
+            .Where(s => disk is null || s.Disk == disk).Select(s => s.Counters).ToHashSet();
+        var stats = TargetStats.Collect(service.Model, c => toReset.Contains(c) ? baseline.SinceAndReset(c) : baseline.Since(c), export, disk);
+        return StatsJson.From(stats, buckets);
     }
 
     private JsonObject Describe(ManagedDisk d) => new()

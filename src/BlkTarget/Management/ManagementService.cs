@@ -9,6 +9,9 @@ public sealed class ManagementService(TargetModel model, ConfigStore store, stri
 {
     public TargetModel Model { get; } = model;
 
+    /// <summary>Where `stats` resets are kept (the counters themselves only grow).</summary>
+    public Monitoring.StatsBaseline StatsBaseline { get; } = new();
+
     /// <summary>The config file changes are written to: the --config file, or --config-out; null: none.</summary>
     public string? PersistPath { get; } = persistPath;
 

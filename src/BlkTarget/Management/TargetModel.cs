@@ -40,6 +40,9 @@ public sealed class TargetModel : IDisposable
 
     public ReactorPool Reactors => _reactors;
 
+    /// <summary>Group and mode every export's socket gets (null: as created).</summary>
+    public Configuration.SocketAccess? SocketAccess { get; init; }
+
     /// <summary>The disks in creation order (a snapshot).</summary>
     public IReadOnlyList<ManagedDisk> Disks { get { lock (_gate) return _diskOrder.Select(n => _disks[n]).ToList(); } }
 
@@ -258,6 +261,15 @@ public sealed class TargetModel : IDisposable
             }
             catch (Exception e) when (e is IOException or ArgumentException)
             {
+                throw new ManagementException(RpcErrorCode.ResourceError, $"export {spec.Name}: {e.Message}");
+            }
+            try
+            {
+                SocketPermissions.Apply(spec.Socket, SocketAccess);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                server.Dispose();
                 throw new ManagementException(RpcErrorCode.ResourceError, $"export {spec.Name}: {e.Message}");
             }
             var export = new ManagedExport(spec, device, server, _nextReactorOffset);

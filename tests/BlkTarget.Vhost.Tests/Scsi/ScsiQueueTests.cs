@@ -227,7 +227,7 @@ public sealed unsafe class ScsiQueueTests
         var device = new VirtioScsiDevice("d", [new ScsiLunDefinition(0, 0, disk, "S")], new ScsiOptions { RequestQueues = 2 }, NullLogger.Instance);
         Assert.Equal(4, device.QueueCount);
         // VERSION_1, INDIRECT_DESC, EVENT_IDX, HOTPLUG (bit 1), CHANGE (bit 2)
-        Assert.Equal((1UL << 32) | (1UL << 28) | (1UL << 29) | (1UL << 1) | (1UL << 2), device.Features);
+        Assert.Equal((1UL << 32) | (1UL << 34) | (1UL << 28) | (1UL << 29) | (1UL << 1) | (1UL << 2), device.Features);
         Assert.Throws<ArgumentException>(() => new VirtioScsiDevice("d", [], new ScsiOptions(), NullLogger.Instance));
         Assert.Throws<ArgumentException>(() => new VirtioScsiDevice("d",
             [new ScsiLunDefinition(0, 0, disk, "S"), new ScsiLunDefinition(0, 0, disk, "T")], new ScsiOptions(), NullLogger.Instance));

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Guest job (busybox sh, --kind scsi only) for SCSI-3 persistent reservations on /dev/sda with sg3_utils'
-# sg_persist, one initiator (two initiators on two exports of one shared disk: the integration tests):
+# sg_persist, one initiator (two initiators on two exports of one shared disk: scsi-pr-two-initiators.sh):
 # register, read keys, reserve (Write Exclusive), read reservation, report capabilities, read full status, a
 # conflicting RESERVE of another type (RESERVATION CONFLICT, sg_persist exit status 24), a write by the holder,
 # release, unregister; then COMPARE AND WRITE with sg_compare_and_write: a match that writes, a mismatch (MISCOMPARE,
@@ -13,13 +13,8 @@ i=0
 while [ ! -b $D ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 [ -b $D ] || fail "no $D"
 
-run() {  # run CMD...: prints "scsi-pr: $ CMD" and its output; the output is in $OUT, the exit status in $RC
-    echo "scsi-pr: \$ $*"
-    RC=0
-    OUT=$("$@" 2>&1) || RC=$?
-    echo "$OUT" | sed 's/^/scsi-pr:   /'
-    echo "scsi-pr:   (exit $RC)"
-}
+P=scsi-pr
+. /job-lib.sh   # run
 expect() {  # expect TEXT: the last output contains TEXT and the command succeeded
     [ "$RC" -eq 0 ] || fail "exit status $RC"
     echo "$OUT" | grep -qF "$1" || fail "expected '$1'"
