@@ -52,7 +52,7 @@ public sealed class ManagementRpcTests : IDisposable
         Assert.Equal(["SIZE_MAX", "SEG_MAX", "BLK_SIZE", "FLUSH", "TOPOLOGY", "CONFIG_WCE", "MQ", "DISCARD", "WRITE_ZEROES",
             "RING_INDIRECT_DESC", "RING_EVENT_IDX", "PROTOCOL_FEATURES", "VERSION_1"], frontend["feature_names"]!.AsArray().Select(n => (string)n!));
         Assert.Equal("0x170007e46", (string)frontend["features"]!);   // bits 1 2 6 9 10 11 12 13 14 28 29 30 32
-        Assert.Equal(["MQ", "REPLY_ACK", "BACKEND_REQ", "CONFIG", "INFLIGHT_SHMFD", "CONFIGURE_MEM_SLOTS"], frontend["protocol_features"]!.AsArray().Select(n => (string)n!));
+        Assert.Equal(["MQ", "LOG_SHMFD", "REPLY_ACK", "BACKEND_REQ", "CONFIG", "INFLIGHT_SHMFD", "CONFIGURE_MEM_SLOTS"], frontend["protocol_features"]!.AsArray().Select(n => (string)n!));
         Assert.True((bool)frontend["backend_channel"]!);
         var queues = frontend["queues"]!.AsArray();
         Assert.Equal(2, queues.Count);

@@ -28,6 +28,9 @@ internal sealed unsafe class TestRing : IDisposable
 
     public ulong UserAddr(ulong gpa) => gpa + 0x7f00_0000_0000;
 
+    /// <summary>Guest-physical address of the used ring (what SET_VRING_ADDR's log_guest_addr would say).</summary>
+    public ulong UsedGpa => _usedGpa;
+
     public SplitRing CreateRing(bool eventIdx = false, ushort lastAvail = 0) =>
         SplitRing.Create(Memory.Memory, UserAddr(DescGpa), UserAddr(_availGpa), UserAddr(_usedGpa), Size, lastAvail, eventIdx)!;
 

@@ -23,14 +23,15 @@ set -euo pipefail
 #   zstd             the zstd tool the unit tests check our export streams with (and libzstd1, which
 #                    image export/import load)
 #   sg3-utils        sg_persist, sg_compare_and_write, sg_inq: copied into the guest for the SCSI job (scsi-pr)
+#   socat            talks QMP over a Unix socket to the QEMU processes of the live-migration test
 #   mount            losetup, mount, umount: the storage tests export real (loop) block devices; not in every
 #                    minimal image (Debian priority "required", not essential)
 #   ceph-mon ceph-osd ceph-common
 #                    the throwaway cluster the rbd tests start (tests/ceph/start-cluster.sh), and the rbd tool;
 #                    librbd1/librados2 come with them (BlkTarget loads librbd.so.1)
 #   qemu-block-extra qemu-storage-daemon's rbd driver, the peer of the rbd comparison
-PACKAGES=(qemu-system-x86 qemu-utils fio busybox-static kmod cpio e2fsprogs gzip zstd mount sg3-utils ceph-mon ceph-osd ceph-common qemu-block-extra)
-COMMANDS=(qemu-system-x86_64 qemu-storage-daemon qemu-img fio busybox depmod cpio mke2fs e2fsck gzip zstd timeout flock losetup mount umount sg_persist ceph-mon ceph-osd ceph rbd)
+PACKAGES=(qemu-system-x86 qemu-utils fio busybox-static kmod cpio e2fsprogs gzip zstd mount sg3-utils ceph-mon ceph-osd ceph-common qemu-block-extra socat)
+COMMANDS=(qemu-system-x86_64 qemu-storage-daemon qemu-img fio busybox depmod cpio mke2fs e2fsck gzip zstd timeout flock losetup mount umount sg_persist ceph-mon ceph-osd ceph rbd socat)
 
 check_only=0
 case "${1:-}" in

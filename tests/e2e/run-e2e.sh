@@ -98,7 +98,7 @@ fi
 ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot guest-reboot)
 [[ "$kind" != scsi ]] || ALL_TESTS+=(scsi-luns scsi-pr)
 # Runtime management (disks and exports made over RPC while the target serves): BlkTarget only.
-[[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize fio-during-attach)
+[[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize fio-during-attach migration memory-hotplug)
 [[ "$target" != blktarget || "$kind" != scsi || "$backend" != ram:* ]] || ALL_TESTS+=(scsi-hotplug scsi-pr-two-initiators)
 # Restarts need a backend that outlives the process (it brings its own file); once per suite, in the ram run.
 if [[ "$target" == blktarget && "$kind" == blk && "$backend" == ram:* ]]; then ALL_TESTS+=(target-restart); fi
@@ -143,6 +143,7 @@ prereq_missing() {
 
 # --- state for cleanup ----------------------------------------------------------
 WORK="" target_pid="" guest_pid="" qsd_image="" restart_pid="" restart_dir=""
+MIG_PIDS=()
 # shellcheck disable=SC2317  # only reached through the EXIT trap
 cleanup() {
     local rc=$?
@@ -163,6 +164,7 @@ cleanup() {
         kill -KILL "$target_pid" 2>/dev/null || true
         wait "$target_pid" 2>/dev/null || true
     fi
+    for pid in "${MIG_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     if [[ -n "$restart_pid" ]] && kill -0 "$restart_pid" 2>/dev/null; then
         kill -KILL "$restart_pid" 2>/dev/null || true
         wait "$restart_pid" 2>/dev/null || true
@@ -526,6 +528,120 @@ run_fio_during_attach() {
     stop_management_target
 }
 
+# --- migration: live migration between two QEMU processes on two exports of one shared disk --------
+
+# Sends each QMP command in "$@" to the monitor on unix socket $1 (after qmp_capabilities); prints the replies.
+qmp() {
+    local sock=$1; shift
+    { echo '{"execute":"qmp_capabilities"}'; printf '%s\n' "$@"; sleep 0.3; } | socat -t2 - "UNIX-CONNECT:$sock" 2>/dev/null
+}
+
+# Migrates the VM whose monitor is $1 to $2 (a unix: URI) and waits until QEMU says completed (0) or failed (1).
+migrate_vm() {
+    local from=$1 uri=$2 t0=$SECONDS out
+    # Unthrottled, and a downtime a TCG guest that keeps writing can meet.
+    qmp "$from" '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":10737418240,"downtime-limit":2000}}' >/dev/null
+    qmp "$from" "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"$uri\"}}" | grep -q '"error"' && return 1
+    while (( SECONDS - t0 < 120 )); do
+        out=$(qmp "$from" '{"execute":"query-migrate"}')
+        if grep -Eq '"status": ?"completed"' <<< "$out"; then
+            info "migration: $uri completed in $((SECONDS - t0))s ($(grep -oE '"total-time": ?[0-9]+' <<< "$out" | grep -oE '[0-9]+$') ms, downtime $(grep -oE '"downtime": ?[0-9]+' <<< "$out" | grep -oE '[0-9]+$') ms)"
+            return 0
+        fi
+        if grep -Eq '"status": ?"(failed|cancelled)"' <<< "$out"; then info "migration: $uri failed: $out"; return 1; fi
+        sleep 1
+    done
+    info "migration: $uri did not complete within 120 s"
+    return 1
+}
+
+# Starts a guest QEMU for the migration test in the background (run-guest.sh arguments in "$@"); pid in MIG_PIDS.
+start_migration_guest() {
+    local run_log=$1; shift
+    "$HERE/run-guest.sh" --job "$HERE/jobs/migration.sh" --queues "$queues" --kind blk --timeout "$guest_timeout" \
+        --guest-dir "$guest_dir" --mem 512M "$@" > "$run_log" 2>&1 &
+    MIG_PIDS+=($!)
+}
+
+# Moves the VM whose monitor is $1 to a new QEMU on export socket $2 (monitor $3, migration socket $4, console $5, run
+# log $6): starts that one with -incoming, migrates, quits the old one. On failure sets the caller's `why`.
+move_vm() {
+    local from=$1 sock=$2 to=$3 mig=$4
+    start_migration_guest "$6" --socket "$sock" --qmp "$to" --incoming "unix:$mig" --log "$5"
+    if ! await_socket "$mig" || ! await_socket "$to"; then why="the destination QEMU on $(basename "$sock") did not come up"; return 0; fi
+    if ! migrate_vm "$from" "unix:$mig"; then why="migration to $(basename "$sock") failed"; return 0; fi
+    qmp "$from" '{"execute":"quit"}' >/dev/null || true
+}
+
+await_socket() { local t0=$SECONDS; until [[ -S "$1" ]]; do (( SECONDS - t0 < 30 )) || return 1; sleep 0.2; done; }
+
+# Source VM on export A; once its fio runs, a destination QEMU on export B (-incoming) takes it over, then a third QEMU
+# on export A takes it back while fio keeps verifying. The last QEMU's job result is the verdict.
+run_migration() {
+    local name=migration t0=$SECONDS why="" rc=0
+    local sock_a="$WORK/mig-a.sock" sock_b="$WORK/mig-b.sock"
+    local c1="$log_dir/migration.console.log" c2="$log_dir/migration-dest.console.log" c3="$log_dir/migration-back.console.log"
+    local q1="$WORK/qmp-src.sock" q2="$WORK/qmp-dest.sock" q3="$WORK/qmp-back.sock" m1="$WORK/mig-to-b.sock" m2="$WORK/mig-to-a.sock"
+    if ! start_management_target; then fail "$name" "the management target did not come up"; return; fi
+    if ! mgmt disk create --name m1 --backend ram:512M --shared || ! mgmt export create-blk --name mig-a --socket "$sock_a" --disk m1 --queues "$queues" \
+        || ! mgmt export create-blk --name mig-b --socket "$sock_b" --disk m1 --queues "$queues"; then
+        fail "$name" "creating the shared disk and its two exports over RPC failed"
+        stop_management_target
+        return
+    fi
+    info "running $name ..."
+    rm -f "$c1" "$c2" "$c3"
+    MIG_PIDS=()
+    start_migration_guest "$log_dir/migration.run.log" --socket "$sock_a" --qmp "$q1" --log "$c1"
+    if ! await_console "$c1" E2E-MIGRATE-READY; then why="the source guest never got ready"; fi
+    if [[ -z "$why" ]]; then
+        sleep 3   # fio is writing
+        move_vm "$q1" "$sock_b" "$q2" "$m1" "$c2" "$log_dir/migration-dest.run.log"
+    fi
+    # The guest runs on B now: wait until fio finished a pass there, then take it back to A.
+    if [[ -z "$why" ]] && ! await_console "$c2" "migration: fio pass"; then why="no fio pass completed on the destination"; fi
+    [[ -n "$why" ]] || move_vm "$q2" "$sock_a" "$q3" "$m2" "$c3" "$log_dir/migration-back.run.log"
+    if [[ -z "$why" ]]; then
+        wait "${MIG_PIDS[2]}" || rc=$?
+        if [[ $rc -ne 0 ]]; then why="the guest failed after migrating back (console: $c3)"; fi
+    fi
+    if [[ -z "$why" ]] && grep -aq "E2E-MIGRATION-IO-DONE" "$c1" "$c2"; then why="the guest's I/O window ended before it came back to A"; fi
+    for pid in "${MIG_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    MIG_PIDS=()
+    tr -d '\r' < "$c2" 2>/dev/null | grep -a "migration: fio pass" | sed 's/^/[guest on B] /' || true
+    tr -d '\r' < "$c3" 2>/dev/null | grep -aE "migration: |E2E-MIGRATION-IO-DONE|E2E-RESULT" | sed 's/^/[guest back on A] /' || true
+    grep -ac "dirty log of" "$log_dir/target-mgmt.log" | sed 's/^/[target] dirty logs mapped: /' || true
+    stop_management_target
+    if [[ -z "$why" ]]; then
+        info "$name passed in $((SECONDS - t0))s"
+        pass "$name"
+        return
+    fi
+    for f in migration.run.log migration-dest.run.log migration-back.run.log; do sed "s/^/[$f] /" "$log_dir/$f" 2>/dev/null | tail -n 30; done
+    tail -n 40 "$log_dir/target-mgmt.log" | sed 's/^/[target-mgmt] /'
+    fail "$name" "$why after $((SECONDS - t0))s"
+}
+
+# --- memory-hotplug: a pc-dimm added and removed over QMP while the guest does I/O with buffers in it ------------
+run_memory_hotplug() {
+    local name=memory-hotplug console="$log_dir/memory-hotplug.console.log" q="$WORK/qmp-memhp.sock"
+    local lines_before
+    lines_before=$(wc -l < "$log_dir/target.log")
+    rm -f "$console"
+    (
+        await_console "$console" E2E-MEMHP-ADD || exit 1
+        qmp "$q" '{"execute":"object-add","arguments":{"qom-type":"memory-backend-memfd","id":"hp1","size":268435456,"share":true}}' \
+            '{"execute":"device_add","arguments":{"driver":"pc-dimm","id":"dimm1","memdev":"hp1","node":1}}' | grep -a '"error"' && exit 1
+        info "$name: pc-dimm dimm1 (256 MiB memfd, node 1) added over QMP"
+        await_console "$console" E2E-MEMHP-REMOVE || exit 1
+        qmp "$q" '{"execute":"device_del","arguments":{"id":"dimm1"}}' | grep -a '"error"' && exit 1
+        info "$name: device_del dimm1 sent"
+    ) &
+    TEST_ARGS="--qmp $q --maxmem 1G --mem 512M" run_guest_with "$SOCK" "$name" $!
+    tr -d '\r' < "$console" 2>/dev/null | grep -a "memory-hotplug: " | sed 's/^/[guest] /' || true
+    tail -n +"$((lines_before + 1))" "$log_dir/target.log" | grep -E "memory region (added|removed)" | sed 's/^/[target] /' || true
+}
+
 # scsi-pr-two-initiators: two VMs at once on two SCSI exports of one shared disk (two I_T nexuses of one logical
 # unit) run jobs/scsi-pr-two-initiators.sh as initiator A (this verdict) and B (verdict scsi-pr-second-initiator):
 # reservation, conflicts, PREEMPT and CLEAR with their unit attentions, and a COMPARE AND WRITE race between them.
@@ -639,6 +755,8 @@ if start_target; then
             scsi-luns) run_scsi_luns ;;
             disk-resize) run_disk_resize ;;
             fio-during-attach) run_fio_during_attach ;;
+            migration) run_migration ;;
+            memory-hotplug) run_memory_hotplug ;;
             scsi-hotplug) run_scsi_hotplug ;;
             scsi-pr-two-initiators) run_scsi_pr_two_initiators ;;
             target-restart) run_target_restart ;;

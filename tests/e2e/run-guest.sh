@@ -6,7 +6,7 @@
 #   run-guest.sh --socket SOCK --job JOBFILE [--queues N] [--kind blk|scsi]
 #                [--timeout SECS] [--mem SIZE] [--smp N] [--log FILE]
 #                [--guest-dir DIR] [--allow-reboot] [--expect-boots N] [--reconnect] [--packed]
-#                [--env NAME=VALUE]... [--verbose]
+#                [--env NAME=VALUE]... [--qmp SOCK] [--incoming URI] [--maxmem SIZE] [--verbose]
 #
 #   --socket     vhost-user unix socket served by the target (must already exist)
 #   --job        guest-side shell script (busybox sh), becomes /job.sh in the guest
@@ -31,6 +31,10 @@
 #                role of a job that two guests run at once
 #   --packed     add packed=on to the -device: the guest driver uses packed virtqueues
 #                (VIRTIO_F_RING_PACKED) if the target offers them
+#   --qmp SOCK   QMP monitor on a unix socket (server, nowait), for tests that drive QEMU (migration)
+#   --maxmem SIZE   room for memory hot-plug: -m MEM,slots=2,maxmem=SIZE and a memoryless NUMA node 1
+#   --incoming URI  start as a live-migration destination (-incoming URI): the guest arrives from
+#                another QEMU instead of booting; its console continues in this --log
 #   --verbose    also stream the console to stdout while the guest runs
 #
 # Environment: E2E_QEMU_ARGS  extra QEMU arguments (word-split), for debugging, e.g.
@@ -52,7 +56,7 @@ log() { echo "run-guest: $*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 
 socket="" job="" queues=1 kind=blk timeout_s=240 mem=1G smp=2 logfile="" guest_dir="" verbose=0
-allow_reboot=0 expect_boots="" reconnect=0 packed=0 job_env=()
+allow_reboot=0 expect_boots="" reconnect=0 packed=0 job_env=() qmp="" incoming="" maxmem=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --socket) socket=$2; shift 2 ;;
@@ -66,6 +70,9 @@ while [[ $# -gt 0 ]]; do
         --guest-dir) guest_dir=$2; shift 2 ;;
         --allow-reboot) allow_reboot=1; shift ;;
         --reconnect) reconnect=1; shift ;;
+        --qmp) qmp=$2; shift 2 ;;
+        --incoming) incoming=$2; shift 2 ;;
+        --maxmem) maxmem=$2; shift 2 ;;
         --packed) packed=1; shift ;;
         --expect-boots) expect_boots=$2; shift 2 ;;
         --env) job_env+=("$2"); shift 2 ;;
@@ -139,7 +146,7 @@ cat "$guest_dir/initramfs-base.cpio" "$TMP/job.cpio" > "$TMP/initrd"
 #  - quiet still shows kernel errors (I/O errors, virtio complaints) on the console.
 # shellcheck disable=SC2054  # the commas are QEMU option syntax
 qemu=(qemu-system-x86_64
-    -accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem"
+    -accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem${maxmem:+,slots=2,maxmem=$maxmem}"
     -object "memory-backend-memfd,id=mem,size=$mem,share=on" -numa node,memdev=mem
     -kernel "$guest_dir/kernel" -initrd "$TMP/initrd"
     -append "console=ttyS0 ${E2E_APPEND:-quiet} panic=-1 rdinit=/init"
@@ -147,6 +154,10 @@ qemu=(qemu-system-x86_64
     -nodefaults -display none -serial stdio
 )
 [[ $allow_reboot -eq 1 ]] || qemu+=(-no-reboot)
+[[ -z "$qmp" ]] || qemu+=(-qmp "unix:$qmp,server=on,wait=off")
+[[ -z "$incoming" ]] || qemu+=(-incoming "$incoming")
+# Memory hot-plug: a memoryless NUMA node 1 for the DIMMs, so the guest can bind I/O buffers to the new memory.
+[[ -z "$maxmem" ]] || qemu+=(-numa node,nodeid=1)
 if [[ -n "${E2E_QEMU_ARGS:-}" ]]; then
     read -ra more <<< "$E2E_QEMU_ARGS"
     qemu+=("${more[@]}")

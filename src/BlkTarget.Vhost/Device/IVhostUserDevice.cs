@@ -8,7 +8,11 @@ namespace BlkTarget.Vhost.Device;
 /// <summary>What a running queue needs at start: its ring in guest memory and the negotiated features.</summary>
 /// <summary>Kick and call fds are borrowed from the session, which owns them; -1 means none. <see cref="Io"/> is
 /// the I/O engine of the reactor that will own the queue.</summary>
-public sealed record QueueStartInfo(int Index, IVirtqueue Ring, GuestMemory Memory, ulong AckedFeatures, int KickFd, int CallFd, IoContext Io);
+/// <summary><see cref="DirtyLog"/>: with VHOST_F_LOG_ALL negotiated and a log set (SET_LOG_BASE), every guest page the queue
+/// writes is marked there before the used entry that returns it; null when not logging. Used-ring writes are the
+/// ring's business (<see cref="SplitRing.LogUsedRing"/>).</summary>
+public sealed record QueueStartInfo(int Index, IVirtqueue Ring, GuestMemory Memory, ulong AckedFeatures, int KickFd, int CallFd, IoContext Io,
+    DirtyLog? DirtyLog = null);
 
 /// <summary>
 /// A virtqueue while it runs on a reactor. Everything except construction and Dispose is called on the
@@ -18,6 +22,11 @@ public interface IRunningQueue : IReactorQueue
 {
     /// <summary>Replaces the call eventfd (-1: do not signal). The caller keeps ownership of the fd.</summary>
     void SetCallFd(int fd);
+
+    /// <summary>Marks further writes in <paramref name="log"/> instead of the log the queue started with (SET_LOG_BASE
+    /// replaced it). The caller releases the old log after this returns on the reactor.</summary>
+    /// <exception cref="InvalidOperationException">the queue was started without a dirty log.</exception>
+    void ReplaceDirtyLog(DirtyLog log);
 
     /// <summary>Stops taking new requests; <paramref name="onDrained"/> runs (on the reactor thread) once every
     /// request already taken has completed and its used entry is published, or, for a queue stopped by an internal

@@ -36,6 +36,9 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     private readonly IoVec* _segments;
     private readonly IoVec* _scratch;
     private readonly bool[] _busy;
+    /// <summary>VHOST_F_LOG_ALL: where guest writes are marked, or null (then <see cref="_written"/> is null too).</summary>
+    private DirtyLog? _dirtyLog;
+    private readonly WrittenBuffers? _written;
     /// <summary>Per slot: the Stopwatch timestamp of the poll that took the request (latency statistics).</summary>
     private readonly long[] _takenAt;
     private readonly int _kickFd;
@@ -69,6 +72,8 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         _segmentBuffer = MappedMemory.MapAnonymous((ulong)(Ring.Size + 1) * (ulong)_segmentsPerSlot * (ulong)sizeof(IoVec));
         _segments = (IoVec*)_segmentBuffer.Pointer;
         _scratch = _segments + (long)Ring.Size * _segmentsPerSlot;
+        _dirtyLog = start.DirtyLog;
+        if (_dirtyLog is not null) _written = new WrittenBuffers(Ring.Size, _segmentsPerSlot);
         // Every (re)start interrupts the guest once (as SPDK does): used entries published while the frontend had no
         // call fd wired (a target stopped with SIGTERM drains after QEMU has already dropped its notifiers; a killed
         // one may die between publish and signal) are otherwise never announced, and the guest waits forever.
@@ -112,6 +117,8 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     /// <summary>Returns request <paramref name="head"/> to the guest; published at the end of this poll.</summary>
     protected void CompleteRequest(ushort head, uint usedLength)
     {
+        // Before the used entry: the guest's pages are marked before the used index hands them over.
+        if (_dirtyLog is not null) _written!.Mark(head, _dirtyLog, Memory);
         Ring.PushUsed(head, usedLength);
         _busy[head] = false;
         _inFlight--;
@@ -142,6 +149,15 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         // longer watch (QEMU replaces its notifiers when the guest reprograms MSI-X while the ring already runs):
         // a spurious interrupt is harmless, a lost one leaves the guest waiting forever.
         if (fd >= 0 && !_faulted) EventFd.Signal(fd);
+    }
+
+    /// <summary>Switches to another dirty log (a new SET_LOG_BASE while logging). Only for a queue started with
+    /// one: logging is switched on or off by restarting the queue, so that every request in flight was recorded.</summary>
+    /// <exception cref="InvalidOperationException">the queue was started without a dirty log.</exception>
+    public void ReplaceDirtyLog(DirtyLog log)
+    {
+        if (_dirtyLog is null) throw new InvalidOperationException("the queue was started without dirty logging");
+        _dirtyLog = log;
     }
 
     public void BeginStop(Action onDrained)
@@ -197,6 +213,8 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         IoVec* segments = _segments + head * _segmentsPerSlot;
         Buffer.MemoryCopy(_scratch, segments, (long)_segmentsPerSlot * sizeof(IoVec), (long)chain.Count * sizeof(IoVec));
         chain.Segments = segments;
+        // Device models may trim the slot's segments while they work: the log needs them as the guest gave them.
+        if (_dirtyLog is not null) _written!.Record(head, ref chain, _scratch);
         _busy[head] = true;
         _inFlight++;
         Process(head, ref chain);
@@ -287,5 +305,9 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         Log.LogError("{Device} queue {Queue}: guest error, queue stopped: {Reason}", _deviceName, Index, reason);
     }
 
-    public virtual void Dispose() => _segmentBuffer.Dispose();
+    public virtual void Dispose()
+    {
+        _segmentBuffer.Dispose();
+        _written?.Dispose();
+    }
 }

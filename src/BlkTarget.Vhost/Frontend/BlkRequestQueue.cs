@@ -59,6 +59,10 @@ public sealed unsafe class BlkRequestQueue
 
     public QueueDriver Queue { get; }
 
+    /// <summary>Where the request headers and status bytes live: slot n holds its header at n * 32 and its status byte
+    /// at n * 32 + 16 (the device writes only those).</summary>
+    public GuestBuffer HeaderStatusArea => _slots;
+
     /// <summary>Requests submitted and not yet completed.</summary>
     public int InFlight => Queue.Size - _freeCount;
 

@@ -75,6 +75,8 @@ public sealed unsafe class PackedVirtqueueDriver : QueueDriver
     public override VringAddress Address => new((uint)Index, 0, _ringArea.UserAddr, _deviceArea.UserAddr, _driverArea.UserAddr, 0);
 
     public GuestBuffer DescriptorRing => _ringArea;
+    /// <summary>The device event suppression structure (SET_VRING_ADDR's used field; log_guest_addr when logging).</summary>
+    public GuestBuffer DeviceEventArea => _deviceArea;
     public override int FreeDescriptors => _numFree;
     public override int InFlight => _inFlight;
     /// <summary>The avail position: ring index in bits 0-14, avail wrap counter in bit 15.</summary>

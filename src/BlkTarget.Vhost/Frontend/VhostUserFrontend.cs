@@ -349,6 +349,53 @@ public sealed class VhostUserFrontend : IDisposable
         SendSet(VhostUserRequest.SetInflightFd, payload, [area.Fd]);
     }
 
+    // ---- dirty page logging (live migration) ----
+
+    /// <summary>
+    /// SET_LOG_BASE with <paramref name="log"/>'s fd and {mmap_size, mmap_offset}. With LOG_SHMFD negotiated the
+    /// backend answers whatever NEED_REPLY says (QEMU 7.2 waits for that answer); a u64 answer other than 0 is a refusal.
+    /// </summary>
+    /// <exception cref="VhostUserFrontendException">the backend refused the log.</exception>
+    public void SetLogBase(DirtyLogArea log)
+    {
+        Span<byte> payload = stackalloc byte[LogDescription.Length];
+        log.Description.Write(payload);
+        _connection.Send(VhostUserRequest.SetLogBase, 0, payload, [log.Fd]);
+        if ((AckedProtocolFeatures & ProtocolFeatures.LogShmfd) == 0) return;
+        using var reply = ReceiveReply(VhostUserRequest.SetLogBase);
+        ulong value = reply.Payload.Length >= 8 ? BinaryPrimitives.ReadUInt64LittleEndian(reply.Payload) : 0;
+        if (value != 0) throw new VhostUserFrontendException($"backend refused SET_LOG_BASE ({value})", VhostUserRequest.SetLogBase, value);
+    }
+
+    /// <summary>SET_LOG_FD with an eventfd the backend may signal when it changed the log.</summary>
+    public void SetLogFd(int fd) => SendSet(VhostUserRequest.SetLogFd, [], [fd]);
+
+    /// <summary>
+    /// What QEMU 7.2 does when a migration starts (vhost_migration_log): SET_LOG_BASE, SET_FEATURES with
+    /// VHOST_F_LOG_ALL added, then SET_VRING_ADDR per queue with VHOST_VRING_F_LOG and log_guest_addr = the used
+    /// ring's guest-physical address (a packed ring's device event area). <see cref="StopLogging"/> undoes it.
+    /// </summary>
+    public void StartLogging(DirtyLogArea log, IReadOnlyList<QueueDriver> queues)
+    {
+        SetLogBase(log);
+        SetFeatures(AckedFeatures | VirtioFeatures.Bit(VirtioFeatures.LogAll));
+        foreach (var q in queues) SetVringAddr(q.Address with { Flags = VringAddress.LogFlag, LogGuestAddr = LogGuestAddr(q) });
+    }
+
+    private static ulong LogGuestAddr(QueueDriver queue) => queue switch
+    {
+        VirtqueueDriver split => split.UsedRing.Gpa,
+        PackedVirtqueueDriver packed => packed.DeviceEventArea.Gpa,
+        _ => throw new ArgumentException($"no used area known for {queue.GetType().Name}", nameof(queue)),
+    };
+
+    /// <summary>SET_FEATURES without VHOST_F_LOG_ALL, then SET_VRING_ADDR without VHOST_VRING_F_LOG per queue.</summary>
+    public void StopLogging(IReadOnlyList<QueueDriver> queues)
+    {
+        SetFeatures(AckedFeatures & ~VirtioFeatures.Bit(VirtioFeatures.LogAll));
+        foreach (var q in queues) SetVringAddr(q.Address);
+    }
+
     /// <summary>Reads <paramref name="size"/> bytes of config space; throws when the backend refuses (a reply
     /// whose size differs from the request).</summary>
     public byte[] GetConfig(uint offset, uint size) =>

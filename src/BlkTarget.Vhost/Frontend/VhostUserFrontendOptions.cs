@@ -31,7 +31,7 @@ public sealed record VhostUserFrontendOptions
     /// <summary>Protocol features this frontend can use.</summary>
     public const ProtocolFeatures SupportedProtocolFeatures =
         ProtocolFeatures.Mq | ProtocolFeatures.ReplyAck | ProtocolFeatures.Config | ProtocolFeatures.ConfigureMemSlots
-        | ProtocolFeatures.BackendReq | ProtocolFeatures.InflightShmfd;
+        | ProtocolFeatures.BackendReq | ProtocolFeatures.InflightShmfd | ProtocolFeatures.LogShmfd;
 
     /// <summary>virtio-blk feature bits this frontend understands (the ones QEMU 7.2 forwards).</summary>
     public const ulong BlkFeatures =

@@ -41,6 +41,43 @@ public sealed unsafe class GuestMemory
         return false;
     }
 
+    /// <summary>
+    /// The reverse of <see cref="TryTranslateGuest"/>: the guest-physical address of a pointer into one of the mapped
+    /// regions (a segment a descriptor chain was walked into). <paramref name="contiguous"/> receives how many of the
+    /// <paramref name="length"/> bytes lie in that region. False when <paramref name="host"/> is in no region.
+    /// </summary>
+    public bool TryHostToGuest(byte* host, ulong length, out ulong gpa, out ulong contiguous)
+    {
+        foreach (var region in _regions)
+        {
+            ulong offset = (ulong)host - (ulong)region.Host;
+            if (host >= region.Host && offset < region.Size)
+            {
+                gpa = region.GuestPhysAddr + offset;
+                ulong left = region.Size - offset;
+                contiguous = length < left ? length : left;
+                return true;
+            }
+        }
+        gpa = 0;
+        contiguous = 0;
+        return false;
+    }
+
+    /// <summary>The guest-physical address of frontend virtual address <paramref name="uva"/> (SET_VRING_ADDR's ring
+    /// addresses); false when no region holds it.</summary>
+    public bool TryUserToGuest(ulong uva, out ulong gpa)
+    {
+        foreach (var region in _regions)
+            if (GuestRegion.Contains(region.UserAddr, region.Size, uva, 1))
+            {
+                gpa = region.GuestPhysAddr + (uva - region.UserAddr);
+                return true;
+            }
+        gpa = 0;
+        return false;
+    }
+
     /// <summary>Translates a whole guest-physical range that must lie in a single region (rings, headers).</summary>
     public byte* TranslateGuestRange(ulong gpa, ulong length)
     {

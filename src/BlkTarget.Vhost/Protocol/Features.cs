@@ -3,6 +3,8 @@ namespace BlkTarget.Vhost.Protocol;
 /// <summary>Transport-level virtio feature bits and the vhost-user marker bit.</summary>
 public static class VirtioFeatures
 {
+    /// <summary>VHOST_F_LOG_ALL: the backend logs every guest page it writes in the dirty log (live migration).</summary>
+    public const int LogAll = 26;
     public const int RingIndirectDesc = 28;
     public const int RingEventIdx = 29;
     /// <summary>VHOST_USER_F_PROTOCOL_FEATURES: not a virtio bit, it says the backend speaks protocol features.</summary>

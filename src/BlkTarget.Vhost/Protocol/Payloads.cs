@@ -162,3 +162,19 @@ public readonly record struct InflightDescription(ulong MmapSize, ulong MmapOffs
         p[20..Length].Clear();
     }
 }
+
+/// <summary>Payload of SET_LOG_BASE with LOG_SHMFD (VhostUserLog): {u64 mmap_size, u64 mmap_offset}, bytes of the log
+/// bitmap and where it starts in the fd sent with the message.</summary>
+public readonly record struct LogDescription(ulong MmapSize, ulong MmapOffset)
+{
+    public const int Length = 16;
+
+    public static LogDescription Read(ReadOnlySpan<byte> p) =>
+        new(BinaryPrimitives.ReadUInt64LittleEndian(p), BinaryPrimitives.ReadUInt64LittleEndian(p[8..]));
+
+    public void Write(Span<byte> p)
+    {
+        BinaryPrimitives.WriteUInt64LittleEndian(p, MmapSize);
+        BinaryPrimitives.WriteUInt64LittleEndian(p[8..], MmapOffset);
+    }
+}

@@ -17,7 +17,7 @@ public sealed class VhostUserSession : IDisposable
 {
     public const ProtocolFeatures SupportedProtocolFeatures =
         ProtocolFeatures.Mq | ProtocolFeatures.ReplyAck | ProtocolFeatures.Config | ProtocolFeatures.ConfigureMemSlots
-        | ProtocolFeatures.BackendReq | ProtocolFeatures.InflightShmfd;
+        | ProtocolFeatures.BackendReq | ProtocolFeatures.InflightShmfd | ProtocolFeatures.LogShmfd;
     public const int MaxMemSlots = 32;
 
     private readonly IVhostUserDevice _device;
@@ -38,6 +38,10 @@ public sealed class VhostUserSession : IDisposable
     /// any more. The abandoned queue, which its reactor keeps until the backend has returned every operation,
     /// references the guest memory it used; only once nothing references a region does its SafeHandle unmap it.</summary>
     private bool _keepMappings;
+    /// <summary>SET_LOG_BASE's dirty log (live migration), used while LOG_ALL is acked or a ring has VHOST_VRING_F_LOG.</summary>
+    private DirtyLog? _dirtyLog;
+    /// <summary>SET_LOG_FD's eventfd: kept (and closed with the session), never signalled.</summary>
+    private OwnedFd? _logFd;
 
     /// <summary>A session for one accepted connection; <paramref name="options"/> defaults to <see cref="VhostUserSessionOptions"/>'s
     /// defaults. Throws <see cref="ArgumentOutOfRangeException"/> for invalid options.</summary>
@@ -54,7 +58,7 @@ public sealed class VhostUserSession : IDisposable
         _vrings = Enumerable.Range(0, device.QueueCount).Select(_ => new VringSetup()).ToArray();
     }
 
-    public ulong OfferedFeatures => _device.Features | VirtioFeatures.Bit(VirtioFeatures.VhostUserProtocolFeatures);
+    public ulong OfferedFeatures => _device.Features | VirtioFeatures.Bit(VirtioFeatures.VhostUserProtocolFeatures) | VirtioFeatures.Bit(VirtioFeatures.LogAll);
     public ulong AckedFeatures => _ackedFeatures;
     public int RunningQueueCount => _vrings.Count(v => v.Running is not null);
 
@@ -101,6 +105,8 @@ public sealed class VhostUserSession : IDisposable
             VhostUserRequest.SetBackendReqFd => SetBackendReqFd(message),
             VhostUserRequest.GetInflightFd => GetInflightFd(message),
             VhostUserRequest.SetInflightFd => SetInflightFd(message),
+            VhostUserRequest.SetLogBase => SetLogBase(message),
+            VhostUserRequest.SetLogFd => SetLogFd(message),
             _ => null,
         };
         if (ok is null)
@@ -109,7 +115,7 @@ public sealed class VhostUserSession : IDisposable
             if (!message.Header.NeedsReply) throw new VhostUserProtocolException($"unsupported request {(uint)request} without NEED_REPLY");
             ok = false;
         }
-        if (HasNaturalReply(request)) return;
+        if (HasNaturalReply(request) || request == VhostUserRequest.SetLogBase && LogShmfdAcked) return;
         if (message.Header.NeedsReply && (_ackedProtocol & ProtocolFeatures.ReplyAck) != 0)
             _connection.ReplyU64(request, ok.Value ? 0UL : 1UL);
     }
@@ -144,7 +150,11 @@ public sealed class VhostUserSession : IDisposable
             _log.LogError("{Device}: frontend acked features we did not offer: 0x{Extra:x}", _device.Name, features & ~OfferedFeatures);
             return false;
         }
+        bool wasLogging = LogAllAcked;
         _ackedFeatures = features;
+        // QEMU switches logging on and off with SET_FEATURES while the rings run (and waits for the answer): restart them
+        // so that every request in flight from now on is recorded for the log, or none is.
+        if (LogAllAcked != wasLogging) RestartRunningQueues();
         _log.LogInformation("{Device}: negotiated features 0x{Features:x} (event_idx={EventIdx}, indirect={Indirect}, packed={Packed})", _device.Name, features,
             (features & VirtioFeatures.Bit(VirtioFeatures.RingEventIdx)) != 0, (features & VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc)) != 0,
             (features & VirtioFeatures.Bit(VirtioFeatures.RingPacked)) != 0);
@@ -207,6 +217,8 @@ public sealed class VhostUserSession : IDisposable
             return false;
         }
         ReplaceMemory(next);
+        _log.LogInformation("{Device}: memory region added: guest 0x{Gpa:x}, {Bytes} bytes ({Regions} region(s))", _device.Name, region.GuestPhysAddr,
+            region.Size, _regions.Count);
         return true;
     }
 
@@ -238,6 +250,8 @@ public sealed class VhostUserSession : IDisposable
         var match = _regions.FirstOrDefault(r => r.GuestPhysAddr == description.GuestPhysAddr && r.Size == description.Size && r.UserAddr == description.UserAddr);
         if (match is null) return false;
         ReplaceMemory(_regions.Where(r => r != match).ToList());
+        _log.LogInformation("{Device}: memory region removed: guest 0x{Gpa:x}, {Bytes} bytes ({Regions} region(s))", _device.Name, match.GuestPhysAddr,
+            match.Size, _regions.Count);
         return true;
     }
 
@@ -308,9 +322,9 @@ public sealed class VhostUserSession : IDisposable
         var address = VringAddress.Read(message.Payload);
         var vring = Vring(address.Index, message.Header.Request);
         if (vring is null) return false;
-        if ((address.Flags & VringAddress.LogFlag) != 0)
+        if ((address.Flags & VringAddress.LogFlag) != 0 && address.LogGuestAddr > ulong.MaxValue - SplitRingLayout.UsedRingBytes(SplitRingLayout.MaxQueueSize))
         {
-            _log.LogError("{Device}: queue {Index}: dirty logging requested but not offered", _device.Name, address.Index);
+            _log.LogError("{Device}: queue {Index}: log_guest_addr 0x{Address:x} wraps the address space", _device.Name, address.Index, address.LogGuestAddr);
             return false;
         }
         if (vring.Running is not null) StopQueue((int)address.Index);
@@ -444,7 +458,8 @@ public sealed class VhostUserSession : IDisposable
         var ring = CreateRing(index, vring);
         if (ring is null) return false;
         var reactor = _reactors.ForQueue(_deviceOffset, index);
-        var start = new QueueStartInfo(index, ring, _memory, _ackedFeatures, vring.KickFd, vring.CallFd, reactor.Io);
+        LogRingWrites(ring, vring, _dirtyLog);
+        var start = new QueueStartInfo(index, ring, _memory, _ackedFeatures, vring.KickFd, vring.CallFd, reactor.Io, LogAllAcked ? _dirtyLog : null);
         IRunningQueue? queue = null;
         // Created and attached on the reactor thread: the queue's backend channel belongs to that thread's I/O engine.
         reactor.Invoke(() =>
@@ -454,6 +469,7 @@ public sealed class VhostUserSession : IDisposable
         });
         vring.Running = queue!;
         vring.Reactor = reactor;
+        vring.Ring = ring;
         _log.LogDebug("{Device}: queue {Index} started on reactor {Reactor} (size {Num}, base {Base})", _device.Name, index, reactor.Id, vring.Num, vring.Base);
         return true;
     }
@@ -503,6 +519,7 @@ public sealed class VhostUserSession : IDisposable
         if (queue.BrokenReason is { } reason && !abandoned) _log.LogWarning("{Device}: queue {Index} had stopped processing: {Reason}", _device.Name, index, reason);
         vring.Running = null;
         vring.Reactor = null;
+        vring.Ring = null;
     }
 
     // ---- config space ----
@@ -655,6 +672,92 @@ public sealed class VhostUserSession : IDisposable
         return true;
     }
 
+    // ---- dirty page logging (live migration) ----
+
+    private bool LogAllAcked => (_ackedFeatures & VirtioFeatures.Bit(VirtioFeatures.LogAll)) != 0;
+    private bool LogShmfdAcked => (_ackedProtocol & ProtocolFeatures.LogShmfd) != 0;
+
+    private void RestartRunningQueues()
+    {
+        for (int i = 0; i < _vrings.Length; i++)
+        {
+            if (_vrings[i].Running is null) continue;
+            StopQueue(i);
+            Reconcile(i);
+        }
+    }
+
+    /// <summary>
+    /// SET_LOG_BASE (LOG_SHMFD): maps the log {u64 mmap_size, u64 mmap_offset} of the attached fd and switches every
+    /// running queue that logs to it on its reactor before the old log is released, so no reactor can write into a
+    /// log the frontend already freed. With LOG_SHMFD QEMU 7.2 waits for a reply to this message whatever the
+    /// NEED_REPLY flag (it checks only the request code and reads the payload the header announces): the reply is a
+    /// u64, 0 when the log is mapped, 1 when refused, and it is the only reply (no REPLY_ACK on top).
+    /// </summary>
+    private bool SetLogBase(ReceivedMessage message)
+    {
+        bool ok = MapLog(message);
+        if (LogShmfdAcked) _connection.ReplyU64(VhostUserRequest.SetLogBase, ok ? 0UL : 1UL);
+        return ok;
+    }
+
+    private bool MapLog(ReceivedMessage message)
+    {
+        if (!LogShmfdAcked || message.Payload.Length < LogDescription.Length)
+        {
+            _log.LogError("{Device}: SET_LOG_BASE with {Bytes} payload bytes, LOG_SHMFD {Acked}: refused", _device.Name, message.Payload.Length,
+                LogShmfdAcked ? "negotiated" : "not negotiated");
+            return false;
+        }
+        var description = LogDescription.Read(message.Payload);
+        var log = MapSingleFd(message, fd => DirtyLog.Map(description, fd));
+        if (log is null) return false;
+        var old = _dirtyLog;
+        for (int i = 0; i < _vrings.Length; i++)
+        {
+            var vring = _vrings[i];
+            if (vring.Running is not { } queue || vring.Reactor is not { } reactor || vring.Ring is not { } ring) continue;
+            bool dataLogged = LogAllAcked && old is not null;
+            reactor.Invoke(() =>
+            {
+                LogRingWrites(ring, vring, log);
+                if (dataLogged) queue.ReplaceDirtyLog(log);
+            });
+        }
+        _dirtyLog = log;
+        // Queues started while LOG_ALL was acked but no log was set (LOG_ALL came first) log from now on.
+        if (LogAllAcked && old is null) RestartRunningQueues();
+        if (!_keepMappings) old?.Dispose();
+        _log.LogInformation("{Device}: dirty log of {Bytes} bytes mapped (guest memory up to 0x{Covered:x})", _device.Name, description.MmapSize, log.CoveredBytes);
+        return true;
+    }
+
+    /// <summary>
+    /// With VHOST_VRING_F_LOG on the ring's address, has <paramref name="ring"/> mark its own writes in
+    /// <paramref name="log"/>: a split ring's used ring at log_guest_addr, a packed ring's used descriptors (in the
+    /// descriptor ring, located through the memory map) and its device event area at log_guest_addr. On the thread that
+    /// owns the ring.
+    /// </summary>
+    private void LogRingWrites(IVirtqueue ring, VringSetup vring, DirtyLog? log)
+    {
+        if (vring.Address is not { } address || (address.Flags & VringAddress.LogFlag) == 0) return;
+        if (ring is SplitRing split) split.LogUsedRing(log, address.LogGuestAddr);
+        else if (ring is PackedRing packed && _memory.TryUserToGuest(address.DescUserAddr, out ulong descGuestAddr))
+            packed.LogRingWrites(log, descGuestAddr, address.LogGuestAddr);
+    }
+
+    /// <summary>SET_LOG_FD: an eventfd for telling the frontend the log changed; kept, never needed with a shared log.</summary>
+    private bool SetLogFd(ReceivedMessage message)
+    {
+        if (message.FdCount != 1)
+        {
+            _log.LogError("{Device}: SET_LOG_FD with {Fds} descriptors", _device.Name, message.FdCount);
+            return false;
+        }
+        VringSetup.Replace(ref _logFd, message.TakeFd(0));
+        return true;
+    }
+
     // ---- lifecycle ----
 
     private bool ResetDevice()
@@ -682,6 +785,9 @@ public sealed class VhostUserSession : IDisposable
         _regions.Clear();
         if (!_keepMappings) _inflight?.Dispose();
         _inflight = null;
+        if (!_keepMappings) _dirtyLog?.Dispose();
+        _dirtyLog = null;
+        VringSetup.Replace(ref _logFd, null);
         _memory = GuestMemory.Empty;
         _backendChannel.Dispose();
         _device.Reset();

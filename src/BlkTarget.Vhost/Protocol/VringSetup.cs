@@ -24,6 +24,8 @@ internal sealed class VringSetup : IDisposable
     public bool Enabled;
     public IRunningQueue? Running;
     public Reactor.Reactor? Reactor;
+    /// <summary>The running queue's ring (for switching the log of its own writes on the reactor).</summary>
+    public IVirtqueue? Ring;
 
     public int KickFd => Kick?.Fd ?? -1;
     public int CallFd => Call?.Fd ?? -1;

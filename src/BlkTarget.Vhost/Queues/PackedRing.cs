@@ -41,6 +41,11 @@ public sealed unsafe class PackedRing : IVirtqueue
     private uint _lastSignalPosition;
     private bool _signalledOnce;
     private PackedInflightQueue? _inflight;
+    /// <summary>The dirty log the ring's own writes are marked in (VHOST_VRING_F_LOG), or null; with the guest-physical
+    /// addresses of the descriptor ring and of the device event suppression structure.</summary>
+    private DirtyLog? _ringLog;
+    private ulong _ringGuestAddr;
+    private ulong _deviceEventGuestAddr;
 
     /// <param name="ring">The descriptor ring, <paramref name="size"/> entries.</param>
     /// <param name="driverEvent">The driver event suppression structure (4 bytes; SET_VRING_ADDR's avail field).</param>
@@ -185,6 +190,19 @@ public sealed unsafe class PackedRing : IVirtqueue
     public bool HasPending => _inflight is { PendingResubmits: > 0 }
         || PackedRingLayout.IsAvailable(Volatile.Read(ref _ring[_availIdx].Flags), _availWrap);
 
+    /// <summary>
+    /// Marks every later write of the ring itself in <paramref name="log"/>: used descriptors at
+    /// <paramref name="ringGuestAddr"/> + 16 * slot, the device event suppression structure at
+    /// <paramref name="deviceEventGuestAddr"/> (SET_VRING_ADDR's log_guest_addr for a packed ring); null stops it. Each
+    /// write is marked after it is stored. Call on the thread that owns the ring.
+    /// </summary>
+    public void LogRingWrites(DirtyLog? log, ulong ringGuestAddr, ulong deviceEventGuestAddr)
+    {
+        _ringLog = log;
+        _ringGuestAddr = ringGuestAddr;
+        _deviceEventGuestAddr = deviceEventGuestAddr;
+    }
+
     /// <summary>Returns buffer <paramref name="id"/>: id and len are written into the descriptor at the used position,
     /// then its flags (release), so the guest sees it at once; the used position moves past the chain's descriptors.
     /// An ID not in flight is ignored.</summary>
@@ -204,6 +222,7 @@ public sealed unsafe class PackedRing : IVirtqueue
         _ring[slot].Id = id;
         _ring[slot].Len = writtenLength;
         Volatile.Write(ref _ring[slot].Flags, PackedRingLayout.UsedFlags(wrap));
+        _ringLog?.MarkGuest(_ringGuestAddr + 16UL * slot, 16);
         _inflight?.CommitUsed(id);
         _chainSlots[id] = 0;
         _slotsInFlight -= slots;
@@ -252,11 +271,16 @@ public sealed unsafe class PackedRing : IVirtqueue
             Volatile.Write(ref *_deviceFlags, PackedRingLayout.EventFlagsDesc);
         }
         else Volatile.Write(ref *_deviceFlags, PackedRingLayout.EventFlagsEnable);
+        _ringLog?.MarkGuest(_deviceEventGuestAddr, 4);
         Interlocked.MemoryBarrier();
         return HasPending;
     }
 
-    public void DisableNotifications() => Volatile.Write(ref *_deviceFlags, PackedRingLayout.EventFlagsDisable);
+    public void DisableNotifications()
+    {
+        Volatile.Write(ref *_deviceFlags, PackedRingLayout.EventFlagsDisable);
+        _ringLog?.MarkGuest(_deviceEventGuestAddr, 4);
+    }
 
     /// <summary>A position on the 2 * size cycle the (index, wrap) pairs run through: the first pass has wrap 1.</summary>
     private uint Position(ushort index, bool wrap) => index + (wrap ? 0u : Size);

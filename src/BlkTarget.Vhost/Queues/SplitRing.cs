@@ -25,6 +25,10 @@ public sealed unsafe class SplitRing : IVirtqueue
     private ushort _lastSignalledUsed;
     private bool _signalledOnce;
     private SplitInflightQueue? _inflight;
+    /// <summary>VHOST_VRING_F_LOG: the dirty log used-ring writes are marked in, or null; and the used ring's
+    /// guest-physical address (log_guest_addr).</summary>
+    private DirtyLog? _usedLog;
+    private ulong _usedGuestAddr;
 
     public SplitRing(VirtqDescriptor* descriptors, byte* avail, byte* used, uint size, ushort lastAvailIdx, bool eventIdx)
     {
@@ -88,6 +92,18 @@ public sealed unsafe class SplitRing : IVirtqueue
         return null;
     }
 
+    /// <summary>
+    /// Marks every later write into the used ring (elements, idx, flags, avail_event) in <paramref name="log"/> at
+    /// <paramref name="usedGuestAddr"/> (SET_VRING_ADDR's log_guest_addr) plus its offset; null stops it. Call on the
+    /// thread that owns the ring (before it runs, or on its reactor). Writes are marked after they are stored and, for
+    /// elements, before the used index that publishes them.
+    /// </summary>
+    public void LogUsedRing(DirtyLog? log, ulong usedGuestAddr)
+    {
+        _usedLog = log;
+        _usedGuestAddr = usedGuestAddr;
+    }
+
     public enum PopResult { Empty, Popped, Corrupt }
 
     /// <summary>
@@ -143,6 +159,7 @@ public sealed unsafe class SplitRing : IVirtqueue
         // batch list: publish the batch so far first.
         if (_inflight is { } inflight && inflight.InBatch(id)) PublishUsed();
         _usedRing[_usedShadow & _mask] = new VirtqUsedElement { Id = id, Len = len };
+        _usedLog?.MarkGuest(_usedGuestAddr + 4 + 8 * (ulong)(_usedShadow & _mask), 8);
         _usedShadow++;
         _inflight?.AddToBatch(id);
     }
@@ -152,6 +169,8 @@ public sealed unsafe class SplitRing : IVirtqueue
     public void PublishUsed()
     {
         Volatile.Write(ref *_usedIdx, _usedShadow);
+        // After the store: a mark before it could be taken (and cleared) by the frontend before the page changed.
+        _usedLog?.MarkGuest(_usedGuestAddr + 2, 2);
         _inflight?.CommitBatch(_usedShadow);
     }
 
@@ -188,6 +207,7 @@ public sealed unsafe class SplitRing : IVirtqueue
     {
         if (EventIdx) Volatile.Write(ref *_availEvent, _lastAvailIdx);
         else Volatile.Write(ref *_usedFlags, (ushort)0);
+        _usedLog?.MarkGuest(_usedGuestAddr + (EventIdx ? 4 + 8 * (ulong)Size : 0), 2);
         Interlocked.MemoryBarrier();
         return HasPending;
     }
@@ -196,6 +216,8 @@ public sealed unsafe class SplitRing : IVirtqueue
     public void DisableNotifications()
     {
         // With EVENT_IDX, leaving avail_event behind already suppresses kicks.
-        if (!EventIdx) Volatile.Write(ref *_usedFlags, SplitRingLayout.UsedFlagNoNotify);
+        if (EventIdx) return;
+        Volatile.Write(ref *_usedFlags, SplitRingLayout.UsedFlagNoNotify);
+        _usedLog?.MarkGuest(_usedGuestAddr, 2);
     }
 }

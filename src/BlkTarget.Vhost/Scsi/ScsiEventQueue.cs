@@ -1,6 +1,7 @@
 using BlkTarget.Storage;
 using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Device;
+using BlkTarget.Vhost.Memory;
 using BlkTarget.Vhost.Queues;
 using Microsoft.Extensions.Logging;
 
@@ -26,6 +27,8 @@ public sealed unsafe class ScsiEventQueue : IRunningQueue
     private readonly IoVec[] _segments = GC.AllocateArray<IoVec>(MaxSegments, pinned: true);
     private int _callFd;
     private string? _broken;
+    /// <summary>VHOST_F_LOG_ALL: where the event buffers written are marked, or null.</summary>
+    private DirtyLog? _dirtyLog;
 
     public ScsiEventQueue(QueueStartInfo start, ScsiEventSource source, string deviceName, ILogger log)
     {
@@ -34,6 +37,7 @@ public sealed unsafe class ScsiEventQueue : IRunningQueue
         _source = source;
         _log = log;
         _callFd = start.CallFd;
+        _dirtyLog = start.DirtyLog;
         DeviceName = deviceName;
         _source.Attach(start.Io);
     }
@@ -76,6 +80,8 @@ public sealed unsafe class ScsiEventQueue : IRunningQueue
                 if (hasEvent) next.Write(info, missed);
                 else new ScsiEvent(0, 0, 0, 0).Write(info, eventsMissed: true);   // VIRTIO_SCSI_T_NO_EVENT | MISSED
                 Scatter(info, ref chain);
+                if (_dirtyLog is not null)
+                    for (int i = 0; i < chain.Count; i++) _dirtyLog.MarkHost(_start.Memory, segments[i].Base, segments[i].Length);
                 if (hasEvent) _source.Dequeue();
                 _ring.PushUsed(id, VirtioScsi.EventInfoSize);
                 delivered++;
@@ -113,6 +119,12 @@ public sealed unsafe class ScsiEventQueue : IRunningQueue
     public void WokeUp() { }
     public void Fault(Exception error) => _broken ??= $"internal error: {error.Message}";
     public void SetCallFd(int fd) => _callFd = fd;
+
+    public void ReplaceDirtyLog(DirtyLog log)
+    {
+        if (_dirtyLog is null) throw new InvalidOperationException("the queue was started without dirty logging");
+        _dirtyLog = log;
+    }
     public void BeginStop(Action onDrained) => onDrained();
     public void AbandonInFlight() { }
     public void Dispose() => _source.Attach(null);

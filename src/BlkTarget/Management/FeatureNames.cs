@@ -10,7 +10,7 @@ public static class FeatureNames
 {
     private static readonly (int Bit, string Name)[] Transport =
     [
-        (VirtioFeatures.RingIndirectDesc, "RING_INDIRECT_DESC"), (VirtioFeatures.RingEventIdx, "RING_EVENT_IDX"),
+        (VirtioFeatures.LogAll, "LOG_ALL"), (VirtioFeatures.RingIndirectDesc, "RING_INDIRECT_DESC"), (VirtioFeatures.RingEventIdx, "RING_EVENT_IDX"),
         (VirtioFeatures.VhostUserProtocolFeatures, "PROTOCOL_FEATURES"), (VirtioFeatures.Version1, "VERSION_1"),
         (VirtioFeatures.RingPacked, "RING_PACKED"),
     ];

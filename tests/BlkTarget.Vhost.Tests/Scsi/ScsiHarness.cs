@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using BlkTarget.Storage;
 using BlkTarget.Storage.Ram;
 using BlkTarget.Vhost.Device;
+using BlkTarget.Vhost.Memory;
 using BlkTarget.Vhost.Queues;
 using BlkTarget.Vhost.Scsi;
 using Microsoft.Extensions.Logging;
@@ -52,11 +53,11 @@ internal sealed unsafe class ScsiHarness : IDisposable
     public TimeSpan Patience;
 
     public ScsiHarness(Func<List<IBlockDevice>, IReadOnlyList<ScsiLunDefinition>>? luns = null, int requestQueues = 1, ILogger? log = null,
-        string name = "test-scsi")
+        string name = "test-scsi", DirtyLog? dirtyLog = null)
     {
         var definitions = luns?.Invoke(Disks) ?? DefaultLuns(Disks);
         Device = new ScsiDeviceContext(name, definitions, new ScsiOptions { RequestQueues = requestQueues });
-        Queue = new ScsiRequestQueue(new QueueStartInfo(VirtioScsi.FirstRequestQueue, Ring.CreateRing(), Ring.Memory.Memory, 0, -1, -1, Io), Device,
+        Queue = new ScsiRequestQueue(new QueueStartInfo(VirtioScsi.FirstRequestQueue, Ring.CreateRing(), Ring.Memory.Memory, 0, -1, -1, Io, dirtyLog), Device,
             log ?? NullLogger.Instance);
     }
 
