@@ -124,10 +124,12 @@ public sealed class ScsiDeviceContext
             _table = new ScsiLunTable(table.Luns.Where(l => l != lun));
             List<ScsiRequestQueue> running;
             lock (_running) running = [.. _running];
-            using var released = new CountdownEvent(running.Count);
+            var released = new CountdownEvent(running.Count);
             foreach (var queue in running) queue.ReleaseLun(lun, released);
+            // Not disposed on a timeout: queues still holding commands signal it when those complete.
             if (!released.Wait(drainTimeout))
                 throw new TimeoutException($"LUN {target}:{lunNumber} still had commands in flight after {drainTimeout.TotalSeconds:0} s; it is gone from the guest's view but its backend stays in use");
+            released.Dispose();
             _slotUsed[lun.Index] = false;
             AnnounceChange(lun, ScsiEvent.LunRemoved(lun.Target, lun.Lun));
             return lun;
