@@ -115,7 +115,9 @@ public sealed class VhostUserFrontend : IDisposable
                                               || !File.Exists(socketPath))
             {
                 socket.Dispose();
-                if (Environment.TickCount64 >= deadline) throw new IOException($"cannot connect to {socketPath}: {e.Message}", e);
+                if (Environment.TickCount64 >= deadline)
+                    throw new IOException(File.Exists(socketPath) ? $"cannot connect to {socketPath}: {e.Message}"
+                        : $"cannot connect to {socketPath}: no such socket (is the target serving it?)", e);
                 Thread.Sleep(20);
             }
             catch

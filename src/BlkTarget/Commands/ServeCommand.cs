@@ -207,6 +207,18 @@ public static class ServeCommand
             }
             settings = settings with { SocketAccess = new SocketAccess(group ?? settings.SocketAccess?.Group, mode ?? settings.SocketAccess?.Mode) };
         }
+        // An unknown group fails the start in one line, not every export later.
+        if (settings.SocketAccess?.Group is { } socketGroup)
+        {
+            try
+            {
+                SocketPermissions.ResolveGroup(socketGroup);
+            }
+            catch (IOException e)
+            {
+                throw new ConfigurationException($"socket group: {e.Message}");
+            }
+        }
         return settings;
     }
 }

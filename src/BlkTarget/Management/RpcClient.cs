@@ -18,7 +18,9 @@ public static class RpcClient
         }
         catch (SocketException e)
         {
-            throw new IOException($"cannot reach the target at {socketPath}: {e.Message} (is 'blktarget serve' running? --rpc-socket)", e);
+            // A missing path reports EADDRNOTAVAIL ("Cannot assign requested address"): say what it means.
+            string why = File.Exists(socketPath) ? e.Message : "no such socket";
+            throw new IOException($"cannot reach the target at {socketPath}: {why} (is 'blktarget serve' running? --rpc-socket)", e);
         }
         socket.ReceiveTimeout = (int)(timeout ?? TimeSpan.FromMinutes(5)).TotalMilliseconds;
         var request = new JsonObject { ["jsonrpc"] = "2.0", ["id"] = 1, ["method"] = method, ["params"] = parameters };
