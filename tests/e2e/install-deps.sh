@@ -20,8 +20,8 @@ set -euo pipefail
 #   cpio             builds the initramfs archives
 #   e2fsprogs        mke2fs / e2fsck copied into the guest
 #   gzip             compresses the initramfs
-#   zstd             the zstd tool the unit tests check our export streams with (and libzstd1, which
-#                    image export/import load)
+#   zstd             the zstd tool the unit tests check our export streams with (export/import itself
+#                    uses ZstdSharp, a managed port, and needs no native libzstd)
 #   sg3-utils        sg_persist, sg_compare_and_write, sg_inq: copied into the guest for the SCSI job (scsi-pr)
 #   socat            talks QMP over a Unix socket to the QEMU processes of the live-migration test
 #   mount            losetup, mount, umount: the storage tests export real (loop) block devices; not in every

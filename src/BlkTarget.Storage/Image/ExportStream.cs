@@ -1,5 +1,7 @@
 using System.Buffers.Binary;
 using BlkTarget.Storage.Compression;
+using ZstdSharp;
+using ZstdSharp.Unsafe;
 
 namespace BlkTarget.Storage.Image;
 
@@ -67,12 +69,22 @@ public static class ExportStream
     /// <summary>export: writes the image at <paramref name="imagePath"/> as a stream to <paramref name="output"/>.</summary>
     public static Summary Export(string imagePath, Stream output, int level = 3, ProgressCallback? progress = null, CancellationToken cancel = default)
     {
+        if (level is < 1 or > 19) throw new ArgumentOutOfRangeException(nameof(level), level, "zstd level must be between 1 and 19");
         using var source = ImageSource.Open(imagePath);
-        using var zstd = new ZstdCompressStream(output, level, workers: Environment.ProcessorCount >= 4 ? Math.Min(Environment.ProcessorCount / 2, 4) : 0, leaveOpen: true);
-        using var sink = new ExportSink(zstd, source.Size, source.Image.Header.ClusterSize);
-        var result = DiskCopy.Copy(source, sink, progress, cancel);
-        zstd.Finish();
-        return new Summary(source.Size, source.Image.Header.ClusterSize, sink.Records, result.DataBytes, zstd.CompressedBytes,
+        var counted = new CountingWriteStream(output);
+        ExportSink sink;
+        CopyResult result;
+        // ZstdSharp (a managed port of zstd) writes one frame; disposing the stream ends the frame. A failed export
+        // therefore still ends in a complete frame, but without our END record: import calls it truncated.
+        using (var zstd = new CompressionStream(counted, level, leaveOpen: true))
+        {
+            zstd.SetParameter(ZSTD_cParameter.ZSTD_c_checksumFlag, 1);   // zstd's own content checksum, as `zstd -t` checks
+            if (Environment.ProcessorCount >= 4) zstd.SetParameter(ZSTD_cParameter.ZSTD_c_nbWorkers, Math.Min(Environment.ProcessorCount / 2, 4));
+            sink = new ExportSink(zstd, source.Size, source.Image.Header.ClusterSize);
+            using (sink) result = DiskCopy.Copy(source, sink, progress, cancel);
+        }
+        output.Flush();
+        return new Summary(source.Size, source.Image.Header.ClusterSize, sink.Records, result.DataBytes, counted.BytesWritten,
             source.Image.AllocatedClusters, result.Elapsed);
     }
 
@@ -100,11 +112,34 @@ public static class ExportStream
     public static Summary Import(Stream input, string imagePath, uint? clusterSize = null, ProgressCallback? progress = null, CancellationToken cancel = default)
     {
         if (File.Exists(imagePath) || Directory.Exists(imagePath)) throw new IOException($"{imagePath} already exists");
+        var counted = new CountingReadStream(input);
+        // checkEndOfStream: input that ends inside a frame throws instead of looking like a clean end.
+        using var zstd = new DecompressionStream(counted, checkEndOfStream: true, leaveOpen: true);
+        try
+        {
+            return Import(zstd, counted, imagePath, clusterSize, progress, cancel);
+        }
+        catch (ZstdException e) when (e.Code == ZSTD_ErrorCode.ZSTD_error_prefix_unknown)
+        {
+            throw new ExportFormatException("not zstd-compressed data (wrong magic)");
+        }
+        catch (ZstdException e)
+        {
+            throw new ExportFormatException($"corrupt zstd data: {e.Message}");
+        }
+        catch (EndOfStreamException)
+        {
+            throw new ExportFormatException("the stream is truncated (it ends inside the zstd frame)");
+        }
+    }
+
+    private static Summary Import(Stream zstd, CountingReadStream counted, string imagePath, uint? clusterSize, ProgressCallback? progress, CancellationToken cancel)
+    {
         var started = System.Diagnostics.Stopwatch.StartNew();
-        using var zstd = new ZstdDecompressStream(input, leaveOpen: true);
         var reader = new ChecksummedReader(zstd);
         var header = new byte[HeaderLength];
         int got = reader.ReadUpTo(header);
+        if (got == 0) throw new ExportFormatException("the stream is empty");
         if (got < Magic.Length || !header.AsSpan(0, Magic.Length).SequenceEqual(Magic)) throw new ExportFormatException("not a BlkTarget export stream (wrong magic)");
         if (got < HeaderLength) throw new ExportFormatException("the stream is truncated (it ends inside the header)");
         var (virtualSize, streamClusterSize) = ReadHeader(header);
@@ -150,7 +185,7 @@ public static class ExportStream
         }
         sink.Complete();
         progress?.Invoke(virtualSize, virtualSize);
-        return new Summary(virtualSize, sink.Image.Header.ClusterSize, records, dataBytes, zstd.CompressedBytes, sink.Image.AllocatedClusters, started.Elapsed);
+        return new Summary(virtualSize, sink.Image.Header.ClusterSize, records, dataBytes, counted.BytesRead, sink.Image.AllocatedClusters, started.Elapsed);
     }
 
     public static Summary Import(string inputPath, string imagePath, uint? clusterSize = null, ProgressCallback? progress = null, CancellationToken cancel = default)
@@ -231,6 +266,50 @@ public static class ExportStream
             return done;
         }
     }
+}
+
+/// <summary>Passes writes through to <paramref name="inner"/>, counting them (the compressed size in
+/// <see cref="ExportStream.Summary"/>, also when the output is a pipe that cannot tell its position).</summary>
+internal sealed class CountingWriteStream(Stream inner) : Stream
+{
+    public long BytesWritten { get; private set; }
+    public override bool CanRead => false;
+    public override bool CanSeek => false;
+    public override bool CanWrite => true;
+    public override long Length => throw new NotSupportedException();
+    public override long Position { get => BytesWritten; set => throw new NotSupportedException(); }
+    public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+    public override void Write(ReadOnlySpan<byte> buffer)
+    {
+        inner.Write(buffer);
+        BytesWritten += buffer.Length;
+    }
+    public override void Flush() => inner.Flush();
+    public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+    public override void SetLength(long value) => throw new NotSupportedException();
+}
+
+/// <summary>Passes reads through from <paramref name="inner"/>, counting them (compressed bytes consumed).</summary>
+internal sealed class CountingReadStream(Stream inner) : Stream
+{
+    public long BytesRead { get; private set; }
+    public override bool CanRead => true;
+    public override bool CanSeek => false;
+    public override bool CanWrite => false;
+    public override long Length => throw new NotSupportedException();
+    public override long Position { get => BytesRead; set => throw new NotSupportedException(); }
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+    public override int Read(Span<byte> buffer)
+    {
+        int n = inner.Read(buffer);
+        BytesRead += n;
+        return n;
+    }
+    public override void Flush() { }
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+    public override void SetLength(long value) => throw new NotSupportedException();
 }
 
 /// <summary>A stream that is not a (complete, intact) BlkTarget export stream. The message says why.</summary>
