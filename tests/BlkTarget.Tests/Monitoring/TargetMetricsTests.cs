@@ -143,6 +143,19 @@ public class TargetMetricsTests
     }
 
     [Fact]
+    public void An_export_recreated_with_fewer_queues_and_no_lower_count_drops_the_old_queues_series()
+    {
+        // Nothing fell, so only the object tells the new export from the old one.
+        var target = new Target();
+        var one = CounterSnapshot.Read(Requests(IoOp.Read, 1_500));
+        target.Scrape(Stats(new ExportStats("e1", "blk", ["d1"], [new QueueStats(0, 0, one), new QueueStats(1, 0, new CounterSnapshot())], one) { Source = new object() }));
+        var lines = target.Scrape(Stats(Export("e1", new object(), CounterSnapshot.Read(Requests(IoOp.Read, 1_500, 1_500)))));
+
+        Assert.Contains("blktarget_requests_total{export=\"e1\",queue=\"0\",op=\"read\"} 2", lines);
+        Assert.DoesNotContain(lines, l => l.Contains("queue=\"1\"", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public void Counts_that_fall_for_the_same_export_are_published_again_as_a_reset()
     {
         // A hot-removed LUN takes its counts out of the export's totals.
