@@ -106,6 +106,33 @@ public sealed class StatsAndMetricsTests : IDisposable
     }
 
     [Fact]
+    public void A_metrics_address_in_use_fails_the_start_in_one_line()
+    {
+        using var taken = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        taken.Start();
+        var endpoint = (IPEndPoint)taken.LocalEndpoint;
+
+        var e = Assert.Throws<BlkTarget.Configuration.ConfigurationException>(() => _harness.Start(management: m => m with { MetricsListen = endpoint }));
+        Assert.StartsWith($"metrics: cannot listen on {endpoint}: ", e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+    }
+
+    [Fact]
+    public async Task A_stopped_target_no_longer_serves_metrics()
+    {
+        var runtime = Start();
+        var address = runtime.MetricsAddress!;
+        using var http = new HttpClient { BaseAddress = address };
+        Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("metrics")).StatusCode);
+
+        runtime.Dispose();
+        await Assert.ThrowsAsync<HttpRequestException>(() => http.GetAsync("metrics"));
+        // The port is free again.
+        using var again = new System.Net.Sockets.TcpListener(IPAddress.Loopback, address.Port);
+        again.Start();
+    }
+
+    [Fact]
     public async Task Top_once_prints_the_export_of_a_running_target()
     {
         using var runtime = Start();

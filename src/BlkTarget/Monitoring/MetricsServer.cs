@@ -1,33 +1,27 @@
 using System.Net;
 using System.Net.Sockets;
-using System.Text;
 using BlkTarget.Management;
+using BlkTarget.Vhost.Stats;
 using Microsoft.Extensions.Logging;
+using Prometheus;
 
 namespace BlkTarget.Monitoring;
 
 /// <summary>
-/// Serves GET /metrics (<see cref="PrometheusText"/>) over HTTP with the base library's HttpListener (no web
-/// framework: a scrape endpoint needs one path, and the hosting packages stay the pinned ones). Every scrape reads
-/// the counters then (nothing is pushed per request). Other paths answer 404. One scrape at a time, on its own thread.
+/// Serves GET /metrics with prometheus-net's <see cref="MetricServer"/> (HttpListener based, no web framework) from a
+/// registry of this target's own (<see cref="TargetMetrics"/>). Every scrape reads the counters then, in the
+/// registry's before-collect callback (nothing is pushed per request). Other paths answer 404.
 /// </summary>
 public sealed class MetricsServer : IDisposable
 {
-    private readonly HttpListener _listener;
+    private readonly MetricServer _server;
     private readonly ReactorLoadSampler _load;
-    private readonly TargetModel _model;
-    private readonly ILogger _log;
-    private readonly Thread _thread;
 
-    private MetricsServer(HttpListener listener, ReactorLoadSampler load, TargetModel model, ILogger log, Uri address)
+    private MetricsServer(MetricServer server, ReactorLoadSampler load, Uri address)
     {
-        _listener = listener;
+        _server = server;
         _load = load;
-        _model = model;
-        _log = log;
         Address = address;
-        _thread = new Thread(Serve) { IsBackground = true, Name = "metrics" };
-        _thread.Start();
     }
 
     /// <summary>Where it listens, e.g. http://127.0.0.1:9101/ (the real port when 0 was asked for).</summary>
@@ -37,23 +31,28 @@ public sealed class MetricsServer : IDisposable
     /// address is taken or cannot be listened on.</summary>
     public static MetricsServer Start(IPEndPoint endpoint, TargetModel model, ILogger log)
     {
+        // MetricServer takes a host name and port for an HttpListener prefix, which cannot say "any port": pick one.
         int port = endpoint.Port == 0 ? FreePort(endpoint.Address) : endpoint.Port;
         string host = endpoint.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{endpoint.Address}]" : endpoint.Address.ToString();
         var address = new Uri($"http://{host}:{port}/");
-        var listener = new HttpListener();
-        listener.Prefixes.Add(address.ToString());
+
+        var registry = Metrics.NewCustomRegistry();
+        var metrics = new TargetMetrics(registry);
+        var load = new ReactorLoadSampler(model.Reactors.Reactors, TimeSpan.FromSeconds(1));
+        registry.AddBeforeCollectCallback(() => metrics.Update(TargetStats.Collect(model, CounterSnapshot.Read), load.Ratios));
+        var server = new MetricServer(host, port, "metrics/", registry);
         try
         {
-            listener.Start();
+            server.Start();
         }
         catch (Exception e) when (e is HttpListenerException or SocketException)
         {
-            listener.Close();
+            server.Dispose();
+            load.Dispose();
             throw new IOException($"metrics: cannot listen on {endpoint}: {e.Message}", e);
         }
-        var load = new ReactorLoadSampler(model.Reactors.Reactors, TimeSpan.FromSeconds(1));
         log.LogInformation("metrics: Prometheus text format at {Address}metrics", address);
-        return new MetricsServer(listener, load, model, log, address);
+        return new MetricsServer(server, load, address);
     }
 
     /// <summary>A port the kernel considers free now (bind to port 0, read it, let it go).</summary>
@@ -64,44 +63,9 @@ public sealed class MetricsServer : IDisposable
         return ((IPEndPoint)probe.LocalEndpoint).Port;
     }
 
-    private void Serve()
-    {
-        while (_listener.IsListening)
-        {
-            HttpListenerContext context;
-            try
-            {
-                context = _listener.GetContext();
-            }
-            catch (Exception e) when (e is HttpListenerException or ObjectDisposedException or InvalidOperationException)
-            {
-                return;     // stopped
-            }
-            try
-            {
-                using var response = context.Response;
-                if (context.Request.HttpMethod != "GET" || context.Request.Url?.AbsolutePath != "/metrics")
-                {
-                    response.StatusCode = 404;
-                    continue;
-                }
-                var body = Encoding.UTF8.GetBytes(PrometheusText.Write(TargetStats.Collect(_model, Vhost.Stats.CounterSnapshot.Read), _load.Ratios));
-                response.ContentType = PrometheusText.ContentType;
-                response.ContentLength64 = body.Length;
-                response.OutputStream.Write(body);
-            }
-            catch (Exception e) when (e is HttpListenerException or IOException or ObjectDisposedException)
-            {
-                _log.LogDebug("metrics: scrape from {Remote} failed: {Error}", context.Request.RemoteEndPoint, e.Message);
-            }
-        }
-    }
-
     public void Dispose()
     {
-        _listener.Stop();
-        _listener.Close();
-        _thread.Join(TimeSpan.FromSeconds(5));
+        _server.Dispose();
         _load.Dispose();
     }
 }

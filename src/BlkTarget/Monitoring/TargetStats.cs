@@ -8,8 +8,13 @@ namespace BlkTarget.Monitoring;
 /// <summary>The counts of one queue of an export (all its LUNs together).</summary>
 public sealed record QueueStats(int Index, int Reactor, CounterSnapshot Counters);
 
-/// <summary>The counts of one export: per queue and in total.</summary>
-public sealed record ExportStats(string Name, string Kind, IReadOnlyList<string> Disks, IReadOnlyList<QueueStats> Queues, CounterSnapshot Total);
+/// <summary>The counts of one export: per queue and in total. <see cref="Source"/>: the object the counts came from
+/// (the <see cref="ManagedExport"/>), so a reader that keeps state between two reads can tell an export deleted and
+/// created again under the same name (new counters from zero) from the same one; null when unknown.</summary>
+public sealed record ExportStats(string Name, string Kind, IReadOnlyList<string> Disks, IReadOnlyList<QueueStats> Queues, CounterSnapshot Total)
+{
+    public object? Source { get; init; }
+}
 
 /// <summary>The counts of one disk over every export and queue that used it. <see cref="AllocatedBytes"/>: space the
 /// image's allocated clusters take (null for other backends).</summary>
@@ -42,7 +47,7 @@ public sealed record TargetStats(double TimeSeconds, IReadOnlyList<ExportStats> 
             var mine = sources.Where(s => s.Export == e).ToList();
             var queues = mine.GroupBy(s => s.Source.Queue).OrderBy(g => g.Key)
                 .Select(g => new QueueStats(g.Key, (e.ReactorOffset + g.Key) % reactorCount, Sum(g.Select(s => s.Counts)))).ToList();
-            return new ExportStats(e.Spec.Name, e.Spec.Kind, e.Spec.DiskNames.ToList(), queues, Sum(mine.Select(s => s.Counts)));
+            return new ExportStats(e.Spec.Name, e.Spec.Kind, e.Spec.DiskNames.ToList(), queues, Sum(mine.Select(s => s.Counts))) { Source = e };
         }).ToList();
         var diskStats = disk is null && export is not null ? [] : disks.Where(d => disk is null || d.Spec.Name == disk).Select(d =>
             new DiskStats(d.Spec.Name, d.Backend.Info.SizeBytes, AllocatedBytes(d), Sum(sources.Where(s => s.Source.Disk == d.Spec.Name).Select(s => s.Counts))))
