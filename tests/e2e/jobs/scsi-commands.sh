@@ -77,8 +77,9 @@ echo "$P: WRITE SAME checks passed"
 opcode() {  # opcode OPCODE USAGE [SA]: the one-command usage data is exactly USAGE
     if [ $# -eq 3 ]; then run sg_opcodes -R -o "$1" -s "$3" $D; else run sg_opcodes -R -o "$1" $D; fi
     expect_rc 0
+    expect "Command is supported [conforming to SCSI standard]"
     expect "Usage data: $2"
-    expect "no recommended timeout"
+    expect "no nominal timeout, no recommended timeout"
 }
 opcode 0x00 "00 00 00 00 00 04"                                            # TEST UNIT READY
 opcode 0x1b "1b 01 00 00 f7 04"                                            # START STOP UNIT: IMMED; POWER CONDITION, NO_FLUSH, LOEJ, START
@@ -106,8 +107,10 @@ run sg_turs -v $D
 expect_rc 2
 echo "$OUT" | grep -qF "Not Ready" || fail "TEST UNIT READY after STOP: expected sense key Not Ready"
 expect "Additional sense: Logical unit not ready, initializing command required"
-run sg_dd blk_sgio=1 if=$D of=/dev/null bs="$BS" skip=6144 count=1
-[ "$RC" -ne 0 ] || fail "READ (sg_dd, SG_IO) after STOP succeeded"
+# sg_dd -v prints the READ's sense; exit status 2: NOT READY.
+run sg_dd -v blk_sgio=1 if=$D of=/dev/null bs="$BS" skip=6144 count=1
+expect_rc 2
+expect "Device (r) not ready"
 expect "Additional sense: Logical unit not ready, initializing command required"
 run dd if=$D of=/dev/null bs="$BS" skip=6144 count=1 iflag=direct
 [ "$RC" -ne 0 ] || fail "READ (dd iflag=direct) after STOP succeeded"
