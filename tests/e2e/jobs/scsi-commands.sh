@@ -127,15 +127,17 @@ echo "$P: START STOP UNIT checks passed"
 
 # ---- VPD 86h, Extended INQUIRY data (SPC-4 7.8.7) ----
 # SIMPSUP only among the task attributes (HEAD OF QUEUE and ORDERED run as SIMPLE: HEADSUP, ORDSUP 0), V_SUP (a
-# volatile write cache, WCE changeable), no protection information, nothing else.
+# volatile write cache, WCE changeable), LUICLR (SPC-4: shall be one; I_T nexus state goes with the nexus), no
+# protection information, nothing else.
 run sg_inq -p 0x86 $D
 expect_rc 0
 expect "ACTIVATE_MICROCODE=0 SPT=0 GRD_CHK=0 APP_CHK=0 REF_CHK=0"
 expect "UASK_SUP=0 GROUP_SUP=0 PRIOR_SUP=0 HEADSUP=0 ORDSUP=0 SIMPSUP=1"
 expect "WU_SUP=0 [CRD_SUP=0] NV_SUP=0 V_SUP=1"
+expect "NO_PI_CHK=0 P_I_I_SUP=0 LUICLR=1"
 run sh -c "sg_inq -p 0x86 -r $D | od -An -tx1 -v"
 expect_rc 0
-expect "00 86 00 3c 00 01 01 00 00 00 00 00 00 00 00 00"
+expect "00 86 00 3c 00 01 01 01 00 00 00 00 00 00 00 00"
 [ "$(echo "$OUT" | grep -c '^ 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00$')" -eq 3 ] || fail "VPD 86h: bytes 16-63 not all zero"
 
 # ---- VPD 83h: the target port designator (SPC-4 7.8.6.6), after the two logical unit designators ----
