@@ -222,6 +222,9 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
     /// fence), then reads the gate: the order <see cref="CompareAndWriteGate"/>'s proof needs. Reads the header and
     /// ranges without consuming them (<see cref="Peek"/>), so a deferred request is admitted again from scratch;
     /// whatever Dispatch would refuse (bad lengths, ranges beyond the disk) is let through for Dispatch to fail.
+    /// Dispatch reads the header again from guest memory: a guest that rewrites its own request in between can only
+    /// misplace its own write, which it could as well have sent to that range after the COMPARE AND WRITE (the gate
+    /// orders cooperating initiators; it does not defend the disk against one that is not).
     /// </summary>
     private bool TryAdmit(ushort head, in ChainBuffers chain)
     {
