@@ -91,7 +91,7 @@ if [[ $run_e2e -eq 1 ]]; then
   # vhost-user-scsi (2 request queues, /dev/sda in the guest) on a RAM LUN, plus the multi-LUN job, and on an
   # image LUN (asynchronous backend: requests complete from the reactor's io_uring).
   run_e2e_suite "scsi ram" --kind scsi --backend ram:1G
-  BLKTARGET_EXTRA_ARGS="--create 1G" run_e2e_suite "scsi image" --kind scsi --only fio-verify,ext4-write,ext4-verify-after-reboot --backend "image:$image_dir/scsi.bti"
+  BLKTARGET_EXTRA_ARGS="--create 1G" run_e2e_suite "scsi image" --kind scsi --only fio-verify,ext4-write,ext4-verify-after-reboot,scsi-commands --backend "image:$image_dir/scsi.bti"
   # Packed virtqueues (packed=on): fio verify, ext4 and a guest reset, over blk and scsi.
   run_e2e_suite "packed ram" --packed --only fio-verify,ext4-write,guest-reboot --backend ram:1G
   run_e2e_suite "packed scsi ram" --packed --kind scsi --only fio-verify,ext4-write,guest-reboot --backend ram:1G

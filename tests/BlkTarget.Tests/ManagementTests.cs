@@ -112,6 +112,22 @@ public sealed class ManagementTests : IDisposable
     }
 
     [Fact]
+    public void A_blk_export_of_a_shared_disk_takes_the_compare_and_write_gate_its_scsi_exports_use()
+    {
+        Call("disk_create", """{"name":"shared","backend":"ram:1M","shared":true}""");
+        Call("disk_create", """{"name":"excl","backend":"ram:1M"}""");
+        Assert.Null(Call("export_create_blk", $$"""{"name":"b","socket":"{{_dir}}/b.sock","disk":"shared"}""")["error"]);
+        Assert.Null(Call("export_create_scsi", $$"""{"name":"s","socket":"{{_dir}}/s.sock","luns":[{"disk":"shared"}]}""")["error"]);
+        Assert.Null(Call("export_create_blk", $$"""{"name":"e","socket":"{{_dir}}/e.sock","disk":"excl"}""")["error"]);
+        var gate = _model.Disks.Single(d => d.Spec.Name == "shared").LogicalUnit.Gate;
+        var exports = _model.Exports.ToDictionary(e => e.Spec.Name, e => e.Device);
+        Assert.Same(gate, ((BlkTarget.Vhost.Scsi.VirtioScsiDevice)exports["s"]).Context.Luns.Single().Shared.Gate);
+        Assert.Same(gate, ((BlkTarget.Vhost.Blk.VirtioBlkDevice)exports["b"]).Context.Gate);
+        // No other export can write an unshared disk: its blk writes skip the gate altogether.
+        Assert.Null(((BlkTarget.Vhost.Blk.VirtioBlkDevice)exports["e"]).Context.Gate);
+    }
+
+    [Fact]
     public void The_persisted_config_reads_back_as_the_same_disks_and_exports()
     {
         Call("disk_create", """{"name":"d1","backend":"ram:3M","block_size":4096,"shared":true}""");

@@ -4,6 +4,7 @@ using BlkTarget.Storage.Ram;
 using BlkTarget.Vhost.Blk;
 using BlkTarget.Vhost.Device;
 using BlkTarget.Vhost.Queues;
+using BlkTarget.Vhost.Scsi.Atomicity;
 using BlkTarget.IntegrationTests;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -28,19 +29,19 @@ public sealed unsafe class BlkRequestTests : IDisposable
     /// <summary>What a Linux guest acks: FLUSH and CONFIG_WCE (a volatile write cache it flushes).</summary>
     private const ulong GuestFeatures = (1UL << VirtioBlk.FeatureFlush) | (1UL << VirtioBlk.FeatureConfigWce);
 
-    private BlkQueue CreateQueue(Storage.IBlockDevice disk, BlkOptions options, ulong features = GuestFeatures)
+    private BlkQueue CreateQueue(Storage.IBlockDevice disk, BlkOptions options, ulong features = GuestFeatures, CompareAndWriteGate? gate = null)
     {
-        _context = new BlkDeviceContext("test", disk, options);
+        _context = new BlkDeviceContext("test", disk, options, gate);
         var start = new QueueStartInfo(0, _ring.CreateRing(), _ring.Memory.Memory, features, -1, -1, _io);
         return new BlkQueue(start, _context, _log);
     }
 
-    private void UseDisk(Storage.IBlockDevice disk, BlkOptions? options = null, ulong features = GuestFeatures)
+    private void UseDisk(Storage.IBlockDevice disk, BlkOptions? options = null, ulong features = GuestFeatures, CompareAndWriteGate? gate = null)
     {
         _queue.Dispose();
         _disk.Dispose();
         _disk = disk;
-        _queue = CreateQueue(disk, options ?? new BlkOptions(), features);
+        _queue = CreateQueue(disk, options ?? new BlkOptions(), features, gate);
     }
 
     private ulong Header(uint type, ulong sector)
@@ -52,9 +53,8 @@ public sealed unsafe class BlkRequestTests : IDisposable
         return gpa;
     }
 
-    /// <summary>Builds a chain of (gpa, len, writable) buffers, makes it available, runs the queue once and
-    /// returns the status byte and the used length.</summary>
-    private (byte Status, uint UsedLength) Run(params (ulong Gpa, uint Len, bool Writable)[] buffers)
+    /// <summary>Builds a chain of (gpa, len, writable) buffers and makes it available; returns its head.</summary>
+    private ushort Offer(params (ulong Gpa, uint Len, bool Writable)[] buffers)
     {
         ushort head = _nextDescriptor;
         for (int i = 0; i < buffers.Length; i++)
@@ -64,8 +64,16 @@ public sealed unsafe class BlkRequestTests : IDisposable
             _ring.SetDescriptor(_nextDescriptor, gpa, len, (ushort)((writable ? Write : 0) | (last ? 0 : Next)), (ushort)(_nextDescriptor + 1));
             _nextDescriptor++;
         }
-        ushort usedBefore = _ring.UsedIdx;
         _ring.MakeAvailable(head);
+        return head;
+    }
+
+    /// <summary>Builds a chain of (gpa, len, writable) buffers, makes it available, runs the queue once and
+    /// returns the status byte and the used length.</summary>
+    private (byte Status, uint UsedLength) Run(params (ulong Gpa, uint Len, bool Writable)[] buffers)
+    {
+        ushort usedBefore = _ring.UsedIdx;
+        ushort head = Offer(buffers);
         _queue.Poll();
         Assert.Equal((ushort)(usedBefore + 1), _ring.UsedIdx);
         var used = _ring.Used(usedBefore);
@@ -488,6 +496,75 @@ public sealed unsafe class BlkRequestTests : IDisposable
         _queue.BeginStop(() => drained = true);
         Assert.True(drained);
         Assert.Equal(2, _queue.LastAvailIdx);
+    }
+
+    // ---- a shared disk: COMPARE AND WRITE of a SCSI export of the same disk is atomic against blk writes too ----
+
+    [Theory]
+    [InlineData(VirtioBlk.TypeOut)]
+    [InlineData(VirtioBlk.TypeWriteZeroes)]
+    [InlineData(VirtioBlk.TypeDiscard)]
+    public void On_a_shared_disk_a_write_overlapping_a_range_a_compare_and_write_holds_waits_for_its_release(uint type)
+    {
+        var gate = new CompareAndWriteGate();
+        UseDisk(new RamDisk(1 << 20), gate: gate);
+        var old = Random(512, 7);
+        WriteSectors(8, old);
+        int holder = gate.TryHold(8, 1);                  // LBA 8 of 512-byte blocks = sector 8
+        Assert.True(holder >= 0);
+        ulong payload;
+        uint payloadLength;
+        if (type == VirtioBlk.TypeOut)
+        {
+            payload = _ring.Allocate(512, 512);
+            _ring.Bytes(payload, 512).Fill(0x5a);
+            payloadLength = 512;
+        }
+        else
+        {
+            payload = Ranges((8, 1, 0));
+            payloadLength = 16;
+        }
+        ulong status = _ring.Allocate(1);
+        ushort usedBefore = _ring.UsedIdx;
+        ushort head = Offer((Header(type, 8), 16, false), (payload, payloadLength, false), (status, 1, true));
+        _queue.Poll();
+        _queue.Poll();
+        Assert.Equal(usedBefore, _ring.UsedIdx);          // held back: not completed...
+        Assert.Equal(1, _queue.InFlight);
+        Assert.Equal(old, ReadSectors(8, 512).Data);      // ...and nothing written (a read passes the gate)
+        Assert.Equal(VirtioBlk.StatusOk, WriteSectors(9, Random(512, 8)).Item1);   // a write next to the range goes
+        usedBefore = _ring.UsedIdx;
+        gate.Release(holder);
+        _queue.Poll();
+        Assert.Equal((ushort)(usedBefore + 1), _ring.UsedIdx);
+        Assert.Equal(head, (ushort)_ring.Used(usedBefore).Id);
+        Assert.Equal(VirtioBlk.StatusOk, _ring.Bytes(status, 1)[0]);
+        byte expected = type == VirtioBlk.TypeOut ? (byte)0x5a : (byte)0;
+        Assert.All(ReadSectors(8, 512).Data, b => Assert.Equal(expected, b));   // the RAM disk's discard zeroes
+        Assert.Equal(0, _queue.InFlight);
+    }
+
+    [Fact]
+    public void On_a_shared_disk_a_compare_and_write_waits_for_a_blk_write_already_in_flight()
+    {
+        var gate = new CompareAndWriteGate();
+        var disk = new DeferredDisk(1 << 20);
+        UseDisk(disk, gate: gate);
+        ulong data = _ring.Allocate(512, 512);
+        Offer((Header(VirtioBlk.TypeOut, 8), 16, false), (data, 512, false), (_ring.Allocate(1), 1, true));
+        _queue.Poll();
+        Assert.Equal(1, disk.Held);                        // the write reached the backend before the hold
+        int holder = gate.TryHold(8, 1);
+        Assert.True(holder >= 0);
+        var drain = new WriteDrain();
+        drain.Begin(gate);
+        Assert.False(drain.Finished());                    // the COMPARE AND WRITE may not read yet
+        disk.ReleaseCompletions();
+        _queue.Poll();
+        Assert.Equal(1, _ring.UsedIdx);
+        Assert.True(drain.Finished());
+        gate.Release(holder);
     }
 
     public void Dispose()

@@ -55,7 +55,10 @@ WANTED_MODULES=(
     ext4
 )
 
-for c in apt-get apt-cache dpkg dpkg-query depmod cpio gzip busybox fio mke2fs e2fsck sg_persist sg_compare_and_write ldd flock sha256sum; do
+# sg3_utils tools the SCSI jobs run in the guest. The cache key below hashes this script, so a change to this list
+# builds a new guest: a cached one without a tool is never reused.
+SG_TOOLS=(sg_persist sg_compare_and_write sg_inq sg_opcodes sg_write_same sg_start sg_turs sg_dd)
+for c in apt-get apt-cache dpkg dpkg-query depmod cpio gzip busybox fio mke2fs e2fsck "${SG_TOOLS[@]}" ldd flock sha256sum; do
     command -v "$c" >/dev/null 2>&1 || die "'$c' not found; run tests/e2e/install-deps.sh"
 done
 
@@ -205,7 +208,7 @@ copy_bin() {
 copy_bin "$(command -v fio)" usr/bin/fio
 copy_bin "$(command -v mke2fs)" sbin/mke2fs
 copy_bin "$(command -v e2fsck)" sbin/e2fsck
-for t in sg_persist sg_compare_and_write sg_inq sg_opcodes; do copy_bin "$(command -v "$t")" "usr/bin/$t"; done
+for t in "${SG_TOOLS[@]}"; do copy_bin "$(command -v "$t")" "usr/bin/$t"; done
 for l in mkfs.ext4 mkfs.ext2; do rm -f "$S/sbin/$l"; ln -s mke2fs "$S/sbin/$l"; done
 for l in fsck.ext4 fsck.ext2; do rm -f "$S/sbin/$l"; ln -s e2fsck "$S/sbin/$l"; done
 [[ -f /etc/mke2fs.conf ]] && cp /etc/mke2fs.conf "$S/etc/mke2fs.conf"

@@ -43,6 +43,9 @@
 #   scsi-pr                    (--kind scsi only) persistent reservations with sg_persist on
 #                              /dev/sda: register, reserve, read keys/reservation/full status,
 #                              report capabilities, conflicts, release, unregister
+#   scsi-commands              (--kind scsi only) sg3_utils on /dev/sda: WRITE SAME(10/16) with a
+#                              pattern and with UNMAP, REPORT SUPPORTED OPERATION CODES usage data,
+#                              START STOP UNIT (NOT READY until START), VPD 86h and 83h
 #   disk-resize                (blktarget, --kind blk, ram backend runs only) a target managed over
 #                              RPC: disk + export created with the CLI, the disk grown while the
 #                              guest runs; the guest sees the new size without a rescan
@@ -96,7 +99,7 @@ if [[ "$target" == qsd && "$kind" == scsi ]]; then
 fi
 
 ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot guest-reboot)
-[[ "$kind" != scsi ]] || ALL_TESTS+=(scsi-luns scsi-pr)
+[[ "$kind" != scsi ]] || ALL_TESTS+=(scsi-luns scsi-pr scsi-commands)
 # Runtime management (disks and exports made over RPC while the target serves): BlkTarget only.
 [[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize fio-during-attach migration memory-hotplug)
 [[ "$target" != blktarget || "$kind" != scsi || "$backend" != ram:* ]] || ALL_TESTS+=(scsi-hotplug scsi-pr-two-initiators)

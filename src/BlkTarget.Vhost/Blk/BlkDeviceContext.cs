@@ -1,5 +1,6 @@
 using System.Text;
 using BlkTarget.Storage;
+using BlkTarget.Vhost.Scsi.Atomicity;
 using BlkTarget.Vhost.Stats;
 
 namespace BlkTarget.Vhost.Blk;
@@ -7,9 +8,12 @@ namespace BlkTarget.Vhost.Blk;
 /// <summary>What every queue of one virtio-blk export shares: backend, options, config space, serial.</summary>
 public sealed class BlkDeviceContext
 {
-    public BlkDeviceContext(string name, IBlockDevice backend, BlkOptions options)
+    /// <param name="gate">The disk's COMPARE AND WRITE gate when other exports (SCSI) may write it too (a shared
+    /// disk); null when only this export writes it.</param>
+    public BlkDeviceContext(string name, IBlockDevice backend, BlkOptions options, CompareAndWriteGate? gate = null)
     {
         Name = name;
+        Gate = gate;
         Backend = backend;
         Options = options;
         Config = new BlkConfigSpace(backend.Info, options);
@@ -31,6 +35,9 @@ public sealed class BlkDeviceContext
     /// <summary>The backend as it is now (its size grows with <see cref="IBlockDevice.Resize"/>).</summary>
     public BlockDeviceInfo Info => Backend.Info;
     public BlkOptions Options { get; }
+    /// <summary>COMPARE AND WRITE of a SCSI export of the same (shared) disk is atomic against this export's writes
+    /// too (<see cref="BlkQueue"/>); null: no other export writes the disk.</summary>
+    public CompareAndWriteGate? Gate { get; }
     public BlkConfigSpace Config { get; }
     /// <summary>GET_ID answer (virtio 1.2 5.2.6): the serial as a NUL-padded 20-byte string (no terminator only when
     /// it is 20 bytes long). The device writes the whole field, or as much of it as the driver's buffer holds.</summary>

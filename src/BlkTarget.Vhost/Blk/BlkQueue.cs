@@ -3,6 +3,7 @@ using BlkTarget.Storage;
 using BlkTarget.Vhost.Device;
 using BlkTarget.Vhost.Protocol;
 using BlkTarget.Vhost.Queues;
+using BlkTarget.Vhost.Scsi.Atomicity;
 using BlkTarget.Vhost.Stats;
 using Microsoft.Extensions.Logging;
 
@@ -12,6 +13,14 @@ namespace BlkTarget.Vhost.Blk;
 /// One running virtio-blk queue: turns descriptor chains into storage requests whose iovecs point into guest
 /// memory, and completes them through the used ring. Request state lives in slots indexed by the chain's head
 /// descriptor (unique while in flight), allocated once at queue start: nothing is allocated per request.
+/// <para>
+/// On a disk that is shared (<see cref="BlkDeviceContext.Gate"/>, which a SCSI export of the same disk may use for
+/// COMPARE AND WRITE), writes, write-zeroes and discards take part in the disk's <see cref="CompareAndWriteGate"/>
+/// exactly as SCSI writes do: each counts in this queue's <see cref="WriteTracker"/> while in flight, and one that
+/// overlaps a range a COMPARE AND WRITE holds is deferred (its buffers stay in the slot) and dispatched again on
+/// later polls until it passes. Without that, a blk guest's write could land between a COMPARE AND WRITE's read and
+/// its write, and the cluster lock it implements would break.
+/// </para>
 /// </summary>
 public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
 {
@@ -25,6 +34,10 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         public IoOp Op;
         public IoErrorKind Error;
         public ulong Bytes;
+        /// <summary>The write counts in <see cref="_tracker"/> until the request completes.</summary>
+        public bool WriteBegun;
+        /// <summary>The request's buffers, kept while it is deferred (they live in the slot's segment storage).</summary>
+        public ChainBuffers Chain;
     }
 
     private readonly BlkDeviceContext _device;
@@ -34,6 +47,12 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
     /// <summary>FLUSH was not negotiated: the driver never flushes (Linux then assumes write-through), so every
     /// write must be durable when it completes.</summary>
     private readonly bool _noFlush;
+    /// <summary>The shared disk's COMPARE AND WRITE gate, or null (a disk only this export writes).</summary>
+    private readonly CompareAndWriteGate? _gate;
+    private readonly WriteTracker? _tracker;
+    /// <summary>Heads of deferred requests, in arrival order (<see cref="_gate"/> only).</summary>
+    private readonly ushort[] _deferred = [];
+    private int _deferredCount;
 
     public BlkQueue(QueueStartInfo start, BlkDeviceContext device, ILogger log) : base(start, device.Name, log)
     {
@@ -42,6 +61,14 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         _slots = new Slot[Ring.Size];
         _counters = device.Counters[start.Index];
         _channel = device.Backend.OpenChannel(start.Io, this, (int)Ring.Size * (int)Math.Max(1, device.Options.MaxRangeSegments));
+        _gate = device.Gate;
+        if (_gate is not null)
+        {
+            _tracker = new WriteTracker((int)Ring.Size);
+            _deferred = new ushort[Ring.Size];
+            // Before this queue's first write (the gate's proof needs the registration first).
+            _gate.Register(_tracker);
+        }
     }
 
     protected override void Process(ushort head, ref ChainBuffers chain)
@@ -54,7 +81,21 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         ref Slot slot = ref _slots[head];
         slot = new Slot { Status = chain.LastWritableByte, UsedLength = 1, Pending = 1, Result = VirtioBlk.StatusOk, Op = IoOp.Other };
         _counters.Begin();
+        if (!chain.Overflowed && _gate is not null && !TryAdmit(head, chain))
+        {
+            // Nothing consumed yet; Process's own reference stays until the retry that dispatches it (PollDeferred).
+            slot.Chain = chain;
+            _deferred[_deferredCount++] = head;
+            return;
+        }
         byte status = chain.Overflowed ? VirtioBlk.StatusIoErr : Dispatch(head, ref slot, chain.Segments, chain);
+        Finish(head, ref slot, status);
+    }
+
+    /// <summary>The end of a dispatch: records a status the request failed with before reaching the backend, and
+    /// drops the reference the dispatch held.</summary>
+    private void Finish(ushort head, ref Slot slot, byte status)
+    {
         if (status != VirtioBlk.StatusOk)
         {
             slot.Result = status;
@@ -66,7 +107,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
     }
 
     /// <summary>Parses the request and hands it to the backend; returns a status only for requests that fail
-    /// before reaching it.</summary>
+    /// before reaching it. Consumes the header and range buffers in place: runs once per request.</summary>
     private byte Dispatch(ushort head, ref Slot slot, IoVec* segments, in ChainBuffers chain)
     {
         int count = chain.Count;
@@ -175,6 +216,111 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         return VirtioBlk.StatusOk;
     }
 
+    /// <summary>
+    /// A shared disk: admits the request past the COMPARE AND WRITE gate, or false (nothing done) while a COMPARE AND
+    /// WRITE holds a range it writes. A write, write-zeroes or discard counts in this queue's tracker first (a full
+    /// fence), then reads the gate: the order <see cref="CompareAndWriteGate"/>'s proof needs. Reads the header and
+    /// ranges without consuming them (<see cref="Peek"/>), so a deferred request is admitted again from scratch;
+    /// whatever Dispatch would refuse (bad lengths, ranges beyond the disk) is let through for Dispatch to fail.
+    /// Dispatch reads the header again from guest memory: a guest that rewrites its own request in between can only
+    /// misplace its own write, which it could as well have sent to that range after the COMPARE AND WRITE (the gate
+    /// orders cooperating initiators; it does not defend the disk against one that is not).
+    /// </summary>
+    private bool TryAdmit(ushort head, in ChainBuffers chain)
+    {
+        Span<byte> raw = stackalloc byte[VirtioBlk.HeaderLength];
+        if (!Peek(chain, 0, raw)) return true;
+        uint type = BinaryPrimitives.ReadUInt32LittleEndian(raw);
+        ulong payload = chain.ReadableBytes - VirtioBlk.HeaderLength;
+        ulong blockSize = _device.Info.BlockSize;
+        if (type == VirtioBlk.TypeOut)
+        {
+            if (!_device.TryByteRange(BinaryPrimitives.ReadUInt64LittleEndian(raw[8..]), payload, out ulong offset)) return true;
+            _tracker!.Begin(head);
+            if (_gate!.Blocks(offset / blockSize, payload / blockSize)) return Refuse(head);
+        }
+        else if (type is VirtioBlk.TypeDiscard or VirtioBlk.TypeWriteZeroes)
+        {
+            if (payload == 0 || payload % VirtioBlk.RangeSegmentLength != 0) return true;
+            ulong count = payload / VirtioBlk.RangeSegmentLength;
+            if (count > _device.Options.MaxRangeSegments) return true;
+            _tracker!.Begin(head);
+            for (ulong i = 0; i < count; i++)
+            {
+                if (!Peek(chain, VirtioBlk.HeaderLength + i * VirtioBlk.RangeSegmentLength, raw)) break;
+                ulong bytes = (ulong)BinaryPrimitives.ReadUInt32LittleEndian(raw[8..]) << VirtioBlk.SectorShift;
+                if (!_device.TryByteRange(BinaryPrimitives.ReadUInt64LittleEndian(raw), bytes, out ulong offset)) continue;
+                if (_gate!.Blocks(offset / blockSize, bytes / blockSize)) return Refuse(head);
+            }
+        }
+        else
+        {
+            return true;
+        }
+        _slots[head].WriteBegun = true;
+        return true;
+    }
+
+    private bool Refuse(ushort head)
+    {
+        _tracker!.End(head);
+        return false;
+    }
+
+    /// <summary>Copies <paramref name="destination"/>.Length bytes from byte <paramref name="offset"/> of the
+    /// device-readable buffers, leaving them as they are (unlike <see cref="SegmentCursor"/>); false if they are
+    /// shorter.</summary>
+    private static bool Peek(in ChainBuffers chain, ulong offset, Span<byte> destination)
+    {
+        int copied = 0;
+        for (int i = 0; i < chain.ReadableCount && copied < destination.Length; i++)
+        {
+            IoVec v = chain.Segments[i];
+            ulong length = v.Length;
+            if (offset >= length)
+            {
+                offset -= length;
+                continue;
+            }
+            int n = (int)Math.Min((ulong)(destination.Length - copied), length - offset);
+            new ReadOnlySpan<byte>(v.Base + offset, n).CopyTo(destination[copied..]);
+            copied += n;
+            offset = 0;
+        }
+        return copied == destination.Length;
+    }
+
+    protected override bool HasDeferredWork => _deferredCount > 0;
+
+    /// <summary>Dispatches the deferred requests again, in arrival order; those deferred again stay.</summary>
+    protected override int PollDeferred()
+    {
+        if (_deferredCount == 0) return 0;
+        int done = 0, kept = 0;
+        for (int i = 0; i < _deferredCount; i++)
+        {
+            ushort head = _deferred[i];
+            ref Slot slot = ref _slots[head];
+            if (!TryAdmit(head, slot.Chain))
+            {
+                _deferred[kept++] = head;
+                continue;
+            }
+            Finish(head, ref slot, Dispatch(head, ref slot, slot.Chain.Segments, slot.Chain));
+            done++;
+        }
+        _deferredCount = kept;
+        return done;
+    }
+
+    /// <summary>A faulted queue completes nothing any more: its writes stop counting for COMPARE AND WRITE once the
+    /// backend has returned every operation, and deferred requests are dropped (they never reached it).</summary>
+    protected override void OnFaultSettled()
+    {
+        _deferredCount = 0;
+        _tracker?.EndAll();
+    }
+
     private byte OutOfRange(ushort head)
     {
         _slots[head].Error = IoErrorKind.OutOfRange;
@@ -211,6 +357,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
     private void CompleteSlot(ushort head, ref Slot slot)
     {
         if (--slot.Pending > 0) return;
+        if (slot.WriteBegun) _tracker!.End(head);
         // The status byte's address was validated when the chain was walked; the guest cannot move it.
         *slot.Status = slot.Result;
         bool ok = slot.Result == VirtioBlk.StatusOk;
@@ -222,6 +369,11 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
     public override void Dispose()
     {
         _channel.Dispose();
+        if (_tracker is not null)
+        {
+            _tracker.EndAll();
+            _gate!.Unregister(_tracker);
+        }
         base.Dispose();
     }
 }

@@ -10,10 +10,11 @@ public sealed class VirtioBlkDevice : IVhostUserDevice
 {
     private readonly ILogger _log;
 
-    public VirtioBlkDevice(string name, IBlockDevice backend, BlkOptions options, ILogger log)
+    /// <param name="gate">See <see cref="BlkDeviceContext.Gate"/>.</param>
+    public VirtioBlkDevice(string name, IBlockDevice backend, BlkOptions options, ILogger log, Scsi.Atomicity.CompareAndWriteGate? gate = null)
     {
         BlkOptions.Validate(options, backend.Info);
-        Context = new BlkDeviceContext(name, backend, options);
+        Context = new BlkDeviceContext(name, backend, options, gate);
         _log = log;
         Features = ComputeFeatures(backend.Info, options);
     }

@@ -91,12 +91,15 @@ public static class InquiryData
     /// does, the same for every LUN: no protection information (SPT, GRD_CHK, APP_CHK, REF_CHK 0); task attributes
     /// SIMPLE only (SIMPSUP; HEADSUP and ORDSUP 0: a HEAD OF QUEUE or ORDERED task runs as a SIMPLE one); V_SUP, a
     /// volatile write cache (the caching mode page's WCE is there, changeable, on every LUN; SYNCHRONIZE CACHE
-    /// flushes it); no non-volatile cache, no grouping, no priority, no microcode download.
+    /// flushes it); no non-volatile cache, no grouping, no priority, no microcode download. LUICLR 1: SPC-4 makes it
+    /// mandatory, and it is what happens: the I_T nexus's own state (unit attentions, reservation sense) belongs to
+    /// its <see cref="Reservations.ScsiNexus"/>, and a new frontend session gets a new one (<see cref="ScsiLun.BeginNexus"/>).
     /// </summary>
     private static void ExtendedInquiry(Span<byte> d)
     {
         d[1] = 0x01;                                                      // SIMPSUP
         d[2] = 0x01;                                                      // V_SUP
+        d[3] = 0x01;                                                      // LUICLR
     }
 
     /// <summary>Page 83h designators (SPC-4 7.8.6): NAA 3 (locally assigned, 8 bytes) and T10 vendor ID (vendor +

@@ -344,8 +344,11 @@ public sealed class TargetModel : IDisposable
                 throw new ManagementException(RpcErrorCode.InvalidParams, $"export {spec.Name}: {e.Message}");
             }
         }
+        // Only a shared disk can have other writers (a SCSI export's COMPARE AND WRITE among them): only there do
+        // this export's writes pay for the gate.
         return new VirtioBlkDevice(spec.Name, disks[0].Backend,
-            new BlkOptions { Queues = spec.Queues, Serial = spec.EffectiveSerial, WriteCache = spec.WriteCache }, log);
+            new BlkOptions { Queues = spec.Queues, Serial = spec.EffectiveSerial, WriteCache = spec.WriteCache }, log,
+            disks[0].Spec.Shared ? disks[0].LogicalUnit.Gate : null);
     }
 
     private ManagedDisk FindDisk(string name) =>

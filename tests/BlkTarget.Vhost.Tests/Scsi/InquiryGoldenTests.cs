@@ -123,7 +123,7 @@ public sealed class InquiryGoldenTests : IDisposable
             0x00,                   // ACTIVATE MICROCODE 0, SPT 0, GRD_CHK/APP_CHK/REF_CHK 0: no protection
             0x01,                   // UASK_SUP 0, GROUP_SUP 0, PRIOR_SUP 0, HEADSUP 0, ORDSUP 0, SIMPSUP 1
             0x01,                   // WU_SUP 0, CRD_SUP 0, NV_SUP 0, V_SUP 1
-            0x00,                   // P_I_I_SUP 0, LUICLR 0
+            0x01,                   // P_I_I_SUP 0, LUICLR 1 (SPC-4: shall be one)
             .. new byte[56],        // 8-63: no microcode download, no self-test, no policy, sense length not reported
         ];
         Assert.Equal(expected, Returned(Thin(Cdbs.Inquiry(evpd: true, page: 0x86))));
