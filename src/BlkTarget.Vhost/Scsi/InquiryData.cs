@@ -11,9 +11,6 @@ public static class InquiryData
     public const string Revision = "0001";
     public const int StandardLength = 96;
     public static ReadOnlySpan<byte> SupportedPages => [0x00, 0x80, 0x83, 0x86, 0xb0, 0xb1, 0xb2];
-    /// <summary>Relative target port identifier of the one target port every LUN is reached through (SPC-4 7.8.6.6:
-    /// 0 is reserved; 1 is port A).</summary>
-    public const ushort RelativeTargetPort = 1;
 
     private static void Ascii(Span<byte> destination, string text)
     {
@@ -123,7 +120,7 @@ public static class InquiryData
         d[at] = 0x01;                // protocol 0 (PIV 0), code set binary
         d[at + 1] = 0x14;            // PIV 0, association target port, type 4h relative target port identifier
         d[at + 3] = 4;
-        BinaryPrimitives.WriteUInt16BigEndian(d[(at + 6)..], RelativeTargetPort);
+        BinaryPrimitives.WriteUInt16BigEndian(d[(at + 6)..], lun.RelativeTargetPort);   // 0 is reserved; 1, 2, ... per export
         return at + 8;
     }
 

@@ -65,6 +65,7 @@ public sealed class ScsiLun
         Shared = shared;
         _reservations = shared.Reservations;
         _deviceName = deviceName;
+        RelativeTargetPort = shared.TargetPortFor(deviceName);
         _nexus = ScsiNexus.ForSession(deviceName, 0, this);
         Index = index;
         Target = target;
@@ -107,6 +108,9 @@ public sealed class ScsiLun
     public bool DefaultWriteCache { get; }
     /// <summary>The logical unit state every export of this disk shares (persistent reservations).</summary>
     public SharedLogicalUnit Shared { get; }
+    /// <summary>RELATIVE TARGET PORT IDENTIFIER of the export this LUN is reached through (VPD 83h, READ FULL STATUS):
+    /// distinct for each export of a shared disk (<see cref="SharedLogicalUnit.TargetPortFor"/>).</summary>
+    public ushort RelativeTargetPort { get; }
     /// <summary>The I_T nexus commands to this LUN come on now.</summary>
     public ScsiNexus Nexus => _nexus;
 

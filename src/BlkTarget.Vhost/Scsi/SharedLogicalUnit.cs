@@ -20,5 +20,25 @@ public sealed class SharedLogicalUnit(string name, ReservationSidecar? sidecar =
     /// <summary>The helper thread (started on first use).</summary>
     public BlockingJobQueue Jobs { get; } = new($"lu {name}");
 
+    private readonly Dictionary<string, ushort> _targetPorts = [];
+
+    /// <summary>
+    /// The RELATIVE TARGET PORT IDENTIFIER (SPC-4 7.8.6.6) of export <paramref name="export"/> for this logical unit:
+    /// each export of the disk is a target port of its own, numbered 1, 2, ... in the order exports first reach it
+    /// (config order at start), and an export keeps its number for the life of the process (a re-created export of
+    /// the same name gets it back), so two initiators on two exports see two ports, as multipath and clusters expect.
+    /// Management threads only (LUN creation).
+    /// </summary>
+    public ushort TargetPortFor(string export)
+    {
+        lock (_targetPorts)
+        {
+            if (_targetPorts.TryGetValue(export, out ushort port)) return port;
+            port = checked((ushort)(_targetPorts.Count + 1));
+            _targetPorts.Add(export, port);
+            return port;
+        }
+    }
+
     public void Dispose() => Jobs.Dispose();
 }

@@ -264,24 +264,44 @@ public sealed class PersistentReservationTests : IDisposable
         Assert.Equal(new byte[] { 0, 0, 0, 2, 0, 0, 0, 96 }, d[..8]);
         var a = _a.Device.Luns[0].Nexus;
         var b = _b.Device.Luns[0].Nexus;
-        // key, reserved, ALL_TG_PT 0 | R_HOLDER, SCOPE|TYPE, reserved, RELATIVE TARGET PORT 1, ADDITIONAL LENGTH 24,
-        // TransportID: FORMAT 00b | PROTOCOL 6h (SAS), reserved, SAS ADDRESS, reserved.
-        byte[] Expected(ulong key, bool holder, ulong sas)
+        // key, reserved, ALL_TG_PT 0 | R_HOLDER, SCOPE|TYPE, reserved, RELATIVE TARGET PORT (export-a 1, export-b 2),
+        // ADDITIONAL LENGTH 24, TransportID: FORMAT 00b | PROTOCOL 6h (SAS), reserved, SAS ADDRESS, reserved.
+        byte[] Expected(ulong key, bool holder, ulong sas, byte port)
         {
             var e = new byte[48];
             BinaryPrimitives.WriteUInt64BigEndian(e, key);
             e[12] = (byte)(holder ? 1 : 0);
             e[13] = (byte)(holder ? 5 : 0);
-            e[19] = 1;
+            e[19] = port;
             e[23] = 24;
             e[24] = 0x06;
             BinaryPrimitives.WriteUInt64BigEndian(e.AsSpan(28), sas);
             return e;
         }
-        Assert.Equal(Expected(0xAAAA, false, a.SasAddress), d[8..56]);
-        Assert.Equal(Expected(0xBBBB, true, b.SasAddress), d[56..104]);
+        Assert.Equal(Expected(0xAAAA, false, a.SasAddress, 1), d[8..56]);
+        Assert.Equal(Expected(0xBBBB, true, b.SasAddress, 2), d[56..104]);
         Assert.Equal(0x3, (int)(a.SasAddress >> 60));
         Assert.NotEqual(a.SasAddress, b.SasAddress);
+    }
+
+    [Fact]
+    public void Each_export_of_the_disk_is_a_target_port_of_its_own_in_vpd_83()
+    {
+        // The last designator of VPD 83h: code set binary, association target port, type 4h relative target port
+        // identifier, length 4, reserved, port. Exports reach the shared disk as ports 1, 2, 3 (creation order); a
+        // re-created export keeps its number.
+        byte[] Port(ScsiHarness h)
+        {
+            var r = h.Run(Cdbs.Inquiry(evpd: true, page: 0x83), dataIn: 255);
+            r.AssertGood();
+            int length = 4 + (r.Data[2] << 8 | r.Data[3]);
+            return r.Data[(length - 8)..length];
+        }
+        Assert.Equal(new byte[] { 0x01, 0x14, 0x00, 0x04, 0x00, 0x00, 0x00, 0x01 }, Port(_a));
+        Assert.Equal(new byte[] { 0x01, 0x14, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02 }, Port(_b));
+        Assert.Equal(new byte[] { 0x01, 0x14, 0x00, 0x04, 0x00, 0x00, 0x00, 0x03 }, Port(_c));
+        using var again = Harness("export-b");
+        Assert.Equal(new byte[] { 0x01, 0x14, 0x00, 0x04, 0x00, 0x00, 0x00, 0x02 }, Port(again));
     }
 
     [Fact]

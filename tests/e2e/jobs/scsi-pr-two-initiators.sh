@@ -97,6 +97,12 @@ race_increments() {
     echo "$P: the counter reads $v: no increment of either guest was lost"
 }
 
+# Each export of the shared disk is a target port of its own (SPC-4 7.8.6.6): A's export (created first) is relative
+# target port 1, B's is 2; READ FULL STATUS reports each registration with its port.
+case $ROLE in a) PORT=0x1 ;; *) PORT=0x2 ;; esac
+run sg_inq -p 0x83 $D
+expect 0 "Relative target port: $PORT"
+
 if [ "$ROLE" = a ]; then
     run sg_persist -n --out --register --param-sark=0xa0 $D
     expect 0

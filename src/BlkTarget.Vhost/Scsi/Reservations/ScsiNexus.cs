@@ -25,11 +25,11 @@ public sealed class ScsiNexus
     /// <summary>A live nexus: session <paramref name="session"/> (1, 2, ... per export; 0 before any connection) of
     /// export <paramref name="export"/> on <paramref name="lun"/>.</summary>
     public static ScsiNexus ForSession(string export, int session, ScsiLun lun) =>
-        new(ScsiLun.MakeNaa($"{export}/session/{session}/{ProcessStart}"), 1, lun);
+        new(ScsiLun.MakeNaa($"{export}/session/{session}/{ProcessStart}"), lun.RelativeTargetPort, lun);
 
     /// <summary>The initiator port's SAS address (the TransportID's SAS ADDRESS field).</summary>
     public ulong SasAddress { get; }
-    /// <summary>RELATIVE TARGET PORT IDENTIFIER of the export (VPD 83h reports 1).</summary>
+    /// <summary>RELATIVE TARGET PORT IDENTIFIER of the export (<see cref="ScsiLun.RelativeTargetPort"/>).</summary>
     public ushort RelativeTargetPort { get; }
     /// <summary>The LUN this nexus reaches the logical unit through, whose in-flight count PREEMPT AND ABORT waits
     /// for; null for a nexus restored from a sidecar file or whose connection ended (nothing in flight).</summary>
