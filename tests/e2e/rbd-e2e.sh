@@ -47,6 +47,7 @@ rbd_osd_up_from() {
 # keep serving, the guest must see no error and every verify must pass.
 run_rbd_osd_fault() {
     local name=rbd-osd-fault console="$log_dir/rbd-osd-fault.console.log" t0=$SECONDS rc=0 why="" down=${E2E_RBD_OSD_DOWN_S:-4}
+    (( down >= 2 )) || down=2   # the check below needs a second of downtime after the kill settles
     if [[ -z "$RBD_DIR" ]]; then fail "$name" "needs --backend rbd (a cluster this run started)"; return; fi
     if ! target_alive; then fail "$name" "target is not running"; return; fi
     info "running $name ..."
@@ -67,12 +68,17 @@ run_rbd_osd_fault() {
     if [[ -z "$why" ]]; then
         local up_from passes_before passes_after t_up
         up_from=$(rbd_osd_up_from)
-        passes_before=$(grep -ac "rbd-osd-fault: fio pass" "$console" || true)
         "$REPO/tests/ceph/stop-cluster.sh" --osd "$RBD_DIR"
-        info "$name: osd.0 killed (kill -9) after $passes_before fio pass(es); down for ${down}s"
-        sleep "$down"
+        info "$name: osd.0 killed (kill -9); down for ${down}s"
+        # No pass can finish without the OSD (its writes and flush need it): one that does after the first second
+        # (a pass ending just as the kill landed may still print) means the kill did not stop the I/O path, and the
+        # test would prove nothing.
+        sleep 1
+        passes_before=$(grep -ac "rbd-osd-fault: fio pass" "$console" || true)
+        sleep "$((down - 1))"
         passes_after=$(grep -ac "rbd-osd-fault: fio pass" "$console" || true)
-        info "$name: fio passes finished while osd.0 was down: $((passes_after - passes_before)) (requests wait in librbd)"
+        info "$name: fio passes finished in the last $((down - 1))s of the downtime: $((passes_after - passes_before)) (requests wait in librbd)"
+        (( passes_after == passes_before )) || why="fio passes finished while osd.0 was down: the kill did not stop the I/O"
         t_up=$SECONDS
         if ! "$REPO/tests/ceph/start-cluster.sh" --osd "$RBD_DIR" >> "$log_dir/ceph-cluster.log" 2>&1; then
             why="osd.0 did not start again (see $log_dir/ceph-cluster.log)"
