@@ -54,7 +54,7 @@ while [[ $# -gt 0 ]]; do
         --no-build) build=0; shift ;;
         --keep-raw) keep_raw=$2; shift 2 ;;
         --report-only) report_only=$2; shift 2 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;   # the whole header comment
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
