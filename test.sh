@@ -96,6 +96,9 @@ if [[ $run_e2e -eq 1 ]]; then
   run_e2e_suite "packed ram" --packed --only fio-verify,ext4-write,guest-reboot --backend ram:1G
   run_e2e_suite "packed scsi ram" --packed --kind scsi --only fio-verify,ext4-write,guest-reboot --backend ram:1G
   rm -rf "$image_dir"
+  # Ceph RBD: run-e2e.sh starts a throwaway one-OSD cluster (bluestore: the OSD is killed and restarted under the
+  # guest's fio in rbd-osd-fault), serves an image on it, and stops exactly that cluster at exit.
+  run_e2e_suite rbd --backend rbd --only fio-verify,ext4-write,ext4-verify-after-reboot,rbd-osd-fault
 fi
 
 [[ $failed -gt 0 ]] && status=1

@@ -17,6 +17,9 @@
 #               image: thin images of 2 GiB on /var/tmp, O_DIRECT: qsd qcow2 (qemu-img create, 64 KiB clusters,
 #                     aio=io_uring, cache.direct=on) vs blktarget image: (--create, 64 KiB clusters); allocating
 #                     (first) writes are measured on never-written ranges, one per round, before the fill
+#               rbd:  a throwaway Ceph cluster (tests/ceph/start-cluster.sh, memstore: the software path, not a
+#                     disk) with one 256 MiB image per target: qsd driver=rbd (cache.direct=on, so librbd's cache
+#                     is off as in ours) vs blktarget rbd:rbd/IMG,conf=...; the cluster is stopped after the case
 #               (default: ram,file)
 #   --queues    queue counts to run the matrix with (default "1 2")
 #   --pin       load generator on CPU 0, both targets on CPU 1 (qsd under taskset; blktarget --cpus 1:
@@ -51,7 +54,7 @@ while [[ $# -gt 0 ]]; do
         --no-build) build=0; shift ;;
         --keep-raw) keep_raw=$2; shift 2 ;;
         --report-only) report_only=$2; shift 2 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;   # the whole header comment
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
@@ -84,6 +87,7 @@ cleanup() {
     done
     rm -f /dev/shm/blktarget-compare-"$$".img
     rm -f /var/tmp/blktarget-compare-"$$".img /var/tmp/blktarget-compare-"$$".qcow2 /var/tmp/blktarget-compare-"$$".bti
+    [[ -z "${CEPH_DIR:-}" ]] || "$REPO/tests/ceph/stop-cluster.sh" --remove "$CEPH_DIR"
     rm -rf "$WORK"
     [[ -n "${hugepages_before:-}" ]] && echo "$hugepages_before" > /proc/sys/vm/nr_hugepages 2>/dev/null || true
 }
@@ -111,6 +115,8 @@ SIZE=1G
 SIZE_BYTES=$((1 << 30))
 # Thin images get room for one never-written range per round for the allocating jobs, then the fill.
 IMAGE_SIZE=2G
+# rbd case: each target's image (thin; filled once), and the cluster it lives on (started and stopped per case).
+RBD_SIZE=256M CEPH_DIR=""
 max_queues=0
 for q in $queue_counts; do (( q > max_queues )) && max_queues=$q; done
 
@@ -132,6 +138,7 @@ start_qsd() {
         ram) blockdev="driver=file,node-name=f0,filename=/dev/shm/blktarget-compare-$$.img,cache.direct=off" ;;
         file) blockdev="driver=file,node-name=f0,filename=/var/tmp/blktarget-compare-$$.img,cache.direct=on,aio=io_uring" ;;
         null) blockdev="driver=null-co,node-name=f0,size=$SIZE_BYTES" ;;
+        rbd) blockdev="driver=rbd,node-name=f0,pool=rbd,image=cmp-qsd,conf=$CEPH_DIR/ceph.conf,cache.direct=on" ;;
         image) qemu-img create -q -f qcow2 /var/tmp/blktarget-compare-$$.qcow2 "$IMAGE_SIZE"
                blockdev="driver=qcow2,node-name=f0,file.driver=file,file.filename=/var/tmp/blktarget-compare-$$.qcow2,file.cache.direct=on,file.aio=io_uring" ;;
     esac
@@ -151,6 +158,7 @@ start_ours() {
         ram|null) backend="ram:$SIZE" ;;
         file) backend="file:/var/tmp/blktarget-compare-$$.img" ;;
         image) backend="image:/var/tmp/blktarget-compare-$$.bti" create=(--create "$IMAGE_SIZE") ;;
+        rbd) backend="rbd:rbd/cmp-ours,conf=$CEPH_DIR/ceph.conf" ;;
     esac
     # Not under taskset: the reactors are pinned by --cpus (which checks the CPU against the process's affinity).
     dotnet "$DLL" serve --socket "$OURS_SOCK" --backend "$backend" "${create[@]}" --queues "$max_queues" "${ours_cpus[@]}" \
@@ -193,12 +201,19 @@ else
 started=$(date +%s)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for case in ${cases//,/ }; do
-    case $case in ram|file|null|image) ;; *) die "unknown case '$case' (ram, file, null, image)" ;; esac
+    case $case in ram|file|null|image|rbd) ;; *) die "unknown case '$case' (ram, file, null, image, rbd)" ;; esac
     log "case $case: starting targets"
     [[ $case == ram ]] && truncate -s "$SIZE" /dev/shm/blktarget-compare-$$.img
     if [[ $case == file ]]; then
         # Real blocks (not a sparse or fallocated file, whose reads would cost no disk I/O).
         dd if=/dev/zero of=/var/tmp/blktarget-compare-$$.img bs=1M count=1024 oflag=direct status=none
+    fi
+    if [[ $case == rbd ]]; then
+        # One image per target: both stay open for the whole case, and two writers on one image would bounce its
+        # exclusive lock. Small, because a memstore OSD keeps everything (several times over) in RAM.
+        CEPH_DIR=$(mktemp -d /var/tmp/blktarget-compare-ceph.XXXXXX)
+        "$REPO/tests/ceph/start-cluster.sh" "$CEPH_DIR" >"$WORK/ceph-start.log" 2>&1 || { cat "$WORK/ceph-start.log" >&2; die "the Ceph cluster did not start"; }
+        for img in cmp-qsd cmp-ours; do CEPH_CONF=$CEPH_DIR/ceph.conf rbd create --size "$RBD_SIZE" "rbd/$img" || die "rbd create $img failed"; done
     fi
     start_qsd "$case"
     start_ours "$case"
@@ -237,6 +252,7 @@ for case in ${cases//,/ }; do
         sock=$([[ $t == qsd ]] && echo "$QSD_SOCK" || echo "$OURS_SOCK")
         fill=$SIZE
         [[ $case == image ]] && fill=$IMAGE_SIZE
+        [[ $case == rbd ]] && fill=$RBD_SIZE
         bench --socket "$sock" --rw write --bs 1M --iodepth 4 --size "$fill" --json >"$WORK/fill-$case-$t.json" \
             || die "filling the $t device failed"
     done
@@ -266,6 +282,7 @@ for case in ${cases//,/ }; do
     stop_pid "$QSD_PID"
     stop_pid "$OURS_PID"
     rm -f /dev/shm/blktarget-compare-$$.img /var/tmp/blktarget-compare-$$.img /var/tmp/blktarget-compare-$$.qcow2 /var/tmp/blktarget-compare-$$.bti
+    if [[ -n "${CEPH_DIR:-}" ]]; then "$REPO/tests/ceph/stop-cluster.sh" --remove "$CEPH_DIR"; CEPH_DIR=""; fi
 done
 elapsed=$(( $(date +%s) - started ))
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -301,6 +318,7 @@ def ratio(a, b): return "-" if not a or not b else f"{a/b:.2f}x"
 case_names = {"ram": "RAM-backed (qsd: file in /dev/shm, cache.direct=off; ours: ram:1G)",
               "file": "File on /var/tmp, O_DIRECT (qsd: aio=io_uring, cache.direct=on; ours: file:, io_uring)",
               "null": "Protocol overhead (qsd: null-co, no data; ours: ram:1G)",
+              "rbd": "Ceph RBD, throwaway 1-OSD memstore cluster on 127.0.0.1 (qsd: driver=rbd, cache.direct=on; ours: rbd:), one 256 MiB image per target",
               "image": "Thin images on /var/tmp, O_DIRECT (qsd: qcow2, aio=io_uring; ours: image:), 2 GiB, 64 KiB clusters; 'allocating' rows write never-written space, the others run after a full fill"}
 job_order = ["4k_randwrite_QD32_allocating", "128k_write_QD8_allocating", "4k_randread_QD1", "4k_randread_QD32", "4k_randwrite_QD32", "128k_read_QD8", "128k_write_QD8", "257.5k_randrw_515_segs_QD4"]
 lines = []
@@ -321,7 +339,7 @@ lines.append(f"- conditions: load average $load_before before, $load_after after
 lines.append("")
 lines.append("IOPS and mean latency (µs) are medians; 'ours/qsd' > 1 means BlkTarget is faster (for latency: < 1 is better). "
              "CPU = target CPU seconds per measured second (1.00 = one core busy).")
-for case in ["ram", "null", "file", "image"]:
+for case in ["ram", "null", "file", "image", "rbd"]:
     keys = [k for k in runs if k[0] == case]
     if not keys: continue
     lines.append("")

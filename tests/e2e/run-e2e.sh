@@ -10,7 +10,9 @@
 #   --target         blktarget (default): $BLKTARGET_CMD serve --socket SOCK --backend SPEC --queues N
 #                    qsd: qemu-storage-daemon exporting a 1 GiB file in /dev/shm (reference
 #                    target, validates the harness itself)
-#   --backend        blktarget backend spec (default ram:1G); ignored for qsd
+#   --backend        blktarget backend spec (default ram:1G); ignored for qsd. "rbd" alone: the run starts a
+#                    throwaway Ceph cluster (tests/ceph/start-cluster.sh --bluestore), serves an image on it
+#                    (rbd:rbd/e2e,conf=...) and stops exactly that cluster at exit (rbd-e2e.sh)
 #   --kind           blk (default) or scsi (vhost-user-scsi-pci; blktarget only; adds
 #                    "--kind scsi" to the serve command line)
 #   --queues         device queues (default 2)
@@ -61,6 +63,8 @@
 #                              a guest with reconnect=1 runs fio verify passes while the target is
 #                              killed -9 and restarted three times, then stopped with SIGTERM and
 #                              restarted once; then ext4 + e2fsck. 0 I/O errors required.
+#   rbd-osd-fault              (--backend rbd only) fio verify passes while the cluster's OSD is killed,
+#                              kept down a few seconds and restarted: no error, every verify passes
 #   target-shutdown            SIGTERM: the target exits 0 and removes its socket
 # Output: one "e2e PASS <name>" / "e2e FAIL <name>" line per test, then exactly one
 # "e2e: N passed, M failed" line. Exit status is non-zero if anything failed.
@@ -105,6 +109,9 @@ ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot guest-reboot)
 [[ "$target" != blktarget || "$kind" != scsi || "$backend" != ram:* ]] || ALL_TESTS+=(scsi-hotplug scsi-pr-two-initiators)
 # Restarts need a backend that outlives the process (it brings its own file); once per suite, in the ram run.
 if [[ "$target" == blktarget && "$kind" == blk && "$backend" == ram:* ]]; then ALL_TESTS+=(target-restart); fi
+# --backend rbd: a cluster of the run's own (started below, after the prerequisites; stopped in cleanup).
+. "$HERE/rbd-e2e.sh"
+[[ "$target" != blktarget || "$backend" != rbd ]] || ALL_TESTS+=(rbd-osd-fault)
 TESTS=()
 if [[ -n "$only" ]]; then
     IFS=, read -ra TESTS <<< "$only"
@@ -175,6 +182,7 @@ cleanup() {
     [[ -z "$qsd_image" ]] || rm -f "$qsd_image"
     [[ -z "$restart_dir" ]] || rm -rf "$restart_dir"
     [[ -z "$WORK" ]] || rm -rf "$WORK"
+    rbd_cluster_stop    # after the target: it holds a connection to the cluster
     exit "$rc"
 }
 trap cleanup EXIT
@@ -206,6 +214,10 @@ else
         [[ -f "$dll" ]] || prereq_missing "$dll not built (dotnet build -c Release src/BlkTarget)"
         TARGET_CMD=(dotnet "$dll")
     fi
+fi
+
+if [[ "$target" == blktarget && "$backend" == rbd ]]; then
+    rbd_cluster_start || prereq_missing "the throwaway Ceph cluster for --backend rbd did not start (see $log_dir/ceph-cluster.log)"
 fi
 
 # First build takes ~20 s (kernel download + initramfs); afterwards it is a cache hit.
@@ -763,6 +775,7 @@ if start_target; then
             scsi-hotplug) run_scsi_hotplug ;;
             scsi-pr-two-initiators) run_scsi_pr_two_initiators ;;
             target-restart) run_target_restart ;;
+            rbd-osd-fault) run_rbd_osd_fault ;;
             *) run_test "$t" ;;
         esac
     done
