@@ -25,6 +25,9 @@
 #   --pin       load generator on CPU 0, both targets on CPU 1 (qsd under taskset; blktarget --cpus 1:
 #               one pinned reactor for all queues, like qsd's single thread). Default: unpinned.
 #   --out       the markdown report (default bench/results/YYYY-MM-DD-compare[-quick].md)
+#   --baseline REV  also run blktarget as built from git revision REV (e.g. the commit before a change) in the
+#               ram case, as a third target in the same rotation: the report adds ours/baseline ratios and
+#               IOPS per target CPU-second, so "faster than before" is measured in one interleaved run
 #   --keep-raw  keep every job's JSON in DIR
 #   --report-only DIR  only write the report from the JSON a --keep-raw run left in DIR (give the same
 #               --rounds/--runtime/--ramp/--pin so the header says what was run)
@@ -40,7 +43,7 @@ REPO=$(cd "$HERE/.." && pwd)
 log() { echo "compare: $*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 
-rounds=3 runtime=3 ramp=1 cases=ram,file queue_counts="1 2" pin=0 out="" build=1 keep_raw="" quick=0 report_only=""
+rounds=3 runtime=3 ramp=1 cases=ram,file queue_counts="1 2" pin=0 out="" build=1 keep_raw="" quick=0 report_only="" baseline=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) quick=1; rounds=1; runtime=2; ramp=0.5; cases=ram; shift ;;
@@ -53,6 +56,7 @@ while [[ $# -gt 0 ]]; do
         --out) out=$2; shift 2 ;;
         --no-build) build=0; shift ;;
         --keep-raw) keep_raw=$2; shift 2 ;;
+        --baseline) baseline=$2; shift 2 ;;
         --report-only) report_only=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;   # the whole header comment
         *) die "unknown argument: $1 (see --help)" ;;
@@ -77,7 +81,20 @@ DLL="$BUILD_DIR/bin/BlkTarget/release/blktarget.dll"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/blktarget-compare.XXXXXX")
 RAW=${keep_raw:-$WORK/raw}
 mkdir -p "$RAW"
+
+# The baseline build: the tree at REV, built apart (its own artifacts), run as a third target in the ram case.
+BASE_DLL="" BASELINE_LABEL=""
+if [[ -n "$baseline" && -z "$report_only" ]]; then
+    BASELINE_LABEL=$(git -C "$REPO" rev-parse --short "$baseline" 2>/dev/null) || die "--baseline: '$baseline' is not a git revision"
+    mkdir -p "$WORK/base-src"
+    git -C "$REPO" archive "$baseline" | tar -x -C "$WORK/base-src" || die "--baseline: cannot extract $baseline"
+    log "building the baseline blktarget ($BASELINE_LABEL) into $BUILD_DIR-base"
+    dotnet build "$WORK/base-src/src/BlkTarget" -c Release --artifacts-path "$BUILD_DIR-base" -nologo -v quiet >"$WORK/base-build.log" 2>&1 \
+        || { grep -E "error" "$WORK/base-build.log" | sort -u | head -20 >&2; die "baseline build failed"; }
+    BASE_DLL="$BUILD_DIR-base/bin/BlkTarget/release/blktarget.dll"
+fi
 pids=()
+WARM_PID=""
 cleanup() {
     for p in "${pids[@]}"; do
         kill "$p" 2>/dev/null || true
@@ -150,10 +167,10 @@ start_qsd() {
     wait_socket "$QSD_SOCK" "$QSD_PID"
 }
 
-# start_ours CASE -> sets OURS_PID, OURS_SOCK
-start_ours() {
-    local case=$1 backend create=()
-    OURS_SOCK="$WORK/ours-$case.sock"
+# start_blktarget NAME DLL CASE -> sets STARTED_PID, STARTED_SOCK (NAME: ours or base)
+start_blktarget() {
+    local name=$1 dll=$2 case=$3 backend create=()
+    STARTED_SOCK="$WORK/$name-$case.sock"
     case $case in
         ram|null) backend="ram:$SIZE" ;;
         file) backend="file:/var/tmp/blktarget-compare-$$.img" ;;
@@ -161,11 +178,30 @@ start_ours() {
         rbd) backend="rbd:rbd/cmp-ours,conf=$CEPH_DIR/ceph.conf" ;;
     esac
     # Not under taskset: the reactors are pinned by --cpus (which checks the CPU against the process's affinity).
-    dotnet "$DLL" serve --socket "$OURS_SOCK" --backend "$backend" "${create[@]}" --queues "$max_queues" "${ours_cpus[@]}" \
-        --log-level warning >"$WORK/ours-$case.log" 2>&1 &
-    OURS_PID=$!
-    pids+=("$OURS_PID")
-    wait_socket "$OURS_SOCK" "$OURS_PID"
+    dotnet "$dll" serve --socket "$STARTED_SOCK" --backend "$backend" "${create[@]}" --queues "$max_queues" "${ours_cpus[@]}" \
+        --log-level warning >"$WORK/$name-$case.log" 2>&1 &
+    STARTED_PID=$!
+    pids+=("$STARTED_PID")
+    wait_socket "$STARTED_SOCK" "$STARTED_PID"
+}
+
+start_ours() { start_blktarget ours "$DLL" "$1"; OURS_PID=$STARTED_PID OURS_SOCK=$STARTED_SOCK; }
+start_base() { start_blktarget base "$BASE_DLL" "$1"; BASE_PID=$STARTED_PID BASE_SOCK=$STARTED_SOCK; }
+
+# target_of NAME -> sets sock, pid
+target_of() {
+    case $1 in
+        qsd) sock=$QSD_SOCK pid=$QSD_PID ;;
+        ours) sock=$OURS_SOCK pid=$OURS_PID ;;
+        base) sock=$BASE_SOCK pid=$BASE_PID ;;
+    esac
+}
+
+# rotation ROUND -> sets order: the case's targets, the first one moving on by one each round
+rotation() {
+    local n=${#targets[@]} i
+    order=()
+    for (( i = 0; i < n; i++ )); do order+=("${targets[$(( (i + $1 - 1) % n ))]}"); done
 }
 
 stop_pid() {
@@ -215,27 +251,42 @@ for case in ${cases//,/ }; do
         "$REPO/tests/ceph/start-cluster.sh" "$CEPH_DIR" >"$WORK/ceph-start.log" 2>&1 || { cat "$WORK/ceph-start.log" >&2; die "the Ceph cluster did not start"; }
         for img in cmp-qsd cmp-ours; do CEPH_CONF=$CEPH_DIR/ceph.conf rbd create --size "$RBD_SIZE" "rbd/$img" || die "rbd create $img failed"; done
     fi
+    targets=(qsd ours)
     start_qsd "$case"
     start_ours "$case"
+    if [[ -n "$BASE_DLL" && $case == ram ]]; then
+        start_base "$case"
+        targets+=(base)
+    fi
+    # A load generator that is warm before it connects: its first second otherwise measures its own JIT (a fresh
+    # .NET process), not the target's. It warms up on a qemu-storage-daemon null-co export nobody else uses.
+    if [[ -z "$WARM_PID" ]]; then
+        qemu-storage-daemon --blockdev driver=null-co,node-name=w0,size=$SIZE_BYTES \
+            --export "type=vhost-user-blk,id=w0,node-name=w0,addr.type=unix,addr.path=$WORK/warm.sock,writable=on" \
+            >"$WORK/warm.log" 2>&1 &
+        WARM_PID=$!
+        pids+=("$WARM_PID")
+        wait_socket "$WORK/warm.sock" "$WARM_PID"
+    fi
     # The first second after start, before any other I/O: what a user sees who starts the target and runs fio at
     # once (JIT warm-up). Random writes, so the figure does not depend on what the disk holds; the report sets it
     # against the same job's steady-state median.
-    for t in qsd ours; do
+    for t in "${targets[@]}"; do
         [[ $case == null && $t == qsd ]] && continue
         [[ $case == image ]] && continue   # its never-written space is kept for the allocating jobs below
-        if [[ $t == qsd ]]; then sock=$QSD_SOCK; else sock=$OURS_SOCK; fi
-        bench --socket "$sock" --rw randwrite --bs 4k --iodepth 32 --runtime 1 --ramp 0 "${bench_cpus[@]}" --json \
+        target_of "$t"
+        bench --socket "$sock" --rw randwrite --bs 4k --iodepth 32 --runtime 1 --ramp 0 "${bench_cpus[@]}" \
+            --warm-up-socket "$WORK/warm.sock" --warm-up 3 --json \
             >"$RAW/$case--$t--q1--first_second--r0.json" 2>/dev/null || rm -f "$RAW/$case--$t--q1--first_second--r0.json"
     done
     if [[ $case == image ]]; then
         for round in $(seq 1 "$rounds"); do
-            order=(qsd ours)
-            (( round % 2 == 0 )) && order=(ours qsd)
+            rotation "$round"
             for job in "${ALLOC_JOBS[@]}"; do
                 name=${job%%|*} rest=${job#*|}
                 args=${rest%|*} at=$(( (round - 1) * 384 + ${rest##*|} ))
                 for t in "${order[@]}"; do
-                    if [[ $t == qsd ]]; then sock=$QSD_SOCK pid=$QSD_PID; else sock=$OURS_SOCK pid=$OURS_PID; fi
+                    target_of "$t"
                     file="$RAW/$case--$t--q1--${name// /_}--r$round.json"
                     # shellcheck disable=SC2086
                     bench --socket "$sock" $args --offset-range "${at}M:256M" --target-pid "$pid" "${bench_cpus[@]}" --json \
@@ -246,10 +297,10 @@ for case in ${cases//,/ }; do
         log "case image: allocating jobs done"
     fi
     # Fill both devices once so reads hit written data (not holes or the zero page); the file is shared.
-    for t in qsd ours; do
+    for t in "${targets[@]}"; do
         [[ $case == null && $t == qsd ]] && continue
         [[ $case == file ]] && continue   # dd wrote it already
-        sock=$([[ $t == qsd ]] && echo "$QSD_SOCK" || echo "$OURS_SOCK")
+        target_of "$t"
         fill=$SIZE
         [[ $case == image ]] && fill=$IMAGE_SIZE
         [[ $case == rbd ]] && fill=$RBD_SIZE
@@ -257,14 +308,13 @@ for case in ${cases//,/ }; do
             || die "filling the $t device failed"
     done
     for round in $(seq 1 "$rounds"); do
-        order=(qsd ours)
-        (( round % 2 == 0 )) && order=(ours qsd)
+        rotation "$round"
         for q in $queue_counts; do
             for job in "${JOBS[@]}"; do
                 name=${job%%|*}
                 args=${job#*|}
                 for t in "${order[@]}"; do
-                    if [[ $t == qsd ]]; then sock=$QSD_SOCK pid=$QSD_PID; else sock=$OURS_SOCK pid=$OURS_PID; fi
+                    target_of "$t"
                     file="$RAW/$case--$t--q$q--${name// /_}--r$round.json"
                     # shellcheck disable=SC2086  # args is a word list on purpose
                     extra=()
@@ -281,6 +331,7 @@ for case in ${cases//,/ }; do
     done
     stop_pid "$QSD_PID"
     stop_pid "$OURS_PID"
+    [[ " ${targets[*]} " == *" base "* ]] && stop_pid "$BASE_PID"
     rm -f /dev/shm/blktarget-compare-$$.img /var/tmp/blktarget-compare-$$.img /var/tmp/blktarget-compare-$$.qcow2 /var/tmp/blktarget-compare-$$.bti
     if [[ -n "${CEPH_DIR:-}" ]]; then "$REPO/tests/ceph/stop-cluster.sh" --remove "$CEPH_DIR"; CEPH_DIR=""; fi
 done
@@ -296,9 +347,9 @@ if [[ -z "$out" ]]; then
 fi
 mkdir -p "$(dirname "$out")"
 
-python3 - "$RAW" "$out" <<PY
+python3 - "$RAW" "$out" "$BASELINE_LABEL" <<PY
 import json, os, sys, statistics, glob, subprocess
-raw, out = sys.argv[1], sys.argv[2]
+raw, out, baseline = sys.argv[1], sys.argv[2], sys.argv[3]
 runs = {}
 for path in glob.glob(os.path.join(raw, "*.json")):
     case, target, q, name, rnd = os.path.basename(path)[:-5].split("--")
@@ -345,36 +396,49 @@ for case in ["ram", "null", "file", "image", "rbd"]:
     lines.append("")
     lines.append(f"## {case_names[case]}")
     lines.append("")
-    lines.append("| job | queues | qsd IOPS | ours IOPS | ours/qsd | qsd lat µs | ours lat µs | ours/qsd lat | qsd MiB/s | ours MiB/s | qsd CPU | ours CPU | rounds |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| job | queues | qsd IOPS | ours IOPS | ours/qsd | qsd lat µs | ours lat µs | ours/qsd lat | qsd MiB/s | ours MiB/s | qsd CPU | ours CPU | qsd IOPS/CPU-s | ours IOPS/CPU-s | rounds |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    def stats(k, t):
+        rs = runs[k].get(t, [])
+        cpu = [r["cpu"]["target_s"] / r["cpu"]["window_s"] for r in rs if r["cpu"].get("target_s") is not None and r["cpu"]["window_s"] > 0]
+        # IOPS per target CPU-second: per round (IOPS over that round's CPU share), then the median.
+        eff = [r["all"]["iops"] / (r["cpu"]["target_s"] / r["cpu"]["window_s"]) for r in rs
+               if r["cpu"].get("target_s") and r["cpu"]["window_s"] > 0]
+        return dict(iops=med([r["all"]["iops"] for r in rs]), lat=med([r["all"]["lat_ns"]["mean"] for r in rs]),
+                    bw=med([r["all"]["bw_bytes"] for r in rs]), cpu=med(cpu), eff=med(eff), n=len(rs))
     for q in sorted({k[1] for k in keys}):
         for name in job_order:
             k = (case, q, name)
             if k not in runs: continue
-            row = {}
-            for t in ("qsd", "ours"):
-                rs = runs[k].get(t, [])
-                row[t] = dict(
-                    iops=med([r["all"]["iops"] for r in rs]),
-                    lat=med([r["all"]["lat_ns"]["mean"] for r in rs]),
-                    bw=med([r["all"]["bw_bytes"] for r in rs]),
-                    cpu=med([r["cpu"]["target_s"] / r["cpu"]["window_s"] for r in rs if r["cpu"].get("target_s") is not None and r["cpu"]["window_s"] > 0]),
-                    n=len(rs))
-            a, b = row["qsd"], row["ours"]
+            a, b = stats(k, "qsd"), stats(k, "ours")
             lat_ratio = "-" if not a["lat"] or not b["lat"] else f"{b['lat']/a['lat']:.2f}"
             lines.append(f"| {name.replace('_', ' ')} | {q[1:]} | {fmt_iops(a['iops'])} | {fmt_iops(b['iops'])} | {ratio(b['iops'], a['iops'])} | "
                          f"{fmt_us(a['lat'])} | {fmt_us(b['lat'])} | {lat_ratio} | {fmt_mib(a['bw'])} | {fmt_mib(b['bw'])} | "
-                         f"{fmt_cpu(a['cpu'])} | {fmt_cpu(b['cpu'])} | {a['n']}/{b['n']} |")
+                         f"{fmt_cpu(a['cpu'])} | {fmt_cpu(b['cpu'])} | {fmt_iops(a['eff'])} | {fmt_iops(b['eff'])} | {a['n']}/{b['n']} |")
+    if baseline and any("base" in runs[k] for k in keys):
+        lines.append("")
+        lines.append(f"Against the baseline build ({baseline}), same load generator, same rotation (ours/base > 1: this build is faster):")
+        lines.append("")
+        lines.append("| job | queues | base IOPS | ours IOPS | ours/base | base lat µs | ours lat µs | base IOPS/CPU-s | ours IOPS/CPU-s | ours/base per CPU-s | rounds |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for q in sorted({k[1] for k in keys}):
+            for name in job_order:
+                k = (case, q, name)
+                if k not in runs or "base" not in runs[k]: continue
+                a, b = stats(k, "base"), stats(k, "ours")
+                lines.append(f"| {name.replace('_', ' ')} | {q[1:]} | {fmt_iops(a['iops'])} | {fmt_iops(b['iops'])} | {ratio(b['iops'], a['iops'])} | "
+                             f"{fmt_us(a['lat'])} | {fmt_us(b['lat'])} | {fmt_iops(a['eff'])} | {fmt_iops(b['eff'])} | {ratio(b['eff'], a['eff'])} | {a['n']}/{b['n']} |")
     # The first second after start against the steady state of the same job (4k randwrite QD32, 1 queue).
     first = runs.get((case, "q1", "first_second"), {})
     if first:
         parts = []
-        for t in ("qsd", "ours"):
+        for t in [t for t in ("qsd", "ours", "base") if t in first]:
             f = med([r["all"]["iops"] for r in first.get(t, [])])
             steady = med([r["all"]["iops"] for r in runs.get((case, "q1", "4k_randwrite_QD32"), {}).get(t, [])])
             parts.append(f"{t} {fmt_iops(f)}" + (f" ({100 * f / steady:.0f}% of its steady {fmt_iops(steady)})" if f and steady else ""))
         lines.append("")
-        lines.append("First second after start (4k randwrite QD32, 1 queue, no ramp, before any other I/O): " + ", ".join(parts))
+        lines.append("First second after start (4k randwrite QD32, 1 queue, no ramp, before any other I/O to the target; the load "
+                     "generator warmed up for 3 s on a qemu-storage-daemon null-co export first): " + ", ".join(parts))
     # 2 queues vs 1 for ours and qsd.
     if {"q1", "q2"} <= {k[1] for k in keys}:
         lines.append("")

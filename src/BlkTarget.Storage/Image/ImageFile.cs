@@ -300,22 +300,51 @@ public sealed unsafe partial class ImageFile : IDisposable
     /// </summary>
     public ulong AllocateRun(ulong first, ulong count)
     {
-        ulong end = Math.Min(first + count, Header.MapEntries);
+        AllocateRuns([(first, count)]);
+        return Entry(first);
+    }
+
+    /// <summary>
+    /// Allocates every unallocated cluster of every run (virtual cluster, count), in order, then writes each map
+    /// block that changed once, adjacent blocks in one write (each 4 KiB block is still old or new after a crash,
+    /// rule 3). All or nothing: on an error nothing stays allocated (clusters whose map block may have reached the
+    /// disk are not handed out again this session) and the exception propagates. Metadata thread only.
+    /// Why batches: the metadata worker takes every allocation that queued up while it wrote the last map blocks,
+    /// so with N writes in flight into new clusters a map block is written about once per N of them, not N times
+    /// (allocating 4 KiB / 128 KiB writes were 0.86x / 0.73x of qcow2 with one map write per request).
+    /// </summary>
+    /// <exception cref="IOException">the file could not be grown or a map block not written.</exception>
+    public void AllocateRuns(ReadOnlySpan<(ulong First, ulong Count)> runs)
+    {
         var assigned = new List<ulong>();
-        ulong attemptedBlocks = 0;   // map blocks from assigned[0]'s on that we tried to write
+        var blocks = new List<ulong>();
+        int attempted = 0;   // blocks[..attempted] were (or may have been) written
         try
         {
-            for (ulong v = first; v < end; v++)
+            foreach (var (first, count) in runs)
             {
-                if (Entry(v) != 0) continue;
-                SetEntry(v, TakeFreshCluster());
-                assigned.Add(v);
+                ulong end = Math.Min(first + count, Header.MapEntries);
+                for (ulong v = first; v < end; v++)
+                {
+                    if (Entry(v) != 0) continue;
+                    SetEntry(v, TakeFreshCluster());
+                    assigned.Add(v);
+                }
             }
-            if (assigned.Count == 0) return Entry(first);
-            for (ulong block = assigned[0] / EntriesPerBlock; block <= assigned[^1] / EntriesPerBlock; block++)
+            if (assigned.Count == 0) return;
+            foreach (ulong v in assigned) blocks.Add(v / EntriesPerBlock);
+            blocks.Sort();
+            int distinct = 0;
+            for (int i = 0; i < blocks.Count; i++)
+                if (i == 0 || blocks[i] != blocks[distinct - 1]) blocks[distinct++] = blocks[i];
+            blocks.RemoveRange(distinct, blocks.Count - distinct);
+            for (int i = 0; i < blocks.Count;)
             {
-                attemptedBlocks++;
-                WriteMapBlock(block * EntriesPerBlock);
+                int j = i + 1;
+                while (j < blocks.Count && blocks[j] == blocks[j - 1] + 1) j++;
+                attempted = j;
+                WriteMapBlocks(blocks[i], j - i);
+                i = j;
             }
             Interlocked.Increment(ref _version);
         }
@@ -324,15 +353,13 @@ public sealed unsafe partial class ImageFile : IDisposable
             // Undo in memory. A cluster whose map block was written (or may be, in part: the failed write) can be
             // named on disk now, so it must never be handed out again this session: leave it out of the free
             // list (a leak at worst; it is a hole, and reopening the image finds it free or mapped as on disk).
-            ulong firstUntouched = assigned.Count == 0 ? 0 : assigned[0] / EntriesPerBlock + attemptedBlocks;
             foreach (ulong v in assigned)
             {
-                if (v / EntriesPerBlock >= firstUntouched) _free.Push(Entry(v));
+                if (blocks.BinarySearch(0, attempted, v / EntriesPerBlock, null) < 0) _free.Push(Entry(v));
                 SetEntry(v, 0);
             }
             throw;
         }
-        return Entry(first);
     }
 
     /// <summary>A physical cluster that reads as zeros: a free one punched clean, or a new one at the end of the file.</summary>
@@ -504,14 +531,18 @@ public sealed unsafe partial class ImageFile : IDisposable
 
     private void SetEntry(ulong virtualCluster, ulong physical) => Volatile.Write(ref ((ulong*)_map)[virtualCluster], physical);
 
-    private void WriteMapBlock(ulong virtualCluster)
+    private void WriteMapBlock(ulong virtualCluster) => WriteMapBlocks(virtualCluster / EntriesPerBlock, 1);
+
+    /// <summary>Writes map blocks [<paramref name="firstBlock"/>, +<paramref name="blockCount"/>) in one pwrite.</summary>
+    private void WriteMapBlocks(ulong firstBlock, int blockCount)
     {
-        ulong blockOffset = virtualCluster * 8 / MapBlockSize * MapBlockSize;
-        PwriteFully(Fd, _map + blockOffset, MapBlockSize, (long)(Header.MapOffset + blockOffset), Path);
+        ulong blockOffset = firstBlock * MapBlockSize;
+        int length = blockCount * MapBlockSize;
+        PwriteFully(Fd, _map + blockOffset, length, (long)(Header.MapOffset + blockOffset), Path);
         if (Recorder is { } recorder)
         {
-            var iov = new IoVec(_map + blockOffset, MapBlockSize);
-            recorder.Wrote(Header.MapOffset + blockOffset, &iov, 1, MapBlockSize, durable: false);
+            var iov = new IoVec(_map + blockOffset, (nuint)length);
+            recorder.Wrote(Header.MapOffset + blockOffset, &iov, 1, (ulong)length, durable: false);
         }
     }
 

@@ -35,6 +35,10 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
     private readonly ILogger _log;
     // Worker thread only:
     private readonly List<(MetadataJob Job, int Handle)> _draining = [];
+    /// <summary>Allocations taken since the last batch: done together in <see cref="AllocateBatch"/>.</summary>
+    private readonly List<MetadataJob> _allocations = [];
+    private (ulong First, ulong Count)[] _runs = new (ulong, ulong)[64];
+    private const int MaxAllocationBatch = 256;
     private readonly Queue<MetadataJob> _waitingForRange = new();
     private readonly ConcurrentQueue<GrowthRequest> _growthRequests = new();
     private GrowthRequest? _growing;
@@ -64,6 +68,8 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
     /// (requests also wake us when they leave a range).</summary>
     protected override int AfterJobs()
     {
+        // Allocations first, as when each ran on arrival: a deallocation that drained meanwhile still comes after.
+        if (_allocations.Count > 0) AllocateBatch();
         if (_growing is null && _growthRequests.TryDequeue(out var request)) BeginGrowth(request);
         FinishDrainedWork();
         return _draining.Count > 0 || _waitingForRange.Count > 0 || _growing is not null ? 1 : -1;
@@ -164,7 +170,8 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
     {
         if (job.Kind == MetadataJobKind.Allocate)
         {
-            Complete(job, Execute(job));
+            _allocations.Add(job);   // completed with the others that queued up (AfterJobs)
+            if (_allocations.Count >= MaxAllocationBatch) AllocateBatch();   // a steady stream still gets answers
             return;
         }
         if (job.Count == 0)
@@ -218,9 +225,47 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
     /// <summary>Test seam: runs on the worker before each job (a test blocks it to prove reactors never wait for it).</summary>
     internal Action? BeforeJob { get; set; }
 
-    private int Execute(in MetadataJob job)
+    /// <summary>
+    /// Every allocation that queued up since the last batch, with one write per run of changed map blocks
+    /// (<see cref="ImageFile.AllocateRuns"/>) and at most one fsync for those that must be durable (FUA). Each
+    /// request's data write follows its completion, so rule 1 (map before data) holds for every one of them. When
+    /// the batch fails it is undone and each allocation runs alone, so one failure fails only its own request.
+    /// </summary>
+    private void AllocateBatch()
     {
-        BeforeJob?.Invoke();
+        if (_runs.Length < _allocations.Count) _runs = new (ulong, ulong)[Math.Max(_allocations.Count, _runs.Length * 2)];
+        bool durable = false;
+        for (int i = 0; i < _allocations.Count; i++)
+        {
+            BeforeJob?.Invoke();
+            _runs[i] = (_allocations[i].First, _allocations[i].Count);
+            durable |= _allocations[i].Durable;
+        }
+        int result;
+        try
+        {
+            _image.AllocateRuns(_runs.AsSpan(0, _allocations.Count));
+            if (durable) _image.Sync();
+            result = 0;
+        }
+        catch (Exception e) when (_allocations.Count > 1)
+        {
+            _log.LogDebug("{Path}: a batch of {Count} allocations failed ({Error}); running them one by one", _image.Path, _allocations.Count, e.Message);
+            foreach (var job in _allocations) Complete(job, Execute(job, invokeSeam: false));
+            _allocations.Clear();
+            return;
+        }
+        catch (Exception e)
+        {
+            result = Failed(_allocations[0], e);
+        }
+        foreach (var job in _allocations) Complete(job, result);
+        _allocations.Clear();
+    }
+
+    private int Execute(in MetadataJob job, bool invokeSeam = true)
+    {
+        if (invokeSeam) BeforeJob?.Invoke();
         try
         {
             if (job.Kind == MetadataJobKind.Allocate) _image.AllocateRun(job.First, job.Count);
@@ -230,11 +275,17 @@ internal sealed class ImageMetadataWorker : OffloadThread<MetadataJob>
         }
         catch (Exception e)
         {
-            // Anything: an exception escaping this thread would end the process and every other device with it.
-            if (e is IOException) _log.LogError("{Path}: {Kind} of {Count} at {First} failed: {Error}", _image.Path, job.Kind, job.Count, job.First, e.Message);
-            else _log.LogError(e, "{Path}: {Kind} of {Count} at {First} failed unexpectedly", _image.Path, job.Kind, job.Count, job.First);
-            return -Errno.EIO;
+            return Failed(job, e);
         }
+    }
+
+    /// <summary>Logs a failed job; its result. Catches anything: an exception escaping this thread would end the
+    /// process and every other device with it.</summary>
+    private int Failed(in MetadataJob job, Exception e)
+    {
+        if (e is IOException) _log.LogError("{Path}: {Kind} of {Count} at {First} failed: {Error}", _image.Path, job.Kind, job.Count, job.First, e.Message);
+        else _log.LogError(e, "{Path}: {Kind} of {Count} at {First} failed unexpectedly", _image.Path, job.Kind, job.Count, job.First);
+        return -Errno.EIO;
     }
 
     private static void Complete(in MetadataJob job, int result) => job.Io.PostCompletion(job.Target, job.Tag, result);

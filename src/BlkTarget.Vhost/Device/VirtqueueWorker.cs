@@ -41,6 +41,8 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     private readonly WrittenBuffers? _written;
     /// <summary>Per slot: the Stopwatch timestamp of the poll that took the request (latency statistics).</summary>
     private readonly long[] _takenAt;
+    /// <summary>The clock for the current completion batch (0: not read yet); see <see cref="CompleteRequest(ushort, uint, QueueCounters, IoOp, ulong, IoErrorKind)"/>.</summary>
+    private long _completedAt;
     private readonly int _kickFd;
     private readonly string _deviceName;
     private int _callFd;
@@ -130,7 +132,10 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     /// <paramref name="bytes"/> count only when <paramref name="error"/> is <see cref="IoErrorKind.None"/>.</summary>
     protected void CompleteRequest(ushort head, uint usedLength, QueueCounters counters, IoOp op, ulong bytes, IoErrorKind error)
     {
-        counters.Complete(op, bytes, error, Stopwatch.GetTimestamp() - _takenAt[head]);
+        // One clock read per completion batch (reset when the batch is published): reading the clock costs ~50 ns
+        // here, a tenth of a 4 KiB RAM request, and requests completed in one batch reach the guest together anyway.
+        if (_completedAt == 0) _completedAt = Stopwatch.GetTimestamp();
+        counters.Complete(op, bytes, error, _completedAt - _takenAt[head]);
         CompleteRequest(head, usedLength);
     }
 
@@ -191,7 +196,11 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
                 if (status == PopStatus.Corrupt) Break(error!);
                 else
                 {
-                    if (now == 0) now = Stopwatch.GetTimestamp();
+                    if (now == 0)
+                    {
+                        now = Stopwatch.GetTimestamp();
+                        _completedAt = 0;   // a completion clock read before this one would precede these requests
+                    }
                     _takenAt[head] = now;
                     Start(head, ref chain);
                 }
@@ -284,6 +293,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
 
     private void PublishAndNotify()
     {
+        _completedAt = 0;
         if (!_usedPending) return;
         _usedPending = false;
         Ring.PublishUsed();

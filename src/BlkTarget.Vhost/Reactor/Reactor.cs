@@ -199,7 +199,7 @@ public sealed class Reactor : IDisposable, IWakeSourceHost
                 // generator may share this CPU: a plain spin would hold it for a whole time slice while the
                 // request we wait for cannot even be submitted.
                 if (idle > _yieldAfterTicks) Thread.Yield();
-                else Thread.SpinWait(8);
+                else SpinBriefly();
                 continue;
             }
             Sleep(events);
@@ -207,6 +207,20 @@ public sealed class Reactor : IDisposable, IWakeSourceHost
             roundStart = lastWork;
         }
         RunMailbox();
+    }
+
+    /// <summary>
+    /// A pause of a few tens of nanoseconds between polling rounds that found nothing. Thread.SpinWait(8) was used
+    /// before: the runtime normalises its iterations so that it took ~1 µs here (measured), and a request arriving
+    /// during it waited on average half of that: a quarter of a QD1 round trip on a RAM disk (~2 µs).
+    /// </summary>
+    private static void SpinBriefly()
+    {
+        if (System.Runtime.Intrinsics.X86.X86Base.IsSupported)
+        {
+            for (int i = 0; i < 4; i++) System.Runtime.Intrinsics.X86.X86Base.Pause();
+        }
+        else Thread.SpinWait(1);
     }
 
     private void PublishAllocatedBytes() => Volatile.Write(ref _allocatedBytes, GC.GetAllocatedBytesForCurrentThread());

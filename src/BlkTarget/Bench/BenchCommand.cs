@@ -31,13 +31,15 @@ public static class BenchCommand
     private static readonly Option<bool> Packed = new("--packed") { Description = "Drive packed virtqueues (VIRTIO_F_RING_PACKED, virtio 1.2 2.8) instead of split ones" };
     private static readonly Option<bool> HugePages = new("--hugepages") { Description = "Guest memory in 2 MiB hugetlb pages (like QEMU's memory-backend-memfd,hugetlb=on); needs reserved huge pages" };
     private static readonly Option<bool> Prefill = new("--prefill") { Description = "Write the whole range once before a job that reads" };
+    private static readonly Option<string?> WarmUpSocket = new("--warm-up-socket") { Description = "Drive this other socket with the same job first (--warm-up seconds, not reported), so this process is warm when it connects to --socket" };
+    private static readonly Option<double> WarmUp = new("--warm-up") { Description = "Seconds to drive --warm-up-socket", DefaultValueFactory = _ => 2.0 };
     private static readonly Option<ulong?> Seed = new("--seed") { Description = "Seed for offsets and verify patterns" };
 
     public static Command Create()
     {
         var command = new Command("bench", "Drive a vhost-user-blk socket with a fio-like job and report IOPS, bandwidth and latency")
         {
-            Socket, Rw, RwMixRead, Bs, IoDepth, Queues, Runtime, Size, Ramp, OffsetRange, Verify, Json, TargetPid, QueueSize, IdlePollUs, Cpus, Seed, Segments, HugePages, Packed, Prefill,
+            Socket, Rw, RwMixRead, Bs, IoDepth, Queues, Runtime, Size, Ramp, OffsetRange, Verify, Json, TargetPid, QueueSize, IdlePollUs, Cpus, Seed, Segments, HugePages, Packed, Prefill, WarmUpSocket, WarmUp,
         };
         command.SetAction(Run);
         return command;
@@ -103,6 +105,7 @@ public static class BenchCommand
         double ramp = parse.GetValue(Ramp);
         if (runtime is <= 0 or > 86400) throw new ArgumentException("--runtime must be between 0 and 86400 seconds");
         if (ramp is < 0 or > 3600) throw new ArgumentException("--ramp must be between 0 and 3600 seconds");
+        if (parse.GetValue(WarmUp) is <= 0 or > 3600) throw new ArgumentException("--warm-up must be between 0 and 3600 seconds");
         var options = new BenchOptions
         {
             Socket = socket,
@@ -124,6 +127,8 @@ public static class BenchCommand
             HugePages = parse.GetValue(HugePages),
             Packed = parse.GetValue(Packed),
             Prefill = parse.GetValue(Prefill),
+            WarmUpSocket = parse.GetValue(WarmUpSocket),
+            WarmUp = TimeSpan.FromSeconds(parse.GetValue(WarmUp)),
             IdlePollMicroseconds = parse.GetValue(IdlePollUs),
             Cpus = cpus,
         };

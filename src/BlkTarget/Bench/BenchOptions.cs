@@ -42,6 +42,14 @@ public sealed record BenchOptions
     /// <summary>Write the whole range once before a job that reads, so reads hit written data (a RAM disk's
     /// never-written pages are the kernel's zero page, which stays in cache and flatters every read figure).</summary>
     public bool Prefill { get; init; }
+
+    /// <summary>Before the job (and its prefill), drive this other vhost-user-blk socket with the same job for
+    /// <see cref="WarmUp"/> (not reported): the load generator's own code is then compiled and hot when it
+    /// connects to <see cref="Socket"/>, so a first-second figure measures the target, not this process's JIT.</summary>
+    public string? WarmUpSocket { get; init; }
+
+    /// <summary>How long to drive <see cref="WarmUpSocket"/>.</summary>
+    public TimeSpan WarmUp { get; init; } = TimeSpan.FromSeconds(2);
     public bool Json { get; init; }
     /// <summary>Process whose CPU time over the measured window is reported (the target).</summary>
     public int? TargetPid { get; init; }

@@ -28,6 +28,15 @@ public static class BenchRunner
     {
         options.Validate();
         stop ??= new StopSignal();
+        if (options.WarmUpSocket is { } warmUpSocket)
+        {
+            var warmUp = options with
+            {
+                Socket = warmUpSocket, Runtime = options.WarmUp, SizeBytes = null, Ramp = TimeSpan.Zero, RangeOffset = 0, RangeLength = null,
+                Verify = false, Prefill = false, TargetPid = null, WarmUpSocket = null,
+            };
+            if (Run(warmUp, stop).Failed) throw new BenchSetupException($"--warm-up-socket: the warm-up job on {warmUpSocket} failed");
+        }
         if (options.Prefill && options.Reads) PrefillRange(options, stop);
         using var frontend = Connect(options);
         var config = frontend.Config ?? throw new BenchSetupException("the backend did not negotiate VHOST_USER_PROTOCOL_F_CONFIG: device size unknown");

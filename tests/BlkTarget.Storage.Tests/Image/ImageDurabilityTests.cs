@@ -131,6 +131,75 @@ public sealed unsafe class ImageDurabilityTests : IDisposable
         }
     }
 
+    [Fact]
+    public void One_batch_of_allocations_writes_each_changed_map_block_once_and_adjacent_blocks_together()
+    {
+        // 16 MiB, 4 KiB clusters: the map starts at file offset 4096 (docs/image-format.md: map offset = C), map
+        // block b (entries 512b..512b+511) at 4096 + 4096b. Clusters 3 and 7 are in block 0, 600 in block 1, 2600 in block 5.
+        using var image = ImageFile.Open(NewImage(4096, 16 << 20), readOnly: false, directIo: false);
+        var recorder = new MapWriteRecorder(4096, 4096 * 8);
+        image.Recorder = recorder;
+
+        image.AllocateRuns([(3, 1), (600, 1), (7, 1), (2600, 1)]);
+
+        Assert.Equal([(4096UL, 8192UL), (4096UL + 5 * 4096, 4096UL)], recorder.Writes);
+        foreach (ulong v in new ulong[] { 3, 7, 600, 2600 }) Assert.NotEqual(0UL, image.Entry(v));
+        Assert.Equal(0UL, image.Entry(4));
+        Assert.Equal(4UL, image.AllocatedClusters);
+    }
+
+    [Fact]
+    public void Allocations_that_queue_up_while_the_metadata_thread_is_busy_share_their_map_write()
+    {
+        using var disk = ImageDisk.Open(NewImage(), readOnly: false, 512, directIo: true, NullLogger.Instance);
+        var recorder = new MapWriteRecorder(4096, disk.Image.Header.MapBytes);
+        disk.Image.Recorder = recorder;
+        using var driver = new ChannelDriver(disk);
+        using var gate = new ManualResetEventSlim();
+        int jobs = 0;
+        disk.Worker.BeforeJob = () => { if (Interlocked.Increment(ref jobs) == 1) gate.Wait(TimeSpan.FromSeconds(20)); };
+        // 16 writes into 16 new clusters of map block 0: the first holds the metadata thread while the others queue.
+        const int Writes = 16;
+        var tags = new ulong[Writes];
+        var buffers = new nint[Writes];
+        for (int i = 0; i < Writes; i++)
+        {
+            var data = new byte[4096];
+            data.AsSpan().Fill((byte)(i + 1));
+            tags[i] = Begin(driver, BlockOperation.Write, (ulong)i * 4096, data, out buffers[i]);
+        }
+        gate.Set();
+        for (int i = 0; i < Writes; i++) Assert.Equal(BlockStatus.Ok, driver.Wait(tags[i]));
+        foreach (nint buffer in buffers) NativeMemory.AlignedFree((void*)buffer);
+
+        // One map write per request would be 16 (what it was before batching).
+        Assert.InRange(recorder.Writes.Count, 1, 2);
+        var back = new byte[4096];
+        for (int i = 0; i < Writes; i++)
+        {
+            Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Read, (ulong)i * 4096, back));
+            Assert.True(back.AsSpan().IndexOfAnyExcept((byte)(i + 1)) < 0, $"cluster {i} does not hold its own write");
+        }
+        Assert.Equal(BlockStatus.Ok, driver.Run(BlockOperation.Flush, 0, 0));
+    }
+
+    /// <summary>Records the writes that land in the map area [mapOffset, mapOffset + mapBytes) as (offset, length).</summary>
+    private sealed class MapWriteRecorder(ulong mapOffset, ulong mapBytes) : Transfer.IMediumRecorder
+    {
+        public List<(ulong Offset, ulong Length)> Writes { get; } = [];
+
+        public void Wrote(ulong fileOffset, IoVec* iov, int iovCount, ulong length, bool durable)
+        {
+            if (fileOffset >= mapOffset && fileOffset < mapOffset + mapBytes)
+                lock (Writes) Writes.Add((fileOffset, length));
+        }
+
+        public void Punched(ulong fileOffset, ulong length) { }
+        public void Resized(ulong size) { }
+        public long SyncStarted() => 0;
+        public void SyncCompleted(long token) { }
+    }
+
     private static void Run(string command, string arguments)
     {
         using var process = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo(command, arguments) { RedirectStandardError = true })!;
