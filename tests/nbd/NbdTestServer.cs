@@ -16,7 +16,9 @@ public sealed class NbdTestServer : IDisposable
     private readonly int _shared;
     private Process? _process;
 
-    public enum Kind { QemuNbd, NbdkitMemory }
+    public enum Kind { QemuNbd, NbdkitMemory, Nbdkit }
+
+    private string[] _nbdkitPlugin = [];
 
     private NbdTestServer(Kind kind, ulong size, bool readOnly, int shared)
     {
@@ -57,6 +59,26 @@ public sealed class NbdTestServer : IDisposable
         return server;
     }
 
+    /// <summary>nbdkit with the plugin (and filters) of <paramref name="arguments"/>, e.g. an eval plugin that lacks
+    /// some capabilities; <paramref name="arguments"/> gets <see cref="FilePath"/> (a file of <paramref name="size"/>
+    /// bytes) for scripts that serve it.</summary>
+    public static NbdTestServer StartNbdkit(ulong size, Func<string, string[]> arguments)
+    {
+        var server = new NbdTestServer(Kind.Nbdkit, size, readOnly: false, shared: 1);
+        server._nbdkitPlugin = arguments(server.FilePath);
+        using (var file = File.Create(server.FilePath)) file.SetLength((long)size);
+        try
+        {
+            server.Restart();
+        }
+        catch
+        {
+            server.Dispose();
+            throw;
+        }
+        return server;
+    }
+
     /// <summary>Starts the server (again) and waits until its socket accepts connections.</summary>
     public void Restart()
     {
@@ -66,7 +88,7 @@ public sealed class NbdTestServer : IDisposable
             ? new ProcessStartInfo("qemu-nbd", ["-f", "raw", "-x", "exp", "--socket", SocketPath, $"--shared={_shared}", "--cache=none",
                 "--discard=unmap", .. ReadOnly ? new[] { "--read-only" } : [], FilePath])
             : new ProcessStartInfo("nbdkit", ["--foreground", "--exit-with-parent", "-U", SocketPath, .. ReadOnly ? new[] { "-r" } : [],
-                "memory", $"size={_size}"]);
+                .. ServerKind == Kind.NbdkitMemory ? ["memory", $"size={_size}"] : _nbdkitPlugin]);
         info.RedirectStandardError = true;
         info.RedirectStandardOutput = true;
         try
