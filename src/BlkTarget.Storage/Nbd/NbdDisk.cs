@@ -74,9 +74,8 @@ public sealed class NbdDisk : IBlockDevice
                 MaxWriteZeroesBytes = MaxZeroingBytes,
             };
             var links = connections.Select(c => new NbdLink(c, options.Uri, !readOnly, log)).ToArray();
-            log.LogInformation("nbd {Uri}: opened, {Size} bytes, {Connections} connection(s){MultiConn}, flush {Flush}, fua {Fua}, trim {Trim}, zero {Zero}{ReadOnly}",
-                options.Uri, first.Size, links.Length, first.MultiConn ? " (multi-conn)" : "", first.CanFlush, first.CanFua, first.CanTrim, first.CanZero,
-                readOnly ? ", read-only" : "");
+            log.LogInformation("nbd {Uri}: opened, {Size} bytes, {Connections} connection(s){MultiConn}, server can: {Capabilities}{ReadOnly}",
+                options.Uri, first.Size, links.Length, first.MultiConn ? " (multi-conn)" : "", Capabilities(first), readOnly ? ", read-only" : "");
             return new NbdDisk(options, links, info, first.MultiConn, first.CanFlush, first.CanFua, log);
         }
         catch
@@ -84,6 +83,16 @@ public sealed class NbdDisk : IBlockDevice
             foreach (var c in connections) c.Dispose();
             throw;
         }
+    }
+
+    private static string Capabilities(NbdConnection c)
+    {
+        var can = new List<string>();
+        if (c.CanFlush) can.Add("flush");
+        if (c.CanFua) can.Add("fua");
+        if (c.CanTrim) can.Add("trim");
+        if (c.CanZero) can.Add("zero");
+        return can.Count == 0 ? "read/write only" : string.Join(" ", can);
     }
 
     public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight)
