@@ -45,6 +45,7 @@ internal sealed class NbdLink : IDisposable
     private volatile bool _disposed;
     private volatile NbdChannel[] _channels = [];
     private long _reconnects;
+    private int _failedAttempts;
 
     public NbdLink(NbdConnection connection, string uri, bool needsWrite, ILogger log)
     {
@@ -207,7 +208,10 @@ internal sealed class NbdLink : IDisposable
             }
             catch (IOException e)
             {
-                _log.LogWarning("nbd {Uri}: reconnecting failed: {Error}", _uri, e.Message);
+                // One attempt a second while requests keep coming: the first ones, then one a minute.
+                int failed = ++_failedAttempts;
+                if (failed <= 3 || failed % 60 == 0)
+                    _log.LogWarning("nbd {Uri}: reconnecting failed: {Error} (attempt {Attempt})", _uri, e.Message, failed);
                 return;
             }
             if (fresh.Size < _size || (_needsWrite && fresh.ReadOnly))
@@ -228,7 +232,8 @@ internal sealed class NbdLink : IDisposable
                 _current = fresh;
             }
             Interlocked.Increment(ref _reconnects);
-            _log.LogInformation("nbd {Uri}: reconnected", _uri);
+            _log.LogInformation("nbd {Uri}: reconnected after {Attempts} failed attempt(s)", _uri, _failedAttempts);
+            _failedAttempts = 0;
             if (old is not null) Retire(old);
             WakeDriver();
         }
