@@ -46,6 +46,10 @@ public static unsafe partial class NbdNative
     [LibraryImport(Lib)]
     public static partial long nbd_get_size(nint h);
 
+    /// <summary>Whether libnbd zeroes a read's buffer before the server fills it (C bool: 1 = yes, the default).</summary>
+    [LibraryImport(Lib)]
+    public static partial int nbd_set_pread_initialize(nint h, byte request);
+
     [LibraryImport(Lib)]
     public static partial long nbd_get_block_size(nint h, int sizeType);
 

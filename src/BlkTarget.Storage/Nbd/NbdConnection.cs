@@ -53,6 +53,9 @@ internal sealed class NbdConnection : IDisposable
         try
         {
             nint h = handle.DangerousGetHandle();
+            // libnbd zeroes every read buffer first so that a server sending less than asked cannot expose old memory;
+            // ours is guest memory holding the guest's own data, and the memset would cost a pass over every read.
+            nbd_set_pread_initialize(h, 0);
             if (nbd_connect_uri(h, uri) != 0) throw new IOException($"nbd {uri}: connecting failed: {LastError}", nbd_get_errno());
             int fd = nbd_aio_get_fd(h);
             long size = nbd_get_size(h);

@@ -90,6 +90,8 @@ internal sealed class NbdLink : IDisposable
         {
             rest = Array.FindAll(_channels, c => c != channel);
             _channels = rest;
+            // A link closed under its channels kept its poller for them (see Close): the last one out closes it.
+            if (_disposed && rest.Length == 0) _poller.Dispose();
         }
         foreach (var other in rest) other.WakeReactor();
     }
@@ -268,7 +270,12 @@ internal sealed class NbdLink : IDisposable
             while (Volatile.Read(ref conn.InFlight) > 0 && Environment.TickCount64 < deadline) Thread.Sleep(1);
             conn.Dispose();
         }
-        _poller.Dispose();
+        // The poller stays open while a channel may still have it in its reactor's epoll set: closed now, its number
+        // could be reused by another file, which that channel's RemoveWakeSource would then take out of the set.
+        lock (_poller)
+        {
+            if (_channels.Length == 0) _poller.Dispose();
+        }
     }
 
     public void Dispose() => Close(Environment.TickCount64 + 30_000);
