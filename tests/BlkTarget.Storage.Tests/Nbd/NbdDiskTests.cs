@@ -114,6 +114,39 @@ public sealed unsafe class NbdDiskTests
     }
 
     [Fact]
+    public void Requests_held_by_a_server_that_dies_fail_with_ioerr_and_nothing_stays_in_flight()
+    {
+        // nbdkit's delay filter holds every read for 3 s: the reads are surely in flight when the server is killed.
+        using var server = NbdTestServer.StartNbdkit(Size, _ => ["--filter=delay", "memory", $"size={Size}", "rdelay=3"]);
+        using var disk = NbdDisk.Open(new NbdDiskOptions { Uri = server.Uri }, NullLogger.Instance);
+        using var driver = new ChannelDriver(disk);
+        var buffers = new byte[8 * 4096];
+        fixed (byte* p = buffers)
+        {
+            var iovs = stackalloc IoVec[8];
+            var tags = new List<ulong>();
+            for (int i = 0; i < 8; i++)
+            {
+                iovs[i] = new IoVec(p + i * 4096, 4096);
+                tags.Add(driver.Begin(BlockOperation.Read, (ulong)i * 4096, 4096, &iovs[i], 1));
+            }
+            var until = DateTime.UtcNow.AddMilliseconds(300);
+            while (DateTime.UtcNow < until) Assert.All(tags, t => Assert.Null(driver.Result(t)));    // sent, held by the server
+            Assert.Equal(8, driver.Channel.InFlight);
+            server.Stop();
+            foreach (var tag in tags) Assert.Equal(BlockStatus.IoError, driver.Wait(tag));
+        }
+        Assert.Equal(0, driver.Channel.InFlight);
+        server.Restart();
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (driver.Transfer(BlockOperation.Write, 0, new byte[4096]) != BlockStatus.Ok)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the disk did not come back after the server restarted");
+            Thread.Sleep(50);
+        }
+    }
+
+    [Fact]
     public void An_unreachable_server_fails_the_open_with_one_sentence()
     {
         var e = Assert.Throws<IOException>(() => NbdDisk.Open(new NbdDiskOptions { Uri = "nbd+unix:///?socket=/nonexistent/nbd.sock" }, NullLogger.Instance));
