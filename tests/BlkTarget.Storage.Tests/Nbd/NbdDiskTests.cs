@@ -177,6 +177,39 @@ public sealed unsafe class NbdDiskTests
         Assert.Equal([.. scattered[8192..], .. scattered[..8192]], read);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Fua_goes_to_the_server_as_fua_or_as_a_flush_after_the_write_when_it_has_none(bool serverFua)
+    {
+        // nbdkit's log filter records every request the server gets. With FUA: the memory plugin; without: an eval plugin
+        // over a file that can flush but has no FUA.
+        string log = Path.Combine(Path.GetTempPath(), $"blkt-nbd-fua-{Guid.NewGuid():N}.log");
+        try
+        {
+            using var server = NbdTestServer.StartNbdkit(Size, file => serverFua
+                ? ["--filter=log", "memory", $"size={Size}", $"logfile={log}"]
+                : ["--filter=log", "eval", $"logfile={log}", $"get_size=echo {Size}",
+                    $"pread=dd if={file} skip=$4 count=$3 iflag=skip_bytes,count_bytes status=none",
+                    $"pwrite=dd of={file} seek=$4 conv=notrunc oflag=seek_bytes status=none",
+                    "can_write=exit 0", "can_flush=exit 0", "flush=exit 0", "can_fua=echo none", "can_trim=exit 3", "can_zero=exit 3"]);
+            using var disk = NbdDisk.Open(new NbdDiskOptions { Uri = server.Uri }, NullLogger.Instance);
+            Assert.True(disk.Info.HasVolatileCache);
+            using (var driver = new ChannelDriver(disk))
+                Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Write, 8192, new byte[4096], flags: BlockRequestFlags.Fua));
+            // Entry lines read "connection=N Write id=I offset=... fua=F ..."; their exits "...Write id=I return=0".
+            var requests = File.ReadAllLines(log).Where(l => l.Contains(" Write id=") || l.Contains(" Flush id=")).ToList();
+            Assert.True(requests.Count(l => l.Contains(" Write id=") && l.Contains("offset=0x2000") && l.Contains(serverFua ? "fua=1" : "fua=0")) == 1,
+                string.Join("\n", requests));
+            Assert.True(requests.Count(l => l.Contains(" Flush id=")) == (serverFua ? 0 : 1), string.Join("\n", requests));
+            if (!serverFua) Assert.Contains(" Flush id=", requests[^1]);       // after the write
+        }
+        finally
+        {
+            File.Delete(log);
+        }
+    }
+
     [Fact]
     public void An_unreachable_server_fails_the_open_with_one_sentence()
     {
