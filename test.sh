@@ -95,6 +95,17 @@ if [[ $run_e2e -eq 1 ]]; then
   # Packed virtqueues (packed=on): fio verify, ext4 and a guest reset, over blk and scsi.
   run_e2e_suite "packed ram" --packed --only fio-verify,ext4-write,guest-reboot --backend ram:1G
   run_e2e_suite "packed scsi ram" --packed --kind scsi --only fio-verify,ext4-write,guest-reboot --backend ram:1G
+  # The nbd backend: qemu-nbd serving a sparse 1 GiB file on a Unix socket (-t: it stays when a client leaves;
+  # --shared=4: multi-conn, one connection per reactor), a small suite (fio verify, ext4). Only the qemu-nbd started
+  # here is stopped, by its PID.
+  truncate -s 1G "$image_dir/nbd.img"
+  qemu-nbd -t -f raw --socket "$image_dir/nbd.sock" --shared=4 --cache=none "$image_dir/nbd.img" >"$log_dir/qemu-nbd.log" 2>&1 &
+  nbd_pid=$!
+  trap 'kill "$nbd_pid" 2>/dev/null; rm -rf "$log_dir" "$image_dir"' EXIT
+  for _ in $(seq 100); do [[ -S "$image_dir/nbd.sock" ]] && break; sleep 0.1; done
+  run_e2e_suite nbd --only fio-verify,ext4-write --backend "nbd:nbd+unix:///?socket=$image_dir/nbd.sock"
+  kill "$nbd_pid" 2>/dev/null || true
+  wait "$nbd_pid" 2>/dev/null || true
   rm -rf "$image_dir"
   # Ceph RBD: run-e2e.sh starts a throwaway one-OSD cluster (bluestore: the OSD is killed and restarted under the
   # guest's fio in rbd-osd-fault), serves an image on it, and stops exactly that cluster at exit.

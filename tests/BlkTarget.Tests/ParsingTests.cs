@@ -169,4 +169,33 @@ public sealed class ConfigFileTests : IDisposable
         Assert.False(BackendSpec.TryParse(text, out _, out var error));
         Assert.Contains(reason, error);
     }
+
+    [Theory]
+    [InlineData("nbd:nbd+unix:///exp?socket=/run/nbd.sock", "nbd+unix:///exp?socket=/run/nbd.sock")]
+    [InlineData("nbd:nbd+unix:///?socket=/tmp/x.sock", "nbd+unix:///?socket=/tmp/x.sock")]
+    [InlineData("nbd:nbd://storage1:10809/vm1,a", "nbd://storage1:10809/vm1,a")]
+    public void Nbd_backends_take_the_whole_uri_and_print_back(string text, string uri)
+    {
+        Assert.True(BackendSpec.TryParse(text, out var spec, out var error), error);
+        Assert.Equal("nbd", spec!.Kind);
+        Assert.Equal(uri, spec.NbdUri);
+        Assert.Null(spec.Path);
+        Assert.False(spec.CanCreate);
+        Assert.Equal(text, spec.ToSpec());
+        Assert.Equal(text, spec.Medium);
+        var options = spec.ToNbdOptions(readOnly: true, blockSize: 4096);
+        Assert.Equal((uri, true, 4096u), (options.Uri, options.ReadOnly, options.BlockSize));
+        Assert.Equal(BackendSpec.TryParse(spec.ToSpec(), out var again, out _) ? spec : null, again);
+    }
+
+    [Theory]
+    [InlineData("nbd:")]
+    [InlineData("nbd:/tmp/x.sock")]
+    [InlineData("nbd:http://host/x")]
+    [InlineData("nbd:nbd://")]
+    public void Bad_nbd_backends_are_refused_with_an_example(string text)
+    {
+        Assert.False(BackendSpec.TryParse(text, out _, out var error));
+        Assert.Contains("expected nbd:URI", error);
+    }
 }

@@ -30,8 +30,11 @@ set -euo pipefail
 #                    the throwaway cluster the rbd tests start (tests/ceph/start-cluster.sh), and the rbd tool;
 #                    librbd1/librados2 come with them (BlkTarget loads librbd.so.1)
 #   qemu-block-extra qemu-storage-daemon's rbd driver, the peer of the rbd comparison
-PACKAGES=(qemu-system-x86 qemu-utils fio busybox-static kmod cpio e2fsprogs gzip zstd mount sg3-utils ceph-mon ceph-osd ceph-common qemu-block-extra socat)
-COMMANDS=(qemu-system-x86_64 qemu-storage-daemon qemu-img fio busybox depmod cpio mke2fs e2fsck gzip zstd timeout flock losetup mount umount sg_persist ceph-mon ceph-osd ceph rbd socat)
+#   libnbd0          libnbd.so.0, which the nbd backend loads (qemu-utils' qemu-nbd is the server its tests run)
+#   nbdkit           the second NBD server of the nbd tests (memory plugin: multi-conn; eval plugin: a server
+#                    without trim/zero/flush)
+PACKAGES=(qemu-system-x86 qemu-utils fio busybox-static kmod cpio e2fsprogs gzip zstd mount sg3-utils ceph-mon ceph-osd ceph-common qemu-block-extra socat libnbd0 nbdkit)
+COMMANDS=(qemu-system-x86_64 qemu-storage-daemon qemu-img qemu-nbd nbdkit fio busybox depmod cpio mke2fs e2fsck gzip zstd timeout flock losetup mount umount sg_persist ceph-mon ceph-osd ceph rbd socat)
 
 check_only=0
 case "${1:-}" in

@@ -6,8 +6,12 @@ namespace BlkTarget.Storage.Interop;
 public static unsafe partial class Epoll
 {
     public const uint EPOLLIN = 0x001;
+    public const uint EPOLLOUT = 0x004;
+    public const uint EPOLLERR = 0x008;
+    public const uint EPOLLHUP = 0x010;
     private const int EPOLL_CTL_ADD = 1;
     private const int EPOLL_CTL_DEL = 2;
+    private const int EPOLL_CTL_MOD = 3;
     private const int EPOLL_CLOEXEC = 0x80000;
 
     /// <summary>struct epoll_event is packed on x86-64: u32 events followed directly by u64 data.</summary>
@@ -29,10 +33,20 @@ public static unsafe partial class Epoll
 
     public static OwnedFd Create() => OwnedFd.FromResult(epoll_create1(EPOLL_CLOEXEC), "epoll_create1");
 
-    public static void Add(OwnedFd epoll, int fd, ulong data)
+    public static void Add(OwnedFd epoll, int fd, ulong data) => Add(epoll, fd, data, EPOLLIN);
+
+    /// <summary>Adds <paramref name="fd"/> for <paramref name="events"/> (EPOLLIN, EPOLLOUT), level-triggered.</summary>
+    public static void Add(OwnedFd epoll, int fd, ulong data, uint events)
     {
-        var ev = new Event { Events = EPOLLIN, Data = data };
+        var ev = new Event { Events = events, Data = data };
         if (epoll_ctl(epoll.Fd, EPOLL_CTL_ADD, fd, &ev) != 0) throw Errno.Exception("epoll_ctl(ADD)");
+    }
+
+    /// <summary>Changes the events <paramref name="fd"/> is watched for.</summary>
+    public static void Modify(OwnedFd epoll, int fd, ulong data, uint events)
+    {
+        var ev = new Event { Events = events, Data = data };
+        if (epoll_ctl(epoll.Fd, EPOLL_CTL_MOD, fd, &ev) != 0) throw Errno.Exception("epoll_ctl(MOD)");
     }
 
     /// <summary>Removes an fd; failures are ignored because the fd may already be closed, which removes it too.</summary>

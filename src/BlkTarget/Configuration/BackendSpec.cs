@@ -1,3 +1,4 @@
+using BlkTarget.Storage.Nbd;
 using BlkTarget.Storage.Ram;
 using BlkTarget.Storage.Rbd;
 
@@ -13,13 +14,18 @@ namespace BlkTarget.Configuration;
 /// <item><c>image:PATH[,cache=none|writeback]</c>: a thin-provisioned BlkTarget image (docs/image-format.md).</item>
 /// <item><c>rbd:POOL/IMAGE[,conf=PATH][,id=USER][,cache=none|writeback]</c>: a Ceph RBD image through librbd
 /// (<see cref="Rbd"/>; <see cref="DirectIo"/> false = librbd's cache on, a volatile cache for the guest).</item>
+/// <item><c>nbd:URI</c>: an export of an NBD server through libnbd, the URI as libnbd takes it
+/// (<c>nbd+unix:///EXPORT?socket=PATH</c>, <c>nbd://HOST[:PORT]/EXPORT</c>; <see cref="NbdUri"/>).</item>
 /// </list>
 /// </summary>
 public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path = null, bool DirectIo = true,
-    RamDiskPages Pages = RamDiskPages.Transparent, RbdLocation? Rbd = null)
+    RamDiskPages Pages = RamDiskPages.Transparent, RbdLocation? Rbd = null, string? NbdUri = null)
 {
-    public const string Usage = "ram:SIZE[,hugepages=on|off], file:PATH[,cache=none|writeback], image:PATH[,cache=none|writeback] " +
-        "or rbd:POOL/IMAGE[,conf=PATH][,id=USER][,cache=none|writeback]";
+    public const string Usage = "ram:SIZE[,hugepages=on|off], file:PATH[,cache=none|writeback], image:PATH[,cache=none|writeback], " +
+        "rbd:POOL/IMAGE[,conf=PATH][,id=USER][,cache=none|writeback] or nbd:URI";
+
+    /// <summary>The URI schemes libnbd connects to (TLS ones included: libnbd negotiates TLS itself).</summary>
+    private static readonly string[] NbdSchemes = ["nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://"];
 
     public static bool TryParse(string text, out BackendSpec? spec, out string? error)
     {
@@ -58,6 +64,15 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path 
                 return TryParsePath(kind, text, argument, out spec, out error);
             case "rbd":
                 return TryParseRbd(text, argument, out spec, out error);
+            case "nbd":
+                // The rest is the URI, whole: a URI may contain ',' and ':' itself, so nbd: takes no options of ours.
+                if (!NbdSchemes.Any(s => argument.StartsWith(s, StringComparison.Ordinal)) || argument.Length <= argument.IndexOf("//", StringComparison.Ordinal) + 2)
+                {
+                    error = $"backend '{text}': expected nbd:URI, e.g. nbd:nbd+unix:///export?socket=/run/nbd.sock or nbd:nbd://host:10809/export";
+                    return false;
+                }
+                spec = new BackendSpec("nbd", NbdUri: argument);
+                return true;
             default:
                 error = $"backend '{text}': unknown kind '{kind}' (supported: {Usage})";
                 return false;
@@ -126,6 +141,7 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path 
     {
         "ram" => null,
         "rbd" => $"rbd:{Rbd!.Pool}/{Rbd.Image} of {Rbd.ConfPath ?? "the default cluster"}",
+        "nbd" => $"nbd:{NbdUri}",
         _ => System.IO.Path.GetFullPath(Path!),
     };
 
@@ -142,6 +158,12 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path 
             ReadOnly = readOnly, BlockSize = blockSize,
         };
     }
+
+    /// <summary>The storage options of an nbd spec.</summary>
+    public NbdDiskOptions ToNbdOptions(bool readOnly, uint blockSize) => new()
+    {
+        Uri = NbdUri ?? throw new InvalidOperationException($"{this} is not an nbd backend"), ReadOnly = readOnly, BlockSize = blockSize,
+    };
 
     /// <summary>The spec as `--backend` takes it back (ram sizes in the largest whole binary unit: ram:64M), for
     /// saved configs and listings.</summary>
@@ -165,6 +187,7 @@ public sealed record BackendSpec(string Kind, ulong SizeBytes = 0, string? Path 
     {
         "ram" => $"ram:{SizeParser.Format(SizeBytes)}{PagesOption}",
         "rbd" => $"rbd:{Rbd}{(DirectIo ? "" : ",cache=writeback")}",
+        "nbd" => $"nbd:{NbdUri}",
         _ => $"{Kind}:{Path}{(DirectIo ? "" : ",cache=writeback")}",
     };
 }

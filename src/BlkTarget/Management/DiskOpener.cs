@@ -1,5 +1,6 @@
 using BlkTarget.Storage;
 using BlkTarget.Storage.Image;
+using BlkTarget.Storage.Nbd;
 using BlkTarget.Storage.RawFile;
 using BlkTarget.Storage.Ram;
 using BlkTarget.Storage.Rbd;
@@ -46,6 +47,9 @@ public static class DiskOpener
                 case "rbd":
                     if (spec.CreateSize is not null) throw new IOException("create is not supported for rbd: create the image with `rbd create`");
                     return RbdDisk.Open(backend.ToRbdOptions(spec.ReadOnly, spec.BlockSize), log);
+                case "nbd":
+                    if (spec.CreateSize is not null) throw new IOException("create is not supported for nbd: the server provides the export");
+                    return NbdDisk.Open(backend.ToNbdOptions(spec.ReadOnly, spec.BlockSize), log);
                 default:
                     throw new ManagementException(RpcErrorCode.InvalidParams, $"disk {spec.Name}: backend kind {backend.Kind} is not supported");
             }

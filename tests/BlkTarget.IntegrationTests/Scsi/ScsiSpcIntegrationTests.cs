@@ -1,9 +1,11 @@
 using System.Buffers.Binary;
 using BlkTarget.Storage;
 using BlkTarget.Storage.Image;
+using BlkTarget.Storage.Nbd;
 using BlkTarget.Storage.RawFile;
 using BlkTarget.Vhost.Frontend;
 using BlkTarget.Vhost.Scsi;
+using BlkTarget.Tests.Nbd;
 using Microsoft.Extensions.Logging.Abstractions;
 using Xunit.Abstractions;
 
@@ -16,9 +18,17 @@ public sealed class ScsiSpcIntegrationTests(ITestOutputHelper output) : IDisposa
 {
     private readonly string _dir = Directory.CreateDirectory(Path.Combine("/var/tmp", $"blkt-scsi-spc-{Guid.NewGuid():N}")).FullName;
 
+    private readonly List<NbdTestServer> _nbdServers = [];
+
     private IBlockDevice? Disk(string backend)
     {
         if (backend == "ram") return null;
+        if (backend == "nbd")
+        {
+            var server = NbdTestServer.Start(NbdTestServer.Kind.QemuNbd, ScsiTestTarget.Lun0Bytes, shared: 1);
+            _nbdServers.Add(server);
+            return NbdDisk.Open(new NbdDiskOptions { Uri = server.Uri }, NullLogger.Instance);
+        }
         if (backend == "file")
             return FileDisk.Open(new FileDiskOptions { Path = Path.Combine(_dir, "disk.img"), CreateSize = ScsiTestTarget.Lun0Bytes, DirectIo = true }, NullLogger.Instance);
         string path = Path.Combine(_dir, "disk.bti");
@@ -43,6 +53,7 @@ public sealed class ScsiSpcIntegrationTests(ITestOutputHelper output) : IDisposa
     [InlineData("ram")]
     [InlineData("file")]
     [InlineData("image")]
+    [InlineData("nbd")]
     public void Write_same_with_a_pattern_fills_a_range_of_several_pieces(string backend)
     {
         using var target = new ScsiTestTarget(output, Disk(backend));
@@ -84,5 +95,44 @@ public sealed class ScsiSpcIntegrationTests(ITestOutputHelper output) : IDisposa
         Assert.True(q2.Execute(0, 0, testUnitReady).IsGood);
     }
 
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    /// <summary>Thin provisioning (READ CAPACITY(16) LBPME) is reported on an nbd LUN exactly when the server can TRIM.</summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void An_nbd_lun_reports_thin_provisioning_only_when_the_server_can_trim(bool canTrim)
+    {
+        var server = canTrim
+            ? NbdTestServer.Start(NbdTestServer.Kind.QemuNbd, ScsiTestTarget.Lun0Bytes, shared: 1)
+            : NbdTestServer.StartNbdkit(ScsiTestTarget.Lun0Bytes, file => ["--filter=nozero", "eval", "zeromode=none", $"get_size=echo {ScsiTestTarget.Lun0Bytes}",
+                $"pread=dd if={file} skip=$4 count=$3 iflag=skip_bytes,count_bytes status=none",
+                $"pwrite=dd of={file} seek=$4 conv=notrunc oflag=seek_bytes status=none",
+                "can_write=exit 0", "can_flush=exit 3", "can_trim=exit 3", "can_zero=exit 3"]);
+        _nbdServers.Add(server);
+        using var target = new ScsiTestTarget(output, NbdDisk.Open(new NbdDiskOptions { Uri = server.Uri }, NullLogger.Instance));
+        using var guest = Connect(target);
+        var q = new ScsiCommandQueue(guest.Queues[2], guest.Arena);
+        var capacity = guest.Allocate(32);
+        var rc16 = new byte[16];
+        rc16[0] = ScsiOp.ServiceActionIn16;
+        rc16[1] = ScsiOp.SaReadCapacity16;
+        rc16[13] = 32;
+        Assert.True(q.Execute(0, 0, rc16, dataIn: [capacity]).IsGood);
+        Assert.Equal(ScsiTestTarget.Lun0Bytes / 512 - 1, BinaryPrimitives.ReadUInt64BigEndian(capacity.Span));
+        Assert.Equal(canTrim, (capacity.Span[14] & 0x80) != 0);
+        var unmapParameters = new byte[24];
+        BinaryPrimitives.WriteUInt16BigEndian(unmapParameters, 22);
+        BinaryPrimitives.WriteUInt16BigEndian(unmapParameters.AsSpan(2), 16);
+        BinaryPrimitives.WriteUInt64BigEndian(unmapParameters.AsSpan(8), 64);
+        BinaryPrimitives.WriteUInt32BigEndian(unmapParameters.AsSpan(16), 8);
+        var parameters = guest.Allocate(24);
+        unmapParameters.CopyTo(parameters.Span);
+        var unmap = q.Execute(0, 0, [ScsiOp.Unmap, 0, 0, 0, 0, 0, 0, 0, 24, 0], dataOut: [parameters]);
+        Assert.Equal(canTrim, unmap.IsGood);      // without provisioning UNMAP is an illegal request
+    }
+
+    public void Dispose()
+    {
+        foreach (var server in _nbdServers) server.Dispose();
+        Directory.Delete(_dir, recursive: true);
+    }
 }

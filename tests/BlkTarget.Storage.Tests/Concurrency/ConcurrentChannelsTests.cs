@@ -18,7 +18,7 @@ public sealed unsafe class ConcurrentChannelsTests(ITestOutputHelper output) : I
     private const int BlockSize = StampWorker.BlockSize;
     private readonly BackendFactory _factory = new();
 
-    public static TheoryData<string> Kinds => ["image-direct", "image-4k-clusters", "image-4k-clusters-hot", "image-writeback", "file-direct"];
+    public static TheoryData<string> Kinds => ["image-direct", "image-4k-clusters", "image-4k-clusters-hot", "image-writeback", "file-direct", "nbd", "nbd-multiconn", "nbdkit"];
 
     [Theory]
     [MemberData(nameof(Kinds))]

@@ -44,11 +44,13 @@ public sealed class NativeLayerShapeTests
     [Fact]
     public void OwnedFd_is_the_only_safe_handle_that_owns_a_file_descriptor()
     {
-        // The others own memory (mappings, aligned buffers) or librados/librbd handles, never an fd.
+        // The others own memory (mappings, aligned buffers) or librados/librbd/libnbd handles, never an fd of ours
+        // (an nbd handle's socket is libnbd's, closed by nbd_close).
         string[] expected =
         [
             "BlkTarget.Storage.Interop.MappedMemory",
             "BlkTarget.Storage.Interop.NativeBuffer",
+            "BlkTarget.Storage.Interop.NbdHandle",
             "BlkTarget.Storage.Interop.OwnedFd",
             "BlkTarget.Storage.Interop.RadosHandle",
             "BlkTarget.Storage.Interop.RadosIoCtxHandle",
