@@ -119,35 +119,15 @@ public static unsafe partial class NbdNative
 /// cref="Exit"/> count callers with the SafeHandle reference count, interlocked, no lock). nbd_close also closes the
 /// socket.
 /// </summary>
-public sealed class NbdHandle : SafeHandle
+public sealed class NbdHandle : EnterableHandle
 {
     /// <exception cref="IOException">nbd_create failed.</exception>
-    public NbdHandle() : base(0, ownsHandle: true)
+    public NbdHandle()
     {
         nint h = NbdNative.nbd_create();
         if (h == 0) throw new IOException($"nbd_create failed: {NbdNative.LastError}");
         SetHandle(h);
     }
-
-    public override bool IsInvalid => handle == 0;
-
-    /// <summary>The handle for one libnbd call, or 0 once it is closed (or closing). Give a nonzero one back with
-    /// <see cref="Exit"/>.</summary>
-    public nint TryEnter()
-    {
-        bool added = false;
-        try
-        {
-            DangerousAddRef(ref added);
-        }
-        catch (ObjectDisposedException)
-        {
-            return 0;
-        }
-        return handle;
-    }
-
-    public void Exit() => DangerousRelease();
 
     protected override bool ReleaseHandle()
     {

@@ -144,12 +144,12 @@ public sealed class RadosIoCtxHandle : SafeHandle
 
 /// <summary>Owns an open image (rbd_image_t): rbd_close exactly once (which waits for the image's outstanding I/O).
 /// Holds a reference on its I/O context.</summary>
-public sealed class RbdImageHandle : SafeHandle
+public sealed class RbdImageHandle : EnterableHandle
 {
     private readonly RadosIoCtxHandle _ioctx;
 
     /// <exception cref="IOException">the image cannot be opened (HResult = errno, e.g. ENOENT).</exception>
-    public RbdImageHandle(RadosIoCtxHandle ioctx, string name, bool readOnly) : base(0, ownsHandle: true)
+    public RbdImageHandle(RadosIoCtxHandle ioctx, string name, bool readOnly)
     {
         bool added = false;
         ioctx.DangerousAddRef(ref added);
@@ -165,26 +165,6 @@ public sealed class RbdImageHandle : SafeHandle
         }
         SetHandle(image);
     }
-
-    public override bool IsInvalid => handle == 0;
-
-    /// <summary>The image for one call, or 0 once the handle is closed (or closing). A nonzero result must be given
-    /// back with <see cref="Exit"/>: until then rbd_close waits.</summary>
-    public nint TryEnter()
-    {
-        bool added = false;
-        try
-        {
-            DangerousAddRef(ref added);
-        }
-        catch (ObjectDisposedException)
-        {
-            return 0;
-        }
-        return handle;
-    }
-
-    public void Exit() => DangerousRelease();
 
     protected override bool ReleaseHandle()
     {

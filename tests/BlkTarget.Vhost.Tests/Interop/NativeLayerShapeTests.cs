@@ -48,6 +48,7 @@ public sealed class NativeLayerShapeTests
         // (an nbd handle's socket is libnbd's, closed by nbd_close).
         string[] expected =
         [
+            "BlkTarget.Storage.Interop.EnterableHandle",
             "BlkTarget.Storage.Interop.MappedMemory",
             "BlkTarget.Storage.Interop.NativeBuffer",
             "BlkTarget.Storage.Interop.NbdHandle",
