@@ -79,6 +79,7 @@ public sealed class TargetModel : IDisposable
                 throw;
             }
             var disk = new ManagedDisk(spec, backend, logicalUnit);
+            disk.Qos.Set(spec.Qos);
             if (backend is Storage.IExternalResizeSource source) source.ExternallyResized += size => OnExternallyResized(disk, size);
             _disks.Add(spec.Name, disk);
             _diskOrder.Add(spec.Name);
@@ -273,7 +274,10 @@ public sealed class TargetModel : IDisposable
                 throw new ManagementException(RpcErrorCode.InvalidParams, $"export {spec.Name}: a disk backs two LUNs");
             foreach (var disk in disks) CheckAttachable(disk);
             var log = _loggers.CreateLogger($"device.{spec.Name}");
-            IVhostUserDevice device = BuildDevice(spec, disks, log);
+            if (spec.Kind == "scsi" && !spec.Qos.IsUnlimited) throw Invalid($"export {spec.Name}: QoS limits apply to blk exports only");
+            var qos = new Vhost.Qos.QosLimiter();
+            qos.Set(spec.Qos);
+            IVhostUserDevice device = BuildDevice(spec, disks, qos, log);
             VhostUserServer server;
             try
             {
@@ -292,7 +296,7 @@ public sealed class TargetModel : IDisposable
                 server.Dispose();
                 throw new ManagementException(RpcErrorCode.ResourceError, $"export {spec.Name}: {e.Message}");
             }
-            var export = new ManagedExport(spec, device, server, _nextReactorOffset);
+            var export = new ManagedExport(spec, device, server, _nextReactorOffset, qos);
             _nextReactorOffset += device.QueueCount;
             _exports.Add(spec.Name, export);
             _exportOrder.Add(spec.Name);
@@ -323,7 +327,36 @@ public sealed class TargetModel : IDisposable
         }
     }
 
-    private IVhostUserDevice BuildDevice(ExportSpec spec, List<ManagedDisk> disks, ILogger log)
+    /// <summary>
+    /// Changes the QoS limits of export or disk <paramref name="name"/> at run time: the queues apply them from their
+    /// next request on, without a reconnect. Returns the limits it had, for an undo. Errors: NotFound, Unsupported (a
+    /// scsi export). A disk's limits apply to its blk exports; its scsi LUNs are not limited yet.
+    /// </summary>
+    public Vhost.Qos.QosLimits SetQos(bool disk, string name, Vhost.Qos.QosLimits limits)
+    {
+        lock (_gate)
+        {
+            if (disk)
+            {
+                var d = FindDisk(name);
+                var old = d.Spec.Qos;
+                d.Spec = d.Spec with { Qos = limits };
+                d.Qos.Set(limits);
+                _log.LogInformation("disk {Name}: QoS {Limits}", name, limits);
+                return old;
+            }
+            if (!_exports.TryGetValue(name, out var export)) throw new ManagementException(RpcErrorCode.NotFound, $"no export {name}");
+            if (export.Spec.Kind == "scsi")
+                throw new ManagementException(RpcErrorCode.Unsupported, $"export {name}: QoS limits apply to blk exports only");
+            var previous = export.Spec.Qos;
+            export.Spec = export.Spec with { Qos = limits };
+            export.Qos.Set(limits);
+            _log.LogInformation("export {Name}: QoS {Limits}", name, limits);
+            return previous;
+        }
+    }
+
+    private IVhostUserDevice BuildDevice(ExportSpec spec, List<ManagedDisk> disks, Vhost.Qos.QosLimiter qos, ILogger log)
     {
         if (spec.Kind == "scsi")
         {
@@ -345,7 +378,7 @@ public sealed class TargetModel : IDisposable
             }
         }
         return new VirtioBlkDevice(spec.Name, disks[0].Backend,
-            new BlkOptions { Queues = spec.Queues, Serial = spec.EffectiveSerial, WriteCache = spec.WriteCache }, log);
+            new BlkOptions { Queues = spec.Queues, Serial = spec.EffectiveSerial, WriteCache = spec.WriteCache, ExportQos = qos, DiskQos = disks[0].Qos }, log);
     }
 
     private ManagedDisk FindDisk(string name) =>
