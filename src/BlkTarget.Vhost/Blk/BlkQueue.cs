@@ -75,9 +75,17 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         var disk = _device.Options.DiskQos;
         if (export is not { IsLimited: true } && disk is not { IsLimited: true }) return true;
         if (chain.Overflowed || chain.LastWritableByte == null || chain.ReadableBytes < VirtioBlk.HeaderLength) return true;
-        var header = new SegmentCursor(chain.Segments, 0, chain.ReadableCount);
+        // The request type, read without consuming the segments (a SegmentCursor would trim them, and Process
+        // parses the same chain again once the request is admitted).
         Span<byte> raw = stackalloc byte[sizeof(uint)];
-        if (header.CopyTo(raw) != raw.Length) return true;
+        int copied = 0;
+        for (int i = 0; i < chain.ReadableCount && copied < raw.Length; i++)
+        {
+            int n = (int)Math.Min((nuint)(raw.Length - copied), chain.Segments[i].Length);
+            new ReadOnlySpan<byte>(chain.Segments[i].Base, n).CopyTo(raw[copied..]);
+            copied += n;
+        }
+        if (copied != raw.Length) return true;
         var (direction, bytes) = BinaryPrimitives.ReadUInt32LittleEndian(raw) switch
         {
             VirtioBlk.TypeIn => (QosDirection.Read, chain.WritableBytes - 1),
