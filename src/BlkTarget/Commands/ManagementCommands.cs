@@ -175,7 +175,7 @@ public static class ManagementCommands
                      ("bps_read", "bps-read", true), ("bps_write", "bps-write", true), ("bps_total", "bps-total", true), ("burst_ms", "burst-ms", false) })
         {
             ulong v = (ulong)q[key]!;
-            if (v != 0) parts.Add($"{name}={(bytes ? SizeParser.Format(v) : v.ToString())}");
+            if (v != 0) parts.Add($"{name}={(bytes ? SizeParser.Format(v) + "/s" : v.ToString())}");
         }
         return parts.Count == 0 ? "unlimited" : string.Join(" ", parts);
     }
