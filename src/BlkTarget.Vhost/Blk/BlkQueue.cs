@@ -71,6 +71,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
     protected override bool Admit(ushort head, in ChainBuffers chain, long now, out long waitTicks)
     {
         waitTicks = 0;
+        if (!QosLimiter.AnyLimited) return true;
         var export = _device.Options.ExportQos;
         var disk = _device.Options.DiskQos;
         if (export is not { IsLimited: true } && disk is not { IsLimited: true }) return true;
@@ -78,14 +79,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         // The request type, read without consuming the segments (a SegmentCursor would trim them, and Process
         // parses the same chain again once the request is admitted).
         Span<byte> raw = stackalloc byte[sizeof(uint)];
-        int copied = 0;
-        for (int i = 0; i < chain.ReadableCount && copied < raw.Length; i++)
-        {
-            int n = (int)Math.Min((nuint)(raw.Length - copied), chain.Segments[i].Length);
-            new ReadOnlySpan<byte>(chain.Segments[i].Base, n).CopyTo(raw[copied..]);
-            copied += n;
-        }
-        if (copied != raw.Length) return true;
+        if (QosLimiter.Peek(chain.Segments, chain.ReadableCount, raw) != raw.Length) return true;
         var (direction, bytes) = BinaryPrimitives.ReadUInt32LittleEndian(raw) switch
         {
             VirtioBlk.TypeIn => (QosDirection.Read, chain.WritableBytes - 1),

@@ -62,8 +62,10 @@ public sealed class QosLimiter
             bucket is null ? wait : Math.Max(wait, bucket.WaitTicks(now, units));
     }
 
+    /// <summary>Limiters that have limits now, process-wide: while 0, device models skip even looking at requests.</summary>
+    private static int s_limited;
     private readonly long _frequency;
-    private volatile Buckets? _buckets;
+    private Buckets? _buckets;
     private QosLimits _limits = QosLimits.None;
 
     /// <summary>A limiter without limits; <paramref name="frequency"/>: ticks per second of the clock callers pass
@@ -74,14 +76,34 @@ public sealed class QosLimiter
     public QosLimits Limits => Volatile.Read(ref _limits);
 
     /// <summary>True when some rate is limited.</summary>
-    public bool IsLimited => _buckets is not null;
+    public bool IsLimited => Volatile.Read(ref _buckets) is not null;
+
+    /// <summary>True when some limiter in the process has limits (one shared read on the data path).</summary>
+    public static bool AnyLimited => Volatile.Read(ref s_limited) != 0;
+
+    /// <summary>Copies the first bytes of a request's readable buffers into <paramref name="destination"/> without
+    /// consuming them (device models parse the same chain again once the request is admitted); returns how many.</summary>
+    public static unsafe int Peek(Storage.IoVec* segments, int count, Span<byte> destination)
+    {
+        int copied = 0;
+        for (int i = 0; i < count && copied < destination.Length; i++)
+        {
+            int n = (int)Math.Min((nuint)(destination.Length - copied), segments[i].Length);
+            new ReadOnlySpan<byte>(segments[i].Base, n).CopyTo(destination[copied..]);
+            copied += n;
+        }
+        return copied;
+    }
 
     /// <summary>Applies <paramref name="limits"/> from now on (any thread); the buckets start full.
     /// <paramref name="now"/>: the clock reading (default: <see cref="Stopwatch.GetTimestamp"/>).</summary>
     public void Set(QosLimits limits, long? now = null)
     {
         Volatile.Write(ref _limits, limits);
-        _buckets = limits.IsUnlimited ? null : new Buckets(limits, _frequency, now ?? Stopwatch.GetTimestamp());
+        var next = limits.IsUnlimited ? null : new Buckets(limits, _frequency, now ?? Stopwatch.GetTimestamp());
+        var previous = Interlocked.Exchange(ref _buckets, next);
+        if (previous is null && next is not null) Interlocked.Increment(ref s_limited);
+        else if (previous is not null && next is null) Interlocked.Decrement(ref s_limited);
     }
 
     /// <summary>
@@ -93,8 +115,8 @@ public sealed class QosLimiter
     {
         waitTicks = 0;
         if (direction == QosDirection.None) return true;
-        var a = first?._buckets;
-        var b = second?._buckets;
+        var a = first is null ? null : Volatile.Read(ref first._buckets);
+        var b = second is null ? null : Volatile.Read(ref second._buckets);
         if (a is null && b is null) return true;
         long wait = a?.Wait(now, direction, bytes) ?? 0;
         if (b is not null) wait = Math.Max(wait, b.Wait(now, direction, bytes));

@@ -112,7 +112,7 @@ public sealed partial class ConfigFile
         public string? Serial { get; set; }
         public bool? WriteCache { get; set; }
         public List<ExportLunEntry>? Luns { get; set; }
-        /// <summary>Limits shared by all the export's queues (blk).</summary>
+        /// <summary>Limits shared by all the export's queues.</summary>
         public QosEntry? Qos { get; set; }
     }
 

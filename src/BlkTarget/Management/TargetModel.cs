@@ -192,7 +192,7 @@ public sealed class TargetModel : IDisposable
             string serial = lunSpec.Serial.Length > 0 ? lunSpec.Serial : $"{export.Spec.EffectiveSerial}-{lunSpec.Target}-{lunSpec.Lun}";
             try
             {
-                device.Context.AddLun(new ScsiLunDefinition((byte)lunSpec.Target, (ushort)lunSpec.Lun, disk.Backend, serial, lunSpec.WriteCache, disk.LogicalUnit));
+                device.Context.AddLun(new ScsiLunDefinition((byte)lunSpec.Target, (ushort)lunSpec.Lun, disk.Backend, serial, lunSpec.WriteCache, disk.LogicalUnit, disk.Qos));
             }
             catch (ArgumentException e)
             {
@@ -274,7 +274,6 @@ public sealed class TargetModel : IDisposable
                 throw new ManagementException(RpcErrorCode.InvalidParams, $"export {spec.Name}: a disk backs two LUNs");
             foreach (var disk in disks) CheckAttachable(disk);
             var log = _loggers.CreateLogger($"device.{spec.Name}");
-            if (spec.Kind == "scsi" && !spec.Qos.IsUnlimited) throw Invalid($"export {spec.Name}: QoS limits apply to blk exports only");
             var qos = new Vhost.Qos.QosLimiter();
             qos.Set(spec.Qos);
             IVhostUserDevice device = BuildDevice(spec, disks, qos, log);
@@ -329,8 +328,8 @@ public sealed class TargetModel : IDisposable
 
     /// <summary>
     /// Changes the QoS limits of export or disk <paramref name="name"/> at run time: the queues apply them from their
-    /// next request on, without a reconnect. Returns the limits it had, for an undo. Errors: NotFound, Unsupported (a
-    /// scsi export). A disk's limits apply to its blk exports; its scsi LUNs are not limited yet.
+    /// next request on, without a reconnect. Returns the limits it had, for an undo. Errors: NotFound. A disk's limits
+    /// apply through every export of it: blk exports and the scsi LUNs it backs.
     /// </summary>
     public Vhost.Qos.QosLimits SetQos(bool disk, string name, Vhost.Qos.QosLimits limits)
     {
@@ -346,8 +345,6 @@ public sealed class TargetModel : IDisposable
                 return old;
             }
             if (!_exports.TryGetValue(name, out var export)) throw new ManagementException(RpcErrorCode.NotFound, $"no export {name}");
-            if (export.Spec.Kind == "scsi")
-                throw new ManagementException(RpcErrorCode.Unsupported, $"export {name}: QoS limits apply to blk exports only");
             var previous = export.Spec.Qos;
             export.Spec = export.Spec with { Qos = limits };
             export.Qos.Set(limits);
@@ -366,11 +363,11 @@ public sealed class TargetModel : IDisposable
                 var lun = spec.Luns[i];
                 string serial = lun.Serial.Length > 0 ? lun.Serial
                     : spec.Luns.Count == 1 ? spec.EffectiveSerial : $"{spec.EffectiveSerial}-{lun.Target}-{lun.Lun}";
-                luns.Add(new ScsiLunDefinition((byte)lun.Target, (ushort)lun.Lun, disks[i].Backend, serial, lun.WriteCache, disks[i].LogicalUnit));
+                luns.Add(new ScsiLunDefinition((byte)lun.Target, (ushort)lun.Lun, disks[i].Backend, serial, lun.WriteCache, disks[i].LogicalUnit, disks[i].Qos));
             }
             try
             {
-                return new VirtioScsiDevice(spec.Name, luns, new ScsiOptions { RequestQueues = spec.Queues }, log);
+                return new VirtioScsiDevice(spec.Name, luns, new ScsiOptions { RequestQueues = spec.Queues, ExportQos = qos }, log);
             }
             catch (ArgumentException e)
             {
