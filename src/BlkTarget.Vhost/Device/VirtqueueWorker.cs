@@ -59,6 +59,8 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     private ChainBuffers _heldChain;
     /// <summary>Stopwatch timestamp before which asking the limits again for <see cref="_held"/> is pointless.</summary>
     private long _throttledUntil;
+    /// <summary><see cref="Qos.QosLimiter.Generation"/> when <see cref="_held"/> was last refused.</summary>
+    private int _heldGeneration;
 
     protected VirtqueueWorker(QueueStartInfo start, string deviceName, ILogger log)
     {
@@ -235,11 +237,13 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         long now = Stopwatch.GetTimestamp();
         if (!_stopping && BrokenReason is null)
         {
-            // A throttled queue costs the reactor one clock read per round until its wait is over.
-            if (now < _throttledUntil) return 0;
+            // A throttled queue costs the reactor one clock read per round until its wait is over (or limits change).
+            if (now < _throttledUntil && Qos.QosLimiter.Generation == _heldGeneration) return 0;
+            int generation = Qos.QosLimiter.Generation;
             if (!Admit((ushort)_held, in _heldChain, now, out long wait))
             {
                 _throttledUntil = now + Math.Max(1, wait);
+                _heldGeneration = generation;
                 return 0;
             }
         }
@@ -265,8 +269,10 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         if (_dirtyLog is not null) _written!.Record(head, ref chain, _scratch);
         _busy[head] = true;
         _inFlight++;
+        int generation = Qos.QosLimiter.Generation;
         if (!Admit(head, in chain, now, out long wait))
         {
+            _heldGeneration = generation;
             _held = head;
             _heldChain = chain;
             _throttledUntil = now + Math.Max(1, wait);

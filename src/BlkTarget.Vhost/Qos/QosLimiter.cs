@@ -64,6 +64,7 @@ public sealed class QosLimiter
 
     /// <summary>Limiters that have limits now, process-wide: while 0, device models skip even looking at requests.</summary>
     private static int s_limited;
+    private static int s_generation;
     private readonly long _frequency;
     private Buckets? _buckets;
     private QosLimits _limits = QosLimits.None;
@@ -77,6 +78,10 @@ public sealed class QosLimiter
 
     /// <summary>True when some rate is limited.</summary>
     public bool IsLimited => Volatile.Read(ref _buckets) is not null;
+
+    /// <summary>Changes with every <see cref="Set"/> anywhere in the process: a queue holding a request back asks again
+    /// at once after a change rather than waiting out a wait computed under the old limits.</summary>
+    public static int Generation => Volatile.Read(ref s_generation);
 
     /// <summary>True when some limiter in the process has limits (one shared read on the data path).</summary>
     public static bool AnyLimited => Volatile.Read(ref s_limited) != 0;
@@ -100,6 +105,7 @@ public sealed class QosLimiter
     public void Set(QosLimits limits, long? now = null)
     {
         Volatile.Write(ref _limits, limits);
+        Interlocked.Increment(ref s_generation);
         var next = limits.IsUnlimited ? null : new Buckets(limits, _frequency, now ?? Stopwatch.GetTimestamp());
         var previous = Interlocked.Exchange(ref _buckets, next);
         if (previous is null && next is not null) Interlocked.Increment(ref s_limited);

@@ -105,6 +105,7 @@ public sealed class TargetModel : IDisposable
             _diskOrder.Remove(name);
             disk.Backend.Dispose();
             disk.LogicalUnit.Dispose();
+            disk.Qos.Set(Vhost.Qos.QosLimits.None);   // leaves the process-wide "anything limited" count right
             if (removeCreatedFile) DiskOpener.RemoveCreated(disk.Spec);
             _log.LogInformation("disk {Name}: deleted", name);
         }
@@ -319,6 +320,7 @@ public sealed class TargetModel : IDisposable
             if (!_exports.TryGetValue(name, out var export)) throw new ManagementException(RpcErrorCode.NotFound, $"no export {name}");
             commit?.Invoke();
             export.Server.Dispose();
+            export.Qos.Set(Vhost.Qos.QosLimits.None);   // leaves the process-wide "anything limited" count right
             _exports.Remove(name);
             _exportOrder.Remove(name);
             foreach (var diskName in export.Spec.DiskNames) _disks[diskName].AttachedTo.Remove(name);

@@ -84,6 +84,21 @@ public sealed unsafe class BlkQueueQosTests : IDisposable
     }
 
     [Fact]
+    public void A_held_request_goes_as_soon_as_the_limits_are_lifted()
+    {
+        _limiter.Set(new QosLimits { ReadIops = 1, BurstMilliseconds = 1000 });   // the next token in a second
+        Offer(VirtioBlk.TypeIn);
+        Offer(VirtioBlk.TypeIn);
+        _queue.Poll();
+        Assert.Equal(1, _ring.UsedIdx);
+        _queue.Poll();
+        Assert.Equal(1, _ring.UsedIdx);
+        _limiter.Set(QosLimits.None);
+        _queue.Poll();
+        Assert.Equal(2, _ring.UsedIdx);
+    }
+
+    [Fact]
     public void Flushes_pass_a_read_limit_and_a_stopping_queue_lets_its_held_request_go()
     {
         _limiter.Set(new QosLimits { TotalIops = 1, BurstMilliseconds = 1 });
