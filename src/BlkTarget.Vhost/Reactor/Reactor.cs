@@ -315,7 +315,8 @@ public sealed class Reactor : IDisposable, IWakeSourceHost
         {
             long ticks = wakeAt - Stopwatch.GetTimestamp();
             if (ticks <= 0) stayAwake = true;
-            else timeoutMs = (int)Math.Min(int.MaxValue, (ticks * 1000 + Stopwatch.Frequency - 1) / Stopwatch.Frequency);
+            // Divided first: a wait of a huge request under a tiny byte rate must not overflow into "forever".
+            else timeoutMs = (int)Math.Min(int.MaxValue, ticks / Math.Max(1, Stopwatch.Frequency / 1000) + 1);
         }
         if (!stayAwake)
         {
