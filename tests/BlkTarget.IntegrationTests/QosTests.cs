@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using BlkTarget.Bench;
 using BlkTarget.Configuration;
 using BlkTarget.Hosting;
+using BlkTarget.Vhost.Frontend;
 using Xunit.Abstractions;
 
 namespace BlkTarget.IntegrationTests;
@@ -114,6 +115,41 @@ public sealed class QosTests(ITestOutputHelper output) : IDisposable
         Assert.InRange(first, 900, 1100);
         Assert.InRange(raised, 2700, 3300);
         Assert.InRange(disk, 450, 550);
+    }
+
+    [Fact]
+    public void A_scsi_lun_is_limited_by_its_disk_and_the_other_lun_is_not()
+    {
+        using var runtime = _harness.Start();
+        Call("disk_create", new JsonObject { ["name"] = "l0", ["backend"] = "ram:8M" });
+        Call("disk_create", new JsonObject { ["name"] = "l1", ["backend"] = "ram:8M" });
+        Call("export_create_scsi", new JsonObject
+        {
+            ["name"] = "s1", ["socket"] = Socket("s1"),
+            ["luns"] = new JsonArray(new JsonObject { ["disk"] = "l0" }, new JsonObject { ["lun"] = 1, ["disk"] = "l1" }),
+        });
+        Call("qos_set", new JsonObject { ["disk"] = "l0", ["iops_read"] = 200, ["burst_ms"] = 20 });
+        using var guest = TestGuest.Connect(Socket("s1"), queues: 3,
+            options: new VhostUserFrontendOptions { ConfigSize = Vhost.Scsi.ScsiConfigSpace.Size });
+        var queue = new ScsiCommandQueue(guest.Queues[2], guest.Arena);
+        var buffer = guest.Allocate(4096);
+        double ReadsPerSecond(ushort lun, double seconds)
+        {
+            var clock = Stopwatch.StartNew();
+            long n = 0;
+            while (clock.Elapsed.TotalSeconds < seconds)
+            {
+                Assert.True(queue.Execute(0, lun, TestData.Rw10(0x28, (uint)(n % 64) * 8, 8), dataIn: [buffer]).IsGood);
+                n++;
+            }
+            return n / clock.Elapsed.TotalSeconds;
+        }
+        ReadsPerSecond(0, 0.2);                      // spends the burst
+        double limited = ReadsPerSecond(0, 1.5);
+        double free = ReadsPerSecond(1, 0.5);
+        output.WriteLine($"scsi LUN on disk l0 (iops_read=200): {limited:F0} reads/s at depth 1; LUN on unlimited l1: {free:F0} reads/s");
+        Assert.InRange(limited, 180, 220);
+        Assert.True(free >= 5 * limited, $"unlimited LUN: {free:F0} reads/s");
     }
 
     [Fact]
