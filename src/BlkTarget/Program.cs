@@ -18,6 +18,7 @@ public static class Program
             ManagementCommands.Lun(),
             ManagementCommands.Config(),
             ManagementCommands.Stats(),
+            ManagementCommands.Qos(),
             Monitoring.Top.TopCommand.Create(),
         };
         var parse = root.Parse(args);

@@ -28,7 +28,9 @@ public sealed class ManagementCliTests : IDisposable
             Assert.Equal((0, $"export vm1: vhost-user-blk on {socket}, disk d1, 2 queue(s)\n"), (create.Code, create.Stdout));
             var list = Client("disk", "list");
             Assert.Equal(0, list.Code);
-            Assert.Matches(@"^NAME +BACKEND +SIZE +BLOCK +MODE +EXPORTS\nd1 +ram:64M +64 MiB +512 +rw +vm1\n$", list.Stdout);
+            Assert.Matches(@"^NAME +BACKEND +SIZE +BLOCK +MODE +EXPORTS +QOS\nd1 +ram:64M +64 MiB +512 +rw +vm1 +unlimited\n$", list.Stdout);
+            Assert.Equal((0, "export vm1: iops-total=2000 bps-read=10 MiB/s\n"), Client("qos", "set", "vm1", "--iops-total", "2000", "--bps-read", "10M") is var q ? (q.Code, q.Stdout) : default);
+            Assert.Equal(1, Client("qos", "set", "--iops-total", "5").Code);   // neither an export nor --disk
             var json = Client("export", "list", "--json");
             Assert.Contains("\"connected\": false", json.Stdout);
 
@@ -43,6 +45,7 @@ public sealed class ManagementCliTests : IDisposable
         {
             target.WaitForSocket(socket, Timeout);
             Assert.Contains("vm1", Client("export", "list").Stdout);
+            Assert.Contains("iops-total=2000 bps-read=10 MiB/s", Client("export", "list").Stdout);
             Assert.Equal(0, Client("export", "delete", "vm1").Code);
             Assert.Equal(0, Client("disk", "delete", "d1").Code);
             Assert.DoesNotContain("d1", File.ReadAllText(config));

@@ -50,6 +50,40 @@ public sealed class ManagementTests : IDisposable
     }
 
     [Fact]
+    public void Qos_set_checks_its_params_limits_scsi_exports_too_and_a_reload_changes_limits_in_place()
+    {
+        Call("disk_create", """{"name":"d1","backend":"ram:1M"}""");
+        Call("export_create_blk", $$"""{"name":"vm1","socket":"{{_dir}}/vm1.sock","disk":"d1"}""");
+        Call("disk_create", """{"name":"d2","backend":"ram:1M"}""");
+        Assert.Null(Call("export_create_scsi", $$"""{"name":"s","socket":"{{_dir}}/s.sock","luns":[{"disk":"d2"}]}""")["error"]);
+        Assert.Equal((int)RpcErrorCode.InvalidParams, ErrorCode(Call("qos_set", """{"iops_total":5}""")));
+        Assert.Equal((int)RpcErrorCode.InvalidParams, ErrorCode(Call("qos_set", """{"export":"vm1","disk":"d1","iops_total":5}""")));
+        Assert.Equal((int)RpcErrorCode.InvalidParams, ErrorCode(Call("qos_set", """{"export":"vm1","iops_totl":5}""")));
+        Assert.Equal((int)RpcErrorCode.InvalidParams, ErrorCode(Call("qos_set", """{"export":"vm1","iops_total":-1}""")));
+        Assert.Null(Call("qos_set", """{"export":"s","iops_total":5}""")["error"]);
+        Assert.True(_model.Exports.Single(e => e.Spec.Name == "s").Qos.IsLimited);
+        Assert.True(_model.Exports.Single(e => e.Spec.Name == "vm1").Qos.Limits.IsUnlimited);
+        var set = Call("qos_set", """{"export":"vm1","iops_total":2000,"bps_write":"1M"}""");
+        Assert.Equal(1UL << 20, (ulong)set["result"]!["qos"]!["bps_write"]!);
+        Assert.True(_model.Exports.Single(e => e.Spec.Name == "vm1").Qos.IsLimited);
+
+        // The file as written, edited by hand (string byte rates), reloaded: the export is kept, its limits change.
+        string path = Path.Combine(_dir, "target.json");
+        string text = File.ReadAllText(path);
+        Assert.Contains("\"iopsTotal\": 2000", text);
+        File.WriteAllText(path, text.Replace("\"iopsTotal\": 2000", "\"iopsRead\": 300, \"bpsRead\": \"20M\""));
+        var server = _model.Exports.Single(e => e.Spec.Name == "vm1").Server;
+        var outcome = ConfigReload.Apply(_model, ConfigFile.Load(path));
+        Assert.Empty(outcome.Refused);
+        Assert.Contains("export vm1: QoS iops-read=300 bps-read=20971520 bps-write=1048576", outcome.Applied);
+        Assert.Same(server, _model.Exports.Single(e => e.Spec.Name == "vm1").Server);
+        Assert.Equal(new Vhost.Qos.QosLimits { ReadIops = 300, ReadBytesPerSecond = 20 << 20, WriteBytesPerSecond = 1 << 20 },
+            _model.Exports.Single(e => e.Spec.Name == "vm1").Qos.Limits);
+        Assert.Null(Call("qos_set", """{"export":"vm1","iops_read":0,"bps_read":0,"bps_write":0}""")["error"]);   // 0 lifts each
+        Assert.False(_model.Exports.Single(e => e.Spec.Name == "vm1").Qos.IsLimited);
+    }
+
+    [Fact]
     public void A_scsi_export_names_its_lun_disks_and_is_persisted()
     {
         Call("disk_create", """{"name":"l0","backend":"ram:1M"}""");

@@ -32,9 +32,15 @@ public sealed class ReactorTests : IDisposable
         public bool Faulted => FaultedWith is not null;
         public int BackendInFlight => Backend;
         public int KickFd => -1;
+        /// <summary>QoS: the Stopwatch timestamp the queue wants to be polled again by (0: none).</summary>
+        public long Throttled;
+        public long ThrottledUntil => Volatile.Read(ref Throttled);
+        /// <summary>Stopwatch timestamp of the latest poll.</summary>
+        public long LastPoll;
 
         public int Poll()
         {
+            Volatile.Write(ref LastPoll, System.Diagnostics.Stopwatch.GetTimestamp());
             Interlocked.Increment(ref _polls);
             if (Faulted ? ThrowWhenFaulted : Throw) throw new InvalidOperationException("injected bug");
             return 0;
@@ -44,6 +50,24 @@ public sealed class ReactorTests : IDisposable
         public void WokeUp() { }
         public void Fault(Exception error) => FaultedWith = error;
         public void Dispose() => Disposed = true;
+    }
+
+    [Fact]
+    public void A_sleeping_reactor_wakes_by_itself_when_a_throttled_queue_gets_its_tokens_back()
+    {
+        var queue = new FakeQueue("throttled", 0);
+        _reactor.Invoke(() => _reactor.Attach(queue));
+        WaitUntil(() => _reactor.IsSleeping, "the idle reactor sleeps");
+        // No eventfd announces returning tokens: the reactor must come back at ThrottledUntil on its own.
+        long due = System.Diagnostics.Stopwatch.GetTimestamp() + System.Diagnostics.Stopwatch.Frequency / 20;   // in 50 ms
+        Volatile.Write(ref queue.Throttled, due);
+        _reactor.Post(() => { });                    // one wake-up so that the next sleep sees the deadline
+        WaitUntil(() => Volatile.Read(ref queue.LastPoll) >= due, "the throttled queue is polled again at its deadline");
+        double late = (Volatile.Read(ref queue.LastPoll) - due) / (double)System.Diagnostics.Stopwatch.Frequency;
+        Assert.InRange(late, 0, 0.5);
+        // And it slept in between rather than spinning.
+        Volatile.Write(ref queue.Throttled, 0);
+        WaitUntil(() => _reactor.IsSleeping, "the reactor sleeps again");
     }
 
     /// <summary>A completion sink whose completion handling fails, like a device model with a bug.</summary>

@@ -51,6 +51,8 @@
 #   disk-resize                (blktarget, --kind blk, ram backend runs only) a target managed over
 #                              RPC: disk + export created with the CLI, the disk grown while the
 #                              guest runs; the guest sees the new size without a rescan
+#   qos-limit                  (same runs) export limited to 500 IOPS with `blktarget qos set` before
+#                              the guest boots; fio 4k randread in the guest measures 500 +- 10%
 #   fio-during-attach          (same runs) the first VM runs fio verify while a second disk and
 #     + second-vm-attach       export are created over RPC and a second VM writes ext4 on them
 #   scsi-hotplug               (blktarget, --kind scsi, ram backend runs only) a LUN hot-added and
@@ -105,7 +107,7 @@ fi
 ALL_TESTS=(fio-verify ext4-write ext4-verify-after-reboot guest-reboot)
 [[ "$kind" != scsi ]] || ALL_TESTS+=(scsi-luns scsi-pr scsi-commands)
 # Runtime management (disks and exports made over RPC while the target serves): BlkTarget only.
-[[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize fio-during-attach migration memory-hotplug)
+[[ "$target" != blktarget || "$kind" != blk || "$backend" != ram:* ]] || ALL_TESTS+=(disk-resize qos-limit fio-during-attach migration memory-hotplug)
 [[ "$target" != blktarget || "$kind" != scsi || "$backend" != ram:* ]] || ALL_TESTS+=(scsi-hotplug scsi-pr-two-initiators)
 # Restarts need a backend that outlives the process (it brings its own file); once per suite, in the ram run.
 if [[ "$target" == blktarget && "$kind" == blk && "$backend" == ram:* ]]; then ALL_TESTS+=(target-restart); fi
@@ -458,6 +460,23 @@ run_disk_resize() {
     stop_management_target
 }
 
+# qos-limit: the export is limited to 500 IOPS over RPC before the guest boots; fio in the guest must measure it.
+run_qos_limit() {
+    local sock="$WORK/qos.sock"
+    if ! start_management_target; then fail qos-limit "the management target did not come up"; return; fi
+    if ! mgmt disk create --name q1 --backend ram:256M || ! mgmt export create-blk --name vm-q --socket "$sock" --disk q1 --queues "$queues" \
+        || ! mgmt qos set vm-q --iops-total 500; then
+        fail qos-limit "creating the disk and the limited export over RPC failed"
+        stop_management_target
+        return
+    fi
+    TEST_SOCK=$sock run_test qos-limit
+    grep -a "E2E-QOS-IOPS" "$log_dir/qos-limit.console.log" | tr -d '\r' | sed 's/^/[guest] /' || true
+    mgmt export list || true
+    mgmt stats vm-q || true
+    stop_management_target
+}
+
 # Waits until the guest's console (written as it runs) shows MARKER; fails after the guest timeout.
 await_console() {
     local console=$1 marker=$2 t0=$SECONDS
@@ -769,6 +788,7 @@ if start_target; then
                 if [[ " ${TESTS[*]} " == *" ext4-write "* ]]; then run_test "$t" ext4-write; else run_test "$t"; fi ;;
             scsi-luns) run_scsi_luns ;;
             disk-resize) run_disk_resize ;;
+            qos-limit) run_qos_limit ;;
             fio-during-attach) run_fio_during_attach ;;
             migration) run_migration ;;
             memory-hotplug) run_memory_hotplug ;;

@@ -18,6 +18,10 @@ public sealed record BlkOptions
     public uint MaxRangeSectors { get; init; } = (1u << 30) / VirtioBlk.SectorSize;
     /// <summary>Whether the guest sees a volatile write cache initially (virtio-blk writeback byte).</summary>
     public bool WriteCache { get; init; } = true;
+    /// <summary>QoS limits of this export (every queue shares them); null: none, ever.</summary>
+    public Qos.QosLimiter? ExportQos { get; init; }
+    /// <summary>QoS limits of the disk behind it (every export of the disk shares them); null: none, ever.</summary>
+    public Qos.QosLimiter? DiskQos { get; init; }
 
     public static void Validate(BlkOptions options, BlockDeviceInfo info)
     {

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using BlkTarget.Storage;
 using BlkTarget.Vhost.Device;
 using BlkTarget.Vhost.Protocol;
+using BlkTarget.Vhost.Qos;
 using BlkTarget.Vhost.Queues;
 using BlkTarget.Vhost.Scsi.Atomicity;
 using BlkTarget.Vhost.Stats;
@@ -104,6 +105,29 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         }
         // Drops the reference Process itself held; the request finishes once the backend's are gone too.
         CompleteSlot(head, ref slot);
+    }
+
+    /// <summary>QoS: reads and writes take tokens from the export's and the disk's limits; everything else (and
+    /// requests too malformed to say, which fail in <see cref="Process"/> anyway) passes.</summary>
+    protected override bool Admit(ushort head, in ChainBuffers chain, long now, out long waitTicks)
+    {
+        waitTicks = 0;
+        if (!QosLimiter.AnyLimited) return true;
+        var export = _device.Options.ExportQos;
+        var disk = _device.Options.DiskQos;
+        if (export is not { IsLimited: true } && disk is not { IsLimited: true }) return true;
+        if (chain.Overflowed || chain.LastWritableByte == null || chain.ReadableBytes < VirtioBlk.HeaderLength) return true;
+        // The request type, read without consuming the segments (a SegmentCursor would trim them, and Process
+        // parses the same chain again once the request is admitted).
+        Span<byte> raw = stackalloc byte[sizeof(uint)];
+        if (QosLimiter.Peek(chain.Segments, chain.ReadableCount, raw) != raw.Length) return true;
+        var (direction, bytes) = BinaryPrimitives.ReadUInt32LittleEndian(raw) switch
+        {
+            VirtioBlk.TypeIn => (QosDirection.Read, chain.WritableBytes - 1),
+            VirtioBlk.TypeOut => (QosDirection.Write, chain.ReadableBytes - VirtioBlk.HeaderLength),
+            _ => (QosDirection.None, 0UL),
+        };
+        return QosLimiter.TryAdmit(export, disk, now, direction, bytes, out waitTicks);
     }
 
     /// <summary>Parses the request and hands it to the backend; returns a status only for requests that fail

@@ -53,6 +53,16 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     private bool _faulted;
     /// <summary>Faulted, and the backend has returned every operation since.</summary>
     private bool _settled;
+    /// <summary>Head of the request QoS holds back (-1: none). It was taken from the ring and sits in its slot
+    /// (busy, in flight, so a drain waits for it and inflight tracking resubmits it after a reconnect); while it
+    /// waits the queue takes nothing more from the ring, so the guest's further requests stay in the avail ring and
+    /// the order of requests is kept.</summary>
+    private int _held = -1;
+    private ChainBuffers _heldChain;
+    /// <summary>Stopwatch timestamp before which asking the limits again for <see cref="_held"/> is pointless.</summary>
+    private long _throttledUntil;
+    /// <summary><see cref="Qos.QosLimiter.Generation"/> when <see cref="_held"/> was last refused.</summary>
+    private int _heldGeneration;
 
     protected VirtqueueWorker(QueueStartInfo start, string deviceName, ILogger log)
     {
@@ -111,6 +121,22 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
 
     /// <summary>Called on every poll (also while stopping) to finish deferred work; returns how much happened.</summary>
     protected virtual int PollDeferred() => 0;
+
+    /// <summary>
+    /// QoS: whether the request at <paramref name="head"/> (its buffers already in the slot) may start at
+    /// <paramref name="now"/> (Stopwatch ticks), taking its tokens if so. False holds it back without taking any:
+    /// it is asked again once <paramref name="waitTicks"/> (Stopwatch ticks) have passed, and nothing more is taken
+    /// from the ring meanwhile. Requests are admitted without asking while the queue stops (a drain must end).
+    /// </summary>
+    protected virtual bool Admit(ushort head, in ChainBuffers chain, long now, out long waitTicks)
+    {
+        waitTicks = 0;
+        return true;
+    }
+
+    /// <summary>While a request is held back by QoS: the Stopwatch timestamp at which to poll this queue again
+    /// (the reactor's sleep ends then at the latest); 0 otherwise.</summary>
+    public long ThrottledUntil => _held >= 0 && !_faulted ? _throttledUntil : 0;
 
     /// <summary>Called once when a faulted queue's backend has returned every operation: the requests it will never
     /// complete can no longer be touched by anyone.</summary>
@@ -182,7 +208,8 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
             return 0;
         }
         int work = PollDeferred();
-        if (!_stopping && BrokenReason is null)
+        if (_held >= 0) work += RetryHeld();
+        if (!_stopping && BrokenReason is null && _held < 0)
         {
             // One timestamp per poll that finds work: every request taken in it has waited at least since then.
             long now = 0;
@@ -202,7 +229,8 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
                         _completedAt = 0;   // a completion clock read before this one would precede these requests
                     }
                     _takenAt[head] = now;
-                    Start(head, ref chain);
+                    Start(head, ref chain, now);
+                    if (_held >= 0) break;
                 }
             }
         }
@@ -211,7 +239,31 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         return work;
     }
 
-    private void Start(ushort head, ref ChainBuffers chain)
+    /// <summary>Asks the limits again for the held request (or lets it go without asking while the queue stops or
+    /// is broken: it is in flight and must finish); returns 1 when it started.</summary>
+    private int RetryHeld()
+    {
+        long now = Stopwatch.GetTimestamp();
+        if (!_stopping && BrokenReason is null)
+        {
+            // A throttled queue costs the reactor one clock read per round until its wait is over (or limits change).
+            if (now < _throttledUntil && Qos.QosLimiter.Generation == _heldGeneration) return 0;
+            int generation = Qos.QosLimiter.Generation;
+            if (!Admit((ushort)_held, in _heldChain, now, out long wait))
+            {
+                _throttledUntil = now + Math.Max(1, wait);
+                _heldGeneration = generation;
+                return 0;
+            }
+        }
+        ushort head = (ushort)_held;
+        _held = -1;
+        _throttledUntil = 0;
+        Process(head, ref _heldChain);
+        return 1;
+    }
+
+    private void Start(ushort head, ref ChainBuffers chain, long now)
     {
         if (_busy[head])
         {
@@ -226,6 +278,15 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         if (_dirtyLog is not null) _written!.Record(head, ref chain, _scratch);
         _busy[head] = true;
         _inFlight++;
+        int generation = Qos.QosLimiter.Generation;
+        if (!Admit(head, in chain, now, out long wait))
+        {
+            _heldGeneration = generation;
+            _held = head;
+            _heldChain = chain;
+            _throttledUntil = now + Math.Max(1, wait);
+            return;
+        }
         Process(head, ref chain);
     }
 
@@ -281,6 +342,10 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         if (_faulted) return false;
         // Requests in flight do not keep the reactor awake: the I/O engine's eventfd wakes it on completion.
         if (_usedPending || HasDeferredWork) return true;
+        // Held back by QoS: the reactor wakes at ThrottledUntil. Guest notifications stay off, or every further
+        // request the guest queues would wake the reactor only to find the queue still throttled. A held request
+        // the queue must finish regardless (stopping, broken) keeps the reactor awake.
+        if (_held >= 0) return _stopping || BrokenReason is not null;
         if (_stopping || BrokenReason is not null) return false;
         if (_kickFd < 0) return true;
         return Ring.EnableNotifications();

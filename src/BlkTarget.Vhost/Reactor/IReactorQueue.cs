@@ -35,6 +35,10 @@ public interface IReactorQueue : IDisposable
     /// 0 for queues without a backend.</summary>
     int BackendInFlight { get; }
 
+    /// <summary>While QoS holds a request of this queue back: the Stopwatch timestamp by which the reactor must poll it
+    /// again (its sleep in epoll ends then at the latest); 0 when not throttled.</summary>
+    long ThrottledUntil => 0;
+
     /// <summary>The kick eventfd to sleep on, or -1 when there is none.</summary>
     int KickFd { get; }
 }

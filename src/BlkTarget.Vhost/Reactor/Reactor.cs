@@ -314,12 +314,29 @@ public sealed class Reactor : IDisposable, IWakeSourceHost
     private void Sleep(Span<Epoll.Event> events)
     {
         bool stayAwake = !_mailbox.IsEmpty;
-        foreach (var queue in _queues) stayAwake |= queue.PrepareToSleep();
+        long wakeAt = long.MaxValue;
+        foreach (var queue in _queues)
+        {
+            stayAwake |= queue.PrepareToSleep();
+            long until = queue.ThrottledUntil;
+            if (until != 0 && until < wakeAt) wakeAt = until;
+        }
+        // A queue held back by QoS gets its tokens back at a known time, which no eventfd announces: the epoll
+        // timeout is that timer (rounded up to whole milliseconds; the bucket accounts for any lateness, so the rate
+        // is kept, and a timerfd would only add a syscall per sleep for precision the limits do not need).
+        int timeoutMs = -1;
+        if (wakeAt != long.MaxValue)
+        {
+            long ticks = wakeAt - Stopwatch.GetTimestamp();
+            if (ticks <= 0) stayAwake = true;
+            // Divided first: a wait of a huge request under a tiny byte rate must not overflow into "forever".
+            else timeoutMs = (int)Math.Min(int.MaxValue, ticks / Math.Max(1, Stopwatch.Frequency / 1000) + 1);
+        }
         if (!stayAwake)
         {
             PublishAllocatedBytes();
             _sleeping = true;
-            int n = Epoll.Wait(_epoll, events, -1);
+            int n = Epoll.Wait(_epoll, events, timeoutMs);
             _sleeping = false;
             for (int i = 0; i < n; i++)
             {

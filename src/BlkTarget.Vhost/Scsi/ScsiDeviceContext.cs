@@ -38,7 +38,7 @@ public sealed class ScsiDeviceContext
 
     private ScsiLun NewLun(int slot, ScsiLunDefinition d) =>
         new(slot, d.Target, d.Lun, d.Backend, Name, d.Serial, d.WriteCache, Options.RequestQueues,
-            d.Shared ?? new SharedLogicalUnit($"{Name}-{d.Target}-{d.Lun}"));
+            d.Shared ?? new SharedLogicalUnit($"{Name}-{d.Target}-{d.Lun}")) { DiskQos = d.DiskQos };
 
     public string Name { get; }
     public ScsiOptions Options { get; }

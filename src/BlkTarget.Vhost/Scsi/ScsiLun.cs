@@ -93,6 +93,8 @@ public sealed class ScsiLun
     public byte Target { get; }
     public ushort Lun { get; }
     public IBlockDevice Backend { get; }
+    /// <summary>QoS limits of the disk behind this LUN (shared with every other export of the disk); null: none.</summary>
+    public Qos.QosLimiter? DiskQos { get; init; }
     /// <summary>The backend as it is now (its size grows with <see cref="IBlockDevice.Resize"/>).</summary>
     public BlockDeviceInfo Info => Backend.Info;
     public string Serial { get; }

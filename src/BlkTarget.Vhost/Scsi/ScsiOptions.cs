@@ -5,7 +5,7 @@ namespace BlkTarget.Vhost.Scsi;
 /// <summary>One LUN of a virtio-scsi export: where it is addressed, the backend behind it and the logical unit state
 /// it shares with every other export of the same disk (<see cref="SharedLogicalUnit"/>; null: a private one).</summary>
 public sealed record ScsiLunDefinition(byte Target, ushort Lun, IBlockDevice Backend, string Serial, bool WriteCache = true,
-    SharedLogicalUnit? Shared = null);
+    SharedLogicalUnit? Shared = null, Qos.QosLimiter? DiskQos = null);
 
 /// <summary>How one vhost-user-scsi export presents itself to the guest.</summary>
 public sealed record ScsiOptions
@@ -18,6 +18,8 @@ public sealed record ScsiOptions
     /// <summary>Largest transfer per command in 512-byte sectors (config max_sectors).</summary>
     public uint MaxSectors { get; init; } = 0xffff;
     public uint CmdPerLun { get; init; } = 128;
+    /// <summary>QoS limits of this export (every request queue shares them); null: none, ever.</summary>
+    public Qos.QosLimiter? ExportQos { get; init; }
 
     public static void Validate(ScsiOptions options, IReadOnlyList<ScsiLunDefinition> luns)
     {

@@ -145,6 +145,33 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         }
     }
 
+    /// <summary>QoS: READ and WRITE commands (6/10/12/16) take tokens from the export's limits and from those of the
+    /// addressed LUN's disk; every other command (and requests too malformed to say, which fail in
+    /// <see cref="Process"/> anyway) passes. Bytes are the command's data-in or data-out buffer length.</summary>
+    protected override bool Admit(ushort head, in ChainBuffers chain, long now, out long waitTicks)
+    {
+        waitTicks = 0;
+        if (!Qos.QosLimiter.AnyLimited) return true;
+        int requestLength = VirtioScsi.RequestHeaderLength + _device.Config.CdbSize;
+        ulong respSize = (ulong)(VirtioScsi.ResponseHeaderLength + _device.Config.SenseSize);
+        if (chain.Overflowed || chain.ReadableBytes < (ulong)requestLength) return true;
+        Span<byte> request = stackalloc byte[VirtioScsi.RequestHeaderLength + 1];
+        if (Qos.QosLimiter.Peek(chain.Segments, chain.ReadableCount, request) != request.Length) return true;
+        var direction = request[VirtioScsi.RequestHeaderLength] switch
+        {
+            ScsiOp.Read6 or ScsiOp.Read10 or ScsiOp.Read12 or ScsiOp.Read16 => Qos.QosDirection.Read,
+            ScsiOp.Write6 or ScsiOp.Write10 or ScsiOp.Write12 or ScsiOp.Write16 => Qos.QosDirection.Write,
+            _ => Qos.QosDirection.None,
+        };
+        if (direction == Qos.QosDirection.None) return true;
+        var address = ScsiAddress.Parse(request[..8]);
+        var lun = address.Valid && address.Lun != ushort.MaxValue ? _device.FindTarget(address.Target)?.Find(address.Lun) : null;
+        ulong bytes = direction == Qos.QosDirection.Read
+            ? (chain.WritableBytes > respSize ? chain.WritableBytes - respSize : 0)
+            : chain.ReadableBytes - (ulong)requestLength;
+        return Qos.QosLimiter.TryAdmit(_device.Options.ExportQos, lun?.DiskQos, now, direction, bytes, out waitTicks);
+    }
+
     protected override void Process(ushort head, ref ChainBuffers chain)
     {
         IoVec* segments = chain.Segments;

@@ -36,11 +36,12 @@ public static class ManagementCommands
             createCommand,
             NameCommand("delete", "Close a disk (refused while an export uses it)", "disk_delete", n => $"disk {n} deleted"),
             ResizeCommand(),
-            ListCommand("list", "List disks", "disk_list", ["NAME", "BACKEND", "SIZE", "BLOCK", "MODE", "EXPORTS"], d =>
+            ListCommand("list", "List disks", "disk_list", ["NAME", "BACKEND", "SIZE", "BLOCK", "MODE", "EXPORTS", "QOS"], d =>
             [
                 (string)d["name"]!, (string)d["backend"]!, SizeParser.Format((ulong)d["size_bytes"]!), d["block_size"]!.ToString(),
                 ((bool)d["read_only"]! ? "ro" : "rw") + ((bool)d["shared"]! ? ",shared" : ""),
                 string.Join(",", d["exports"]!.AsArray().Select(e => (string)e!)) is { Length: > 0 } s ? s : "-",
+                d["qos"] is { } q ? FormatQos(q) : "-",
             ]),
         };
     }
@@ -83,12 +84,13 @@ public static class ManagementCommands
             createScsi,
             NameCommand("delete", "Stop an export (a connected frontend is drained and disconnected)", "export_delete", n => $"export {n} deleted"),
             ListCommand("list", "List exports (--json: negotiated features and per-queue state too)", "export_list",
-                ["NAME", "KIND", "SOCKET", "DISK", "QUEUES", "CONNECTED", "IN FLIGHT"], e =>
+                ["NAME", "KIND", "SOCKET", "DISK", "QUEUES", "CONNECTED", "IN FLIGHT", "QOS"], e =>
             [
                 (string)e["name"]!, (string)e["kind"]!, (string)e["socket"]!,
                 e["disk"] is { } d ? (string)d! : string.Join(",", e["luns"]!.AsArray().Select(l => $"{l!["target"]}:{l["lun"]}={l["disk"]}")),
                 e["queues"]!.ToString(), (bool)e["connected"]! ? "yes" : "no",
                 e["frontend"] is { } f ? f["in_flight"]!.ToString() : "-",
+                e["qos"] is { } q ? FormatQos(q) : "-",
             ]),
         };
     }
@@ -130,6 +132,52 @@ public static class ManagementCommands
             },
             (parse, _) => $"export {parse.GetValue(exportR)}: LUN {parse.GetValue(addressR)} removed");
         return new Command("lun", "Hot-plug LUNs of a running scsi export") { add, remove };
+    }
+
+    /// <summary>`blktarget qos set EXPORT | --disk NAME [--iops-total N] ...`: the qos_set RPC. Limits left out keep
+    /// their value; 0 lifts one.</summary>
+    public static Command Qos()
+    {
+        var export = new Argument<string?>("EXPORT") { Description = "The export to limit (all its queues share the limits)", Arity = ArgumentArity.ZeroOrOne };
+        var disk = new Option<string?>("--disk") { Description = "Limit this disk instead (every export of it shares the limits)" };
+        var rates = new (string Option, string Param, string Description)[]
+        {
+            ("--iops-read", "iops_read", "Read requests per second (0: unlimited)"),
+            ("--iops-write", "iops_write", "Write requests per second (0: unlimited)"),
+            ("--iops-total", "iops_total", "Read + write requests per second (0: unlimited)"),
+            ("--bps-read", "bps_read", "Bytes read per second, e.g. 50M (0: unlimited)"),
+            ("--bps-write", "bps_write", "Bytes written per second, e.g. 50M (0: unlimited)"),
+            ("--bps-total", "bps_total", "Bytes read + written per second, e.g. 100M (0: unlimited)"),
+            ("--burst-ms", "burst_ms", "Burst: this many milliseconds' worth of each rate after an idle spell (0: one second's)"),
+        };
+        var options = rates.Select(r => (Option: new Option<string?>(r.Option) { Description = r.Description }, r.Param)).ToList();
+        var set = Client("set", "Change an export's or a disk's IOPS and bandwidth limits at run time (RPC qos_set; persisted)", "qos_set",
+            [export, disk, .. options.Select(o => (Symbol)o.Option)],
+            parse =>
+            {
+                string? e = parse.GetValue(export), d = parse.GetValue(disk);
+                if ((e is null) == (d is null)) throw new ConfigurationException("give an EXPORT or --disk NAME");
+                var p = new JsonObject { ["export"] = e, ["disk"] = d };
+                foreach (var (option, param) in options)
+                    if (parse.GetValue(option) is { } text)
+                        p[param] = ulong.TryParse(text, out ulong n) ? n : text;    // byte rates may carry units; the target checks
+                return p;
+            },
+            (_, r) => $"{(r!["disk"] is { } d ? $"disk {d}" : $"export {r["export"]}")}: {FormatQos(r["qos"]!)}");
+        return new Command("qos", "IOPS and bandwidth limits of exports and disks") { set };
+    }
+
+    /// <summary>"iops-total=2000 bps-read=10M burst-ms=100", or "unlimited".</summary>
+    internal static string FormatQos(JsonNode q)
+    {
+        var parts = new List<string>();
+        foreach (var (key, name, bytes) in new[] { ("iops_read", "iops-read", false), ("iops_write", "iops-write", false), ("iops_total", "iops-total", false),
+                     ("bps_read", "bps-read", true), ("bps_write", "bps-write", true), ("bps_total", "bps-total", true), ("burst_ms", "burst-ms", false) })
+        {
+            ulong v = (ulong)q[key]!;
+            if (v != 0) parts.Add($"{name}={(bytes ? SizeParser.Format(v) + "/s" : v.ToString())}");
+        }
+        return parts.Count == 0 ? "unlimited" : string.Join(" ", parts);
     }
 
     /// <summary>`blktarget stats [--json] [--reset] [--disk NAME] [NAME]`: request statistics of every export and disk,

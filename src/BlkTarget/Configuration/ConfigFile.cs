@@ -53,6 +53,52 @@ public sealed partial class ConfigFile
         public uint? BlockSize { get; set; }
         public bool? ReadOnly { get; set; }
         public bool? Shared { get; set; }
+        /// <summary>Limits shared by every export of the disk.</summary>
+        public QosEntry? Qos { get; set; }
+    }
+
+    /// <summary>QoS limits (QEMU's throttle names in camelCase); 0 or absent: unlimited. Per second; bps in bytes
+    /// (a number, or a string such as "10M").</summary>
+    public sealed class QosEntry
+    {
+        public ulong? IopsRead { get; set; }
+        public ulong? IopsWrite { get; set; }
+        public ulong? IopsTotal { get; set; }
+        public JsonElement? BpsRead { get; set; }
+        public JsonElement? BpsWrite { get; set; }
+        public JsonElement? BpsTotal { get; set; }
+        /// <summary>Burst window in milliseconds (default: one second's worth of every rate).</summary>
+        public uint? BurstMs { get; set; }
+
+        internal Vhost.Qos.QosLimits ToLimits(string where)
+        {
+            if (BurstMs > 60_000) throw new ConfigurationException($"{where}.qos: burstMs must be at most 60000");
+            return new Vhost.Qos.QosLimits
+            {
+                ReadIops = IopsRead ?? 0, WriteIops = IopsWrite ?? 0, TotalIops = IopsTotal ?? 0,
+                ReadBytesPerSecond = Bytes(BpsRead, "bpsRead", where), WriteBytesPerSecond = Bytes(BpsWrite, "bpsWrite", where),
+                TotalBytesPerSecond = Bytes(BpsTotal, "bpsTotal", where), BurstMilliseconds = BurstMs ?? 0,
+            };
+        }
+
+        private static ulong Bytes(JsonElement? value, string name, string where) => value switch
+        {
+            null => 0,
+            { ValueKind: JsonValueKind.Number } v when v.TryGetUInt64(out ulong n) => n,
+            { ValueKind: JsonValueKind.String } v when SizeParser.TryParse(v.GetString()!, out ulong n) => n,
+            _ => throw new ConfigurationException($"{where}.qos: {name} must be bytes per second, a number or a string such as 10M"),
+        };
+
+        /// <summary>The entry for <paramref name="limits"/>, or null when there are none (nothing is written).</summary>
+        internal static QosEntry? From(Vhost.Qos.QosLimits limits) => limits.IsUnlimited ? null : new QosEntry
+        {
+            IopsRead = Nz(limits.ReadIops), IopsWrite = Nz(limits.WriteIops), IopsTotal = Nz(limits.TotalIops),
+            BpsRead = Num(limits.ReadBytesPerSecond), BpsWrite = Num(limits.WriteBytesPerSecond), BpsTotal = Num(limits.TotalBytesPerSecond),
+            BurstMs = limits.BurstMilliseconds == 0 ? null : limits.BurstMilliseconds,
+        };
+
+        private static ulong? Nz(ulong v) => v == 0 ? null : v;
+        private static JsonElement? Num(ulong v) => v == 0 ? null : JsonSerializer.SerializeToElement(v);
     }
 
     /// <summary>An export naming its disk(s) (the model's schema; see Management/ExportSpec).</summary>
@@ -66,6 +112,8 @@ public sealed partial class ConfigFile
         public string? Serial { get; set; }
         public bool? WriteCache { get; set; }
         public List<ExportLunEntry>? Luns { get; set; }
+        /// <summary>Limits shared by all the export's queues.</summary>
+        public QosEntry? Qos { get; set; }
     }
 
     public sealed class ExportLunEntry
@@ -243,6 +291,7 @@ public sealed partial class ConfigFile
             BlockSize = d.BlockSize ?? 512,
             ReadOnly = d.ReadOnly ?? false,
             Shared = d.Shared ?? false,
+            Qos = d.Qos?.ToLimits(where) ?? Vhost.Qos.QosLimits.None,
         };
     }
 
@@ -271,6 +320,7 @@ public sealed partial class ConfigFile
             Serial = e.Serial ?? "",
             WriteCache = e.WriteCache ?? true,
             Luns = luns,
+            Qos = e.Qos?.ToLimits(where) ?? Vhost.Qos.QosLimits.None,
         };
     }
 }

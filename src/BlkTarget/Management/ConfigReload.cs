@@ -30,6 +30,13 @@ public static class ConfigReload
         var wantedDisks = plan.Disks.ToDictionary(d => d.Name);
         var wantedExports = plan.Exports.ToDictionary(e => e.Name);
 
+        // QoS limits change in place, like qos_set: no export is replaced for them.
+        foreach (var disk in model.Disks)
+            if (wantedDisks.TryGetValue(disk.Spec.Name, out var wanted) && wanted.Qos != disk.Spec.Qos && SameDisk(wanted, disk.Spec))
+                Try(() => model.SetQos(true, disk.Spec.Name, wanted.Qos), $"disk {disk.Spec.Name}: QoS {wanted.Qos}", applied, refused);
+        foreach (var export in model.Exports)
+            if (wantedExports.TryGetValue(export.Spec.Name, out var wanted) && wanted.Qos != export.Spec.Qos && SameExport(wanted, export.Spec))
+                Try(() => model.SetQos(false, export.Spec.Name, wanted.Qos), $"export {export.Spec.Name}: QoS {wanted.Qos}", applied, refused);
         foreach (var export in model.Exports)
         {
             if (wantedExports.TryGetValue(export.Spec.Name, out var wanted) && SameExport(wanted, export.Spec)) continue;
@@ -62,11 +69,12 @@ public static class ConfigReload
         return new Outcome(applied, refused);
     }
 
-    /// <summary>Equal field by field, LUN lists by their elements.</summary>
-    private static bool SameExport(ExportSpec a, ExportSpec b) => a with { Luns = [] } == b with { Luns = [] } && a.Luns.SequenceEqual(b.Luns);
+    /// <summary>Equal field by field, LUN lists by their elements; QoS limits aside (they change in place).</summary>
+    private static bool SameExport(ExportSpec a, ExportSpec b) =>
+        a with { Luns = [], Qos = b.Qos } == b with { Luns = [] } && a.Luns.SequenceEqual(b.Luns);
 
     /// <summary>Equal apart from <see cref="DiskSpec.CreateSize"/>: a file created at first start is simply opened later.</summary>
-    private static bool SameDisk(DiskSpec a, DiskSpec b) => a with { CreateSize = null } == b with { CreateSize = null };
+    private static bool SameDisk(DiskSpec a, DiskSpec b) => a with { CreateSize = null, Qos = b.Qos } == b with { CreateSize = null };
 
     private static void Try(Action change, string done, List<string> applied, List<string> refused)
     {

@@ -45,6 +45,7 @@ public sealed class ConfigStore(TargetSettings settings)
                 BlockSize = d.Spec.BlockSize,
                 ReadOnly = d.Spec.ReadOnly ? true : null,
                 Shared = d.Spec.Shared ? true : null,
+                Qos = ConfigFile.QosEntry.From(d.Spec.Qos),
             }).ToList(),
             Exports = model.Exports.Where(e => e.Spec.Name != withoutExport).Select(e => new ConfigFile.ExportEntry
             {
@@ -63,6 +64,7 @@ public sealed class ConfigStore(TargetSettings settings)
                         WriteCache = l.WriteCache ? null : false,
                     }).ToList()
                     : null,
+                Qos = ConfigFile.QosEntry.From(e.Spec.Qos),
             }).ToList(),
         };
         return JsonSerializer.Serialize(file, ConfigFile.Options) + "\n";

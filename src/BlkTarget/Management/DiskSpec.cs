@@ -18,4 +18,6 @@ public sealed record DiskSpec
     public bool ReadOnly { get; init; }
     /// <summary>May be attached writable to several exports at once (live migration on one host).</summary>
     public bool Shared { get; init; }
+    /// <summary>IOPS and bandwidth limits shared by every export of the disk (qos_set changes them at run time).</summary>
+    public Vhost.Qos.QosLimits Qos { get; init; } = Vhost.Qos.QosLimits.None;
 }

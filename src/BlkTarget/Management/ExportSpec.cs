@@ -34,6 +34,8 @@ public sealed record ExportSpec
     /// <summary>The guest sees a volatile write cache (blk).</summary>
     public bool WriteCache { get; init; } = true;
     public IReadOnlyList<ScsiLunSpec> Luns { get; init; } = [];
+    /// <summary>IOPS and bandwidth limits shared by all the export's queues (qos_set changes them at run time).</summary>
+    public Vhost.Qos.QosLimits Qos { get; init; } = Vhost.Qos.QosLimits.None;
 
     /// <summary>The serial actually used: <see cref="Serial"/>, or the name when empty.</summary>
     public string EffectiveSerial => Serial.Length > 0 ? Serial : Name;

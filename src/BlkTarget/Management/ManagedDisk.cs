@@ -15,4 +15,6 @@ public sealed class ManagedDisk(DiskSpec spec, IBlockDevice backend, SharedLogic
     public SharedLogicalUnit LogicalUnit { get; } = logicalUnit;
     /// <summary>Names of the exports using this disk, in attach order.</summary>
     public List<string> AttachedTo { get; } = [];
+    /// <summary>The disk's QoS limits as the data path applies them; every blk export of the disk holds this one.</summary>
+    public Vhost.Qos.QosLimiter Qos { get; } = new();
 }

@@ -21,6 +21,11 @@ namespace BlkTarget.Management;
 /// <item><c>scsi_lun_add {export, target?=0, lun, disk, serial?, write_cache?=true}</c> → export (hot-plug: the guest
 /// is sent a RESCAN event)</item>
 /// <item><c>scsi_lun_remove {export, target?=0, lun}</c> → export (commands to it drain; the guest is sent REMOVED)</item>
+/// <item><c>qos_set {export | disk, iops_read?, iops_write?, iops_total?, bps_read?, bps_write?, bps_total?, burst_ms?}</c>
+/// → {export | disk, qos}: changes the limits at run time (no reconnect) and persists them. Rates are per second
+/// (bps: bytes, also "10M"); a parameter left out keeps its value, 0 lifts that limit; burst_ms 0: one second's worth.
+/// qos = {iops_read, iops_write, iops_total, bps_read, bps_write, bps_total, burst_ms} (0: unlimited) is also in
+/// disk_list and export_list.</item>
 /// <item><c>config_save {path?}</c> → {path} (default: the file changes are persisted to)</item>
 /// <item><c>stats {export?, disk?, reset?=false, buckets?=false}</c> → request statistics (<see cref="StatsJson"/>): every
 /// export, disk and reactor, or one export or one disk. reset: the result holds the counts up to now, and the selected
@@ -44,6 +49,7 @@ public sealed class ManagementMethods(ManagementService service)
         "scsi_lun_add" => ScsiLunAdd(p),
         "scsi_lun_remove" => ScsiLunRemove(p),
         "config_save" => ConfigSave(p),
+        "qos_set" => QosSet(p),
         "stats" => Stats(p),
         _ => throw new ManagementException(RpcErrorCode.MethodNotFound, $"no method {method}"),
     };
@@ -180,6 +186,37 @@ public sealed class ManagementMethods(ManagementService service)
         return new JsonArray(exports.Select(e => (JsonNode?)Describe(e)).ToArray());
     }
 
+    private JsonNode QosSet(RpcParams p)
+    {
+        string? export = p.OptionalString("export"), disk = p.OptionalString("disk");
+        if ((export is null) == (disk is null)) throw new ManagementException(RpcErrorCode.InvalidParams, "give export or disk (one of them)");
+        var current = disk is not null
+            ? (service.Model.Disks.FirstOrDefault(d => d.Spec.Name == disk) ?? throw new ManagementException(RpcErrorCode.NotFound, $"no disk {disk}")).Spec.Qos
+            : (service.Model.Exports.FirstOrDefault(e => e.Spec.Name == export) ?? throw new ManagementException(RpcErrorCode.NotFound, $"no export {export}")).Spec.Qos;
+        var next = current with
+        {
+            ReadIops = p.OptionalRate("iops_read") ?? current.ReadIops,
+            WriteIops = p.OptionalRate("iops_write") ?? current.WriteIops,
+            TotalIops = p.OptionalRate("iops_total") ?? current.TotalIops,
+            ReadBytesPerSecond = p.OptionalRate("bps_read") ?? current.ReadBytesPerSecond,
+            WriteBytesPerSecond = p.OptionalRate("bps_write") ?? current.WriteBytesPerSecond,
+            TotalBytesPerSecond = p.OptionalRate("bps_total") ?? current.TotalBytesPerSecond,
+            BurstMilliseconds = p.OptionalRate("burst_ms") is { } ms ? (ms <= 60_000 ? (uint)ms
+                : throw new ManagementException(RpcErrorCode.InvalidParams, "burst_ms must be at most 60000")) : current.BurstMilliseconds,
+        };
+        p.RejectUnknown();
+        service.SetQos(disk is not null, disk ?? export!, next);
+        return new JsonObject { [disk is not null ? "disk" : "export"] = disk ?? export, ["qos"] = Qos(next) };
+    }
+
+    /// <summary>Limits as RPC results show them (0: unlimited).</summary>
+    internal static JsonObject Qos(Vhost.Qos.QosLimits q) => new()
+    {
+        ["iops_read"] = q.ReadIops, ["iops_write"] = q.WriteIops, ["iops_total"] = q.TotalIops,
+        ["bps_read"] = q.ReadBytesPerSecond, ["bps_write"] = q.WriteBytesPerSecond, ["bps_total"] = q.TotalBytesPerSecond,
+        ["burst_ms"] = q.BurstMilliseconds,
+    };
+
     private JsonNode ConfigSave(RpcParams p)
     {
         string? path = p.OptionalString("path");
@@ -210,6 +247,7 @@ public sealed class ManagementMethods(ManagementService service)
         ["read_only"] = d.Spec.ReadOnly,
         ["shared"] = d.Spec.Shared,
         ["exports"] = new JsonArray(service.Model.Serialised(() => d.AttachedTo.ToArray()).Select(n => (JsonNode?)n).ToArray()),
+        ["qos"] = Qos(d.Spec.Qos),
     };
 
     private JsonObject Describe(ManagedExport e)
@@ -226,6 +264,7 @@ public sealed class ManagementMethods(ManagementService service)
         else
             o["disk"] = e.Spec.Disk;
         o["queues"] = e.Spec.Queues;
+        o["qos"] = Qos(e.Spec.Qos);
         o["serial"] = e.Spec.EffectiveSerial;
         o["connected"] = e.Server.HasFrontend;
         o["sessions"] = e.Server.SessionsServed;

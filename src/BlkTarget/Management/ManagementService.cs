@@ -106,6 +106,23 @@ public sealed class ManagementService(TargetModel model, ConfigStore store, stri
         return 0;
     });
 
+    /// <summary>Changes QoS limits at run time (<see cref="TargetModel.SetQos"/>) and persists them; if the write
+    /// fails the old limits are restored.</summary>
+    public void SetQos(bool disk, string name, Vhost.Qos.QosLimits limits) => Model.Serialised(() =>
+    {
+        var old = Model.SetQos(disk, name, limits);
+        try
+        {
+            Persist();
+        }
+        catch
+        {
+            Model.SetQos(disk, name, old);
+            throw;
+        }
+        return 0;
+    });
+
     /// <summary>Persists the model with export <paramref name="name"/> described by <paramref name="next"/>; returns
     /// how to undo that if the change itself then fails.</summary>
     private Action PersistExport(string name, ExportSpec next)

@@ -60,6 +60,15 @@ public sealed class RpcParams
         _ => throw Invalid($"parameter '{name}' must be a size: bytes, or a string such as 20G"),
     };
 
+    /// <summary>An optional rate (QoS): a count, or for byte rates a string with binary units ("10M"); 0 is allowed.</summary>
+    public ulong? OptionalRate(string name) => Get(name) switch
+    {
+        null => null,
+        { ValueKind: JsonValueKind.Number } v when v.TryGetUInt64(out ulong n) => n,
+        { ValueKind: JsonValueKind.String } v when Configuration.SizeParser.TryParse(v.GetString()!, out ulong n) => n,
+        _ => throw Invalid($"parameter '{name}' must be a non-negative integer (byte rates may be strings such as 10M)"),
+    };
+
     /// <summary>An array of objects, each read as its own parameter set (checked for unknown names by the caller).</summary>
     public IReadOnlyList<RpcParams> Objects(string name)
     {

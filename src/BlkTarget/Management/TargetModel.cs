@@ -79,6 +79,7 @@ public sealed class TargetModel : IDisposable
                 throw;
             }
             var disk = new ManagedDisk(spec, backend, logicalUnit);
+            disk.Qos.Set(spec.Qos);
             if (backend is Storage.IExternalResizeSource source) source.ExternallyResized += size => OnExternallyResized(disk, size);
             _disks.Add(spec.Name, disk);
             _diskOrder.Add(spec.Name);
@@ -104,6 +105,7 @@ public sealed class TargetModel : IDisposable
             _diskOrder.Remove(name);
             disk.Backend.Dispose();
             disk.LogicalUnit.Dispose();
+            disk.Qos.Set(Vhost.Qos.QosLimits.None);   // leaves the process-wide "anything limited" count right
             if (removeCreatedFile) DiskOpener.RemoveCreated(disk.Spec);
             _log.LogInformation("disk {Name}: deleted", name);
         }
@@ -191,7 +193,7 @@ public sealed class TargetModel : IDisposable
             string serial = lunSpec.Serial.Length > 0 ? lunSpec.Serial : $"{export.Spec.EffectiveSerial}-{lunSpec.Target}-{lunSpec.Lun}";
             try
             {
-                device.Context.AddLun(new ScsiLunDefinition((byte)lunSpec.Target, (ushort)lunSpec.Lun, disk.Backend, serial, lunSpec.WriteCache, disk.LogicalUnit));
+                device.Context.AddLun(new ScsiLunDefinition((byte)lunSpec.Target, (ushort)lunSpec.Lun, disk.Backend, serial, lunSpec.WriteCache, disk.LogicalUnit, disk.Qos));
             }
             catch (ArgumentException e)
             {
@@ -273,7 +275,9 @@ public sealed class TargetModel : IDisposable
                 throw new ManagementException(RpcErrorCode.InvalidParams, $"export {spec.Name}: a disk backs two LUNs");
             foreach (var disk in disks) CheckAttachable(disk);
             var log = _loggers.CreateLogger($"device.{spec.Name}");
-            IVhostUserDevice device = BuildDevice(spec, disks, log);
+            var qos = new Vhost.Qos.QosLimiter();
+            qos.Set(spec.Qos);
+            IVhostUserDevice device = BuildDevice(spec, disks, qos, log);
             VhostUserServer server;
             try
             {
@@ -292,7 +296,7 @@ public sealed class TargetModel : IDisposable
                 server.Dispose();
                 throw new ManagementException(RpcErrorCode.ResourceError, $"export {spec.Name}: {e.Message}");
             }
-            var export = new ManagedExport(spec, device, server, _nextReactorOffset);
+            var export = new ManagedExport(spec, device, server, _nextReactorOffset, qos);
             _nextReactorOffset += device.QueueCount;
             _exports.Add(spec.Name, export);
             _exportOrder.Add(spec.Name);
@@ -316,6 +320,7 @@ public sealed class TargetModel : IDisposable
             if (!_exports.TryGetValue(name, out var export)) throw new ManagementException(RpcErrorCode.NotFound, $"no export {name}");
             commit?.Invoke();
             export.Server.Dispose();
+            export.Qos.Set(Vhost.Qos.QosLimits.None);   // leaves the process-wide "anything limited" count right
             _exports.Remove(name);
             _exportOrder.Remove(name);
             foreach (var diskName in export.Spec.DiskNames) _disks[diskName].AttachedTo.Remove(name);
@@ -323,7 +328,34 @@ public sealed class TargetModel : IDisposable
         }
     }
 
-    private IVhostUserDevice BuildDevice(ExportSpec spec, List<ManagedDisk> disks, ILogger log)
+    /// <summary>
+    /// Changes the QoS limits of export or disk <paramref name="name"/> at run time: the queues apply them from their
+    /// next request on, without a reconnect. Returns the limits it had, for an undo. Errors: NotFound. A disk's limits
+    /// apply through every export of it: blk exports and the scsi LUNs it backs.
+    /// </summary>
+    public Vhost.Qos.QosLimits SetQos(bool disk, string name, Vhost.Qos.QosLimits limits)
+    {
+        lock (_gate)
+        {
+            if (disk)
+            {
+                var d = FindDisk(name);
+                var old = d.Spec.Qos;
+                d.Spec = d.Spec with { Qos = limits };
+                d.Qos.Set(limits);
+                _log.LogInformation("disk {Name}: QoS {Limits}", name, limits);
+                return old;
+            }
+            if (!_exports.TryGetValue(name, out var export)) throw new ManagementException(RpcErrorCode.NotFound, $"no export {name}");
+            var previous = export.Spec.Qos;
+            export.Spec = export.Spec with { Qos = limits };
+            export.Qos.Set(limits);
+            _log.LogInformation("export {Name}: QoS {Limits}", name, limits);
+            return previous;
+        }
+    }
+
+    private IVhostUserDevice BuildDevice(ExportSpec spec, List<ManagedDisk> disks, Vhost.Qos.QosLimiter qos, ILogger log)
     {
         if (spec.Kind == "scsi")
         {
@@ -333,11 +365,11 @@ public sealed class TargetModel : IDisposable
                 var lun = spec.Luns[i];
                 string serial = lun.Serial.Length > 0 ? lun.Serial
                     : spec.Luns.Count == 1 ? spec.EffectiveSerial : $"{spec.EffectiveSerial}-{lun.Target}-{lun.Lun}";
-                luns.Add(new ScsiLunDefinition((byte)lun.Target, (ushort)lun.Lun, disks[i].Backend, serial, lun.WriteCache, disks[i].LogicalUnit));
+                luns.Add(new ScsiLunDefinition((byte)lun.Target, (ushort)lun.Lun, disks[i].Backend, serial, lun.WriteCache, disks[i].LogicalUnit, disks[i].Qos));
             }
             try
             {
-                return new VirtioScsiDevice(spec.Name, luns, new ScsiOptions { RequestQueues = spec.Queues }, log);
+                return new VirtioScsiDevice(spec.Name, luns, new ScsiOptions { RequestQueues = spec.Queues, ExportQos = qos }, log);
             }
             catch (ArgumentException e)
             {
@@ -347,7 +379,7 @@ public sealed class TargetModel : IDisposable
         // Only a shared disk can have other writers (a SCSI export's COMPARE AND WRITE among them): only there do
         // this export's writes pay for the gate.
         return new VirtioBlkDevice(spec.Name, disks[0].Backend,
-            new BlkOptions { Queues = spec.Queues, Serial = spec.EffectiveSerial, WriteCache = spec.WriteCache }, log,
+            new BlkOptions { Queues = spec.Queues, Serial = spec.EffectiveSerial, WriteCache = spec.WriteCache, ExportQos = qos, DiskQos = disks[0].Qos }, log,
             disks[0].Spec.Shared ? disks[0].LogicalUnit.Gate : null);
     }
 
