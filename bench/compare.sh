@@ -197,6 +197,15 @@ target_of() {
     esac
 }
 
+# restart_target NAME CASE: stops that target and starts it again (a fresh process on the same backing store)
+restart_target() {
+    case $1 in
+        qsd) stop_pid "$QSD_PID"; start_qsd "$2" ;;
+        ours) stop_pid "$OURS_PID"; start_ours "$2" ;;
+        base) stop_pid "$BASE_PID"; start_base "$2" ;;
+    esac
+}
+
 # rotation ROUND -> sets order: the case's targets, the first one moving on by one each round
 rotation() {
     local n=${#targets[@]} i
@@ -270,14 +279,18 @@ for case in ${cases//,/ }; do
     fi
     # The first second after start, before any other I/O: what a user sees who starts the target and runs fio at
     # once (JIT warm-up). Random writes, so the figure does not depend on what the disk holds; the report sets it
-    # against the same job's steady-state median.
-    for t in "${targets[@]}"; do
-        [[ $case == null && $t == qsd ]] && continue
-        [[ $case == image ]] && continue   # its never-written space is kept for the allocating jobs below
-        target_of "$t"
-        bench --socket "$sock" --rw randwrite --bs 4k --iodepth 32 --runtime 1 --ramp 0 "${bench_cpus[@]}" \
-            --warm-up-socket "$WORK/warm.sock" --warm-up 3 --json \
-            >"$RAW/$case--$t--q1--first_second--r0.json" 2>/dev/null || rm -f "$RAW/$case--$t--q1--first_second--r0.json"
+    # against the same job's steady-state median. One second is one sample, as noisy as any: each round starts
+    # every target afresh for one (their disks are filled only afterwards), and the report takes the median.
+    for fs in $(seq 1 "$rounds"); do
+        for t in "${targets[@]}"; do
+            [[ $case == null && $t == qsd ]] && continue
+            [[ $case == image ]] && continue   # its never-written space is kept for the allocating jobs below
+            (( fs > 1 )) && restart_target "$t" "$case"
+            target_of "$t"
+            file="$RAW/$case--$t--q1--first_second--r$fs.json"
+            bench --socket "$sock" --rw randwrite --bs 4k --iodepth 32 --runtime 1 --ramp 0 "${bench_cpus[@]}" \
+                --warm-up-socket "$WORK/warm.sock" --warm-up 3 --json >"$file" 2>/dev/null || rm -f "$file"
+        done
     done
     if [[ $case == image ]]; then
         for round in $(seq 1 "$rounds"); do
@@ -438,7 +451,7 @@ for case in ["ram", "null", "file", "image", "rbd"]:
             parts.append(f"{t} {fmt_iops(f)}" + (f" ({100 * f / steady:.0f}% of its steady {fmt_iops(steady)})" if f and steady else ""))
         lines.append("")
         lines.append("First second after start (4k randwrite QD32, 1 queue, no ramp, before any other I/O to the target; the load "
-                     "generator warmed up for 3 s on a qemu-storage-daemon null-co export first): " + ", ".join(parts))
+                     "generator warmed up for 3 s on a qemu-storage-daemon null-co export first; median over one fresh start per round): " + ", ".join(parts))
     # 2 queues vs 1 for ours and qsd.
     if {"q1", "q2"} <= {k[1] for k in keys}:
         lines.append("")
