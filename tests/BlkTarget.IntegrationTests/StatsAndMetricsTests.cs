@@ -118,6 +118,25 @@ public sealed class StatsAndMetricsTests : IDisposable
     }
 
     [Fact]
+    public async Task Metrics_on_every_address_are_reachable_on_loopback()
+    {
+        // 0.0.0.0 (what an operator writes for "all interfaces") must work: HttpListener itself refuses it as a host.
+        var runtime = _harness.Start(management: m => m with { MetricsListen = BlkTarget.Monitoring.ListenAddress.Parse("0.0.0.0:0") });
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{runtime.MetricsAddress!.Port}/") };
+        var body = await http.GetStringAsync("metrics");
+        Assert.Contains("# TYPE blktarget_requests_total counter", body);
+        runtime.Dispose();
+    }
+
+    [Fact]
+    public void Localhost_is_the_one_host_name_metrics_listen_takes()
+    {
+        Assert.Equal(new IPEndPoint(IPAddress.Loopback, 9101), BlkTarget.Monitoring.ListenAddress.Parse("localhost:9101"));
+        Assert.Throws<BlkTarget.Configuration.ConfigurationException>(() => BlkTarget.Monitoring.ListenAddress.Parse("metrics.example:9101"));
+        Assert.Throws<BlkTarget.Configuration.ConfigurationException>(() => BlkTarget.Monitoring.ListenAddress.Parse("9101"));
+    }
+
+    [Fact]
     public async Task A_stopped_target_no_longer_serves_metrics()
     {
         var runtime = Start();

@@ -18,6 +18,8 @@ public sealed class CliTests : IDisposable
     [InlineData("serve", "--socket", "/tmp/x.sock", "--backend", "ram:1G", "--drain-timeout-s", "0")]
     [InlineData("serve", "--bogus")]
     [InlineData("serve", "--config", "/nonexistent/config.json")]
+    [InlineData("serve", "--socket", "/tmp/x.sock", "--backend", "ram:1G", "--metrics-listen", "9101")]
+    [InlineData("serve", "--socket", "/tmp/x.sock", "--backend", "ram:1G", "--metrics-listen", "metrics.example:9101")]
     public void Bad_arguments_exit_non_zero_with_one_line_on_stderr(params string[] args)
     {
         using var target = TargetProcess.Start(args);

@@ -52,8 +52,11 @@ public static class ServeCommand
     {
         TargetSettings settings;
         LogEventLevel level;
+        System.Net.IPEndPoint? metricsListen;
         try
         {
+            // Parsed here with the rest: a bad value is one line on stderr, not an unhandled exception.
+            metricsListen = parse.GetValue(MetricsListen) is { } metrics ? Monitoring.ListenAddress.Parse(metrics) : null;
             settings = BuildSettings(parse);
             SettingsValidator.Validate(settings, Environment.ProcessorCount);
             if (!Enum.TryParse(parse.GetValue(LogLevel), ignoreCase: true, out level))
@@ -73,7 +76,7 @@ public static class ServeCommand
             RpcSocketIsDefault = rpcSocket is null,
             PersistPath = parse.GetValue(ConfigOut) ?? parse.GetValue(Config),
             SaveAtStart = parse.GetValue(ConfigOut) is not null,
-            MetricsListen = parse.GetValue(MetricsListen) is { } metrics ? Monitoring.ListenAddress.Parse(metrics) : null,
+            MetricsListen = metricsListen,
         };
 
         // The target runs as a hosted service: the host's lifetime (the console's, or systemd's under a service

@@ -35,6 +35,8 @@ public sealed class MetricsServer : IDisposable
         int port = endpoint.Port == 0 ? FreePort(endpoint.Address) : endpoint.Port;
         string host = endpoint.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{endpoint.Address}]" : endpoint.Address.ToString();
         var address = new Uri($"http://{host}:{port}/");
+        // HttpListener takes "+" for every address; it refuses 0.0.0.0 / [::] as a host ("not supported").
+        if (endpoint.Address.Equals(IPAddress.Any) || endpoint.Address.Equals(IPAddress.IPv6Any)) host = "+";
 
         var registry = Metrics.NewCustomRegistry();
         var metrics = new TargetMetrics(registry);
