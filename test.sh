@@ -22,6 +22,8 @@ failed=0
 status=0
 log_dir=$(mktemp -d)
 trap 'rm -rf "$log_dir"' EXIT
+# Names of the tests that failed, in every layer, repeated just above the totals so the tail of a CI log says which.
+failures=()
 
 # QEMU, qemu-storage-daemon (the reference peer some integration tests also talk to), zstd, fio and friends.
 # A failed install counts as a failure (the tests that need the missing tools fail too, naming them).
@@ -58,6 +60,9 @@ for project in tests/BlkTarget.Vhost.Tests tests/BlkTarget.Storage.Tests tests/B
   passed=$((passed + p))
   failed=$((failed + f))
   [[ $rc -ne 0 ]] && status=1
+  # The runner prints "  Failed Namespace.Class.Method [12 ms]" per failed test.
+  while IFS= read -r name; do failures+=("${project#tests/}: $name"); done \
+    < <(grep -E "^ +Failed [A-Za-z_]" "$log_dir/test.log" | sed -E 's/^ +Failed //; s/ \[[^]]*\]$//')
 done
 
 # One e2e suite run against a fresh target: adds its "e2e: N passed, M failed" line to the totals.
@@ -77,6 +82,8 @@ run_e2e_suite() {
   passed=$((passed + $(sed -E 's/^e2e: ([0-9]+) passed.*/\1/' <<<"$summary")))
   failed=$((failed + $(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$summary")))
   [[ $rc -ne 0 ]] && status=1
+  while IFS= read -r name; do failures+=("e2e $label: $name"); done \
+    < <(grep -E "^e2e FAIL " "$log_dir/e2e.log" | sed -E 's/^e2e FAIL //')
 }
 
 if [[ $run_e2e -eq 1 ]]; then
@@ -113,5 +120,9 @@ if [[ $run_e2e -eq 1 ]]; then
 fi
 
 [[ $failed -gt 0 ]] && status=1
+if [[ ${#failures[@]} -gt 0 ]]; then
+  echo "== failed tests"
+  printf '  %s\n' "${failures[@]}"
+fi
 echo "${passed} passed, ${failed} failed"
 exit $status

@@ -32,8 +32,13 @@ internal sealed partial class TargetProcess : IDisposable
     /// <summary>Starts the target with extra environment variables (e.g. NOTIFY_SOCKET).</summary>
     public static TargetProcess Start(IReadOnlyDictionary<string, string> environment, params string[] args)
     {
-        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
+        // Through env(1) with SIGINT and SIGQUIT at their default disposition: a test run started as a background
+        // job (a CI runner, `cmd &`) has them ignored, children inherit that, and .NET then (like a shell's
+        // background job) leaves SIGINT ignored, so Ctrl+C semantics could not be tested.
+        var info = new ProcessStartInfo("/usr/bin/env") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
         foreach (var (name, value) in environment) info.Environment[name] = value;
+        info.ArgumentList.Add("--default-signal=INT,QUIT");
+        info.ArgumentList.Add("dotnet");
         info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "blktarget.dll"));
         foreach (var a in args) info.ArgumentList.Add(a);
         return new TargetProcess(Process.Start(info)!);
