@@ -32,12 +32,12 @@ internal sealed partial class TargetProcess : IDisposable
     /// <summary>Starts the target with extra environment variables (e.g. NOTIFY_SOCKET).</summary>
     public static TargetProcess Start(IReadOnlyDictionary<string, string> environment, params string[] args)
     {
-        // Through env(1) with SIGINT and SIGQUIT at their default disposition: a test run started as a background
-        // job (a CI runner, `cmd &`) has them ignored, children inherit that, and .NET then (like a shell's
-        // background job) leaves SIGINT ignored, so Ctrl+C semantics could not be tested.
+        // Through env(1) with every signal at its default disposition: a test run started as a background job
+        // (`cmd &` ignores SIGINT and SIGQUIT) or under nohup (SIGHUP too) passes the ignored signals on, and .NET
+        // then leaves them ignored, so the SIGINT stop and the SIGHUP reload the tests check would never arrive.
         var info = new ProcessStartInfo("/usr/bin/env") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
         foreach (var (name, value) in environment) info.Environment[name] = value;
-        info.ArgumentList.Add("--default-signal=INT,QUIT");
+        info.ArgumentList.Add("--default-signal");
         info.ArgumentList.Add("dotnet");
         info.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "blktarget.dll"));
         foreach (var a in args) info.ArgumentList.Add(a);
