@@ -1,5 +1,3 @@
-using System.Runtime.CompilerServices;
-
 namespace BlkTarget.Storage.Ram;
 
 /// <summary>
@@ -26,13 +24,16 @@ internal sealed unsafe class RamDiskChannel(RamDisk disk, IBlockCompletionSink s
             case BlockOperation.Write:
                 if (RequestValidation.IovBytes(request.Iov, request.IovCount) != request.Length) return BlockStatus.IoError;
                 bool read = request.Operation == BlockOperation.Read;
+                bool streamed = false;
                 for (int i = 0; i < request.IovCount; i++)
                 {
                     var v = request.Iov[i];
-                    if (read) Copy(v.Base, medium, v.Length);
-                    else Copy(medium, v.Base, v.Length);
+                    if (read) StreamingCopy.Plain(v.Base, medium, v.Length);
+                    else streamed |= StreamingCopy.Copy(medium, v.Base, v.Length);
                     medium += v.Length;
                 }
+                // The completion is published right after this returns: the data must be in the disk first.
+                if (streamed) StreamingCopy.Fence();
                 return BlockStatus.Ok;
             case BlockOperation.Flush:
                 return BlockStatus.Ok;
@@ -42,18 +43,6 @@ internal sealed unsafe class RamDiskChannel(RamDisk disk, IBlockCompletionSink s
                 return BlockStatus.Ok;
             default:
                 return BlockStatus.Unsupported;
-        }
-    }
-
-    private static void Copy(byte* destination, byte* source, nuint length)
-    {
-        while (length > 0)
-        {
-            uint chunk = (uint)Math.Min(length, 1u << 30);
-            Unsafe.CopyBlockUnaligned(destination, source, chunk);
-            destination += chunk;
-            source += chunk;
-            length -= chunk;
         }
     }
 
