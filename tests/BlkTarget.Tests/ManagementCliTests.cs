@@ -30,7 +30,9 @@ public sealed class ManagementCliTests : IDisposable
             Assert.Equal(0, list.Code);
             Assert.Matches(@"^NAME +BACKEND +SIZE +BLOCK +MODE +EXPORTS +QOS\nd1 +ram:64M +64 MiB +512 +rw +vm1 +unlimited\n$", list.Stdout);
             Assert.Equal((0, "export vm1: iops-total=2000 bps-read=10 MiB/s\n"), Client("qos", "set", "vm1", "--iops-total", "2000", "--bps-read", "10M") is var q ? (q.Code, q.Stdout) : default);
-            Assert.Equal(1, Client("qos", "set", "--iops-total", "5").Code);   // neither an export nor --disk
+            Assert.Equal((1, "blktarget: give an EXPORT or --disk NAME\n"), Client("qos", "set", "--iops-total", "5") is var n ? (n.Code, n.Stderr) : default);
+            Assert.Equal((1, "blktarget: give an EXPORT or --disk NAME, not both\n"),
+                Client("qos", "set", "vm1", "--disk", "d1", "--iops-total", "5") is var b ? (b.Code, b.Stderr) : default);
             var json = Client("export", "list", "--json");
             Assert.Contains("\"connected\": false", json.Stdout);
 

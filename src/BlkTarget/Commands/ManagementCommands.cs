@@ -156,7 +156,8 @@ public static class ManagementCommands
             parse =>
             {
                 string? e = parse.GetValue(export), d = parse.GetValue(disk);
-                if ((e is null) == (d is null)) throw new ConfigurationException("give an EXPORT or --disk NAME");
+                if (e is null && d is null) throw new ConfigurationException("give an EXPORT or --disk NAME");
+                if (e is not null && d is not null) throw new ConfigurationException("give an EXPORT or --disk NAME, not both");
                 var p = new JsonObject { ["export"] = e, ["disk"] = d };
                 foreach (var (option, param) in options)
                     if (parse.GetValue(option) is { } text)
