@@ -176,5 +176,27 @@ public sealed class QosTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(2000UL, (ulong)Call("export_list")[0]!["qos"]!["iops_total"]!);
     }
 
+    [Fact]
+    public void Lifting_a_limit_releases_a_held_request_at_once_while_its_reactor_sleeps()
+    {
+        using var runtime = _harness.Start();
+        Exports("held");
+        // 4 KiB/s with a one-second burst: the first 64 KiB read waits about 15 s for its tokens, and the reactor
+        // sleeps until then (no eventfd announces tokens). Lifting the limit must wake it, not leave the guest waiting.
+        Call("qos_set", new JsonObject { ["export"] = "held", ["bps_read"] = 4096 });
+        var lift = new Thread(() =>
+        {
+            Thread.Sleep(1000);
+            Call("qos_set", new JsonObject { ["export"] = "held", ["bps_read"] = 0 });
+        }) { IsBackground = true };
+        var clock = Stopwatch.StartNew();
+        lift.Start();
+        var result = Run(Job("held", 3, blockSize: 64 << 10, depth: 1));
+        output.WriteLine($"limit lifted after 1 s: {result.All.Iops:F0} IOPS over the run, done in {clock.Elapsed.TotalSeconds:F1} s");
+        Assert.True(lift.Join(TimeSpan.FromSeconds(30)));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(8), $"the held request waited out its old deadline: {clock.Elapsed.TotalSeconds:F1} s");
+        Assert.True(result.All.Iops > 100, $"{result.All.Iops:F0} IOPS after the limit was lifted");
+    }
+
     public void Dispose() => _harness.Delete();
 }

@@ -105,11 +105,13 @@ public sealed class QosLimiter
     public void Set(QosLimits limits, long? now = null)
     {
         Volatile.Write(ref _limits, limits);
-        Interlocked.Increment(ref s_generation);
         var next = limits.IsUnlimited ? null : new Buckets(limits, _frequency, now ?? Stopwatch.GetTimestamp());
         var previous = Interlocked.Exchange(ref _buckets, next);
         if (previous is null && next is not null) Interlocked.Increment(ref s_limited);
         else if (previous is not null && next is null) Interlocked.Decrement(ref s_limited);
+        // After the new buckets are in place: a queue that sees the new generation must ask the new buckets, or it
+        // would remember the old wait under the new generation.
+        Interlocked.Increment(ref s_generation);
     }
 
     /// <summary>

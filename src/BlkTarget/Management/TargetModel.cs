@@ -344,6 +344,7 @@ public sealed class TargetModel : IDisposable
                 d.Spec = d.Spec with { Qos = limits };
                 d.Qos.Set(limits);
                 _log.LogInformation("disk {Name}: QoS {Limits}", name, limits);
+                WakeReactors();
                 return old;
             }
             if (!_exports.TryGetValue(name, out var export)) throw new ManagementException(RpcErrorCode.NotFound, $"no export {name}");
@@ -351,8 +352,16 @@ public sealed class TargetModel : IDisposable
             export.Spec = export.Spec with { Qos = limits };
             export.Qos.Set(limits);
             _log.LogInformation("export {Name}: QoS {Limits}", name, limits);
+            WakeReactors();
             return previous;
         }
+    }
+
+    /// <summary>A reactor whose only queued work is a request held back by QoS sleeps until that request's tokens are
+    /// due under the old limits; waking it makes the held request ask the new limits now.</summary>
+    private void WakeReactors()
+    {
+        foreach (var reactor in _reactors.Reactors) reactor.Post(static () => { });
     }
 
     private IVhostUserDevice BuildDevice(ExportSpec spec, List<ManagedDisk> disks, Vhost.Qos.QosLimiter qos, ILogger log)
