@@ -109,4 +109,12 @@ public interface IBlockChannel : IDisposable
     /// complete inline have nothing to stop.
     /// </summary>
     void Cancel() { }
+
+    /// <summary>True when <see cref="PrefetchRead"/> does something (then device models may call it).</summary>
+    bool PrefetchesReads => false;
+
+    /// <summary>A hint that a read of <paramref name="length"/> bytes at byte <paramref name="offset"/> follows soon:
+    /// a channel that copies from memory may start loading it into the cache. Nothing is checked or reported; an
+    /// offset beyond the disk is ignored.</summary>
+    void PrefetchRead(ulong offset, ulong length) { }
 }

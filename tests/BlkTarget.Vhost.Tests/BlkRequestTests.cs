@@ -286,6 +286,43 @@ public sealed unsafe class BlkRequestTests : IDisposable
         Assert.Equal(2, _ring.UsedIdx);
     }
 
+    /// <summary>Offers a 4 KiB read or write of <paramref name="sector"/> without running the queue.</summary>
+    private void OfferData(uint type, ulong sector) =>
+        Offer((Header(type, sector), 16, false), (_ring.Allocate(4096, 512), 4096, type == VirtioBlk.TypeIn), (_ring.Allocate(1), 1, true));
+
+    [Fact]
+    public void Each_request_of_a_batch_runs_in_ring_order_after_the_hint_for_the_next_read()
+    {
+        var disk = new RecordingDisk(1 << 20) { Prefetching = true };
+        UseDisk(disk);
+        OfferData(VirtioBlk.TypeIn, 0);
+        OfferData(VirtioBlk.TypeIn, 16);
+        OfferData(VirtioBlk.TypeOut, 32);
+        OfferData(VirtioBlk.TypeIn, 48);
+        OfferData(VirtioBlk.TypeIn, 2048);   // beyond the 1 MiB disk: no hint, and the read fails as always
+        _queue.Poll();
+        Assert.Equal(
+            ["prefetch 4096@8192", "read 4096@0", "read 4096@8192", "prefetch 4096@24576", "write 4096@16384", "read 4096@24576"],
+            disk.Events);
+        Assert.Equal(5, _ring.UsedIdx);
+        Assert.Equal([0, 3, 6, 9, 12], Enumerable.Range(0, 5).Select(i => (int)_ring.Used((ushort)i).Id));
+    }
+
+    [Fact]
+    public void Requests_taken_before_a_corrupt_chain_still_complete()
+    {
+        var disk = new RecordingDisk(1 << 20) { Prefetching = true };
+        UseDisk(disk);
+        OfferData(VirtioBlk.TypeIn, 0);
+        OfferData(VirtioBlk.TypeIn, 8);
+        _ring.SetDescriptor(_nextDescriptor, 0x1000, 512, Write);   // outside guest memory
+        _ring.MakeAvailable(_nextDescriptor);
+        _queue.Poll();
+        Assert.Contains("BadAddress", _queue.BrokenReason);
+        Assert.Equal(["prefetch 4096@4096", "read 4096@0", "read 4096@4096"], disk.Events);
+        Assert.Equal(2, _ring.UsedIdx);
+    }
+
     [Fact]
     public void A_read_hands_the_backend_only_its_data_buffers_not_the_emptied_status_descriptor()
     {

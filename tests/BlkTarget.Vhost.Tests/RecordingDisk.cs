@@ -17,6 +17,12 @@ internal sealed unsafe class RecordingDisk(ulong size, Func<BlockDeviceInfo, Blo
 
     public List<(BlockOperation Operation, BlockRequestFlags Flags)> Operations { get; } = [];
 
+    /// <summary>With <see cref="Prefetching"/>: "prefetch LENGTH@OFFSET" and "read|write LENGTH@OFFSET" in call order.</summary>
+    public List<string> Events { get; } = [];
+
+    /// <summary>The channel offers <see cref="IBlockChannel.PrefetchRead"/> (and records the hints in <see cref="Events"/>).</summary>
+    public bool Prefetching { get; init; }
+
     public BlockDeviceInfo Info => shape is null ? _inner.Info : shape(_inner.Info);
 
     public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight) =>
@@ -31,10 +37,16 @@ internal sealed unsafe class RecordingDisk(ulong size, Func<BlockDeviceInfo, Blo
         public void Submit(in BlockRequest request)
         {
             disk.Operations.Add((request.Operation, request.Flags));
+            if (disk.Prefetching && request.Operation is BlockOperation.Read or BlockOperation.Write)
+                disk.Events.Add($"{request.Operation.ToString().ToLowerInvariant()} {request.Length}@{request.Offset}");
             if (request.Operation is BlockOperation.Read or BlockOperation.Write)
                 disk.Requests.Add((request.Operation, request.Length, new ReadOnlySpan<IoVec>(request.Iov, request.IovCount).ToArray(), request.Flags));
             inner.Submit(request);
         }
+
+        public bool PrefetchesReads => disk.Prefetching;
+
+        public void PrefetchRead(ulong offset, ulong length) => disk.Events.Add($"prefetch {length}@{offset}");
 
         public void Dispose() => inner.Dispose();
     }

@@ -43,6 +43,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
 
     private readonly BlkDeviceContext _device;
     private readonly IBlockChannel _channel;
+    private readonly bool _prefetchReads;
     private readonly Slot[] _slots;
     private readonly QueueCounters _counters;
     /// <summary>FLUSH was not negotiated: the driver never flushes (Linux then assumes write-through), so every
@@ -62,6 +63,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         _slots = new Slot[Ring.Size];
         _counters = device.Counters[start.Index];
         _channel = device.Backend.OpenChannel(start.Io, this, (int)Ring.Size * (int)Math.Max(1, device.Options.MaxRangeSegments));
+        _prefetchReads = _channel.PrefetchesReads;
         _gate = device.Gate;
         if (_gate is not null)
         {
@@ -105,6 +107,16 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         }
         // Drops the reference Process itself held; the request finishes once the backend's are gone too.
         CompleteSlot(head, ref slot);
+    }
+
+    /// <summary>The next request is a read: lets the channel start loading its data (RAM disks).</summary>
+    protected override void Prefetch(in ChainBuffers chain)
+    {
+        if (!_prefetchReads || chain.Overflowed || chain.WritableBytes < 1) return;
+        Span<byte> raw = stackalloc byte[VirtioBlk.HeaderLength];
+        if (!Peek(chain, 0, raw) || BinaryPrimitives.ReadUInt32LittleEndian(raw) != VirtioBlk.TypeIn) return;
+        if (_device.TryByteRange(BinaryPrimitives.ReadUInt64LittleEndian(raw[8..]), chain.WritableBytes - 1, out ulong offset))
+            _channel.PrefetchRead(offset, chain.WritableBytes - 1);
     }
 
     /// <summary>QoS: reads and writes take tokens from the export's and the disk's limits; everything else (and

@@ -115,6 +115,14 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     /// </summary>
     protected abstract void Process(ushort head, ref ChainBuffers chain);
 
+    /// <summary>
+    /// A hint that <paramref name="chain"/> (already in its slot, admitted) is processed right after the request now
+    /// about to be: a model may start loading what that processing will touch (a RAM disk's data lines). It must
+    /// change nothing and may fail silently: what it reads from guest memory is not trusted, and
+    /// <see cref="Process"/> reads and checks everything again.
+    /// </summary>
+    protected virtual void Prefetch(in ChainBuffers chain) { }
+
     /// <summary>Work a device model deferred rather than finished in <see cref="Process"/> (e.g. a task
     /// management function waiting for requests on other queues). While true, the reactor keeps polling.</summary>
     protected virtual bool HasDeferredWork => false;
@@ -213,6 +221,11 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         {
             // One timestamp per poll that finds work: every request taken in it has waited at least since then.
             long now = 0;
+            // Each admitted request is processed only once the next one is taken (or the ring is empty), after the
+            // model's Prefetch hint for that next one: a RAM disk's copy then finds the start of the next request's
+            // data on its way from memory instead of waiting for it. The order of requests is kept.
+            int staged = -1;
+            ChainBuffers stagedChain = default;
             for (int i = 0; i < PopBudget && BrokenReason is null; i++)
             {
                 // The chain is walked into scratch space first: the head (and so the slot) is known only after the pop.
@@ -229,10 +242,28 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
                         _completedAt = 0;   // a completion clock read before this one would precede these requests
                     }
                     _takenAt[head] = now;
-                    Start(head, ref chain, now);
+                    if (head == staged)
+                    {
+                        // The same head again in one batch: legal only if the staged request is done, so finish it
+                        // first, as without the lookahead (a synchronous backend completes it inline).
+                        Process((ushort)staged, ref stagedChain);
+                        staged = -1;
+                    }
+                    if (Start(head, ref chain, now))
+                    {
+                        if (staged >= 0)
+                        {
+                            Prefetch(in chain);
+                            Process((ushort)staged, ref stagedChain);
+                        }
+                        staged = head;
+                        stagedChain = chain;
+                    }
                     if (_held >= 0) break;
                 }
             }
+            // Requests taken before a corrupt chain or a held one are valid and in flight: they run as they would have.
+            if (staged >= 0) Process((ushort)staged, ref stagedChain);
         }
         PublishAndNotify();
         if (_stopping) CheckDrained();
@@ -263,12 +294,14 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         return 1;
     }
 
-    private void Start(ushort head, ref ChainBuffers chain, long now)
+    /// <summary>Moves a taken chain into its slot and asks QoS; true when the request may be processed now (the
+    /// caller does that), false when it is held back or the chain broke the ring.</summary>
+    private bool Start(ushort head, ref ChainBuffers chain, long now)
     {
         if (_busy[head])
         {
             Break($"descriptor {head} made available again while in flight");
-            return;
+            return false;
         }
         // Move the walked buffers into the slot: they must stay valid while the backend works on them.
         IoVec* segments = _segments + head * _segmentsPerSlot;
@@ -285,9 +318,9 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
             _held = head;
             _heldChain = chain;
             _throttledUntil = now + Math.Max(1, wait);
-            return;
+            return false;
         }
-        Process(head, ref chain);
+        return true;
     }
 
     public void Fault(Exception error) => EnterFault($"internal error: {error.Message}");
