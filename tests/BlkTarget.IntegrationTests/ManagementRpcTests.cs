@@ -1,3 +1,5 @@
+using System.Net.Sockets;
+using System.Text;
 using System.Text.Json.Nodes;
 using BlkTarget.Configuration;
 using BlkTarget.Hosting;
@@ -216,6 +218,36 @@ public sealed class ManagementRpcTests : IDisposable
     {
         using var runtime = Start();
         if (!OperatingSystem.IsWindows()) Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Rpc));
+    }
+
+    [Fact]
+    public void A_request_written_by_hand_as_one_line_gets_a_one_line_reply_and_stopping_closes_the_connection()
+    {
+        var runtime = Start();
+        Call("disk_create", new JsonObject { ["name"] = "d1", ["backend"] = "ram:1M" });
+        using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        socket.Connect(new UnixDomainSocketEndPoint(Rpc));
+        socket.ReceiveTimeout = 30_000;
+        using var stream = new NetworkStream(socket);
+        // What `echo '...' | socat - UNIX-CONNECT:rpc.sock` sends, read back byte by byte: one line ending in a bare \n.
+        string Ask(string request)
+        {
+            stream.Write(Encoding.UTF8.GetBytes(request + "\n"));
+            var reply = new List<byte>();
+            for (int b; (b = stream.ReadByte()) != '\n';) reply.Add(b >= 0 ? (byte)b : throw new EndOfStreamException("no reply line"));
+            return Encoding.UTF8.GetString(reply.ToArray());
+        }
+        string line = Ask("""{"jsonrpc":"2.0","method":"disk_list","id":1}""");
+        Assert.DoesNotContain('\r', line);
+        var reply = JsonNode.Parse(line)!;
+        Assert.Equal(("2.0", 1, "d1"), ((string)reply["jsonrpc"]!, (int)reply["id"]!, (string)reply["result"]![0]!["name"]!));
+        var error = JsonNode.Parse(Ask("""{"jsonrpc":"2.0","method":"disk_delete","id":"two","params":{"name":"nope"}}"""))!;
+        Assert.Equal(("two", (int)RpcErrorCode.NotFound, "no disk nope"), ((string)error["id"]!, (int)error["error"]!["code"]!, (string)error["error"]!["message"]!));
+
+        // The connection stays open until the target stops; stopping closes it and removes the socket file.
+        runtime.Dispose();
+        Assert.Equal(-1, stream.ReadByte());
+        Assert.False(File.Exists(Rpc));
     }
 
     public void Dispose()

@@ -1,28 +1,27 @@
 using System.Net.Sockets;
-using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.Logging;
+using StreamJsonRpc;
+using StreamJsonRpc.Protocol;
 
 namespace BlkTarget.Management;
 
 /// <summary>
-/// JSON-RPC 2.0 over a Unix stream socket, one JSON text per line in each direction (so `socat` works).
-/// Requests carry named params; a request without "id" is a notification (run, not answered); an array is a
-/// batch. Calls from every client run one at a time. The socket file is mode 0600 and removed on dispose.
+/// JSON-RPC 2.0 over a Unix stream socket, one JSON text per line in each direction (so `socat` works), served by
+/// StreamJsonRpc: one <see cref="JsonRpc"/> per connection, every method of <see cref="ManagementMethods"/> taking
+/// its named params as one object. A request without "id" is a notification (run, not answered); batches (arrays)
+/// are not supported. Calls from every client run one at a time. The socket file is mode 0600 and removed on dispose.
 /// Errors are JSON-RPC error objects {code, message} with the codes of <see cref="RpcErrorCode"/>.
 /// </summary>
 public sealed class JsonRpcServer : IDisposable
 {
-    /// <summary>Longest request line accepted (bytes); a longer one closes that connection.</summary>
-    public const int MaxLineBytes = 1 << 20;
-
     private readonly Socket _listener;
     private readonly ManagementMethods _methods;
     private readonly ILogger _log;
     private readonly Thread _acceptThread;
     private readonly object _dispatch = new();
-    private readonly List<Socket> _clients = [];
+    private readonly List<JsonRpc> _clients = [];
     private volatile bool _stopping;
 
     private JsonRpcServer(string path, Socket listener, ManagementMethods methods, ILogger log)
@@ -59,6 +58,57 @@ public sealed class JsonRpcServer : IDisposable
         return server;
     }
 
+    /// <summary>The wire format of both ends: newline-delimited JSON (Lf, not the library's default CrLf, so a reply
+    /// is one plain line for socat and SPDK-style scripts), serialized by System.Text.Json.</summary>
+    internal static JsonRpc Connect(Stream stream) => new(new LineHandler(stream) { NewLine = NewLineDelimitedMessageHandler.NewLineStyle.Lf });
+
+    /// <summary>
+    /// `echo REQUEST | socat - UNIX-CONNECT:...` closes its sending side right after the request, and StreamJsonRpc
+    /// takes the end of input for the end of the connection, dropping replies not yet written. This handler reports
+    /// the end of input only once every request read so far has been answered (a reply written and flushed).
+    /// </summary>
+    private sealed class LineHandler(Stream stream) : NewLineDelimitedMessageHandler(stream, stream, new SystemTextJsonFormatter())
+    {
+        private readonly object _lock = new();
+        private int _unanswered;
+        private TaskCompletionSource _answered = new();
+        private bool _writingReply;
+
+        protected override async ValueTask<JsonRpcMessage?> ReadCoreAsync(CancellationToken cancellationToken)
+        {
+            var message = await base.ReadCoreAsync(cancellationToken);
+            if (message is JsonRpcRequest { IsResponseExpected: true })
+            {
+                lock (_lock)
+                    if (_unanswered++ == 0) _answered = new(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+            else if (message is null)
+            {
+                Task answered;
+                lock (_lock) answered = _unanswered == 0 ? Task.CompletedTask : _answered.Task;
+                await answered.WaitAsync(cancellationToken);   // cancelled when the connection is disposed
+            }
+            return message;
+        }
+
+        // Writes are one at a time (the base class holds a semaphore across Write and FlushAsync).
+        protected override void Write(JsonRpcMessage content, CancellationToken cancellationToken)
+        {
+            _writingReply = false;
+            base.Write(content, cancellationToken);
+            _writingReply = content is JsonRpcResult or JsonRpcError;
+        }
+
+        protected override async ValueTask FlushAsync(CancellationToken cancellationToken)
+        {
+            await base.FlushAsync(cancellationToken);
+            if (!_writingReply) return;
+            _writingReply = false;
+            lock (_lock)
+                if (--_unanswered == 0) _answered.TrySetResult();
+        }
+    }
+
     private void AcceptLoop()
     {
         while (!_stopping)
@@ -73,104 +123,53 @@ public sealed class JsonRpcServer : IDisposable
                 if (!_stopping) _log.LogError("rpc: accept failed: {Error}", e.Message);
                 return;
             }
-            lock (_clients) _clients.Add(client);
-            new Thread(() => Serve(client)) { IsBackground = true, Name = "rpc client" }.Start();
-        }
-    }
-
-    private void Serve(Socket client)
-    {
-        try
-        {
-            using var stream = new NetworkStream(client, ownsSocket: false);
-            var line = new List<byte>();
-            var buffer = new byte[4096];
-            while (true)
+            var rpc = Connect(new NetworkStream(client, ownsSocket: true));
+            foreach (string name in ManagementMethods.Names)
             {
-                int n = stream.Read(buffer);
-                if (n == 0) return;
-                for (int i = 0; i < n; i++)
-                {
-                    if (buffer[i] != (byte)'\n')
-                    {
-                        line.Add(buffer[i]);
-                        if (line.Count > MaxLineBytes) return;
-                        continue;
-                    }
-                    string? reply = Handle(Encoding.UTF8.GetString(line.ToArray()));
-                    line.Clear();
-                    if (reply is not null) stream.Write(Encoding.UTF8.GetBytes(reply + "\n"));
-                }
+                // Each name gets the same handler; UseSingleObjectParameterDeserialization hands it the whole "params"
+                // object, which RpcParams checks (names, types, unknown keys) as it did before the library.
+                Func<JsonElement?, JsonNode?> handler = new Method(this, name).Run;
+                rpc.AddLocalRpcMethod(handler.Method, handler.Target, new JsonRpcMethodAttribute(name) { UseSingleObjectParameterDeserialization = true });
             }
-        }
-        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
-        {
-        }
-        finally
-        {
-            lock (_clients) _clients.Remove(client);
-            client.Dispose();
+            rpc.Disconnected += (_, e) =>
+            {
+                // The library answers nothing to a line it cannot take (not JSON, a batch): say why the client was dropped.
+                if (e.Reason is not (DisconnectedReason.RemotePartyTerminated or DisconnectedReason.LocallyDisposed))
+                    _log.LogWarning("rpc: connection closed: {Error}", e.Description);
+                lock (_clients) _clients.Remove(rpc);
+            };
+            lock (_clients) _clients.Add(rpc);
+            rpc.StartListening();
         }
     }
 
-    /// <summary>Answers one line: a request, a notification (null: no answer) or a batch.</summary>
-    public string? Handle(string line)
+    /// <summary>One registered method name; "params" may be absent, hence the default.</summary>
+    private sealed class Method(JsonRpcServer server, string name)
     {
-        if (line.Trim().Length == 0) return null;
-        JsonNode? request;
-        try
-        {
-            request = JsonNode.Parse(line);
-        }
-        catch (JsonException e)
-        {
-            return Error(null, RpcErrorCode.ParseError, $"not JSON: {e.Message}").ToJsonString();
-        }
-        if (request is JsonArray batch)
-        {
-            if (batch.Count == 0) return Error(null, RpcErrorCode.InvalidRequest, "empty batch").ToJsonString();
-            var replies = new JsonArray(batch.Select(HandleOne).Where(r => r is not null).ToArray());
-            return replies.Count == 0 ? null : replies.ToJsonString();
-        }
-        return HandleOne(request)?.ToJsonString();
+        public JsonNode? Run(JsonElement? parameters = null) => server.Dispatch(name, parameters);
     }
 
-    private JsonNode? HandleOne(JsonNode? request)
+    private JsonNode? Dispatch(string method, JsonElement? parameters)
     {
-        if (request is not JsonObject o || o["jsonrpc"]?.GetValueKind() != JsonValueKind.String || (string?)o["jsonrpc"] != "2.0"
-            || o["method"] is not JsonValue methodValue || methodValue.GetValueKind() != JsonValueKind.String)
-            return Error(IdOf(request), RpcErrorCode.InvalidRequest, "expected {\"jsonrpc\": \"2.0\", \"method\": ..., \"params\": {...}, \"id\": ...}");
-        bool notification = !o.ContainsKey("id");
-        var id = o["id"]?.DeepClone();
-        string method = methodValue.GetValue<string>();
-        JsonNode? result;
         try
         {
-            JsonElement? parameters = o["params"] is { } p ? JsonDocument.Parse(p.ToJsonString()).RootElement : null;
+            JsonNode? result;
             lock (_dispatch) result = _methods.Invoke(method, new RpcParams(parameters));
             _log.LogDebug("rpc: {Method} done", method);
+            return result;
         }
         catch (ManagementException e)
         {
-            if (e.Code != RpcErrorCode.MethodNotFound) _log.LogWarning("rpc: {Method} refused: {Error}", method, e.Message);
-            return notification ? null : Error(id, e.Code, e.Message);
+            _log.LogWarning("rpc: {Method} refused: {Error}", method, e.Message);
+            // LocalRpcException is how StreamJsonRpc sends a chosen {code, message} (no data) instead of its own.
+            throw new LocalRpcException(e.Message) { ErrorCode = (int)e.Code };
         }
         catch (Exception e)
         {
             _log.LogError(e, "rpc: {Method} failed", method);
-            return notification ? null : Error(id, RpcErrorCode.InternalError, $"internal error: {e.Message.ReplaceLineEndings(" ")}");
+            throw new LocalRpcException($"internal error: {e.Message.ReplaceLineEndings(" ")}") { ErrorCode = (int)RpcErrorCode.InternalError };
         }
-        return notification ? null : new JsonObject { ["jsonrpc"] = "2.0", ["id"] = id, ["result"] = result };
     }
-
-    private static JsonNode? IdOf(JsonNode? request) => request is JsonObject o ? o["id"]?.DeepClone() : null;
-
-    private static JsonObject Error(JsonNode? id, RpcErrorCode code, string message) => new()
-    {
-        ["jsonrpc"] = "2.0",
-        ["id"] = id,
-        ["error"] = new JsonObject { ["code"] = (int)code, ["message"] = message },
-    };
 
     /// <summary>Stops accepting, closes every client connection (a call in progress finishes first) and removes the socket file.</summary>
     public void Dispose()
@@ -179,15 +178,12 @@ public sealed class JsonRpcServer : IDisposable
         _stopping = true;
         _listener.Dispose();
         _acceptThread.Join(TimeSpan.FromSeconds(5));
+        List<JsonRpc> clients;
+        // Taking the dispatch lock waits for a call in progress; the connections are closed outside it, so closing
+        // never waits on a call that is itself waiting for the lock.
         lock (_dispatch)
-        lock (_clients)
-        {
-            foreach (var c in _clients)
-            {
-                try { c.Shutdown(SocketShutdown.Both); }
-                catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
-            }
-        }
+        lock (_clients) clients = [.. _clients];
+        foreach (var rpc in clients) rpc.Dispose();
         try { File.Delete(SocketPath); }
         catch (IOException) { }
     }

@@ -35,24 +35,34 @@ namespace BlkTarget.Management;
 /// </summary>
 public sealed class ManagementMethods(ManagementService service)
 {
-    /// <summary>Runs <paramref name="method"/>; throws <see cref="ManagementException"/> (MethodNotFound for an unknown name).</summary>
-    public JsonNode? Invoke(string method, RpcParams p) => method switch
+    // One table gives both the dispatch and the names the RPC server registers.
+    private static readonly Dictionary<string, Func<ManagementMethods, RpcParams, JsonNode?>> Methods = new()
     {
-        "disk_create" => DiskCreate(p),
-        "disk_delete" => Done(p, () => service.DeleteDisk(p.RequiredString("name"))),
-        "disk_list" => DiskList(p),
-        "disk_resize" => DiskResize(p),
-        "export_create_blk" => ExportCreateBlk(p),
-        "export_create_scsi" => ExportCreateScsi(p),
-        "export_delete" => Done(p, () => service.DeleteExport(p.RequiredString("name"))),
-        "export_list" => ExportList(p),
-        "scsi_lun_add" => ScsiLunAdd(p),
-        "scsi_lun_remove" => ScsiLunRemove(p),
-        "config_save" => ConfigSave(p),
-        "qos_set" => QosSet(p),
-        "stats" => Stats(p),
-        _ => throw new ManagementException(RpcErrorCode.MethodNotFound, $"no method {method}"),
+        ["disk_create"] = (m, p) => m.DiskCreate(p),
+        ["disk_delete"] = (m, p) => m.DiskDelete(p),
+        ["disk_list"] = (m, p) => m.DiskList(p),
+        ["disk_resize"] = (m, p) => m.DiskResize(p),
+        ["export_create_blk"] = (m, p) => m.ExportCreateBlk(p),
+        ["export_create_scsi"] = (m, p) => m.ExportCreateScsi(p),
+        ["export_delete"] = (m, p) => m.ExportDelete(p),
+        ["export_list"] = (m, p) => m.ExportList(p),
+        ["scsi_lun_add"] = (m, p) => m.ScsiLunAdd(p),
+        ["scsi_lun_remove"] = (m, p) => m.ScsiLunRemove(p),
+        ["config_save"] = (m, p) => m.ConfigSave(p),
+        ["qos_set"] = (m, p) => m.QosSet(p),
+        ["stats"] = (m, p) => m.Stats(p),
     };
+
+    /// <summary>Every method name <see cref="Invoke"/> knows.</summary>
+    public static IReadOnlyCollection<string> Names => Methods.Keys;
+
+    /// <summary>Runs <paramref name="method"/>; throws <see cref="ManagementException"/> (MethodNotFound for an unknown name).</summary>
+    public JsonNode? Invoke(string method, RpcParams p) => Methods.TryGetValue(method, out var run) ? run(this, p)
+        : throw new ManagementException(RpcErrorCode.MethodNotFound, $"no method {method}");
+
+    private JsonNode DiskDelete(RpcParams p) => Done(p, () => service.DeleteDisk(p.RequiredString("name")));
+
+    private JsonNode ExportDelete(RpcParams p) => Done(p, () => service.DeleteExport(p.RequiredString("name")));
 
     private static JsonNode Done(RpcParams p, Action action)
     {
