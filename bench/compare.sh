@@ -32,7 +32,7 @@
 #   --report-only DIR  only write the report from the JSON a --keep-raw run left in DIR (give the same
 #               --rounds/--runtime/--ramp/--pin so the header says what was run)
 #
-# The matrix: 4k randread QD1 and QD32, 4k randwrite QD32, 128k sequential read and write QD8, a 257.5k random
+# The matrix: 4k randread and randwrite at QD1 and QD32, 128k sequential read and write QD8, a 257.5k random
 # read/write of 515 small segments (as Windows guests send) at QD4, for each
 # queue count. Requires qemu-storage-daemon (Debian: qemu-system-common), python3, the .NET SDK.
 # A full run (3 rounds, ram+file) takes about 12-14 minutes; --quick about 2.
@@ -225,6 +225,7 @@ bench() { "${bench_pin[@]}" dotnet "$DLL" bench "$@"; }
 JOBS=(
     "4k randread QD1|--rw randread --bs 4k --iodepth 1"
     "4k randread QD32|--rw randread --bs 4k --iodepth 32"
+    "4k randwrite QD1|--rw randwrite --bs 4k --iodepth 1"
     "4k randwrite QD32|--rw randwrite --bs 4k --iodepth 32"
     "128k read QD8|--rw read --bs 128k --iodepth 8"
     "128k write QD8|--rw write --bs 128k --iodepth 8"
@@ -384,7 +385,7 @@ case_names = {"ram": "RAM-backed (qsd: file in /dev/shm, cache.direct=off; ours:
               "null": "Protocol overhead (qsd: null-co, no data; ours: ram:1G)",
               "rbd": "Ceph RBD, throwaway 1-OSD memstore cluster on 127.0.0.1 (qsd: driver=rbd, cache.direct=on; ours: rbd:), one 256 MiB image per target",
               "image": "Thin images on /var/tmp, O_DIRECT (qsd: qcow2, aio=io_uring; ours: image:), 2 GiB, 64 KiB clusters; 'allocating' rows write never-written space, the others run after a full fill"}
-job_order = ["4k_randwrite_QD32_allocating", "128k_write_QD8_allocating", "4k_randread_QD1", "4k_randread_QD32", "4k_randwrite_QD32", "128k_read_QD8", "128k_write_QD8", "257.5k_randrw_515_segs_QD4"]
+job_order = ["4k_randwrite_QD32_allocating", "128k_write_QD8_allocating", "4k_randread_QD1", "4k_randread_QD32", "4k_randwrite_QD1", "4k_randwrite_QD32", "128k_read_QD8", "128k_write_QD8", "257.5k_randrw_515_segs_QD4"]
 lines = []
 def sh(cmd):
     try: return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
