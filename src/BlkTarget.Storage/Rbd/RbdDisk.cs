@@ -1,4 +1,5 @@
 using BlkTarget.Storage.Interop;
+using BlkTarget.Storage.Network;
 using Microsoft.Extensions.Logging;
 using static BlkTarget.Storage.Interop.RbdNative;
 
