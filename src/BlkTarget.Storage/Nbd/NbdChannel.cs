@@ -250,17 +250,13 @@ internal sealed unsafe class NbdChannel : NetworkChannel<NbdChannel.Commands>
         if (Post(index, 0) && Environment.CurrentManagedThreadId != _thread) Io.Wake();
     }
 
-    /// <summary>The step's last command came back (on this channel's reactor). <paramref name="result"/> is unused: the
-    /// commands' first error is kept in <see cref="Commands.Error"/>.</summary>
+    /// <summary>The step's last command came back (on this channel's reactor; from <see cref="Issue"/> too, which only
+    /// runs on a live channel). <paramref name="result"/> is unused: the commands' first error is kept in
+    /// <see cref="Commands.Error"/>.</summary>
     protected override void Handle(int index, long result)
     {
         ref Operation op = ref Ops[index];
         op.Backend.Connection = null;
-        if (Faulted || Disposed)
-        {
-            Release(index);
-            return;
-        }
         if (op.Backend.Error != 0)
         {
             Fail(index, -op.Backend.Error);

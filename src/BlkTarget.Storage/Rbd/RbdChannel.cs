@@ -110,11 +110,6 @@ internal sealed unsafe class RbdChannel : NetworkChannel<RbdChannel.Call>
     {
         ref Operation op = ref Ops[index];
         op.Backend.Outstanding = false;
-        if (Faulted || Disposed)
-        {
-            Release(index);
-            return;
-        }
         if (result < 0)
         {
             Fail(index, (int)result);
