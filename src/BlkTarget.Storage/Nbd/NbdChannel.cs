@@ -43,10 +43,9 @@ internal sealed unsafe class NbdChannel : NetworkChannel<NbdChannel.Commands>
         public NbdConnection? Connection;
     }
 
-    private static readonly object RegistryGate = new();
-    /// <summary>Every nbd channel by its <see cref="NetworkChannel{TBackend}.Id"/>, process-wide: libnbd's completion
-    /// callback is one static function, which finds the channel by the high half of its user data.</summary>
-    private static volatile NbdChannel?[] s_registry = [];
+    /// <summary>Every nbd channel, process-wide: libnbd's completion callback is one static function, which finds the
+    /// channel by the high half of its user data.</summary>
+    private static readonly ChannelTable<NbdChannel> s_registry = new();
 
     private readonly NbdDisk _disk;
     private readonly NbdLink _link;
@@ -57,36 +56,7 @@ internal sealed unsafe class NbdChannel : NetworkChannel<NbdChannel.Commands>
     {
         _disk = disk;
         _link = link;
-        Id = Register(this);
-    }
-
-    private static int Register(NbdChannel channel)
-    {
-        lock (RegistryGate)
-        {
-            var table = s_registry;
-            int id = Array.IndexOf(table, null);
-            var next = id < 0 ? new NbdChannel?[table.Length + 1] : (NbdChannel?[])table.Clone();
-            if (id < 0)
-            {
-                table.CopyTo(next, 0);
-                id = table.Length;
-            }
-            next[id] = channel;
-            s_registry = next;
-            return id;
-        }
-    }
-
-    /// <summary>Frees the registry index; only once no command of the channel is outstanding (it may be reused).</summary>
-    private static void Unregister(int id)
-    {
-        lock (RegistryGate)
-        {
-            var next = (NbdChannel?[])s_registry.Clone();
-            next[id] = null;
-            s_registry = next;
-        }
+        Id = s_registry.Add(this);
     }
 
     public void WakeReactor() => Io.Wake();
@@ -230,9 +200,7 @@ internal sealed unsafe class NbdChannel : NetworkChannel<NbdChannel.Commands>
     {
         try
         {
-            var table = s_registry;
-            int id = (int)((ulong)userData >> 32);
-            if (id < table.Length && table[id] is { } channel) channel.CommandCompleted((int)(uint)userData, *error);
+            if (s_registry[(int)((ulong)userData >> 32)] is { } channel) channel.CommandCompleted((int)(uint)userData, *error);
         }
         catch (Exception)
         {
@@ -288,6 +256,6 @@ internal sealed unsafe class NbdChannel : NetworkChannel<NbdChannel.Commands>
     protected override void OnClosed()
     {
         _link.Detach(this, Io);
-        Unregister(Id);
+        s_registry.Remove(Id);
     }
 }
