@@ -1,7 +1,6 @@
 using System.Runtime.InteropServices;
 using BlkTarget.Storage.Interop;
-using BlkTarget.Storage.Rbd;
-using BlkTarget.Storage.Transfer;
+using BlkTarget.Storage.Network;
 using Microsoft.Extensions.Logging;
 using static BlkTarget.Storage.Interop.NbdNative;
 
@@ -30,140 +29,43 @@ namespace BlkTarget.Storage.Nbd;
 /// once and asks its link for a reconnect. Slots are allocated once; nothing is allocated, locked or awaited per request.
 /// </para>
 /// </summary>
-internal sealed unsafe class NbdChannel : IBlockChannel, IIoCompletionTarget
+internal sealed unsafe class NbdChannel : NetworkChannel<NbdChannel.Commands>
 {
     private const int ENOTCONN = 107;
 
-    private enum Step : byte { None, Data, Flush, Discard, WriteZeroes, FlushAfterWrite }
-
-    private struct Operation
+    /// <summary>The libnbd commands of one request's current step.</summary>
+    internal struct Commands
     {
-        public ulong Tag;
-        public BlockOperation Kind;
-        public BlockRequestFlags Flags;
-        public Step Step;
         /// <summary>Commands handed to libnbd (plus the issuer's hold while issuing), not yet completed.</summary>
         public int Pending;
         /// <summary>The first error (errno) of the step's commands.</summary>
         public int Error;
-        public ulong Offset;
-        public ulong Length;
-        public IoVec* Iov;
-        public int IovCount;
         public NbdConnection? Connection;
     }
 
-    private static readonly object RegistryGate = new();
-    private static volatile NbdChannel?[] s_registry = [];
+    /// <summary>Every nbd channel, process-wide: libnbd's completion callback is one static function, which finds the
+    /// channel by the high half of its user data.</summary>
+    private static readonly ChannelTable<NbdChannel> s_registry = new();
 
     private readonly NbdDisk _disk;
     private readonly NbdLink _link;
-    private readonly IoContext _io;
-    private readonly IBlockCompletionSink _sink;
-    private readonly ILogger _log;
-    private readonly Operation[] _ops;
-    private readonly SlotStack _slots;
-    private readonly CompletionInbox _inbox;
-    private readonly int _target;
     private readonly int _thread = Environment.CurrentManagedThreadId;
-    private long _errors;
-    private bool _faulted;
-    private bool _disposed;
-    private bool _released;
 
     public NbdChannel(NbdDisk disk, NbdLink link, IoContext io, IBlockCompletionSink sink, int maxInFlight, ILogger log)
+        : base(disk, io, sink, maxInFlight, "nbd", log)
     {
         _disk = disk;
         _link = link;
-        _io = io;
-        _sink = sink;
-        _log = log;
-        _ops = new Operation[maxInFlight];
-        _slots = new SlotStack(maxInFlight);
-        _inbox = new CompletionInbox(maxInFlight);
-        Id = Register(this);
-        _target = io.AddTarget(this);
-        io.RequestPolling(this);
+        Id = s_registry.Add(this);
     }
 
-    /// <summary>This channel's index in the process-wide registry (the high half of its commands' user data).</summary>
-    public int Id { get; }
+    public void WakeReactor() => Io.Wake();
 
-    public int InFlight => _slots.InUse;
-
-    private static int Register(NbdChannel channel)
+    protected override void Start(int index)
     {
-        lock (RegistryGate)
-        {
-            var table = s_registry;
-            int id = Array.IndexOf(table, null);
-            var next = id < 0 ? new NbdChannel?[table.Length + 1] : (NbdChannel?[])table.Clone();
-            if (id < 0)
-            {
-                table.CopyTo(next, 0);
-                id = table.Length;
-            }
-            next[id] = channel;
-            s_registry = next;
-            return id;
-        }
-    }
-
-    /// <summary>Frees the registry index; only once no command of the channel is outstanding (it may be reused).</summary>
-    private static void Unregister(int id)
-    {
-        lock (RegistryGate)
-        {
-            var next = (NbdChannel?[])s_registry.Clone();
-            next[id] = null;
-            s_registry = next;
-        }
-    }
-
-    public void WakeReactor() => _io.Wake();
-
-    public void Submit(in BlockRequest request)
-    {
-        var status = RequestValidation.Check(request, _disk.Info);
-        if (status != BlockStatus.Ok || _faulted || _disposed || !_slots.TryTake(out int index))
-        {
-            _sink.Complete(request.Tag, status != BlockStatus.Ok ? status : BlockStatus.IoError);
-            return;
-        }
-        ref Operation op = ref _ops[index];
-        op = new Operation
-        {
-            Tag = request.Tag, Kind = request.Operation, Flags = request.Flags, Offset = request.Offset, Length = request.Length,
-            Iov = request.Iov, IovCount = request.IovCount,
-        };
-        switch (request.Operation)
-        {
-            case BlockOperation.Read:
-            case BlockOperation.Write:
-                if (RequestValidation.IovBytes(request.Iov, request.IovCount) != request.Length)
-                {
-                    Finish(index, BlockStatus.IoError);
-                    return;
-                }
-                op.Step = Step.Data;
-                break;
-            case BlockOperation.Flush:
-                // A server without FLUSH has no volatile cache to flush (nothing advertised one to the guest).
-                if (!_disk.CanFlush)
-                {
-                    Finish(index, BlockStatus.Ok);
-                    return;
-                }
-                op.Step = Step.Flush;
-                break;
-            case BlockOperation.Discard:
-                op.Step = Step.Discard;
-                break;
-            default:
-                op.Step = Step.WriteZeroes;
-                break;
-        }
-        if (op.Step is not Step.Flush && op.Length == 0)
+        ref Operation op = ref Ops[index];
+        // A server without FLUSH has no volatile cache to flush (nothing advertised one to the guest).
+        if (op.Step is Step.Flush && !_disk.CanFlush)
         {
             Finish(index, BlockStatus.Ok);
             return;
@@ -177,11 +79,11 @@ internal sealed unsafe class NbdChannel : IBlockChannel, IIoCompletionTarget
     }
 
     /// <summary>Hands the operation's current step to libnbd as one or more commands. The issuer holds one count of
-    /// <see cref="Operation.Pending"/> while it issues, so that commands completing at once (or refused) cannot finish
+    /// <see cref="Commands.Pending"/> while it issues, so that commands completing at once (or refused) cannot finish
     /// the request under it; when it lets go last, the request is handled here.</summary>
     private void Issue(int index)
     {
-        ref Operation op = ref _ops[index];
+        ref Operation op = ref Ops[index];
         var conn = _link.Current;
         if (conn is null || conn.Dead)
         {
@@ -195,9 +97,9 @@ internal sealed unsafe class NbdChannel : IBlockChannel, IIoCompletionTarget
             Fail(index, -Errno.ENXIO);     // the disk was closed under its channel
             return;
         }
-        op.Connection = conn;
-        op.Error = 0;
-        op.Pending = 1;
+        op.Backend.Connection = conn;
+        op.Backend.Error = 0;
+        op.Backend.Pending = 1;
         try
         {
             IssueOn(h, conn, index, ref op);
@@ -207,7 +109,7 @@ internal sealed unsafe class NbdChannel : IBlockChannel, IIoCompletionTarget
             conn.Handle.Exit();
         }
         if (!_link.IsDriver(this)) _link.WakeDriver();
-        if (Interlocked.Decrement(ref op.Pending) == 0) Handle(index);
+        if (Interlocked.Decrement(ref op.Backend.Pending) == 0) Handle(index, 0);
     }
 
     private void IssueOn(nint h, NbdConnection conn, int index, ref Operation op)
@@ -215,7 +117,7 @@ internal sealed unsafe class NbdChannel : IBlockChannel, IIoCompletionTarget
         var callback = new CompletionCallback
         {
             Callback = &OnCommandCompleted,
-            UserData = (nint)(((ulong)(uint)Id << 32) | (uint)index),
+            UserData = UserData(index),
         };
         switch (op.Step)
         {
@@ -275,7 +177,7 @@ internal sealed unsafe class NbdChannel : IBlockChannel, IIoCompletionTarget
 
     private static void Begin(NbdConnection conn, ref Operation op)
     {
-        Interlocked.Increment(ref op.Pending);
+        Interlocked.Increment(ref op.Backend.Pending);
         Interlocked.Increment(ref conn.InFlight);
     }
 
@@ -286,8 +188,8 @@ internal sealed unsafe class NbdChannel : IBlockChannel, IIoCompletionTarget
         int errno = nbd_get_errno();
         string message = LastError;
         Interlocked.Decrement(ref conn.InFlight);
-        Interlocked.CompareExchange(ref op.Error, errno > 0 ? errno : Errno.EIO, 0);
-        Interlocked.Decrement(ref op.Pending);
+        Interlocked.CompareExchange(ref op.Backend.Error, errno > 0 ? errno : Errno.EIO, 0);
+        Interlocked.Decrement(ref op.Backend.Pending);
         if (nbd_aio_is_dead(h) != 0 || nbd_aio_is_closed(h) != 0) _link.MarkDead(conn, message);
     }
 
@@ -298,9 +200,7 @@ internal sealed unsafe class NbdChannel : IBlockChannel, IIoCompletionTarget
     {
         try
         {
-            var table = s_registry;
-            int id = (int)((ulong)userData >> 32);
-            if (id < table.Length && table[id] is { } channel) channel.CommandCompleted((int)(uint)userData, *error);
+            if (s_registry[(int)((ulong)userData >> 32)] is { } channel) channel.CommandCompleted((int)(uint)userData, *error);
         }
         catch (Exception)
         {
@@ -311,26 +211,23 @@ internal sealed unsafe class NbdChannel : IBlockChannel, IIoCompletionTarget
 
     private void CommandCompleted(int index, int error)
     {
-        ref Operation op = ref _ops[index];
-        if (op.Connection is { } conn) Interlocked.Decrement(ref conn.InFlight);
-        if (error != 0) Interlocked.CompareExchange(ref op.Error, error, 0);
-        if (Interlocked.Decrement(ref op.Pending) != 0) return;
-        if (_inbox.Post(index, 0) && Environment.CurrentManagedThreadId != _thread) _io.Wake();
+        ref Operation op = ref Ops[index];
+        if (op.Backend.Connection is { } conn) Interlocked.Decrement(ref conn.InFlight);
+        if (error != 0) Interlocked.CompareExchange(ref op.Backend.Error, error, 0);
+        if (Interlocked.Decrement(ref op.Backend.Pending) != 0) return;
+        if (Post(index, 0) && Environment.CurrentManagedThreadId != _thread) Io.Wake();
     }
 
-    /// <summary>The step's last command came back (on this channel's reactor).</summary>
-    private void Handle(int index)
+    /// <summary>The step's last command came back (on this channel's reactor; from <see cref="Issue"/> too, which only
+    /// runs on a live channel). <paramref name="result"/> is unused: the commands' first error is kept in
+    /// <see cref="Commands.Error"/>.</summary>
+    protected override void Handle(int index, long result)
     {
-        ref Operation op = ref _ops[index];
-        op.Connection = null;
-        if (_faulted || _disposed)
+        ref Operation op = ref Ops[index];
+        op.Backend.Connection = null;
+        if (op.Backend.Error != 0)
         {
-            Release(index);
-            return;
-        }
-        if (op.Error != 0)
-        {
-            Fail(index, -op.Error);
+            Fail(index, -op.Backend.Error);
             return;
         }
         bool fua = (op.Flags & BlockRequestFlags.Fua) != 0 && !_disk.CanFua && _disk.CanFlush;
@@ -343,102 +240,22 @@ internal sealed unsafe class NbdChannel : IBlockChannel, IIoCompletionTarget
         Finish(index, BlockStatus.Ok);
     }
 
-    /// <summary>Drives the link when this channel is its driver, then handles the slots whose commands came back.</summary>
-    public int OnPoll()
+    /// <summary>Drives the link when this channel is its driver (libnbd's callbacks post what came back).</summary>
+    protected override int PollLibrary() => _link.Drive(this, Io);
+
+    /// <summary>In this channel every taken slot has commands outstanding between two reactor steps, so a slot is idle
+    /// only after a fault in the middle of handling.</summary>
+    protected override bool IsOutstanding(ref Operation op) =>
+        Volatile.Read(ref op.Backend.Pending) != 0 || op.Backend.Connection is not null;
+
+    protected override void LogFailure(in Operation op, string error, long count) =>
+        Log.LogError("nbd {Uri}: {Operation} at offset {Offset} ({Length} bytes) failed: {Error} (error #{Count})",
+            _disk.Options.Uri, op.Kind, op.Offset, op.Length, error, count);
+
+    /// <summary>After the last command came back: the channel keeps driving its link until then, and leaves it now.</summary>
+    protected override void OnClosed()
     {
-        int work = _link.Drive(this, _io);
-        for (int slot = _inbox.TakeAll(); slot >= 0;)
-        {
-            int next = _inbox.Next(slot);
-            try
-            {
-                Handle(slot);
-            }
-            catch (Exception e)
-            {
-                OnFault(e);
-            }
-            slot = next;
-            work++;
-        }
-        if (_disposed && _slots.InUse == 0) ReleaseResources();
-        return work;
-    }
-
-    public void OnIoCompleted(ulong tag, int result) =>
-        throw new InvalidOperationException("an nbd channel submits nothing to the io_uring");
-
-    public void OnSqeAvailable(ulong tag) =>
-        throw new InvalidOperationException("an nbd channel waits for no submission entry");
-
-    /// <param name="result">-errno.</param>
-    private void Fail(int index, int result)
-    {
-        int errno = -result;
-        LogError(_ops[index], Errno.Describe("nbd", errno));
-        Finish(index, errno == Errno.ENOSPC ? BlockStatus.NoSpace : BlockStatus.IoError);
-    }
-
-    private void Finish(int index, BlockStatus status)
-    {
-        ulong tag = _ops[index].Tag;
-        Release(index);
-        if (!_faulted) _sink.Complete(tag, status);
-    }
-
-    private void Release(int index)
-    {
-        _ops[index] = default;
-        _slots.Return(index);
-    }
-
-    private void LogError(in Operation op, string error)
-    {
-        long count = ++_errors;
-        // The first errors and then every thousandth: a server that is down cannot flood the log.
-        if (count <= 10 || count % 1000 == 0)
-            _log.LogError("nbd {Uri}: {Operation} at offset {Offset} ({Length} bytes) failed: {Error} (error #{Count})",
-                _disk.Options.Uri, op.Kind, op.Offset, op.Length, error, count);
-    }
-
-    public void Cancel()
-    {
-        if (_faulted) return;
-        _faulted = true;
-        ReleaseIdleSlots();
-    }
-
-    public void OnFault(Exception error)
-    {
-        if (_faulted) return;
-        Cancel();
-        _sink.ChannelFaulted(error);
-    }
-
-    /// <summary>Frees the slots with nothing in libnbd (in this channel every taken slot has commands outstanding
-    /// between two reactor steps, so this only matters for a fault in the middle of handling).</summary>
-    private void ReleaseIdleSlots()
-    {
-        for (int i = 0; i < _ops.Length; i++)
-            if (_ops[i].Step != Step.None && Volatile.Read(ref _ops[i].Pending) == 0 && _ops[i].Connection is null) Release(i);
-    }
-
-    /// <summary>Closes the channel. Commands libnbd still holds keep their slots (and the guest buffers they point at)
-    /// until they come back; the channel keeps driving its link until then, and leaves it after the last one.</summary>
-    public void Dispose()
-    {
-        if (_disposed) return;
-        _disposed = true;
-        if (_slots.InUse == 0) ReleaseResources();
-    }
-
-    private void ReleaseResources()
-    {
-        if (_released) return;
-        _released = true;
-        _io.StopPolling(this);
-        _io.RemoveTarget(_target);
-        _link.Detach(this, _io);
-        Unregister(Id);
+        _link.Detach(this, Io);
+        s_registry.Remove(Id);
     }
 }

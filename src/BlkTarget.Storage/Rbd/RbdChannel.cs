@@ -1,5 +1,5 @@
 using BlkTarget.Storage.Interop;
-using BlkTarget.Storage.Transfer;
+using BlkTarget.Storage.Network;
 using Microsoft.Extensions.Logging;
 using static BlkTarget.Storage.Interop.RbdNative;
 
@@ -14,116 +14,38 @@ namespace BlkTarget.Storage.Rbd;
 /// channel's through that channel's <see cref="CompletionInbox"/>. A negative result fails the request with IOERR
 /// (NoSpace for ENOSPC/EDQUOT); the channel keeps serving. Slots are allocated once; nothing is allocated per request.
 /// </summary>
-internal sealed unsafe class RbdChannel : IBlockChannel, IIoCompletionTarget
+internal sealed unsafe class RbdChannel : NetworkChannel<RbdChannel.Call>
 {
     /// <summary>Most iovecs one rbd_aio_readv/writev gets (librbd refuses more than IOV_MAX).</summary>
     public const int IovMax = 1024;
     private const int ENOSPC = Errno.ENOSPC, EDQUOT = 122;
 
-    private enum Step : byte { None, Data, Flush, Discard, WriteZeroes, FlushAfterWrite }
-
-    private struct Operation
+    /// <summary>The librbd call of one request's current step.</summary>
+    internal struct Call
     {
-        public ulong Tag;
-        public BlockOperation Kind;
-        public BlockRequestFlags Flags;
-        public Step Step;
         /// <summary>Handed to librbd, not yet reaped.</summary>
         public bool Outstanding;
-        public ulong Offset;
-        public ulong Length;
-        public IoVec* Iov;
-        public int IovLeft;
         /// <summary>iovecs and bytes of the piece in flight.</summary>
         public int PieceIovs;
         public ulong PieceBytes;
     }
 
     private readonly RbdDisk _disk;
-    private readonly IoContext _io;
-    private readonly IBlockCompletionSink _sink;
-    private readonly ILogger _log;
-    private readonly Operation[] _ops;
-    private readonly SlotStack _slots;
-    private readonly CompletionInbox _inbox;
-    private readonly int _target;
-    private long _errors;
-    private bool _faulted;
-    private bool _disposed;
-    private bool _released;
 
     public RbdChannel(RbdDisk disk, IoContext io, IBlockCompletionSink sink, int maxInFlight, ILogger log)
+        : base(disk, io, sink, maxInFlight, "librbd", log)
     {
         _disk = disk;
-        _io = io;
-        _sink = sink;
-        _log = log;
-        _ops = new Operation[maxInFlight];
-        _slots = new SlotStack(maxInFlight);
-        _inbox = new CompletionInbox(maxInFlight);
-        _target = io.AddTarget(this);
         Id = disk.Register(this);
         io.AddWakeSource(disk.NotifyFd);
-        io.RequestPolling(this);
     }
 
-    /// <summary>This channel's index in its disk's routing table (the high half of every completion argument).</summary>
-    public int Id { get; }
-
-    public int InFlight => _slots.InUse;
-
-    public void Submit(in BlockRequest request)
-    {
-        var status = RequestValidation.Check(request, _disk.Info);
-        if (status != BlockStatus.Ok || _faulted || _disposed || !_slots.TryTake(out int index))
-        {
-            _sink.Complete(request.Tag, status != BlockStatus.Ok ? status : BlockStatus.IoError);
-            return;
-        }
-        ref Operation op = ref _ops[index];
-        op = new Operation
-        {
-            Tag = request.Tag, Kind = request.Operation, Flags = request.Flags, Offset = request.Offset, Length = request.Length,
-            Iov = request.Iov, IovLeft = request.IovCount,
-        };
-        switch (request.Operation)
-        {
-            case BlockOperation.Read:
-            case BlockOperation.Write:
-                if (RequestValidation.IovBytes(request.Iov, request.IovCount) != request.Length)
-                {
-                    Finish(index, BlockStatus.IoError);
-                    return;
-                }
-                if (request.Length == 0)
-                {
-                    Finish(index, BlockStatus.Ok);
-                    return;
-                }
-                op.Step = Step.Data;
-                break;
-            case BlockOperation.Flush:
-                op.Step = Step.Flush;
-                break;
-            case BlockOperation.Discard:
-                op.Step = Step.Discard;
-                break;
-            default:
-                op.Step = Step.WriteZeroes;
-                break;
-        }
-        if (op.Step is Step.Discard or Step.WriteZeroes && op.Length == 0)
-        {
-            Finish(index, BlockStatus.Ok);
-            return;
-        }
-        Issue(index);
-    }
+    protected override void Start(int index) => Issue(index);
 
     /// <summary>Hands the operation's current step to librbd; a refusal fails the request.</summary>
     private void Issue(int index)
     {
-        ref Operation op = ref _ops[index];
+        ref Operation op = ref Ops[index];
         nint image = _disk.EnterImage();
         if (image == 0)
         {
@@ -142,7 +64,7 @@ internal sealed unsafe class RbdChannel : IBlockChannel, IIoCompletionTarget
 
     private void IssueOn(nint image, int index, ref Operation op)
     {
-        int r = rbd_aio_create_completion((nint)(((ulong)(uint)Id << 32) | (uint)index), 0, out nint completion);
+        int r = rbd_aio_create_completion(UserData(index), 0, out nint completion);
         if (r < 0)
         {
             Fail(index, r);
@@ -151,11 +73,11 @@ internal sealed unsafe class RbdChannel : IBlockChannel, IIoCompletionTarget
         switch (op.Step)
         {
             case Step.Data:
-                op.PieceIovs = Math.Min(op.IovLeft, IovMax);
-                op.PieceBytes = RequestValidation.IovBytes(op.Iov, op.PieceIovs);
+                op.Backend.PieceIovs = Math.Min(op.IovCount, IovMax);
+                op.Backend.PieceBytes = RequestValidation.IovBytes(op.Iov, op.Backend.PieceIovs);
                 r = op.Kind == BlockOperation.Read
-                    ? rbd_aio_readv(image, op.Iov, op.PieceIovs, op.Offset, completion)
-                    : rbd_aio_writev(image, op.Iov, op.PieceIovs, op.Offset, completion);
+                    ? rbd_aio_readv(image, op.Iov, op.Backend.PieceIovs, op.Offset, completion)
+                    : rbd_aio_writev(image, op.Iov, op.Backend.PieceIovs, op.Offset, completion);
                 break;
             case Step.Flush:
             case Step.FlushAfterWrite:
@@ -174,38 +96,20 @@ internal sealed unsafe class RbdChannel : IBlockChannel, IIoCompletionTarget
             Fail(index, r);
             return;
         }
-        op.Outstanding = true;
-    }
-
-    /// <summary>A completion of this channel reaped on its own reactor.</summary>
-    internal void Completed(int index, long result)
-    {
-        try
-        {
-            Handle(index, result);
-        }
-        catch (Exception e)
-        {
-            OnFault(e);
-        }
+        op.Backend.Outstanding = true;
     }
 
     /// <summary>A completion of this channel reaped on another thread (any thread): queued for this channel's reactor,
     /// which is woken for it.</summary>
     internal void Deliver(int index, long result)
     {
-        if (_inbox.Post(index, result)) _io.Wake();
+        if (Post(index, result)) Io.Wake();
     }
 
-    private void Handle(int index, long result)
+    protected override void Handle(int index, long result)
     {
-        ref Operation op = ref _ops[index];
-        op.Outstanding = false;
-        if (_faulted || _disposed)
-        {
-            Release(index);
-            return;
-        }
+        ref Operation op = ref Ops[index];
+        op.Backend.Outstanding = false;
         if (result < 0)
         {
             Fail(index, (int)result);
@@ -214,16 +118,16 @@ internal sealed unsafe class RbdChannel : IBlockChannel, IIoCompletionTarget
         switch (op.Step)
         {
             case Step.Data:
-                if (op.Kind == BlockOperation.Read && (ulong)result != op.PieceBytes)
+                if (op.Kind == BlockOperation.Read && (ulong)result != op.Backend.PieceBytes)
                 {
-                    LogError(op, $"short read: {result} of {op.PieceBytes} bytes");
+                    LogError(op, $"short read: {result} of {op.Backend.PieceBytes} bytes");
                     Finish(index, BlockStatus.IoError);
                     return;
                 }
-                op.Iov += op.PieceIovs;
-                op.IovLeft -= op.PieceIovs;
-                op.Offset += op.PieceBytes;
-                if (op.IovLeft > 0)
+                op.Iov += op.Backend.PieceIovs;
+                op.IovCount -= op.Backend.PieceIovs;
+                op.Offset += op.Backend.PieceBytes;
+                if (op.IovCount > 0)
                 {
                     Issue(index);
                     return;
@@ -246,93 +150,22 @@ internal sealed unsafe class RbdChannel : IBlockChannel, IIoCompletionTarget
         }
     }
 
-    /// <summary>Reaps the image's completions (this channel's directly) and what other reactors reaped for this one.</summary>
-    public int OnPoll()
+    /// <summary>Reaps the image's completions: this channel's are handled at once, other channels' go to their inbox.</summary>
+    protected override int PollLibrary() => _disk.PollCompletions(this);
+
+    protected override bool IsOutstanding(ref Operation op) => op.Backend.Outstanding;
+
+    /// <summary>A pool over its quota is full too.</summary>
+    protected override bool IsNoSpace(int errno) => errno is ENOSPC or EDQUOT;
+
+    protected override void LogFailure(in Operation op, string error, long count) =>
+        Log.LogError("rbd {Image}: {Operation} at offset {Offset} ({Length} bytes) failed: {Error} (error #{Count})",
+            _disk.Options.Name, op.Kind, op.Offset, op.Length, error, count);
+
+    /// <summary>After the last request was reaped: leaves the disk's routing table and the reactor's sleep set.</summary>
+    protected override void OnClosed()
     {
-        int work = _disk.PollCompletions(this);
-        for (int slot = _inbox.TakeAll(); slot >= 0;)
-        {
-            int next = _inbox.Next(slot);
-            Completed(slot, _inbox.Result(slot));
-            slot = next;
-            work++;
-        }
-        return work;
-    }
-
-    public void OnIoCompleted(ulong tag, int result) =>
-        throw new InvalidOperationException("an rbd channel submits nothing to the io_uring");
-
-    public void OnSqeAvailable(ulong tag) =>
-        throw new InvalidOperationException("an rbd channel waits for no submission entry");
-
-    private void Fail(int index, int result)
-    {
-        int errno = -result;
-        LogError(_ops[index], Errno.Describe("librbd", errno));
-        Finish(index, errno is ENOSPC or EDQUOT ? BlockStatus.NoSpace : BlockStatus.IoError);
-    }
-
-    private void Finish(int index, BlockStatus status)
-    {
-        ulong tag = _ops[index].Tag;
-        Release(index);
-        if (!_faulted) _sink.Complete(tag, status);
-    }
-
-    private void Release(int index)
-    {
-        _ops[index] = default;
-        _slots.Return(index);
-        if (_disposed && _slots.InUse == 0) ReleaseResources();
-    }
-
-    private void LogError(in Operation op, string error)
-    {
-        long count = ++_errors;
-        // The first errors and then every thousandth: a cluster that is down cannot flood the log.
-        if (count <= 10 || count % 1000 == 0)
-            _log.LogError("rbd {Image}: {Operation} at offset {Offset} ({Length} bytes) failed: {Error} (error #{Count})",
-                _disk.Options.Name, op.Kind, op.Offset, op.Length, error, count);
-    }
-
-    public void Cancel()
-    {
-        if (_faulted) return;
-        _faulted = true;
-        ReleaseIdleSlots();
-    }
-
-    public void OnFault(Exception error)
-    {
-        if (_faulted) return;
-        Cancel();
-        _sink.ChannelFaulted(error);
-    }
-
-    private void ReleaseIdleSlots()
-    {
-        for (int i = 0; i < _ops.Length; i++)
-            if (_ops[i].Step != Step.None && !_ops[i].Outstanding) Release(i);
-    }
-
-    /// <summary>Closes the channel. Requests librbd still holds keep their slots (and the guest buffers they point at)
-    /// until they are reaped; the channel leaves its disk's routing table and its reactor after the last one.</summary>
-    public void Dispose()
-    {
-        if (_disposed) return;
-        _disposed = true;
-        ReleaseIdleSlots();
-        if (_slots.InUse == 0) ReleaseResources();
-    }
-
-    private void ReleaseResources()
-    {
-        if (_released) return;
-        _released = true;
-        _io.StopPolling(this);
-        _io.RemoveWakeSource(_disk.NotifyFd);
-        _io.RemoveTarget(_target);
+        Io.RemoveWakeSource(_disk.NotifyFd);
         _disk.Unregister(Id);
     }
 }

@@ -1,4 +1,5 @@
 using BlkTarget.Storage.Interop;
+using BlkTarget.Storage.Network;
 using Microsoft.Extensions.Logging;
 using static BlkTarget.Storage.Interop.RbdNative;
 
@@ -40,7 +41,7 @@ public sealed class RbdDisk : IBlockDevice, IExternalResizeSource
     private readonly ILogger _log;
     private readonly object _gate = new();
     private readonly RbdSizeWatch _sizeWatch;
-    private volatile RbdChannel?[] _channels = [];
+    private readonly ChannelTable<RbdChannel> _channels = new();
     private volatile BlockDeviceInfo _info;
     private bool _disposed;
 
@@ -129,34 +130,10 @@ public sealed class RbdDisk : IBlockDevice, IExternalResizeSource
     }
 
     /// <summary>Puts a channel into the routing table; its index is the high half of its completions' argument.</summary>
-    internal int Register(RbdChannel channel)
-    {
-        lock (_gate)
-        {
-            var table = _channels;
-            int id = Array.IndexOf(table, null);
-            var next = id < 0 ? new RbdChannel?[table.Length + 1] : (RbdChannel?[])table.Clone();
-            if (id < 0)
-            {
-                table.CopyTo(next, 0);
-                id = table.Length;
-            }
-            next[id] = channel;
-            _channels = next;
-            return id;
-        }
-    }
+    internal int Register(RbdChannel channel) => _channels.Add(channel);
 
     /// <summary>Takes a channel out of the routing table once nothing of it is outstanding (its index may be reused).</summary>
-    internal void Unregister(int id)
-    {
-        lock (_gate)
-        {
-            var next = (RbdChannel?[])_channels.Clone();
-            next[id] = null;
-            _channels = next;
-        }
-    }
+    internal void Unregister(int id) => _channels.Remove(id);
 
     /// <summary>
     /// Reaps every completion the image has ready (rbd_poll_io_events; an empty poll is normal) and routes each by its
@@ -198,8 +175,7 @@ public sealed class RbdDisk : IBlockDevice, IExternalResizeSource
     {
         int id = (int)(argument >> 32);
         int slot = (int)(uint)argument;
-        var table = _channels;
-        var channel = id < table.Length ? table[id] : null;
+        var channel = _channels[id];
         if (channel is null)
         {
             _log.LogError("rbd {Image}: completion for unknown channel {Channel} slot {Slot} dropped", Options.Name, id, slot);
@@ -260,7 +236,7 @@ public sealed class RbdDisk : IBlockDevice, IExternalResizeSource
         }
         _sizeWatch.Dispose();
         var deadline = Environment.TickCount64 + 30_000;
-        while (Array.Exists(_channels, c => c is { InFlight: > 0 }) && Environment.TickCount64 < deadline)
+        while (_channels.Snapshot.Any(c => c is { InFlight: > 0 }) && Environment.TickCount64 < deadline)
         {
             if (PollCompletions(null) == 0) Thread.Sleep(1);
         }

@@ -9,12 +9,12 @@ namespace BlkTarget.Storage.Transfer;
 /// What every channel whose I/O goes through the reactor's io_uring shares (raw files and images): request slots
 /// allocated once, validation, bounce buffers for buffers O_DIRECT cannot use, reads and writes walked piece by
 /// piece (a subclass maps each piece to the file: <see cref="MapPiece"/>) with short transfers resumed, EINTR/EAGAIN
-/// retried and errors logged at a bounded rate, waiting for a submission entry rather than failing, and the fault
-/// and shutdown paths: a faulted or disposed channel completes nothing more, but keeps each slot (and the guest
-/// buffers and bounce memory it points at) until the kernel or helper thread has returned it, and leaves its
-/// I/O context only when nothing of it is outstanding.
+/// retried and errors logged at a bounded rate, waiting for a submission entry rather than failing, and (with
+/// <see cref="SlotChannel"/>) the fault and shutdown paths: a faulted or disposed channel completes nothing more, but
+/// keeps each slot (and the guest buffers and bounce memory it points at) until the kernel or helper thread has
+/// returned it, and leaves its I/O context only when nothing of it is outstanding.
 /// </summary>
-internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarget
+internal abstract unsafe class IoUringChannel : SlotChannel, IIoCompletionTarget
 {
     protected enum Piece : byte
     {
@@ -28,21 +28,18 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
 
     protected const int EINTR = Errno.EINTR, EAGAIN = Errno.EAGAIN;
 
-    private readonly SlotStack _slots;
     private readonly BouncePool _bounce;
     private readonly IBlockDevice _device;
     private readonly uint _memoryAlignment;
     private readonly int _fd;
     private readonly int _fileSlot;
     private readonly string _name;
-    private long _errors;
-    private bool _released;
 
     protected IoUringChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight, int fd, IBlockDevice device,
         uint memoryAlignment, ILogger log, string name)
+        : base(sink, maxInFlight)
     {
         Io = io;
-        Sink = sink;
         Log = log;
         _device = device;
         _memoryAlignment = memoryAlignment;
@@ -50,7 +47,6 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
         _name = name;
         // Pinned: an operation's bounce iovec is handed to the kernel by address.
         Ops = GC.AllocateArray<IoOperation>(maxInFlight, pinned: true);
-        _slots = new SlotStack(maxInFlight);
         _bounce = new BouncePool(Math.Max(memoryAlignment, 4096));
         Target = io.AddTarget(this);
         _fileSlot = io.RegisterFile(fd);
@@ -60,16 +56,10 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
     protected virtual IMediumRecorder? Recorder => null;
 
     protected IoContext Io { get; }
-    protected IBlockCompletionSink Sink { get; }
     protected ILogger Log { get; }
     protected IoOperation[] Ops { get; }
     /// <summary>This channel's index in its I/O context (part of every user_data it submits).</summary>
     protected int Target { get; }
-    /// <summary>Set once a handler threw: nothing more is completed.</summary>
-    protected bool Faulted { get; private set; }
-    protected bool Disposed { get; private set; }
-
-    public int InFlight => _slots.InUse;
 
     /// <summary>FLUSH as fdatasync (true) or a full fsync (false: metadata such as punched holes must be durable too).</summary>
     protected abstract bool FlushIsDataOnly { get; }
@@ -78,14 +68,9 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
     /// instead of an error.</summary>
     protected virtual bool ReadsZerosPastEndOfFile => false;
 
-    public void Submit(in BlockRequest request)
+    public override void Submit(in BlockRequest request)
     {
-        var status = RequestValidation.Check(request, _device.Info);
-        if (status != BlockStatus.Ok || Faulted || Disposed || !_slots.TryTake(out int index))
-        {
-            Sink.Complete(request.Tag, status != BlockStatus.Ok ? status : BlockStatus.IoError);
-            return;
-        }
+        if (!TryAdmit(request, _device.Info, out int index)) return;
         ref IoOperation op = ref Ops[index];
         op = new IoOperation { Tag = request.Tag, InUse = true, Kind = request.Operation, Flags = request.Flags, Cursor = new TransferCursor(request) };
         switch (request.Operation)
@@ -330,49 +315,20 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
         Finish(index, errno == ENOSPC ? BlockStatus.NoSpace : BlockStatus.IoError);
     }
 
-    /// <summary>Ends the request in slot <paramref name="index"/> and reports it to the sink.</summary>
-    protected void Finish(int index, BlockStatus status)
-    {
-        ulong tag = Ops[index].Tag;
-        Release(index);
-        if (!Faulted) Sink.Complete(tag, status);
-    }
-
-    /// <summary>Frees slot <paramref name="index"/> without reporting anything (fault and shutdown paths).</summary>
-    private void Release(int index)
+    protected sealed override ulong ClearSlot(int index)
     {
         ref IoOperation op = ref Ops[index];
+        ulong tag = op.Tag;
         OnReleasing(index, ref op);
         op.Bounce.Release(_bounce);
         op = default;
-        _slots.Return(index);
-        if (Disposed && _slots.InUse == 0) ReleaseResources();
+        return tag;
     }
 
     /// <summary>Lets a subclass give back what the operation holds (a cluster range) whenever its slot is freed.</summary>
     protected virtual void OnReleasing(int index, ref IoOperation op) { }
 
-    public void Cancel()
-    {
-        if (Faulted) return;
-        Faulted = true;
-        ReleaseIdleSlots();
-    }
-
-    /// <summary>A handler threw: stop like <see cref="Cancel"/>, and tell the sink (its queue stops too).</summary>
-    public void OnFault(Exception error)
-    {
-        if (Faulted) return;
-        Cancel();
-        Sink.ChannelFaulted(error);
-    }
-
-    /// <summary>Frees every slot nothing outside is working on; the others go when their completion arrives.</summary>
-    private void ReleaseIdleSlots()
-    {
-        for (int i = 0; i < Ops.Length; i++)
-            if (Ops[i].InUse && !Ops[i].Outstanding) Release(i);
-    }
+    protected sealed override bool IsIdle(int index) => Ops[index].InUse && !Ops[index].Outstanding;
 
     /// <summary>Most iovecs one readv/writev takes (UIO_MAXIOV); longer requests go in several pieces.</summary>
     public const int IovMax = 1024;
@@ -402,30 +358,13 @@ internal abstract unsafe class IoUringChannel : IBlockChannel, IIoCompletionTarg
 
     protected void LogError(in IoOperation op, string error)
     {
-        long count = ++_errors;
-        // The first errors and then every thousandth, so a dying disk cannot flood the log.
-        if (count <= 10 || count % 1000 == 0)
+        if (CountError(out long count))
             Log.LogError("{Path}: {Operation} at offset {Offset} ({Length} bytes) failed: {Error} (error #{Count})",
                 _name, op.Kind, op.Cursor.Offset, op.Cursor.Remaining, error, count);
     }
 
-    /// <summary>
-    /// Closes the channel. Requests the kernel or a helper still holds keep their slots (and the memory they point
-    /// at) until they come back; the channel leaves its I/O context after the last one, so its index is never
-    /// reused while a completion for it can still arrive.
-    /// </summary>
-    public void Dispose()
+    protected sealed override void ReleaseResources()
     {
-        if (Disposed) return;
-        Disposed = true;
-        ReleaseIdleSlots();
-        if (_slots.InUse == 0) ReleaseResources();
-    }
-
-    private void ReleaseResources()
-    {
-        if (_released) return;
-        _released = true;
         OnClosed();
         Io.UnregisterFile(_fileSlot);
         Io.RemoveTarget(Target);

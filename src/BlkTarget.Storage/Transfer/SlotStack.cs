@@ -13,6 +13,8 @@ internal sealed class SlotStack
         _count = capacity;
     }
 
+    public int Capacity => _free.Length;
+
     public int InUse => _free.Length - _count;
 
     public bool TryTake(out int index)

@@ -1,4 +1,4 @@
-namespace BlkTarget.Storage.Rbd;
+namespace BlkTarget.Storage.Network;
 
 /// <summary>
 /// Completions another thread reaped for a channel's slots, handed over without locks or allocation: any number of
