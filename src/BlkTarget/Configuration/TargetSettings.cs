@@ -51,6 +51,9 @@ public sealed record TargetSettings
     public TimeSpan IdlePoll { get; init; } = TimeSpan.FromMicroseconds(200);
     /// <summary>How long stopping a queue waits for its in-flight requests before abandoning them (1 s to 24 h).</summary>
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>How long the data path runs on a private RAM disk at start, so a guest's first second runs on fully
+    /// optimised code (<see cref="Hosting.DataPathWarmUp"/>); zero: no warm-up. `serve` turns it on.</summary>
+    public TimeSpan DataPathWarmUp { get; init; }
     /// <summary>Who may connect to the exports' vhost-user sockets (a QEMU running as another user): null = as
     /// created (the process's umask).</summary>
     public SocketAccess? SocketAccess { get; init; }

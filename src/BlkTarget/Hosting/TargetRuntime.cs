@@ -65,6 +65,7 @@ public sealed class TargetRuntime : IDisposable
         var runtime = new TargetRuntime(reactors, model, new ManagementService(model, new ConfigStore(settings), management.PersistPath));
         try
         {
+            DataPathWarmUp.Run(reactors, settings.DataPathWarmUp, log);
             foreach (var disk in plan.Disks) model.CreateDisk(disk);
             foreach (var export in plan.Exports) model.CreateExport(export);
             if (management.SaveAtStart) runtime.Management.SaveConfig(null);
