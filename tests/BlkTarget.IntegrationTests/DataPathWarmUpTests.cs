@@ -1,8 +1,5 @@
 using BlkTarget.Bench;
 using BlkTarget.Hosting;
-using BlkTarget.Storage.Ram;
-using BlkTarget.Vhost.Blk;
-using BlkTarget.Vhost.Protocol;
 using BlkTarget.Vhost.Reactor;
 using Xunit.Abstractions;
 
@@ -27,13 +24,11 @@ public sealed class DataPathWarmUpTests(ITestOutputHelper output)
             Assert.Equal(before, WarmUpDirectories());
 
             // The same reactor then serves an export as usual.
-            using var disk = new RamDisk(4 << 20);
-            string socket = $"/tmp/blkt-warm-{Guid.NewGuid():N}.sock";
-            using (VhostUserServer.Start(socket, new VirtioBlkDevice("after", disk, new BlkOptions(), log), reactors, 0, log))
+            using (var export = new RamBlkExport(reactors, log))
             {
                 var result = BenchRunner.Run(new BenchOptions
                 {
-                    Socket = socket, Rw = RwMode.RandRw, Runtime = TimeSpan.FromMilliseconds(200), Ramp = TimeSpan.Zero,
+                    Socket = export.Socket, Rw = RwMode.RandRw, Runtime = TimeSpan.FromMilliseconds(200), Ramp = TimeSpan.Zero,
                     RangeLength = 1 << 20, Verify = true,
                 });
                 Assert.False(result.Failed, result.FirstError);

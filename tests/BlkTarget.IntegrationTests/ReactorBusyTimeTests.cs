@@ -1,8 +1,4 @@
 using BlkTarget.Bench;
-using BlkTarget.Hosting;
-using BlkTarget.Storage.Ram;
-using BlkTarget.Vhost.Blk;
-using BlkTarget.Vhost.Protocol;
 using BlkTarget.Vhost.Reactor;
 using Xunit.Abstractions;
 
@@ -18,14 +14,12 @@ public sealed class ReactorBusyTimeTests(ITestOutputHelper output)
         // still move during a long busy stretch, not only when it ends.
         var log = new TestLogger(output);
         using var reactors = new ReactorPool(null, 1, TimeSpan.FromMicroseconds(200), log);
-        using var disk = new RamDisk(4 << 20);
-        string socket = $"/tmp/blkt-busy-{Guid.NewGuid():N}.sock";
-        using var server = VhostUserServer.Start(socket, new VirtioBlkDevice("busy", disk, new BlkOptions(), log), reactors, 0, log);
+        using var export = new RamBlkExport(reactors, log);
         var reactor = reactors.Reactors[0];
         BenchResult? result = null;
         var load = new Thread(() => result = BenchRunner.Run(new BenchOptions
         {
-            Socket = socket, Rw = RwMode.RandRead, IoDepth = 32, Runtime = TimeSpan.FromSeconds(2), Ramp = TimeSpan.Zero, RangeLength = 4 << 20,
+            Socket = export.Socket, Rw = RwMode.RandRead, IoDepth = 32, Runtime = TimeSpan.FromSeconds(2), Ramp = TimeSpan.Zero, RangeLength = 4 << 20,
         })) { IsBackground = true };
         var clock = System.Diagnostics.Stopwatch.StartNew();
         load.Start();
