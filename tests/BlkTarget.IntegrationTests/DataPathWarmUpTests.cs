@@ -17,8 +17,8 @@ public sealed class DataPathWarmUpTests(ITestOutputHelper output)
         using (var reactors = new ReactorPool(null, 1, TimeSpan.FromMicroseconds(50), log))
         {
             DataPathWarmUp.Run(reactors, TimeSpan.FromMilliseconds(200), log);
-            var line = Assert.Single(log.Lines, l => l.Contains("data path warm-up", StringComparison.Ordinal));
-            var match = System.Text.RegularExpressions.Regex.Match(line, @"data path warm-up: (\d+) requests in 200 ms");
+            var line = Assert.Single(log.Lines, l => l.Contains("data path warm", StringComparison.Ordinal));
+            var match = System.Text.RegularExpressions.Regex.Match(line, @"\[Information\] data path warmed up: (\d+) requests in 200 ms");
             Assert.True(match.Success, line);
             Assert.True(long.Parse(match.Groups[1].Value) > 1000, line);
             Assert.Equal(before, WarmUpDirectories());

@@ -15,7 +15,7 @@ namespace BlkTarget.Hosting;
 /// (tier 1) only after 30 calls and once no new method has been compiled for 100 ms. A guest that starts its I/O
 /// the moment the target is up ran its first second on tier-0 code (measured: 77-86% of the steady rate after
 /// the streaming-store change); after this warm-up the same methods are already at tier 1 (or queued for it) when
-/// the first guest connects. Costs about a third of a second of start-up on one reactor; <c>--no-warm-up</c> skips it.
+/// the first guest connects. Costs about half a second of start-up; <c>--no-warm-up</c> skips it.
 /// </summary>
 internal static class DataPathWarmUp
 {
@@ -40,13 +40,13 @@ internal static class DataPathWarmUp
                     Socket = socket, Rw = RwMode.RandRw, BlockSize = 4096, IoDepth = 32, Runtime = duration,
                     Ramp = TimeSpan.Zero, RangeLength = 16 << 20, IdlePollMicroseconds = 100,
                 });
-                if (result.Failed) log.LogDebug("data path warm-up: {Error}", result.FirstError);
-                else log.LogDebug("data path warm-up: {Requests} requests in {Ms} ms", result.All.Ios, duration.TotalMilliseconds);
+                if (result.Failed) log.LogWarning("data path warm-up failed (the first second of I/O may be slower): {Error}", result.FirstError);
+                else log.LogInformation("data path warmed up: {Requests} requests in {Ms} ms", result.All.Ios, duration.TotalMilliseconds);
             }
         }
         catch (Exception e) when (e is IOException or InvalidOperationException or TimeoutException or ArgumentException)
         {
-            log.LogDebug("data path warm-up skipped: {Error}", e.Message);
+            log.LogWarning("data path warm-up skipped (the first second of I/O may be slower): {Error}", e.Message);
         }
         finally
         {
