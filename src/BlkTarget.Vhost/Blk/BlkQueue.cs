@@ -114,7 +114,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
     {
         if (!_prefetchReads || chain.Overflowed || chain.WritableBytes < 1) return;
         Span<byte> raw = stackalloc byte[VirtioBlk.HeaderLength];
-        if (!Peek(chain, 0, raw) || BinaryPrimitives.ReadUInt32LittleEndian(raw) != VirtioBlk.TypeIn) return;
+        if (!chain.TryPeekReadable(0, raw) || BinaryPrimitives.ReadUInt32LittleEndian(raw) != VirtioBlk.TypeIn) return;
         if (_device.TryByteRange(BinaryPrimitives.ReadUInt64LittleEndian(raw[8..]), chain.WritableBytes - 1, out ulong offset))
             _channel.PrefetchRead(offset, chain.WritableBytes - 1);
     }
@@ -132,7 +132,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         // The request type, read without consuming the segments (a SegmentCursor would trim them, and Process
         // parses the same chain again once the request is admitted).
         Span<byte> raw = stackalloc byte[sizeof(uint)];
-        if (QosLimiter.Peek(chain.Segments, chain.ReadableCount, raw) != raw.Length) return true;
+        if (!chain.TryPeekReadable(0, raw)) return true;
         var (direction, bytes) = BinaryPrimitives.ReadUInt32LittleEndian(raw) switch
         {
             VirtioBlk.TypeIn => (QosDirection.Read, chain.WritableBytes - 1),
@@ -256,7 +256,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
     /// A shared disk: admits the request past the COMPARE AND WRITE gate, or false (nothing done) while a COMPARE AND
     /// WRITE holds a range it writes. A write, write-zeroes or discard counts in this queue's tracker first (a full
     /// fence), then reads the gate: the order <see cref="CompareAndWriteGate"/>'s proof needs. Reads the header and
-    /// ranges without consuming them (<see cref="Peek"/>), so a deferred request is admitted again from scratch;
+    /// ranges without consuming them (<see cref="ChainBuffers.TryPeekReadable"/>), so a deferred request is admitted again from scratch;
     /// whatever Dispatch would refuse (bad lengths, ranges beyond the disk) is let through for Dispatch to fail.
     /// Dispatch reads the header again from guest memory: a guest that rewrites its own request in between can only
     /// misplace its own write, which it could as well have sent to that range after the COMPARE AND WRITE (the gate
@@ -265,7 +265,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
     private bool TryAdmit(ushort head, in ChainBuffers chain)
     {
         Span<byte> raw = stackalloc byte[VirtioBlk.HeaderLength];
-        if (!Peek(chain, 0, raw)) return true;
+        if (!chain.TryPeekReadable(0, raw)) return true;
         uint type = BinaryPrimitives.ReadUInt32LittleEndian(raw);
         ulong payload = chain.ReadableBytes - VirtioBlk.HeaderLength;
         ulong blockSize = _device.Info.BlockSize;
@@ -283,7 +283,7 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
             _tracker!.Begin(head);
             for (ulong i = 0; i < count; i++)
             {
-                if (!Peek(chain, VirtioBlk.HeaderLength + i * VirtioBlk.RangeSegmentLength, raw)) break;
+                if (!chain.TryPeekReadable(VirtioBlk.HeaderLength + i * VirtioBlk.RangeSegmentLength, raw)) break;
                 ulong bytes = (ulong)BinaryPrimitives.ReadUInt32LittleEndian(raw[8..]) << VirtioBlk.SectorShift;
                 if (!_device.TryByteRange(BinaryPrimitives.ReadUInt64LittleEndian(raw), bytes, out ulong offset)) continue;
                 if (_gate!.Blocks(offset / blockSize, bytes / blockSize)) return Refuse(head);
@@ -301,29 +301,6 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
     {
         _tracker!.End(head);
         return false;
-    }
-
-    /// <summary>Copies <paramref name="destination"/>.Length bytes from byte <paramref name="offset"/> of the
-    /// device-readable buffers, leaving them as they are (unlike <see cref="SegmentCursor"/>); false if they are
-    /// shorter.</summary>
-    private static bool Peek(in ChainBuffers chain, ulong offset, Span<byte> destination)
-    {
-        int copied = 0;
-        for (int i = 0; i < chain.ReadableCount && copied < destination.Length; i++)
-        {
-            IoVec v = chain.Segments[i];
-            ulong length = v.Length;
-            if (offset >= length)
-            {
-                offset -= length;
-                continue;
-            }
-            int n = (int)Math.Min((ulong)(destination.Length - copied), length - offset);
-            new ReadOnlySpan<byte>(v.Base + offset, n).CopyTo(destination[copied..]);
-            copied += n;
-            offset = 0;
-        }
-        return copied == destination.Length;
     }
 
     protected override bool HasDeferredWork => _deferredCount > 0;

@@ -86,20 +86,6 @@ public sealed class QosLimiter
     /// <summary>True when some limiter in the process has limits (one shared read on the data path).</summary>
     public static bool AnyLimited => Volatile.Read(ref s_limited) != 0;
 
-    /// <summary>Copies the first bytes of a request's readable buffers into <paramref name="destination"/> without
-    /// consuming them (device models parse the same chain again once the request is admitted); returns how many.</summary>
-    public static unsafe int Peek(Storage.IoVec* segments, int count, Span<byte> destination)
-    {
-        int copied = 0;
-        for (int i = 0; i < count && copied < destination.Length; i++)
-        {
-            int n = (int)Math.Min((nuint)(destination.Length - copied), segments[i].Length);
-            new ReadOnlySpan<byte>(segments[i].Base, n).CopyTo(destination[copied..]);
-            copied += n;
-        }
-        return copied;
-    }
-
     /// <summary>Applies <paramref name="limits"/> from now on (any thread); the buckets start full.
     /// <paramref name="now"/>: the clock reading (default: <see cref="Stopwatch.GetTimestamp"/>).</summary>
     public void Set(QosLimits limits, long? now = null)

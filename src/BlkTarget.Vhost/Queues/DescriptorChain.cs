@@ -56,6 +56,29 @@ public unsafe struct ChainBuffers
 
     public readonly int WritableCount => Count - ReadableCount;
 
+    /// <summary>Copies <paramref name="destination"/>.Length bytes from byte <paramref name="offset"/> of the
+    /// device-readable buffers, leaving the segments as they are (unlike a cursor that consumes them: a model that
+    /// looks at a request before processing it parses the same chain again later); false if they are shorter.
+    /// What it reads is guest memory the guest may still change: use it for decisions the later parse re-checks.</summary>
+    public readonly bool TryPeekReadable(ulong offset, Span<byte> destination)
+    {
+        int copied = 0;
+        for (int i = 0; i < ReadableCount && copied < destination.Length; i++)
+        {
+            IoVec v = Segments[i];
+            if (offset >= v.Length)
+            {
+                offset -= v.Length;
+                continue;
+            }
+            int n = (int)Math.Min((ulong)(destination.Length - copied), v.Length - offset);
+            new ReadOnlySpan<byte>(v.Base + offset, n).CopyTo(destination[copied..]);
+            copied += n;
+            offset = 0;
+        }
+        return copied == destination.Length;
+    }
+
     /// <summary>Forgets the previous chain; the segment storage stays.</summary>
     public void Clear()
     {

@@ -156,7 +156,7 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         ulong respSize = (ulong)(VirtioScsi.ResponseHeaderLength + _device.Config.SenseSize);
         if (chain.Overflowed || chain.ReadableBytes < (ulong)requestLength) return true;
         Span<byte> request = stackalloc byte[VirtioScsi.RequestHeaderLength + 1];
-        if (Qos.QosLimiter.Peek(chain.Segments, chain.ReadableCount, request) != request.Length) return true;
+        if (!chain.TryPeekReadable(0, request)) return true;
         var direction = request[VirtioScsi.RequestHeaderLength] switch
         {
             ScsiOp.Read6 or ScsiOp.Read10 or ScsiOp.Read12 or ScsiOp.Read16 => Qos.QosDirection.Read,
