@@ -46,17 +46,7 @@ public sealed class NbdTestServer : IDisposable
     /// <param name="shared">qemu-nbd's --shared: how many clients at once (1: no multi-conn).</param>
     public static NbdTestServer Start(Kind kind, ulong size, bool readOnly = false, int shared = 4)
     {
-        var server = new NbdTestServer(kind, size, readOnly, shared);
-        try
-        {
-            server.Restart();
-        }
-        catch
-        {
-            server.Dispose();
-            throw;
-        }
-        return server;
+        return new NbdTestServer(kind, size, readOnly, shared).Started();
     }
 
     /// <summary>nbdkit with the plugin (and filters) of <paramref name="arguments"/>, e.g. an eval plugin that lacks
@@ -67,16 +57,22 @@ public sealed class NbdTestServer : IDisposable
         var server = new NbdTestServer(Kind.Nbdkit, size, readOnly: false, shared: 1);
         server._nbdkitPlugin = arguments(server.FilePath);
         using (var file = File.Create(server.FilePath)) file.SetLength((long)size);
+        return server.Started();
+    }
+
+    /// <summary>Starts this server for the first time; disposes it if that fails.</summary>
+    private NbdTestServer Started()
+    {
         try
         {
-            server.Restart();
+            Restart();
         }
         catch
         {
-            server.Dispose();
+            Dispose();
             throw;
         }
-        return server;
+        return this;
     }
 
     /// <summary>Starts the server (again) and waits until its socket accepts connections.</summary>
