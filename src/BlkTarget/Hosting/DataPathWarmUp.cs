@@ -44,8 +44,10 @@ internal static class DataPathWarmUp
                 else log.LogInformation("data path warmed up: {Requests} requests in {Ms} ms", result.All.Ios, duration.TotalMilliseconds);
             }
         }
-        catch (Exception e) when (e is IOException or InvalidOperationException or TimeoutException or ArgumentException)
+        catch (Exception e)
         {
+            // Any failure (a socket error is not an IOException, for one): the warm-up is an optimisation, and the
+            // target must start without it.
             log.LogWarning("data path warm-up skipped (the first second of I/O may be slower): {Error}", e.Message);
         }
         finally
