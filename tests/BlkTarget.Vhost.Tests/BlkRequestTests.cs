@@ -291,7 +291,7 @@ public sealed unsafe class BlkRequestTests : IDisposable
         Offer((Header(type, sector), 16, false), (_ring.Allocate(4096, 512), 4096, type == VirtioBlk.TypeIn), (_ring.Allocate(1), 1, true));
 
     [Fact]
-    public void Each_request_of_a_batch_runs_in_ring_order_after_the_hint_for_the_next_read()
+    public void Each_request_of_a_batch_runs_in_ring_order_after_the_hints_for_the_next_reads()
     {
         var disk = new RecordingDisk(1 << 20) { Prefetching = true };
         UseDisk(disk);
@@ -302,10 +302,24 @@ public sealed unsafe class BlkRequestTests : IDisposable
         OfferData(VirtioBlk.TypeIn, 2048);   // beyond the 1 MiB disk: no hint, and the read fails as always
         _queue.Poll();
         Assert.Equal(
-            ["prefetch 4096@8192", "read 4096@0", "read 4096@8192", "prefetch 4096@24576", "write 4096@16384", "read 4096@24576"],
+            ["prefetch 4096@0", "prefetch 4096@8192", "read 4096@0", "read 4096@8192", "prefetch 4096@24576", "write 4096@16384", "read 4096@24576"],
             disk.Events);
         Assert.Equal(5, _ring.UsedIdx);
         Assert.Equal([0, 3, 6, 9, 12], Enumerable.Range(0, 5).Select(i => (int)_ring.Used((ushort)i).Id));
+    }
+
+    [Fact]
+    public void A_deep_batch_publishes_used_entries_every_eighth_request_while_it_runs()
+    {
+        // The driver gets completions while the device still works on the rest of the batch, so it can resubmit.
+        var usedAtSubmit = new List<int>();
+        var disk = new RecordingDisk(1 << 20) { BeforeSubmit = _ => usedAtSubmit.Add(_ring.UsedIdx) };
+        UseDisk(disk);
+        for (ulong i = 0; i < 20; i++) OfferData(VirtioBlk.TypeIn, i * 8);
+        _queue.Poll();
+        Assert.Equal([0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8, 16, 16, 16, 16], usedAtSubmit);
+        Assert.Equal(20, _ring.UsedIdx);
+        Assert.Equal(Enumerable.Range(0, 20).Select(i => i * 3), Enumerable.Range(0, 20).Select(i => (int)_ring.Used((ushort)i).Id));
     }
 
     [Fact]
@@ -319,7 +333,7 @@ public sealed unsafe class BlkRequestTests : IDisposable
         _ring.MakeAvailable(_nextDescriptor);
         _queue.Poll();
         Assert.Contains("BadAddress", _queue.BrokenReason);
-        Assert.Equal(["prefetch 4096@4096", "read 4096@0", "read 4096@4096"], disk.Events);
+        Assert.Equal(["prefetch 4096@0", "prefetch 4096@4096", "read 4096@0", "read 4096@4096"], disk.Events);
         Assert.Equal(2, _ring.UsedIdx);
     }
 

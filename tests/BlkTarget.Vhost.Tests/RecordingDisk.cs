@@ -23,6 +23,9 @@ internal sealed unsafe class RecordingDisk(ulong size, Func<BlockDeviceInfo, Blo
     /// <summary>The channel offers <see cref="IBlockChannel.PrefetchRead"/> (and records the hints in <see cref="Events"/>).</summary>
     public bool Prefetching { get; init; }
 
+    /// <summary>Called with each request before the disk runs it (a test may look at the ring meanwhile).</summary>
+    public Action<BlockRequest>? BeforeSubmit { get; init; }
+
     public BlockDeviceInfo Info => shape is null ? _inner.Info : shape(_inner.Info);
 
     public IBlockChannel OpenChannel(IoContext io, IBlockCompletionSink sink, int maxInFlight) =>
@@ -36,6 +39,7 @@ internal sealed unsafe class RecordingDisk(ulong size, Func<BlockDeviceInfo, Blo
 
         public void Submit(in BlockRequest request)
         {
+            disk.BeforeSubmit?.Invoke(request);
             disk.Operations.Add((request.Operation, request.Flags));
             if (disk.Prefetching && request.Operation is BlockOperation.Read or BlockOperation.Write)
                 disk.Events.Add($"{request.Operation.ToString().ToLowerInvariant()} {request.Length}@{request.Offset}");

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.Intrinsics.X86;
 using BlkTarget.Storage;
 using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Memory;
@@ -30,6 +31,13 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     public const int RegionSplitAllowance = 16;
     /// <summary>Requests taken per poll before completions get a turn, to keep latency fair.</summary>
     private const int PopBudget = 64;
+    /// <summary>Used entries a poll publishes at a time while it still takes requests. Publishing only at the end
+    /// of a poll hands the driver a deep queue's completions all at once, and the device then idles until the
+    /// driver has resubmitted them; publishing along the way lets both CPUs work at once. Every publish moves the
+    /// used index's cache line to the device's CPU and back, so not after each request: 4 KiB RAM reads at QD32
+    /// measured 1.22M IOPS publishing at the end, 1.40M after each request, 1.43M every 2nd, 1.61M every 8th,
+    /// about as much every 16th (interleaved runs, medians of 7).</summary>
+    private const int PublishBatch = 8;
 
     private readonly MappedMemory _segmentBuffer;
     private readonly int _segmentsPerSlot;
@@ -48,6 +56,8 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     private int _callFd;
     private int _inFlight;
     private bool _usedPending;
+    /// <summary>Used entries pushed since the last <see cref="IVirtqueue.PublishUsed"/>.</summary>
+    private int _unpublished;
     private Action? _onDrained;
     private bool _stopping;
     private bool _faulted;
@@ -159,6 +169,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         _busy[head] = false;
         _inFlight--;
         _usedPending = true;
+        _unpublished++;
     }
 
     /// <summary><see cref="CompleteRequest(ushort, uint)"/>, counting the request in <paramref name="counters"/>
@@ -221,11 +232,14 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         {
             // One timestamp per poll that finds work: every request taken in it has waited at least since then.
             long now = 0;
-            // Each admitted request is processed only once the next one is taken (or the ring is empty), after the
-            // model's Prefetch hint for that next one: a RAM disk's copy then finds the start of the next request's
-            // data on its way from memory instead of waiting for it. The order of requests is kept.
-            int staged = -1;
-            ChainBuffers stagedChain = default;
+            // A software pipeline over the requests of one poll, in ring order. Each admitted request first has the
+            // line its first buffer starts in (the request header) requested from memory; one request later the
+            // model's Prefetch hint reads that header and starts loading what processing will touch (a RAM disk's
+            // data); one request later still it is processed. The guest wrote those lines on another CPU, so each
+            // is a cache miss of its own: this way they overlap with the work on the requests before instead of
+            // stalling it one after the other. The order of requests is kept.
+            int hinted = -1, taken = -1;
+            ChainBuffers hintedChain = default, takenChain = default;
             for (int i = 0; i < PopBudget && BrokenReason is null; i++)
             {
                 // The chain is walked into scratch space first: the head (and so the slot) is known only after the pop.
@@ -242,32 +256,49 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
                         _completedAt = 0;   // a completion clock read before this one would precede these requests
                     }
                     _takenAt[head] = now;
-                    if (head == staged)
+                    if (head == hinted || head == taken)
                     {
-                        // The same head again in one batch: legal only if the staged request is done, so finish it
-                        // first, as without the lookahead (a synchronous backend completes it inline).
-                        Process((ushort)staged, ref stagedChain);
-                        staged = -1;
+                        // A head again in one batch: legal only if its request is done, so finish the staged ones
+                        // first, as without the pipeline (a synchronous backend completes them inline).
+                        if (hinted >= 0) Process((ushort)hinted, ref hintedChain);
+                        if (taken >= 0) Process((ushort)taken, ref takenChain);
+                        hinted = taken = -1;
                     }
                     if (Start(head, ref chain, now))
                     {
-                        if (staged >= 0)
+                        if (chain.Count > 0) PrefetchLine(chain.Segments[0].Base);
+                        if (taken >= 0) Prefetch(in takenChain);
+                        if (hinted >= 0)
                         {
-                            Prefetch(in chain);
-                            Process((ushort)staged, ref stagedChain);
+                            Process((ushort)hinted, ref hintedChain);
+                            if (_unpublished >= PublishBatch) PublishEarly();
                         }
-                        staged = head;
-                        stagedChain = chain;
+                        hinted = taken;
+                        hintedChain = takenChain;
+                        taken = head;
+                        takenChain = chain;
                     }
                     if (_held >= 0) break;
                 }
             }
             // Requests taken before a corrupt chain or a held one are valid and in flight: they run as they would have.
-            if (staged >= 0) Process((ushort)staged, ref stagedChain);
+            if (hinted >= 0)
+            {
+                if (taken >= 0) Prefetch(in takenChain);
+                Process((ushort)hinted, ref hintedChain);
+            }
+            if (taken >= 0) Process((ushort)taken, ref takenChain);
         }
         PublishAndNotify();
         if (_stopping) CheckDrained();
         return work;
+    }
+
+    /// <summary>Asks the cache for the line at <paramref name="address"/> (guest memory, already translated); no
+    /// fault even for a bad address, and nothing is read from it.</summary>
+    private static void PrefetchLine(byte* address)
+    {
+        if (Sse.IsSupported) Sse.Prefetch0(address);
     }
 
     /// <summary>Asks the limits again for the held request (or lets it go without asking while the queue stops or
@@ -349,6 +380,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         _faulted = true;
         BrokenReason = reason;
         _usedPending = false;
+        _unpublished = 0;
         CancelBackend();
         Settle();
         CheckDrained();
@@ -389,12 +421,21 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         if (!_stopping && BrokenReason is null) Ring.DisableNotifications();
     }
 
+    /// <summary>Publishes the used entries pushed so far in the middle of a poll (see <see cref="PublishBatch"/>).
+    /// Whether the guest wants an interrupt is still decided once, at the end of the poll, over everything
+    /// published since the previous decision (vring_need_event takes a range).</summary>
+    private void PublishEarly()
+    {
+        Ring.PublishUsed();
+        _unpublished = 0;
+    }
+
     private void PublishAndNotify()
     {
         _completedAt = 0;
         if (!_usedPending) return;
         _usedPending = false;
-        Ring.PublishUsed();
+        if (_unpublished > 0) PublishEarly();
         if (Ring.ShouldSignal() && _callFd >= 0) EventFd.Signal(_callFd);
     }
 
