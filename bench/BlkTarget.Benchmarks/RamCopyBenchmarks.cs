@@ -65,8 +65,22 @@ public unsafe class RamCopyBenchmarks
     public void WriteStreaming()
     {
         int first = NextBlocks();
-        for (int i = 0; i < Copies; i++) StreamingCopy.Copy(_region + _offsets[first + i], _buffers + (i & 31) * 4096, 4096);
-        StreamingCopy.Fence();
+        for (int i = 0; i < Copies; i++) RamCopy.Into(_region + _offsets[first + i], _buffers + (i & 31) * 4096, 4096);
+        RamCopy.Fence();
+    }
+
+    [Benchmark(OperationsPerInvoke = Copies)]
+    public void ReadOrdinary()
+    {
+        int first = NextBlocks();
+        for (int i = 0; i < Copies; i++) Unsafe.CopyBlockUnaligned(_buffers + (i & 31) * 4096, _region + _offsets[first + i], 4096);
+    }
+
+    [Benchmark(OperationsPerInvoke = Copies)]
+    public void ReadOutOf()
+    {
+        int first = NextBlocks();
+        for (int i = 0; i < Copies; i++) RamCopy.OutOf(_buffers + (i & 31) * 4096, _region + _offsets[first + i], 4096);
     }
 
     [Benchmark(OperationsPerInvoke = Copies)]

@@ -29,10 +29,11 @@ public sealed unsafe class BlkRequestTests : IDisposable
     /// <summary>What a Linux guest acks: FLUSH and CONFIG_WCE (a volatile write cache it flushes).</summary>
     private const ulong GuestFeatures = (1UL << VirtioBlk.FeatureFlush) | (1UL << VirtioBlk.FeatureConfigWce);
 
-    private BlkQueue CreateQueue(Storage.IBlockDevice disk, BlkOptions options, ulong features = GuestFeatures, CompareAndWriteGate? gate = null)
+    private BlkQueue CreateQueue(Storage.IBlockDevice disk, BlkOptions options, ulong features = GuestFeatures, CompareAndWriteGate? gate = null,
+        IVirtqueue? ring = null)
     {
         _context = new BlkDeviceContext("test", disk, options, gate);
-        var start = new QueueStartInfo(0, _ring.CreateRing(), _ring.Memory.Memory, features, -1, -1, _io);
+        var start = new QueueStartInfo(0, ring ?? _ring.CreateRing(), _ring.Memory.Memory, features, -1, -1, _io);
         return new BlkQueue(start, _context, _log);
     }
 
@@ -320,6 +321,26 @@ public sealed unsafe class BlkRequestTests : IDisposable
         Assert.Equal([0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8, 16, 16, 16, 16], usedAtSubmit);
         Assert.Equal(20, _ring.UsedIdx);
         Assert.Equal(Enumerable.Range(0, 20).Select(i => i * 3), Enumerable.Range(0, 20).Select(i => (int)_ring.Used((ushort)i).Id));
+    }
+
+    [Fact]
+    public void After_an_idle_poll_the_chain_taken_last_is_hinted_as_the_next_one()
+    {
+        // A driver at QD1 reuses the chain it got back; the hint asks for its lines before the walk needs them.
+        var ring = new HintRecordingRing(_ring.CreateRing());
+        _queue.Dispose();
+        _queue = CreateQueue(_disk, new BlkOptions(), ring: ring);
+        OfferData(VirtioBlk.TypeIn, 0);
+        _queue.Poll();
+        Assert.Empty(ring.PrefetchedIds);   // nothing taken before: nothing to guess from
+        _queue.Poll();                      // idle
+        _ring.MakeAvailable(0);
+        _queue.Poll();
+        Assert.Equal([(ushort)0], ring.PrefetchedIds);
+        OfferData(VirtioBlk.TypeIn, 8);
+        _queue.Poll();                      // the poll before took a request: no guess
+        Assert.Equal([(ushort)0], ring.PrefetchedIds);
+        Assert.Equal(3, _ring.UsedIdx);
     }
 
     [Fact]

@@ -48,12 +48,12 @@ internal sealed unsafe class RamDiskChannel(RamDisk disk, IBlockCompletionSink s
                 for (int i = 0; i < request.IovCount; i++)
                 {
                     var v = request.Iov[i];
-                    if (read) StreamingCopy.Plain(v.Base, medium, v.Length);
-                    else streamed |= StreamingCopy.Copy(medium, v.Base, v.Length);
+                    if (read) RamCopy.OutOf(v.Base, medium, v.Length);
+                    else streamed |= RamCopy.Into(medium, v.Base, v.Length);
                     medium += v.Length;
                 }
                 // The completion is published right after this returns: the data must be in the disk first.
-                if (streamed) StreamingCopy.Fence();
+                if (streamed) RamCopy.Fence();
                 return BlockStatus.Ok;
             case BlockOperation.Flush:
                 return BlockStatus.Ok;

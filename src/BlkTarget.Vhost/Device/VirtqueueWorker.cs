@@ -58,6 +58,11 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     private bool _usedPending;
     /// <summary>Used entries pushed since the last <see cref="IVirtqueue.PublishUsed"/>.</summary>
     private int _unpublished;
+    /// <summary>The last poll took nothing: the next request may be the driver's reused chain (see <see cref="Poll"/>).</summary>
+    private bool _lastPollIdle;
+    /// <summary>Head and first buffer (a guest address, only ever prefetched, never read) of the last chain taken.</summary>
+    private ushort _lastHead;
+    private byte* _lastHeader;
     private Action? _onDrained;
     private bool _stopping;
     private bool _faulted;
@@ -232,6 +237,15 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         {
             // One timestamp per poll that finds work: every request taken in it has waited at least since then.
             long now = 0;
+            // After an idle poll, a driver waiting on each request (QD1) has most likely reused the chain it got
+            // back last, as Linux's free list and our load generator do: ask for that chain's descriptor and header
+            // lines together with the avail entry, instead of one miss after the other as the walk reads them. A
+            // wrong guess costs two prefetches.
+            if (_lastPollIdle && _lastHeader != null && Ring.HasPending)
+            {
+                Ring.PrefetchNext(_lastHead);
+                PrefetchLine(_lastHeader);
+            }
             // A software pipeline over the requests of one poll, in ring order. Each admitted request first has the
             // line its first buffer starts in (the request header) requested from memory; one request later the
             // model's Prefetch hint reads that header and starts loading what processing will touch (a RAM disk's
@@ -266,7 +280,12 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
                     }
                     if (Start(head, ref chain, now))
                     {
-                        if (chain.Count > 0) PrefetchLine(chain.Segments[0].Base);
+                        if (chain.Count > 0)
+                        {
+                            PrefetchLine(chain.Segments[0].Base);
+                            _lastHeader = chain.Segments[0].Base;
+                            _lastHead = head;
+                        }
                         if (taken >= 0) Prefetch(in takenChain);
                         if (hinted >= 0)
                         {
@@ -288,6 +307,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
                 Process((ushort)hinted, ref hintedChain);
             }
             if (taken >= 0) Process((ushort)taken, ref takenChain);
+            _lastPollIdle = work == 0;
         }
         PublishAndNotify();
         if (_stopping) CheckDrained();

@@ -39,6 +39,14 @@ public interface IVirtqueue
 
     void PublishUsed();
 
+    /// <summary>True when the guest made requests available that were not taken yet.</summary>
+    bool HasPending { get; }
+
+    /// <summary>A hint, once requests are known to be pending: asks the cache for what taking the next one reads
+    /// first, its avail entry and, on the guess that the driver reused chain <paramref name="predictedId"/> (any
+    /// value: it is masked into the table), that chain's first descriptor. Reads nothing, changes nothing.</summary>
+    void PrefetchNext(ushort predictedId);
+
     /// <summary>True when the guest wants an interrupt for what was published since the last check.</summary>
     bool ShouldSignal();
 

@@ -187,6 +187,10 @@ public sealed unsafe class PackedRing : IVirtqueue
         return PopStatus.Corrupt;
     }
 
+    /// <summary>Nothing to do: a packed ring's next descriptor is the ring slot after the last one taken, which
+    /// the check for pending requests has just read.</summary>
+    public void PrefetchNext(ushort predictedId) { }
+
     public bool HasPending => _inflight is { PendingResubmits: > 0 }
         || PackedRingLayout.IsAvailable(Volatile.Read(ref _ring[_availIdx].Flags), _availWrap);
 

@@ -154,6 +154,13 @@ public sealed unsafe class SplitRing : IVirtqueue
         return PopStatus.Popped;
     }
 
+    public void PrefetchNext(ushort predictedId)
+    {
+        if (!Sse.IsSupported) return;
+        Sse.Prefetch0(_availRing + (_lastAvailIdx & _mask));
+        Sse.Prefetch0(Descriptors + (predictedId & _mask));
+    }
+
     public bool HasPending => _inflight is { PendingResubmits: > 0 } || (ushort)(Volatile.Read(ref *_availIdx) - _lastAvailIdx) != 0;
 
     /// <summary>Writes one used element; the guest sees it only after <see cref="PublishUsed"/>.</summary>

@@ -5,14 +5,14 @@ using System.Runtime.Intrinsics.X86;
 namespace BlkTarget.Storage.Ram;
 
 /// <summary>
-/// Copies bulk data into a RAM disk with non-temporal (streaming) stores. A RAM disk is normally far larger than
+/// Copies bulk data in and out of a RAM disk. Into it (<see cref="Into"/>) with non-temporal (streaming) stores. A RAM disk is normally far larger than
 /// the CPU caches and a block the guest writes is not read back soon, so an ordinary copy pays for a
 /// read-for-ownership of every destination line from memory before overwriting it; streaming stores write whole
 /// lines without reading them (4 KiB into a random block of a 1 GiB disk: about 320 ns instead of 590 ns on the
 /// benchmark machines). Streaming stores are weakly ordered: after the copies of a request, and before its
 /// completion is published, call <see cref="Fence"/>, or another core may read the block before the data is in it.
 /// </summary>
-internal static unsafe class StreamingCopy
+internal static unsafe class RamCopy
 {
     /// <summary>Shortest buffer (bytes) copied with streaming stores; shorter ones are copied the usual way, where
     /// the partial lines at either end would cost more than the read-for-ownership saves.</summary>
@@ -22,7 +22,7 @@ internal static unsafe class StreamingCopy
 
     /// <summary>Copies <paramref name="length"/> bytes; true when streaming stores were used (then fence before
     /// publishing). Without AVX, or for short buffers, an ordinary copy (false).</summary>
-    public static bool Copy(byte* destination, byte* source, nuint length)
+    public static bool Into(byte* destination, byte* source, nuint length)
     {
         if (!Avx.IsSupported || length < MinimumBytes)
         {
@@ -58,6 +58,43 @@ internal static unsafe class StreamingCopy
     public static void Fence()
     {
         if (Sse.IsSupported) Sse.StoreFence();
+    }
+
+    /// <summary>
+    /// Copies <paramref name="length"/> bytes out of a RAM disk with ordinary stores (the guest reads what it asked
+    /// for soon, so its buffer should be in a cache): 256 bytes per round in AVX registers, all in managed code.
+    /// The runtime's copy of a 4 KiB block goes through a call into the C library's memmove; this loop measured a
+    /// few percent more 4 KiB reads at QD1 and QD32 (interleaved runs, medians of 7 and 9).
+    /// </summary>
+    public static void OutOf(byte* destination, byte* source, nuint length)
+    {
+        if (!Avx.IsSupported || length < 256)
+        {
+            Plain(destination, source, length);
+            return;
+        }
+        nuint body = length & ~(nuint)255;
+        for (nuint i = 0; i < body; i += 256)
+        {
+            // All loads first: eight lines' worth of misses can be outstanding at once.
+            var a = Avx.LoadVector256(source + i);
+            var b = Avx.LoadVector256(source + i + 32);
+            var c = Avx.LoadVector256(source + i + 64);
+            var d = Avx.LoadVector256(source + i + 96);
+            var e = Avx.LoadVector256(source + i + 128);
+            var f = Avx.LoadVector256(source + i + 160);
+            var g = Avx.LoadVector256(source + i + 192);
+            var h = Avx.LoadVector256(source + i + 224);
+            Avx.Store(destination + i, a);
+            Avx.Store(destination + i + 32, b);
+            Avx.Store(destination + i + 64, c);
+            Avx.Store(destination + i + 96, d);
+            Avx.Store(destination + i + 128, e);
+            Avx.Store(destination + i + 160, f);
+            Avx.Store(destination + i + 192, g);
+            Avx.Store(destination + i + 224, h);
+        }
+        Plain(destination + body, source + body, length - body);
     }
 
     /// <summary>An ordinary copy of any length (CopyBlock takes 32-bit lengths).</summary>
