@@ -12,7 +12,8 @@ namespace BlkTarget.Vhost.Device;
 /// <summary>
 /// What every running device queue does the same way, on its reactor thread: take chains from the ring, give
 /// each one a slot (indexed by its head descriptor, unique while in flight, allocated once at queue start),
-/// publish used entries once per poll and signal the guest only when it asked, stop after draining, and
+/// publish used entries (every few requests in a deep batch, and at the end of each poll) and signal the guest only
+/// when it asked (once per poll), stop after draining, and
 /// refuse further work once the guest broke the ring. Device models implement <see cref="Process"/>.
 /// <para>
 /// After an internal error (<see cref="Fault"/>: the queue's own code threw; <see cref="ChannelFaulted"/>: its
