@@ -22,6 +22,10 @@ internal static unsafe class RamCopy
 
     /// <summary>Copies <paramref name="length"/> bytes; true when streaming stores were used (then fence before
     /// publishing). Without AVX, or for short buffers, an ordinary copy (false).</summary>
+    // AggressiveOptimization: compiled fully optimised on first use. Code with AVX is left out of the ReadyToRun image,
+    // so it would otherwise start as unoptimised tier-0 code and reach tier 1 only after call counting, which the
+    // start-up warm-up does not always finish: a fresh target's first second of RAM I/O ran partly on tier-0 copies.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static bool Into(byte* destination, byte* source, nuint length)
     {
         if (!Avx.IsSupported || length < MinimumBytes)
@@ -66,6 +70,7 @@ internal static unsafe class RamCopy
     /// The runtime's copy of a 4 KiB block goes through a call into the C library's memmove; this loop measured a
     /// few percent more 4 KiB reads at QD1 and QD32 (interleaved runs, medians of 7 and 9).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // as Into
     public static void OutOf(byte* destination, byte* source, nuint length)
     {
         if (!Avx.IsSupported || length < 256)
