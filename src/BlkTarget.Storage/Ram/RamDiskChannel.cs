@@ -1,5 +1,3 @@
-using System.Runtime.Intrinsics.X86;
-
 namespace BlkTarget.Storage.Ram;
 
 /// <summary>
@@ -17,15 +15,13 @@ internal sealed unsafe class RamDiskChannel(RamDisk disk, IBlockCompletionSink s
 
     public int InFlight => 0;
 
-    public bool PrefetchesReads => Sse.IsSupported;
+    public bool PrefetchesReads => CacheLines.CanPrefetch;
 
     public void PrefetchRead(ulong offset, ulong length)
     {
         ulong size = disk.Info.SizeBytes;
-        if (!Sse.IsSupported || offset >= size) return;
-        byte* start = disk.Memory.Pointer + offset;
-        ulong bytes = Math.Min(Math.Min(length, PrefetchBytes), size - offset);
-        for (ulong i = 0; i < bytes; i += 64) Sse.Prefetch0(start + i);
+        if (offset >= size) return;
+        CacheLines.Prefetch(disk.Memory.Pointer + offset, Math.Min(Math.Min(length, PrefetchBytes), size - offset));
     }
 
     public void Submit(in BlockRequest request)

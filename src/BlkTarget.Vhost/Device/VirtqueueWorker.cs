@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Runtime.Intrinsics.X86;
 using BlkTarget.Storage;
 using BlkTarget.Storage.Interop;
 using BlkTarget.Vhost.Memory;
@@ -245,7 +244,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
             if (_lastPollIdle && _lastHeader != null && Ring.HasPending)
             {
                 Ring.PrefetchNext(_lastHead);
-                PrefetchLine(_lastHeader);
+                CacheLines.Prefetch(_lastHeader);
             }
             // A software pipeline over the requests of one poll, in ring order. Each admitted request first has the
             // line its first buffer starts in (the request header) requested from memory; one request later the
@@ -283,7 +282,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
                     {
                         if (chain.Count > 0)
                         {
-                            PrefetchLine(chain.Segments[0].Base);
+                            CacheLines.Prefetch(chain.Segments[0].Base);
                             _lastHeader = chain.Segments[0].Base;
                             _lastHead = head;
                         }
@@ -291,7 +290,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
                         if (hinted >= 0)
                         {
                             Process((ushort)hinted, ref hintedChain);
-                            if (_unpublished >= PublishBatch) PublishEarly();
+                            if (_unpublished >= PublishBatch) PublishPushed();
                         }
                         hinted = taken;
                         hintedChain = takenChain;
@@ -313,13 +312,6 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         PublishAndNotify();
         if (_stopping) CheckDrained();
         return work;
-    }
-
-    /// <summary>Asks the cache for the line at <paramref name="address"/> (guest memory, already translated); no
-    /// fault even for a bad address, and nothing is read from it.</summary>
-    private static void PrefetchLine(byte* address)
-    {
-        if (Sse.IsSupported) Sse.Prefetch0(address);
     }
 
     /// <summary>Asks the limits again for the held request (or lets it go without asking while the queue stops or
@@ -442,10 +434,10 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         if (!_stopping && BrokenReason is null) Ring.DisableNotifications();
     }
 
-    /// <summary>Publishes the used entries pushed so far in the middle of a poll (see <see cref="PublishBatch"/>).
-    /// Whether the guest wants an interrupt is still decided once, at the end of the poll, over everything
-    /// published since the previous decision (vring_need_event takes a range).</summary>
-    private void PublishEarly()
+    /// <summary>Publishes the used entries pushed so far: in the middle of a poll (see <see cref="PublishBatch"/>) and
+    /// at its end. Whether the guest wants an interrupt is decided only at the end, over everything published since
+    /// the previous decision (vring_need_event takes a range).</summary>
+    private void PublishPushed()
     {
         Ring.PublishUsed();
         _unpublished = 0;
@@ -456,7 +448,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
         _completedAt = 0;
         if (!_usedPending) return;
         _usedPending = false;
-        if (_unpublished > 0) PublishEarly();
+        if (_unpublished > 0) PublishPushed();
         if (Ring.ShouldSignal() && _callFd >= 0) EventFd.Signal(_callFd);
     }
 

@@ -1,5 +1,5 @@
-using System.Runtime.Intrinsics.X86;
 using System.Threading;
+using BlkTarget.Storage;
 using BlkTarget.Vhost.Memory;
 
 namespace BlkTarget.Vhost.Queues;
@@ -130,7 +130,7 @@ public sealed unsafe class SplitRing : IVirtqueue
         _lastAvailIdx++;
         // The driver wrote the next request's descriptor on its own CPU: ask for that line now, so the walk of that
         // chain finds it arriving. The entry read here is not trusted (masked into the table; the pop reads it again).
-        if (pending > 1 && Sse.IsSupported) Sse.Prefetch0(Descriptors + (_availRing[_lastAvailIdx & _mask] & _mask));
+        if (pending > 1) PrefetchDescriptor(_availRing[_lastAvailIdx & _mask]);
         _inflight?.MarkInflight(head);
         return PopResult.Popped;
     }
@@ -156,10 +156,12 @@ public sealed unsafe class SplitRing : IVirtqueue
 
     public void PrefetchNext(ushort predictedId)
     {
-        if (!Sse.IsSupported) return;
-        Sse.Prefetch0(_availRing + (_lastAvailIdx & _mask));
-        Sse.Prefetch0(Descriptors + (predictedId & _mask));
+        CacheLines.Prefetch(_availRing + (_lastAvailIdx & _mask));
+        PrefetchDescriptor(predictedId);
     }
+
+    /// <summary>Requests the line of descriptor <paramref name="id"/>, masked into the table (any value is safe).</summary>
+    private void PrefetchDescriptor(ushort id) => CacheLines.Prefetch(Descriptors + (id & _mask));
 
     public bool HasPending => _inflight is { PendingResubmits: > 0 } || (ushort)(Volatile.Read(ref *_availIdx) - _lastAvailIdx) != 0;
 
