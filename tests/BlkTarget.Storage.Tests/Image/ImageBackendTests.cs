@@ -174,10 +174,24 @@ public sealed class ImageBackendTests : IDisposable
                     break;
             }
         }
-        var before = File.ReadAllBytes(path);
+        var before = ReadWithoutLock(path);
         var error = Assert.ThrowsAny<IOException>(() => Open(path));
         Assert.False(string.IsNullOrWhiteSpace(error.Message));
-        Assert.Equal(before, File.ReadAllBytes(path));
+        Assert.Equal(before, ReadWithoutLock(path));
+    }
+
+    /// <summary>The file's bytes, read without the advisory lock .NET takes for its FileShare emulation. The image's
+    /// own exclusive flock lives as long as its open file description, and a process another test forks at that
+    /// moment holds a copy of it until it execs: File.ReadAllBytes then failed once in CI with "used by another
+    /// process" right after the image was closed.</summary>
+    private static byte[] ReadWithoutLock(string path)
+    {
+        int fd = FileNative.open(path, FileNative.O_RDONLY | FileNative.O_CLOEXEC, 0);
+        Assert.True(fd >= 0, $"cannot open {path}");
+        using var stream = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true), FileAccess.Read);
+        var bytes = new MemoryStream();
+        stream.CopyTo(bytes);
+        return bytes.ToArray();
     }
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
