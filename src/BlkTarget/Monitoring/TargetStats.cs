@@ -41,6 +41,8 @@ public sealed record TargetStats(double TimeSeconds, IReadOnlyList<ExportStats> 
         if (disk is not null && disks.All(d => d.Spec.Name != disk)) throw new ManagementException(RpcErrorCode.NotFound, $"no disk {disk}");
         int reactorCount = model.Reactors.Reactors.Count;
         var sources = exports.SelectMany(e => CounterSource.Of(e).Select(s => (Export: e, Source: s, Counts: read(s.Counters)))).ToList();
+        // Timed right after the counters are read, before the summing below: rates divide by this.
+        double seconds = Stopwatch.GetElapsedTime(0).TotalSeconds;
 
         var exportStats = export is null && disk is not null ? [] : exports.Where(e => export is null || e.Spec.Name == export).Select(e =>
         {
@@ -53,7 +55,7 @@ public sealed record TargetStats(double TimeSeconds, IReadOnlyList<ExportStats> 
             new DiskStats(d.Spec.Name, d.Backend.Info.SizeBytes, AllocatedBytes(d), Sum(sources.Where(s => s.Source.Disk == d.Spec.Name).Select(s => s.Counts))))
             .ToList();
         var reactors = model.Reactors.Reactors.Select(r => new ReactorStats(r.Id, r.Cpu, r.BusySeconds, r.QueueCount)).ToList();
-        return new TargetStats(Stopwatch.GetElapsedTime(0).TotalSeconds, exportStats, diskStats, reactors);
+        return new TargetStats(seconds, exportStats, diskStats, reactors);
     }
 
     private static CounterSnapshot Sum(IEnumerable<CounterSnapshot> parts)
