@@ -344,6 +344,30 @@ public sealed unsafe class BlkRequestTests : IDisposable
     }
 
     [Fact]
+    public void A_lone_read_after_an_idle_poll_is_hinted_as_soon_as_it_is_walked()
+    {
+        // A driver waiting on each request: there is no request before it to overlap its data load with, so the model
+        // is asked at once, and the pipeline does not ask a second time when more requests follow it.
+        var disk = new RecordingDisk(1 << 20) { Prefetching = true };
+        UseDisk(disk);
+        OfferData(VirtioBlk.TypeIn, 0);
+        _queue.Poll();                       // a queue's first poll follows no idle one
+        Assert.Equal(["read 4096@0"], disk.Events);
+        _queue.Poll();                       // idle
+        OfferData(VirtioBlk.TypeIn, 8);
+        _queue.Poll();
+        Assert.Equal(["read 4096@0", "prefetch 4096@4096", "read 4096@4096"], disk.Events);
+        _queue.Poll();                       // idle
+        OfferData(VirtioBlk.TypeIn, 16);
+        OfferData(VirtioBlk.TypeIn, 24);
+        _queue.Poll();
+        Assert.Equal(
+            ["read 4096@0", "prefetch 4096@4096", "read 4096@4096", "prefetch 4096@8192", "prefetch 4096@12288", "read 4096@8192", "read 4096@12288"],
+            disk.Events);
+        Assert.Equal(4, _ring.UsedIdx);
+    }
+
+    [Fact]
     public void Requests_taken_before_a_corrupt_chain_still_complete()
     {
         var disk = new RecordingDisk(1 << 20) { Prefetching = true };

@@ -131,10 +131,10 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
     protected abstract void Process(ushort head, ref ChainBuffers chain);
 
     /// <summary>
-    /// A hint that <paramref name="chain"/> (already in its slot, admitted) is processed right after the request now
-    /// about to be: a model may start loading what that processing will touch (a RAM disk's data lines). It must
-    /// change nothing and may fail silently: what it reads from guest memory is not trusted, and
-    /// <see cref="Process"/> reads and checks everything again.
+    /// A hint that <paramref name="chain"/> (walked; in its slot and admitted, or for the first request after an idle
+    /// poll, just walked) is processed soon: a model may start loading what that processing will touch (a RAM disk's
+    /// data lines). It must change nothing and may fail silently: what it reads from guest memory is not trusted,
+    /// and <see cref="Process"/> reads and checks everything again.
     /// </summary>
     protected virtual void Prefetch(in ChainBuffers chain) { }
 
@@ -253,6 +253,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
             // is a cache miss of its own: this way they overlap with the work on the requests before instead of
             // stalling it one after the other. The order of requests is kept.
             int hinted = -1, taken = -1;
+            bool takenHinted = false;
             ChainBuffers hintedChain = default, takenChain = default;
             for (int i = 0; i < PopBudget && BrokenReason is null; i++)
             {
@@ -264,6 +265,13 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
                 if (status == PopStatus.Corrupt) Break(error!);
                 else
                 {
+                    // The first request after an idle poll (a driver waiting on each request): no request before it
+                    // to overlap with, so it is hinted at once. Its header line was requested with the avail entry
+                    // above and has mostly arrived by the end of the walk; its data then loads while Start and the
+                    // rest of the poll run instead of when the copy begins (4 KiB RAM reads at depth 1: the copy from
+                    // a cold block is most of the target's part of the round trip).
+                    bool hintedNow = i == 0 && _lastPollIdle;
+                    if (hintedNow) Prefetch(in chain);
                     if (now == 0)
                     {
                         now = Stopwatch.GetTimestamp();
@@ -286,7 +294,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
                             _lastHeader = chain.Segments[0].Base;
                             _lastHead = head;
                         }
-                        if (taken >= 0) Prefetch(in takenChain);
+                        if (taken >= 0 && !takenHinted) Prefetch(in takenChain);
                         if (hinted >= 0)
                         {
                             Process((ushort)hinted, ref hintedChain);
@@ -296,6 +304,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
                         hintedChain = takenChain;
                         taken = head;
                         takenChain = chain;
+                        takenHinted = hintedNow;
                     }
                     if (_held >= 0) break;
                 }
@@ -303,7 +312,7 @@ public abstract unsafe class VirtqueueWorker : IRunningQueue
             // Requests taken before a corrupt chain or a held one are valid and in flight: they run as they would have.
             if (hinted >= 0)
             {
-                if (taken >= 0) Prefetch(in takenChain);
+                if (taken >= 0 && !takenHinted) Prefetch(in takenChain);
                 Process((ushort)hinted, ref hintedChain);
             }
             if (taken >= 0) Process((ushort)taken, ref takenChain);
