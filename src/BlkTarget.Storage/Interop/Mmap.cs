@@ -17,6 +17,7 @@ public sealed unsafe partial class MappedMemory : SafeHandle
     private const int PROT_NONE = 0;
     private const int PROT_READ = 1;
     private const int PROT_WRITE = 2;
+    private const int PROT_EXEC = 4;
     private const int MAP_SHARED = 0x01, MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
     private const int MADV_DONTNEED = 4, MADV_REMOVE = 9, MADV_HUGEPAGE = 14, MADV_POPULATE_WRITE = 23;
     private static readonly nint MapFailed = -1;
@@ -164,6 +165,31 @@ public sealed unsafe partial class MappedMemory : SafeHandle
             if (_transparentHugePages) madvise((nint)(Pointer + from), (nuint)(to - from), MADV_HUGEPAGE);
         }
         Accessible = newAccessible;
+    }
+
+    /// <summary>
+    /// Maps one private page holding <paramref name="code"/> (machine code, at its start), then makes the page
+    /// read-only and executable: it is never writable and executable at once. For the few instructions .NET has no
+    /// intrinsic for (see <see cref="CacheLines.Demote"/>); call it through an unmanaged function pointer.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">code is empty or longer than a page.</exception>
+    /// <exception cref="IOException">mmap or mprotect failed (HResult = errno; e.g. EACCES where policy forbids
+    /// executable anonymous memory, as SELinux's deny_execmem does).</exception>
+    public static MappedMemory MapCode(ReadOnlySpan<byte> code)
+    {
+        if (code.IsEmpty || (ulong)code.Length > PageSize) throw new ArgumentOutOfRangeException(nameof(code), "code must be 1 to 4096 bytes");
+        var memory = MapAnonymous(PageSize);
+        try
+        {
+            code.CopyTo(new Span<byte>(memory.Pointer, code.Length));
+            if (mprotect(memory.handle, (nuint)PageSize, PROT_READ | PROT_EXEC) != 0) throw Errno.Exception("making a code page executable (mprotect)");
+            return memory;
+        }
+        catch
+        {
+            memory.Dispose();
+            throw;
+        }
     }
 
     /// <summary>

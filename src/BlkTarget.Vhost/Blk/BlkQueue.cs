@@ -373,6 +373,8 @@ public sealed unsafe class BlkQueue : VirtqueueWorker, IBlockCompletionSink
         if (slot.WriteBegun) _tracker!.End(head);
         // The status byte's address was validated when the chain was walked; the guest cannot move it.
         *slot.Status = slot.Result;
+        // The driver reads the status next (and reuses the line, which usually holds its request header too).
+        CacheLines.Demote(slot.Status);
         bool ok = slot.Result == VirtioBlk.StatusOk;
         CompleteRequest(head, ok ? slot.UsedLength : 1, _counters, slot.Op, slot.Bytes, ok ? IoErrorKind.None : slot.Error);
     }

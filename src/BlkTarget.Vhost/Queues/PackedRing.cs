@@ -1,4 +1,5 @@
 using System.Threading;
+using BlkTarget.Storage;
 using BlkTarget.Vhost.Memory;
 
 namespace BlkTarget.Vhost.Queues;
@@ -226,6 +227,8 @@ public sealed unsafe class PackedRing : IVirtqueue
         _ring[slot].Id = id;
         _ring[slot].Len = writtenLength;
         Volatile.Write(ref _ring[slot].Flags, PackedRingLayout.UsedFlags(wrap));
+        // The driver reads this descriptor next and then writes the slot again: leave it in the shared cache.
+        CacheLines.Demote(&_ring[slot]);
         _ringLog?.MarkGuest(_ringGuestAddr + 16UL * slot, 16);
         _inflight?.CommitUsed(id);
         _chainSlots[id] = 0;

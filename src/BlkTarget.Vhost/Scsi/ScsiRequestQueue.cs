@@ -547,6 +547,10 @@ public sealed unsafe class ScsiRequestQueue : VirtqueueWorker, IBlockCompletionS
         }
         int rest = (int)Math.Min((nuint)(response.Length - at), slot.RespLastLength);
         response.Slice(at, rest).CopyTo(new Span<byte>(slot.RespLastBase, rest));
+        // The driver reads the response next: its first line (status, response code) from the shared cache. Only
+        // a buffer the response really went into (a zero-length segment's address was never used).
+        bool inFirst = slot.RespFirst < slot.RespLastIndex && slot.Segments[slot.RespFirst].Length > 0;
+        CacheLines.Demote(inFirst ? slot.Segments[slot.RespFirst].Base : slot.RespLastBase);
     }
 
     protected override void OnFaultSettled() => ReleaseUnfinished();
