@@ -185,7 +185,8 @@ public sealed unsafe class SplitRing : IVirtqueue
     {
         Volatile.Write(ref *_usedIdx, _usedShadow);
         // The driver reads these two lines next, on its CPU: from the shared cache rather than by a hand-over from
-        // this core's (QD1 4 KiB RAM reads: ~+10% with this and the two demotes below, see bench/README.md).
+        // this core's (QD1 4 KiB RAM reads: ~+10% together with the descriptor's and the status byte's demotes; see
+        // bench/README.md).
         CacheLines.Demote(_usedIdx);
         CacheLines.Demote(&_usedRing[(ushort)(_usedShadow - 1) & _mask]);
         // After the store: a mark before it could be taken (and cleared) by the frontend before the page changed.
