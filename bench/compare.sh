@@ -6,7 +6,7 @@
 #   bench/compare.sh [--quick] [--rounds N] [--runtime S] [--ramp S] [--cases ram,file,null]
 #                    [--queues "1 2"] [--pin] [--out FILE] [--no-build] [--keep-raw DIR]
 #
-#   --quick     1 round, 2 s per job, RAM case only (about 2 minutes)
+#   --quick     1 round, 2 s per job after a 0.5 s ramp, RAM case only (about 1.5 minutes)
 #   --rounds    rounds of the whole matrix (default 3); each round runs every job against both targets,
 #               alternating which one goes first, and the table quotes the median over rounds
 #   --runtime   measured seconds per job (default 3), after --ramp seconds of warm-up (default 1)
@@ -119,7 +119,10 @@ if [[ -w /proc/sys/vm/nr_hugepages ]]; then
     echo $(( hugepages_before + 64 )) > /proc/sys/vm/nr_hugepages
     free=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
     if (( free >= 64 )); then ram_bench_args=(--hugepages); else echo "compare: only $free huge pages free; RAM jobs use 4 KiB guest pages" >&2; fi
+else
+    echo "compare: /proc/sys/vm/nr_hugepages is not writable (not root?): RAM jobs use 4 KiB guest pages" >&2
 fi
+if (( ${#ram_bench_args[@]} > 0 )); then ram_guest_memory="hugetlb, 2 MiB pages (--hugepages)"; else ram_guest_memory="4 KiB pages (no huge pages could be reserved)"; fi
 
 bench_pin=() target_pin=() ours_cpus=()
 if [[ $pin -eq 1 ]]; then
@@ -242,6 +245,7 @@ bench_cpus=()
 
 if [[ -n "$report_only" ]]; then
     RAW=$report_only
+    ram_guest_memory="n/a (report regenerated from saved results)"
     elapsed="n/a" load_before="n/a (report regenerated from saved results)" load_after="n/a"
 else
 started=$(date +%s)
@@ -401,6 +405,7 @@ lines.append(f"- machine: {sh('nproc')} cores ({cpu_model}), {mem_gib} GiB, kern
 lines.append(f"- qemu-storage-daemon {qsd_version}, .NET {sh('dotnet --version')}")
 lines.append(f"- rounds: $rounds, {float('$runtime'):g} s measured per job after {float('$ramp'):g} s ramp; targets alternate per job, the first one alternates per round; figures are medians over rounds")
 lines.append(f"- pinning: {'load generator on CPU 0, targets on CPU 1 (blktarget --cpus 1)' if $pin else 'none (load generator threads and targets float over both cores)'}; blktarget default idle poll (200 us), load generator polls 100 us before sleeping")
+lines.append(f"- guest memory of the RAM and null jobs: $ram_guest_memory")
 lines.append(f"- conditions: load average $load_before before, $load_after after; {sh('uptime -p')}; total $elapsed s")
 lines.append("")
 lines.append("IOPS and mean latency (µs) are medians; 'ours/qsd' > 1 means BlkTarget is faster (for latency: < 1 is better). "
