@@ -108,7 +108,7 @@ public sealed class QosTests(ITestOutputHelper output) : IDisposable
         // One connection throughout: the change applies to a running queue. Depth 64, not 8: at 3000/s a depth-8 client
         // needs 375 rounds of (reactor wakes on its timer, client wakes on its call eventfd) a second, which a 2-core
         // machine busy with other work does not always give it (with three CPU-bound processes beside it: 1255-2675/s
-        // in four of four runs); 64 outstanding requests let each late round take what the bucket refilled meanwhile
+        // in seven of eight runs); 64 outstanding requests let each late round take what the bucket refilled meanwhile
         // (2997-3001/s in five of five runs with the same load), so the test measures the limit, not the scheduler.
         var job = Job("vm", 7, depth: 64) with { Ramp = TimeSpan.Zero };
         var load = new Thread(() => Run(job)) { IsBackground = true };
