@@ -20,21 +20,13 @@ public sealed class ImageBackendTests : IDisposable
 
     private static ImageDisk Open(string path, bool readOnly = false) => ImageDisk.Open(path, readOnly, 512, directIo: true, NullLogger.Instance);
 
-    /// <summary>Bytes the image occupies on disk. Opened without .NET's FileStream, whose advisory lock would
-    /// collide with the image's own.</summary>
-    private static ulong OnDisk(string path)
-    {
-        using var fd = new OwnedFd(FileNative.open(path, FileNative.O_RDONLY | FileNative.O_CLOEXEC, 0));
-        return FileNative.StatFd(fd.Fd)!.Value.AllocatedBytes;
-    }
-
     private static byte[] Pattern(int length, byte seed) => Enumerable.Range(0, length).Select(i => (byte)(i * 31 + seed)).ToArray();
 
     [Fact]
     public void A_new_image_costs_only_its_header_and_reads_as_zeros()
     {
         string path = NewImage(1UL << 30);
-        Assert.True(OnDisk(path) <= 64 << 10, $"new 1 GiB image occupies {OnDisk(path)} bytes");
+        Assert.True(ImageTestFiles.DiskUsage(path) <= 64 << 10, $"new 1 GiB image occupies {ImageTestFiles.DiskUsage(path)} bytes");
         using var disk = Open(path);
         using var driver = new ChannelDriver(disk);
         var data = new byte[1 << 20];
@@ -69,11 +61,11 @@ public sealed class ImageBackendTests : IDisposable
         using var driver = new ChannelDriver(disk);
         Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Write, 0, Pattern(16 * (int)Cluster, 2)));
         Assert.Equal(BlockStatus.Ok, driver.Run(BlockOperation.Flush, 0, 0));
-        ulong before = OnDisk(path);
+        ulong before = ImageTestFiles.DiskUsage(path);
         Assert.Equal(BlockStatus.Ok, driver.Run(BlockOperation.Discard, 4 * Cluster, 8 * Cluster));
         Assert.Equal(8UL, disk.Image.AllocatedClusters);
         // The map block written for the change may itself take its first 4 KiB on disk.
-        Assert.True(before - OnDisk(path) >= 8 * Cluster - ImageFile.MapBlockSize, $"discard gave back only {before - OnDisk(path)} bytes");
+        Assert.True(before - ImageTestFiles.DiskUsage(path) >= 8 * Cluster - ImageFile.MapBlockSize, $"discard gave back only {before - ImageTestFiles.DiskUsage(path)} bytes");
         var back = new byte[Cluster];
         Assert.Equal(BlockStatus.Ok, driver.Transfer(BlockOperation.Read, 5 * Cluster, back));
         Assert.All(back, b => Assert.Equal(0, b));
@@ -174,24 +166,10 @@ public sealed class ImageBackendTests : IDisposable
                     break;
             }
         }
-        var before = ReadWithoutLock(path);
+        var before = ImageTestFiles.RawBytes(path);
         var error = Assert.ThrowsAny<IOException>(() => Open(path));
         Assert.False(string.IsNullOrWhiteSpace(error.Message));
-        Assert.Equal(before, ReadWithoutLock(path));
-    }
-
-    /// <summary>The file's bytes, read without the advisory lock .NET takes for its FileShare emulation. The image's
-    /// own exclusive flock lives as long as its open file description, and a process another test forks at that
-    /// moment holds a copy of it until it execs: File.ReadAllBytes then failed once in CI with "used by another
-    /// process" right after the image was closed.</summary>
-    private static byte[] ReadWithoutLock(string path)
-    {
-        int fd = FileNative.open(path, FileNative.O_RDONLY | FileNative.O_CLOEXEC, 0);
-        Assert.True(fd >= 0, $"cannot open {path}");
-        using var stream = new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true), FileAccess.Read);
-        var bytes = new MemoryStream();
-        stream.CopyTo(bytes);
-        return bytes.ToArray();
+        Assert.Equal(before, ImageTestFiles.RawBytes(path));
     }
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);

@@ -85,6 +85,28 @@ public sealed class ImageTestFiles : IDisposable
         file.Write(bytes);
     }
 
+    /// <summary>The file's bytes, read without the advisory lock .NET takes for its FileShare emulation. An image's
+    /// own exclusive flock lives as long as its open file description, and a process another test forks at that
+    /// moment holds a copy of it until it execs: File.ReadAllBytes then failed once in CI with "used by another
+    /// process" right after the image was closed.</summary>
+    public static unsafe byte[] RawBytes(string path)
+    {
+        using var fd = OwnedFd.FromResult(FileNative.open(path, FileNative.O_RDONLY | FileNative.O_CLOEXEC, 0), $"open {path}");
+        var bytes = new byte[new FileInfo(path).Length];
+        fixed (byte* start = bytes)
+        {
+            long at = 0;
+            while (at < bytes.Length)
+            {
+                nint n = FileNative.pread(fd.Fd, start + at, (nuint)(bytes.Length - at), at);
+                if (n < 0) throw Errno.Exception($"reading {path}");
+                if (n == 0) throw new IOException($"{path} ended at byte {at} of {bytes.Length}");
+                at += n;
+            }
+        }
+        return bytes;
+    }
+
     /// <summary>Bytes the file occupies on disk.</summary>
     public static ulong DiskUsage(string path)
     {
